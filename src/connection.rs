@@ -1,0 +1,258 @@
+//! A buffered monoio TCP connection with deadlines: one owned read buffer threaded through rent
+//! I/O, reads and writes that are cancelled and awaited when their deadline passes.
+//!
+//! Used for clients and upstreams alike. It parses nothing: callers look at [`Conn::buffered`],
+//! run a pure parser over it and [`Conn::consume`] what it used.
+
+use std::{future::Future, io, pin::pin, time::Instant};
+
+use monoio::{
+    buf::{IoBuf, IoBufMut, Slice},
+    io::{CancelableAsyncReadRent, CancelableAsyncWriteRent, Canceller},
+    net::TcpStream,
+};
+
+/// Initial capacity of a connection's read buffer: most heads and small bodies fit in one read.
+/// hyper starts at 8 KiB, pingora at 4 KiB for heads and 64 KiB for bodies.
+pub(crate) const READ_BUF_BYTES: usize = 16 * 1024;
+
+/// `ECANCELED`: what a cancelled io_uring (or legacy) op completes with.
+const ECANCELED: i32 = 125;
+
+/// A TCP stream plus its read buffer; bytes `buf[pos..]` are read but not yet consumed.
+pub(crate) struct Conn {
+    /// `None` once a tunnel took the stream over.
+    stream: Option<TcpStream>,
+    /// Read buffer; `len()` is the end of the read bytes, `capacity()` the room to read into.
+    buf: Vec<u8>,
+    /// Start of the unconsumed bytes.
+    pos: usize,
+    /// Cancels this connection's in-flight op when a deadline passes. One per connection and
+    /// reused, so arming a deadline allocates nothing; only a cancellation (rare) allocates.
+    canceller: Canceller,
+}
+
+impl Conn {
+    /// Wraps a stream with a (pooled, empty) read buffer.
+    pub(crate) fn new(stream: TcpStream, mut buf: Vec<u8>) -> Conn {
+        buf.clear();
+        buf.reserve(READ_BUF_BYTES);
+        Conn {
+            stream: Some(stream),
+            buf,
+            pos: 0,
+            canceller: Canceller::new(),
+        }
+    }
+
+    /// Gives the buffer back (to the pool), closing the stream.
+    pub(crate) fn into_buf(self) -> Vec<u8> {
+        self.buf
+    }
+
+    /// Hands the stream over (to a tunnel); the connection is unusable afterwards.
+    pub(crate) fn take_stream(&mut self) -> Option<TcpStream> {
+        self.stream.take()
+    }
+
+    /// Bytes read and not yet consumed.
+    pub(crate) fn buffered(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Marks the first `n` buffered bytes as used.
+    ///
+    /// # Panics
+    /// When `n` exceeds the buffered bytes: a caller bug.
+    pub(crate) fn consume(&mut self, n: usize) {
+        assert!(
+            n <= self.buf.len() - self.pos,
+            "consumed more than buffered"
+        );
+        self.pos += n;
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+    }
+
+    /// Reads more bytes after the buffered ones, letting the buffer grow to hold `max_buffered`
+    /// unconsumed bytes. Returns how many arrived: `Ok(0)` at end of stream or when the buffer
+    /// already holds `max_buffered` bytes (the caller's limit check runs first).
+    ///
+    /// # Errors
+    /// `TimedOut` when `deadline` passes first; any socket error.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future mid-read loses the buffer (it stays with the driver
+    /// until the kernel finishes). Callers bound it with `deadline` instead of dropping it.
+    pub(crate) async fn fill(
+        &mut self,
+        max_buffered: usize,
+        deadline: Instant,
+    ) -> io::Result<usize> {
+        self.fill_or(max_buffered, deadline, std::future::pending())
+            .await
+    }
+
+    /// [`Conn::fill`] that also ends (with `Interrupted`, the read cancelled and awaited) when
+    /// `stop` completes first: idle connections leave at shutdown without losing bytes.
+    ///
+    /// # Errors
+    /// As [`Conn::fill`], plus `Interrupted`.
+    ///
+    /// # Cancel safety
+    /// As [`Conn::fill`].
+    pub(crate) async fn fill_or(
+        &mut self,
+        max_buffered: usize,
+        deadline: Instant,
+        stop: impl Future<Output = ()>,
+    ) -> io::Result<usize> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let buffered = self.buf.len() - self.pos;
+        if buffered >= max_buffered.max(1) {
+            return Ok(0);
+        }
+        if self.buf.len() == self.buf.capacity() {
+            if self.pos > 0 {
+                self.buf.copy_within(self.pos.., 0);
+                self.buf.truncate(buffered);
+                self.pos = 0;
+            } else {
+                let room = READ_BUF_BYTES.min(max_buffered - buffered);
+                self.buf.reserve(room);
+            }
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let read = stream.cancelable_read(buf.slice_mut(len..), self.canceller.handle());
+        let (res, slice) = until(read, &mut self.canceller, deadline, stop).await;
+        self.buf = slice.into_inner();
+        res
+    }
+
+    /// Writes all of `data`, giving it back when done.
+    ///
+    /// # Errors
+    /// `TimedOut` when `deadline` passes (a client that stops reading), `WriteZero`, socket errors.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe; bounded by `deadline`.
+    pub(crate) async fn write_all<T: IoBuf>(
+        &mut self,
+        data: T,
+        deadline: Instant,
+    ) -> (io::Result<()>, T) {
+        match self.stream.as_mut() {
+            Some(stream) => write_all(stream, &mut self.canceller, data, deadline).await,
+            None => (Err(io::ErrorKind::NotConnected.into()), data),
+        }
+    }
+
+    /// Writes `self.buffered()[..n]` to `dst` and consumes it: relaying without a copy.
+    ///
+    /// # Errors
+    /// As [`Conn::write_all`] on `dst`.
+    pub(crate) async fn relay_to(
+        &mut self,
+        dst: &mut Conn,
+        n: usize,
+        deadline: Instant,
+    ) -> io::Result<()> {
+        let buf = std::mem::take(&mut self.buf);
+        let view = buf.slice(self.pos..self.pos + n);
+        let (res, view) = dst.write_all(view, deadline).await;
+        self.buf = view.into_inner();
+        if res.is_ok() {
+            self.consume(n);
+        }
+        res
+    }
+}
+
+/// Writes all of `data` to `stream` before `deadline`.
+pub(crate) async fn write_all<T: IoBuf, S: CancelableAsyncWriteRent>(
+    stream: &mut S,
+    canceller: &mut Canceller,
+    data: T,
+    deadline: Instant,
+) -> (io::Result<()>, T) {
+    let total = data.bytes_init();
+    let mut written = 0;
+    let mut data = data;
+    while written < total {
+        let write = stream.cancelable_write(data.slice(written..), canceller.handle());
+        let (res, slice): (io::Result<usize>, Slice<T>) =
+            until(write, canceller, deadline, std::future::pending()).await;
+        data = slice.into_inner();
+        match res {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), data),
+            Ok(n) => written += n,
+            Err(e) => return (Err(e), data),
+        }
+    }
+    (Ok(()), data)
+}
+
+/// Runs a cancelable op until `deadline` or until `stop` completes; then cancels the op and
+/// awaits it (io_uring may still complete it: its result wins). See monoio `docs/en/io-cancel.md`.
+pub(crate) async fn until<T, F>(
+    op: F,
+    canceller: &mut Canceller,
+    deadline: Instant,
+    stop: impl Future<Output = ()>,
+) -> (io::Result<usize>, T)
+where
+    F: Future<Output = (io::Result<usize>, T)>,
+{
+    let mut op = pin!(op);
+    let sleep = pin!(monoio::time::sleep_until(deadline.into()));
+    let stop = pin!(stop);
+    let why = monoio::select! {
+        done = &mut op => return done,
+        _ = sleep => io::ErrorKind::TimedOut,
+        _ = stop => io::ErrorKind::Interrupted,
+    };
+    *canceller = std::mem::take(canceller).cancel();
+    match op.await {
+        (Err(e), buf) if e.raw_os_error() == Some(ECANCELED) => (Err(why.into()), buf),
+        done => done,
+    }
+}
+
+/// Whether an I/O error is a passed deadline.
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut
+}
+
+/// A per-core pool of byte buffers, so connections that come and go reuse their memory.
+#[derive(Default)]
+pub(crate) struct BufPool {
+    free: Vec<Vec<u8>>,
+}
+
+/// Buffers kept per core; beyond this they are freed (10 000 idle buffers of 16 KiB = 160 MiB).
+const MAX_POOLED_BUFS: usize = 4096;
+
+/// Buffers grown past this (a huge head) are freed instead of pooled.
+const MAX_POOLED_BUF_BYTES: usize = 4 * READ_BUF_BYTES;
+
+impl BufPool {
+    /// An empty buffer of at least `min_capacity`.
+    pub(crate) fn get(&mut self, min_capacity: usize) -> Vec<u8> {
+        let mut buf = self.free.pop().unwrap_or_default();
+        buf.clear();
+        buf.reserve(min_capacity);
+        buf
+    }
+
+    /// Returns a buffer for reuse.
+    pub(crate) fn put(&mut self, buf: Vec<u8>) {
+        if self.free.len() < MAX_POOLED_BUFS && buf.capacity() <= MAX_POOLED_BUF_BYTES {
+            self.free.push(buf);
+        }
+    }
+}

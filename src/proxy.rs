@@ -1,0 +1,1492 @@
+//! One client connection's exchanges, in order: read a head → decide faults → delay → answer
+//! synthetically or forward upstream and stream the response back → hand the exchange to the
+//! trace writer.
+//!
+//! It owns the per-worker state the exchanges share (`Worker`) but neither threads nor runtimes
+//! (that is `server`) nor byte-level HTTP (that is `http`).
+
+use std::{
+    cell::{Cell, RefCell},
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    rc::Rc,
+    sync::Arc,
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use hdrhistogram::Histogram;
+use monoio::net::TcpStream;
+
+use crate::{
+    config::{Config, Mode},
+    connection::{self, BufPool, Conn, READ_BUF_BYTES},
+    fault::{Decision, FaultKind, FaultRule, FaultTable, RuleStats},
+    http::{
+        self, BodyKind, ChunkedDecoder, MAX_HEADERS_CAP, ParseError, RequestHead, ResponseHead,
+        Version,
+    },
+    trace::{self, FaultHit, Outcome, TraceEvent, TraceWriter},
+    tunnel,
+    upstream::{self, Pool, Resolver},
+};
+
+/// The `Via` we add to both directions (RFC 9110 §7.6.3).
+const VIA: (&str, &[u8]) = ("via", b"1.1 phantom-fast");
+
+/// How long to wait for an upstream's `100 Continue` before sending the body anyway
+/// (RFC 9110 §10.1.1: a client "MAY proceed to send the content" without it).
+const EXPECT_CONTINUE_WAIT: Duration = Duration::from_secs(1);
+
+/// What we send a client for whom we answer `100 Continue` ourselves.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Heads with at most this many headers parse with a small on-stack array (cheaper to clear).
+const SMALL_HEADERS: usize = 128;
+
+/// Every outcome, in `Stats::outcomes` order.
+pub(crate) const OUTCOMES: [Outcome; 6] = [
+    Outcome::Ok,
+    Outcome::Fault,
+    Outcome::BadRequest,
+    Outcome::UpstreamError,
+    Outcome::UpstreamTimeout,
+    Outcome::ClientClosed,
+];
+
+/// The fault table plus, per error rule, its synthetic responses prebuilt at startup.
+pub(crate) struct Faults {
+    table: FaultTable,
+    /// Canonical spec text per rule (for traces).
+    specs: Vec<String>,
+    /// Per rule: the response for a keep-alive client and for a closing one (empty for delays).
+    synthetic: Vec<[Vec<u8>; 2]>,
+}
+
+impl Faults {
+    /// Compiles the rules and prebuilds each error rule's response bytes.
+    pub(crate) fn compile(rules: &[FaultRule]) -> Faults {
+        let table = FaultTable::compile(rules);
+        let specs = rules.iter().map(ToString::to_string).collect();
+        let synthetic = rules
+            .iter()
+            .map(|rule| match rule.action {
+                crate::fault::FaultAction::Error { status, .. } => {
+                    [true, false].map(|keep_alive| {
+                        let mut out = Vec::new();
+                        http::encode::encode_simple_response(
+                            status,
+                            "application/json",
+                            &[("x-fault-injected", b"phantom")],
+                            FAULT_BODY,
+                            keep_alive,
+                            &mut out,
+                        );
+                        out
+                    })
+                }
+                crate::fault::FaultAction::Delay { .. } => [Vec::new(), Vec::new()],
+            })
+            .collect();
+        Faults {
+            table,
+            specs,
+            synthetic,
+        }
+    }
+
+    /// The compiled table.
+    pub(crate) fn table(&self) -> &FaultTable {
+        &self.table
+    }
+}
+
+/// The body of every synthetic fault response.
+const FAULT_BODY: &[u8] = br#"{"fault":"injected"}"#;
+
+/// Counters one worker keeps; merged by `server` into the shutdown summary.
+pub(crate) struct Stats {
+    /// Answered requests.
+    pub(crate) requests: u64,
+    /// Per `OUTCOMES` entry.
+    pub(crate) outcomes: [u64; 6],
+    /// Per fault rule: matched / faulted.
+    pub(crate) rules: Vec<RuleStats>,
+    /// Total exchange duration in microseconds.
+    pub(crate) latency_us: Histogram<u64>,
+}
+
+impl Stats {
+    fn new(rules: usize) -> Stats {
+        Stats {
+            requests: 0,
+            outcomes: [0; 6],
+            rules: vec![RuleStats::default(); rules],
+            // 1 µs .. 1 h at 3 significant digits: allocated once, recording never allocates.
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("static histogram bounds are valid"),
+        }
+    }
+}
+
+/// Cooperative shutdown of one worker: idle connections waiting for their next request are woken
+/// (their read cancelled and awaited), in-flight exchanges finish.
+#[derive(Default)]
+pub(crate) struct Shutdown {
+    fired: Cell<bool>,
+    /// One slot per live connection (reused), holding the waker of an idle wait.
+    wakers: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
+}
+
+impl Shutdown {
+    /// Whether shutdown began.
+    pub(crate) fn fired(&self) -> bool {
+        self.fired.get()
+    }
+
+    /// Begins shutdown and wakes every idle connection.
+    pub(crate) fn fire(&self) {
+        self.fired.set(true);
+        let wakers: Vec<Waker> = self
+            .wakers
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    fn register(&self) -> usize {
+        if let Some(slot) = self.free.borrow_mut().pop() {
+            return slot;
+        }
+        let mut wakers = self.wakers.borrow_mut();
+        wakers.push(None);
+        wakers.len() - 1
+    }
+
+    fn release(&self, slot: usize) {
+        self.wakers.borrow_mut()[slot] = None;
+        self.free.borrow_mut().push(slot);
+    }
+
+    fn wait(&self, slot: usize) -> ShutdownWait<'_> {
+        ShutdownWait {
+            shutdown: self,
+            slot,
+        }
+    }
+}
+
+struct ShutdownWait<'a> {
+    shutdown: &'a Shutdown,
+    slot: usize,
+}
+
+impl Future for ShutdownWait<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.shutdown.fired.get() {
+            return Poll::Ready(());
+        }
+        let mut wakers = self.shutdown.wakers.borrow_mut();
+        let slot = &mut wakers[self.slot];
+        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *slot = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// Everything one worker's exchanges share. `!Send`: it lives in one thread's `Rc`.
+pub(crate) struct Worker {
+    pub(crate) config: Arc<Config>,
+    pub(crate) faults: Arc<Faults>,
+    pub(crate) pool: RefCell<Pool>,
+    pub(crate) bufs: RefCell<BufPool>,
+    pub(crate) resolver: RefCell<Resolver>,
+    pub(crate) rng: RefCell<fastrand::Rng>,
+    pub(crate) stats: RefCell<Stats>,
+    pub(crate) trace: RefCell<Option<TraceWriter>>,
+    /// Connections being served.
+    pub(crate) active: Cell<usize>,
+    pub(crate) shutdown: Shutdown,
+}
+
+impl Worker {
+    /// State for worker `index`, with its trace ring (opened on the main thread).
+    pub(crate) fn new(
+        index: usize,
+        config: Arc<Config>,
+        faults: Arc<Faults>,
+        trace: Option<TraceWriter>,
+    ) -> Worker {
+        let rng = match config.seed {
+            // Each worker its own stream, reproducible for a given seed and worker count.
+            Some(seed) => fastrand::Rng::with_seed(seed.wrapping_add(index as u64)),
+            None => fastrand::Rng::new(),
+        };
+        let rules = faults.table.len();
+        Worker {
+            config,
+            faults,
+            pool: RefCell::default(),
+            bufs: RefCell::default(),
+            resolver: RefCell::default(),
+            rng: RefCell::new(rng),
+            stats: RefCell::new(Stats::new(rules)),
+            trace: RefCell::new(trace),
+            active: Cell::new(0),
+            shutdown: Shutdown::default(),
+        }
+    }
+}
+
+/// Serves one client connection until it closes, errs, times out or shutdown ends it.
+pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    worker.active.set(worker.active.get() + 1);
+    let mut session = Session::new(&worker, stream, peer);
+    while session.exchange().await == Next::KeepAlive {}
+    session.release();
+    worker.active.set(worker.active.get() - 1);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// The configured upstream (reverse mode).
+    Upstream,
+    /// `url[range]` is the authority to connect to (forward mode).
+    Authority(usize, usize),
+}
+
+/// What the proxy needs to know of a parsed request once its head buffer is released.
+#[derive(Debug, Clone, Copy)]
+struct RequestFacts {
+    head_len: usize,
+    is_head: bool,
+    is_connect: bool,
+    /// Safe to send again on a fresh connection (RFC 9110 §9.2.2) and has no body.
+    retryable: bool,
+    version: Version,
+    body: BodyKind,
+    keep_alive: bool,
+    expect_continue: bool,
+    target: Target,
+}
+
+/// Per-exchange facts gathered for the trace record and the stats.
+struct Exchange {
+    started: Instant,
+    start_unix_ns: u64,
+    trace_id: u128,
+    span_id: u64,
+    parent_span_id: Option<u64>,
+    trace_flags: u8,
+    method_len: usize,
+    version: Version,
+    status: u16,
+    outcome: Outcome,
+    upstream_addr: Option<SocketAddr>,
+    ttfb: Option<Duration>,
+    decision: Decision,
+    request_body_len: u64,
+    response_body_len: u64,
+    /// `out[..response_head_len]` is the response head as sent (0: none).
+    response_head_len: usize,
+}
+
+/// One client connection and the buffers it reuses for every exchange.
+struct Session<'w> {
+    w: &'w Worker,
+    client: Conn,
+    peer: SocketAddr,
+    /// Encoded heads (plus the first body bytes) going out: request upstream, response to the client.
+    out: Vec<u8>,
+    /// The full URL of the current request (fault matching, traces).
+    url: Vec<u8>,
+    /// Scratch for the `traceparent` we forward, and de-chunked data for HTTP/1.0 clients.
+    scratch: Vec<u8>,
+    /// The request head as received (traces only).
+    request_head: Vec<u8>,
+    request_body: Vec<u8>,
+    response_body: Vec<u8>,
+    /// Body bytes a trace keeps (0 when tracing is off).
+    capture_limit: usize,
+    shutdown_slot: usize,
+    ex: Exchange,
+}
+
+/// Why a forward attempt ended without a response to relay.
+enum UpstreamFailure {
+    /// Refused, reset, garbled: 502.
+    Error,
+    /// No head within `--upstream-timeout`: 504.
+    Timeout,
+    /// A pooled connection had been closed by the upstream before we used it.
+    Stale,
+}
+
+impl<'w> Session<'w> {
+    fn new(w: &'w Worker, stream: TcpStream, peer: SocketAddr) -> Session<'w> {
+        let mut bufs = w.bufs.borrow_mut();
+        let capture_limit = w.config.trace.as_ref().map_or(0, |t| t.body_bytes);
+        let session = Session {
+            w,
+            client: Conn::new(stream, bufs.get(READ_BUF_BYTES)),
+            peer,
+            out: bufs.get(4096),
+            url: bufs.get(256),
+            scratch: bufs.get(64),
+            request_head: bufs.get(if capture_limit > 0 || w.config.trace.is_some() {
+                1024
+            } else {
+                0
+            }),
+            request_body: bufs.get(capture_limit),
+            response_body: bufs.get(capture_limit),
+            capture_limit,
+            shutdown_slot: w.shutdown.register(),
+            ex: Exchange::new(Instant::now()),
+        };
+        drop(bufs);
+        session
+    }
+
+    fn release(self) {
+        self.w.shutdown.release(self.shutdown_slot);
+        let buf = self.client.into_buf();
+        let mut bufs = self.w.bufs.borrow_mut();
+        for b in [
+            buf,
+            self.out,
+            self.url,
+            self.scratch,
+            self.request_head,
+            self.request_body,
+            self.response_body,
+        ] {
+            bufs.put(b);
+        }
+    }
+
+    fn tracing(&self) -> bool {
+        self.w.config.trace.is_some()
+    }
+
+    /// One request/response exchange; says whether the connection stays open.
+    async fn exchange(&mut self) -> Next {
+        let facts = match self.read_head().await {
+            Ok(facts) => facts,
+            Err(None) => return Next::Close,
+            Err(Some(status)) => {
+                self.ex.outcome = Outcome::BadRequest;
+                return self.answer_error(status).await;
+            }
+        };
+        let decision = {
+            let mut stats = self.w.stats.borrow_mut();
+            let mut rng = self.w.rng.borrow_mut();
+            self.w
+                .faults
+                .table
+                .decide(&self.url, &mut rng, &mut stats.rules)
+        };
+        self.ex.decision = decision;
+        if !decision.delay.is_zero() && !self.delay(decision.delay).await {
+            self.ex.outcome = Outcome::ClientClosed;
+            self.ex.status = 0;
+            self.record();
+            return Next::Close;
+        }
+        if let Some(rule) = decision.rule.filter(|_| decision.error.is_some()) {
+            return self.answer_fault(rule, facts).await;
+        }
+        if facts.is_connect {
+            return self.tunnel(facts).await;
+        }
+        self.forward(facts).await
+    }
+
+    /// Reads and parses the next request head. `Err(None)`: close silently (EOF, idle timeout,
+    /// shutdown); `Err(Some(status))`: answer that error and close.
+    async fn read_head(&mut self) -> Result<RequestFacts, Option<u16>> {
+        let cfg = &*self.w.config;
+        let mut head_deadline = None;
+        loop {
+            if !self.client.buffered().is_empty() {
+                if head_deadline.is_none() {
+                    let now = Instant::now();
+                    self.ex = Exchange::new(now);
+                    head_deadline = Some(now + cfg.header_timeout);
+                }
+                match self.parse_head() {
+                    Ok(Some(facts)) => return Ok(facts),
+                    Ok(None) => {}
+                    Err(e) => return Err(Some(e.status())),
+                }
+            }
+            let idle = head_deadline.is_none();
+            if idle && self.w.shutdown.fired() {
+                return Err(None);
+            }
+            let deadline = head_deadline.unwrap_or_else(|| Instant::now() + cfg.idle_timeout);
+            let max = cfg.limits.max_head_bytes + 1;
+            let read = if idle {
+                self.client
+                    .fill_or(max, deadline, self.w.shutdown.wait(self.shutdown_slot))
+                    .await
+            } else {
+                self.client.fill(max, deadline).await
+            };
+            match read {
+                Ok(0) => return Err(None),
+                Ok(_) => {}
+                Err(e) if connection::is_timeout(&e) && !idle => {
+                    self.ex.status = 408;
+                    return Err(Some(408));
+                }
+                Err(_) => return Err(None),
+            }
+        }
+    }
+
+    /// Parses the buffered head with an on-stack header array sized to the configured limit.
+    fn parse_head(&mut self) -> Result<Option<RequestFacts>, ParseError> {
+        if self.w.config.limits.max_headers <= SMALL_HEADERS {
+            self.parse_head_with::<SMALL_HEADERS>()
+        } else {
+            self.parse_head_with::<MAX_HEADERS_CAP>()
+        }
+    }
+
+    fn parse_head_with<const N: usize>(&mut self) -> Result<Option<RequestFacts>, ParseError> {
+        let mut headers = [httparse::EMPTY_HEADER; N];
+        let cfg = &*self.w.config;
+        let buf = self.client.buffered();
+        let Some(head) = http::parse::parse_request(buf, &mut headers, &cfg.limits)? else {
+            return Ok(None);
+        };
+        let body = http::body::request_body_kind(&head)?;
+        let method = head.method;
+        let is_connect = method == "CONNECT";
+        let facts_target;
+        // The full URL (RFC 9112 §3.3) and where the request goes.
+        self.url.clear();
+        let origin_target: &str;
+        match (&cfg.mode, is_connect) {
+            (Mode::Forward, true) => {
+                // RFC 9112 §3.2.3: CONNECT carries an authority-form target.
+                if head.target.starts_with('/') || head.target.contains('/') {
+                    return Err(ParseError::Malformed);
+                }
+                self.url.extend_from_slice(head.target.as_bytes());
+                facts_target = Target::Authority(0, self.url.len());
+                origin_target = "";
+            }
+            (Mode::Reverse(_), true) => return Err(ParseError::Malformed),
+            (mode, false) => {
+                if let Some(rest) = head.target.strip_prefix("http://") {
+                    // RFC 9112 §3.2.2: absolute-form; a proxy replaces Host with its authority.
+                    let path_at = rest.find(['/', '?']).unwrap_or(rest.len());
+                    if path_at == 0 {
+                        return Err(ParseError::Malformed);
+                    }
+                    self.url.extend_from_slice(head.target.as_bytes());
+                    facts_target = match mode {
+                        Mode::Forward => Target::Authority(7, 7 + path_at),
+                        Mode::Reverse(_) => Target::Upstream,
+                    };
+                    origin_target = if path_at == rest.len() {
+                        "/"
+                    } else {
+                        &rest[path_at..]
+                    };
+                } else if matches!(mode, Mode::Forward) {
+                    // A forward proxy needs to know where to go.
+                    return Err(ParseError::Malformed);
+                } else if head.target.starts_with('/') || head.target == "*" {
+                    let Mode::Reverse(up) = mode else {
+                        unreachable!("matched above")
+                    };
+                    let host = http::headers::header(head.headers, "host")
+                        .unwrap_or(up.authority.as_bytes());
+                    self.url.extend_from_slice(b"http://");
+                    self.url.extend_from_slice(host);
+                    self.url.extend_from_slice(head.target.as_bytes());
+                    facts_target = Target::Upstream;
+                    origin_target = head.target;
+                } else {
+                    return Err(ParseError::Malformed);
+                }
+            }
+        }
+        // W3C trace context: continue the caller's trace, start ours otherwise.
+        let (trace_id, parent) = match http::headers::header(head.headers, "traceparent")
+            .and_then(trace::parse_traceparent)
+        {
+            Some((trace_id, parent, flags)) => {
+                self.ex.trace_flags = flags;
+                (trace_id, Some(parent))
+            }
+            None => {
+                let mut rng = self.w.rng.borrow_mut();
+                (
+                    u128::from(rng.u64(1..)) << 64 | u128::from(rng.u64(..)),
+                    None,
+                )
+            }
+        };
+        self.ex.trace_id = trace_id;
+        self.ex.parent_span_id = parent;
+        self.ex.span_id = self.w.rng.borrow_mut().u64(1..);
+        self.ex.method_len = method.len();
+        self.ex.version = head.version;
+        if self.tracing() {
+            self.request_head.clear();
+            self.request_head.extend_from_slice(&buf[..head.head_len]);
+        }
+        let facts = RequestFacts {
+            head_len: head.head_len,
+            is_head: method == "HEAD",
+            is_connect,
+            retryable: body == BodyKind::Empty
+                && matches!(
+                    method,
+                    "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+                ),
+            version: head.version,
+            body,
+            keep_alive: http::headers::keep_alive(head.version, head.headers),
+            expect_continue: head.version == Version::Http11
+                && body != BodyKind::Empty
+                && http::headers::expects_continue(head.headers),
+            target: facts_target,
+        };
+        if !is_connect {
+            encode_upstream_head(
+                cfg,
+                &self.url,
+                &self.ex,
+                &mut self.scratch,
+                &mut self.out,
+                &head,
+                origin_target,
+                facts,
+            );
+        }
+        self.client.consume(facts.head_len);
+        Ok(Some(facts))
+    }
+
+    /// Sleeps for an injected delay while watching the client: `false` when it hung up.
+    /// Bytes it sends meanwhile (a body, a pipelined request) are kept.
+    async fn delay(&mut self, delay: Duration) -> bool {
+        let deadline = Instant::now() + delay;
+        loop {
+            let room = self.client.buffered().len() + READ_BUF_BYTES;
+            match self.client.fill(room, deadline).await {
+                Ok(0) if self.client.buffered().len() < room => return false,
+                // The buffer is full: sit out the rest without reading.
+                Ok(0) => {
+                    monoio::time::sleep_until(deadline.into()).await;
+                    return true;
+                }
+                Ok(_) => {}
+                Err(e) if connection::is_timeout(&e) => return true,
+                Err(_) => return false,
+            }
+            if Instant::now() >= deadline {
+                return true;
+            }
+        }
+    }
+
+    /// Answers with the synthetic response of error rule `rule`.
+    async fn answer_fault(&mut self, rule: usize, facts: RequestFacts) -> Next {
+        let mut keep_alive = facts.keep_alive && facts.version == Version::Http11;
+        // The request body is read and dropped, so the next request on the connection is found;
+        // a client waiting for 100-continue is spared sending it and the connection closes.
+        if facts.body != BodyKind::Empty {
+            if facts.expect_continue {
+                keep_alive = false;
+            } else if !self.discard_request_body(facts.body).await {
+                self.ex.outcome = Outcome::ClientClosed;
+                self.record();
+                return Next::Close;
+            }
+        }
+        let faults = Arc::clone(&self.w.faults);
+        let bytes = &faults.synthetic[rule][usize::from(!keep_alive)];
+        self.out.clear();
+        self.out.extend_from_slice(bytes);
+        let head_len = head_len(&self.out);
+        self.response_body.clear();
+        self.capture_response(FAULT_BODY);
+        self.ex.response_body_len = FAULT_BODY.len() as u64;
+        self.ex.response_head_len = head_len;
+        self.ex.status = status_of(&self.out);
+        self.ex.outcome = Outcome::Fault;
+        let sent = self.write_out_to_client().await;
+        self.record();
+        if sent && keep_alive && !self.w.shutdown.fired() {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
+    /// Reads the request body to its end, keeping only the traced prefix. `false` on failure.
+    async fn discard_request_body(&mut self, kind: BodyKind) -> bool {
+        let mut reader = BodyReader::new(kind);
+        let idle = self.w.config.idle_timeout;
+        self.request_body.clear();
+        loop {
+            let limit = self.capture_limit;
+            let n = match reader.scan(self.client.buffered(), |data| {
+                capture(&mut self.request_body, limit, data);
+            }) {
+                Ok(n) => n,
+                Err(_) => return false,
+            };
+            self.client.consume(n);
+            if reader.done {
+                self.ex.request_body_len = reader.data_len;
+                return true;
+            }
+            match self
+                .client
+                .fill(READ_BUF_BYTES, Instant::now() + idle)
+                .await
+            {
+                Ok(n) if n > 0 => {}
+                _ => return false,
+            }
+        }
+    }
+
+    /// Sends a proxy-generated error and closes.
+    async fn answer_error(&mut self, status: u16) -> Next {
+        self.out.clear();
+        http::encode::encode_error(status, &mut self.out);
+        self.ex.status = status;
+        self.ex.response_head_len = head_len(&self.out);
+        self.response_body.clear();
+        let body_at = self.ex.response_head_len;
+        let (limit, body) = (self.capture_limit, &self.out[body_at..]);
+        capture(&mut self.response_body, limit, body);
+        self.ex.response_body_len = body.len() as u64;
+        self.write_out_to_client().await;
+        self.record();
+        Next::Close
+    }
+
+    /// Writes `self.out` to the client; `false` if it could not be delivered.
+    async fn write_out_to_client(&mut self) -> bool {
+        let out = std::mem::take(&mut self.out);
+        let deadline = Instant::now() + self.w.config.idle_timeout;
+        let (res, out) = self.client.write_all(out, deadline).await;
+        self.out = out;
+        res.is_ok()
+    }
+
+    /// `CONNECT`: connects, answers 200 and splices bytes both ways until either side closes.
+    async fn tunnel(&mut self, facts: RequestFacts) -> Next {
+        let Target::Authority(from, to) = facts.target else {
+            return self.answer_error(400).await;
+        };
+        let authority = std::str::from_utf8(&self.url[from..to]).unwrap_or("");
+        let addr = match upstream::resolve(&self.w.resolver, authority).await {
+            Ok(addr) => addr,
+            Err(_) => {
+                self.ex.outcome = Outcome::UpstreamError;
+                return self.answer_error(502).await;
+            }
+        };
+        self.ex.upstream_addr = Some(addr);
+        let deadline = Instant::now() + self.w.config.upstream_timeout;
+        let stream = match upstream::connect(addr, deadline).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let timeout = connection::is_timeout(&e);
+                self.ex.outcome = if timeout {
+                    Outcome::UpstreamTimeout
+                } else {
+                    Outcome::UpstreamError
+                };
+                return self.answer_error(if timeout { 504 } else { 502 }).await;
+            }
+        };
+        self.ex.ttfb = Some(self.ex.started.elapsed());
+        self.out.clear();
+        self.out
+            .extend_from_slice(b"HTTP/1.1 200 Connection Established\r\n\r\n");
+        self.ex.status = 200;
+        self.ex.response_head_len = self.out.len();
+        self.ex.outcome = Outcome::Ok;
+        if !self.write_out_to_client().await {
+            self.ex.outcome = Outcome::ClientClosed;
+            self.record();
+            return Next::Close;
+        }
+        // Bytes the client sent right behind its CONNECT head belong to the tunnel.
+        let idle = self.w.config.idle_timeout;
+        let mut up = Conn::new(stream, self.w.bufs.borrow_mut().get(READ_BUF_BYTES));
+        let early = self.client.buffered().len();
+        let relayed = early == 0
+            || self
+                .client
+                .relay_to(&mut up, early, Instant::now() + idle)
+                .await
+                .is_ok();
+        if let (true, Some(client), Some(upstream)) =
+            (relayed, self.client.take_stream(), up.take_stream())
+        {
+            let bufs = {
+                let mut pool = self.w.bufs.borrow_mut();
+                [pool.get(READ_BUF_BYTES), pool.get(READ_BUF_BYTES)]
+            };
+            let spliced = tunnel::splice(client, upstream, bufs, idle).await;
+            self.ex.request_body_len = spliced.sent + early as u64;
+            self.ex.response_body_len = spliced.received;
+            let mut pool = self.w.bufs.borrow_mut();
+            spliced.bufs.into_iter().for_each(|b| pool.put(b));
+        }
+        self.release_conn(up);
+        self.record();
+        Next::Close
+    }
+
+    /// Forwards the request upstream and relays the response.
+    async fn forward(&mut self, facts: RequestFacts) -> Next {
+        let addr = match facts.target {
+            Target::Upstream => match &self.w.config.mode {
+                Mode::Reverse(up) => up.addrs[0],
+                Mode::Forward => return self.answer_error(400).await,
+            },
+            Target::Authority(from, to) => {
+                let authority = std::str::from_utf8(&self.url[from..to]).unwrap_or("");
+                match upstream::resolve(&self.w.resolver, authority).await {
+                    Ok(addr) => addr,
+                    Err(_) => {
+                        self.ex.outcome = Outcome::UpstreamError;
+                        return self.drain_then_error(facts, 502).await;
+                    }
+                }
+            }
+        };
+        self.ex.upstream_addr = Some(addr);
+        let deadline = Instant::now() + self.w.config.upstream_timeout;
+        let pooled = self.w.pool.borrow_mut().checkout(addr);
+        let mut attempt = match pooled {
+            Some(conn) => Some(conn),
+            None => None,
+        };
+        let mut reused = attempt.is_some();
+        loop {
+            let mut up = match attempt.take() {
+                Some(conn) => conn,
+                None => match upstream::connect(addr, deadline).await {
+                    Ok(stream) => Conn::new(stream, self.w.bufs.borrow_mut().get(READ_BUF_BYTES)),
+                    Err(e) => {
+                        let timeout = connection::is_timeout(&e);
+                        self.ex.outcome = if timeout {
+                            Outcome::UpstreamTimeout
+                        } else {
+                            Outcome::UpstreamError
+                        };
+                        return self
+                            .drain_then_error(facts, if timeout { 504 } else { 502 })
+                            .await;
+                    }
+                },
+            };
+            match self
+                .exchange_upstream(&mut up, facts, deadline, reused)
+                .await
+            {
+                Ok(next) => {
+                    return self.finish_upstream(up, addr, next);
+                }
+                Err((UpstreamFailure::Stale, _)) if reused && facts.retryable => {
+                    self.release_conn(up);
+                    reused = false;
+                }
+                Err((failure, request_done)) => {
+                    self.release_conn(up);
+                    let (outcome, status) = match failure {
+                        UpstreamFailure::Timeout => (Outcome::UpstreamTimeout, 504),
+                        UpstreamFailure::Error | UpstreamFailure::Stale => {
+                            (Outcome::UpstreamError, 502)
+                        }
+                    };
+                    self.ex.outcome = outcome;
+                    if request_done {
+                        return self.answer_error(status).await;
+                    }
+                    return self.drain_then_error(facts, status).await;
+                }
+            }
+        }
+    }
+
+    /// Reads the rest of the request body (when it is still small work) and answers `status`.
+    async fn drain_then_error(&mut self, facts: RequestFacts, status: u16) -> Next {
+        if facts.body != BodyKind::Empty && !facts.expect_continue {
+            let _ = self.discard_request_body(facts.body).await;
+        }
+        self.answer_error(status).await
+    }
+
+    fn release_conn(&self, conn: Conn) {
+        self.w.bufs.borrow_mut().put(conn.into_buf());
+    }
+
+    /// Puts a reusable upstream connection back and records the exchange.
+    fn finish_upstream(&mut self, up: Conn, addr: SocketAddr, done: Relayed) -> Next {
+        if done.upstream_reusable && up.buffered().is_empty() {
+            if let Some(extra) = self.w.pool.borrow_mut().checkin(addr, up) {
+                self.release_conn(extra);
+            }
+        } else {
+            self.release_conn(up);
+        }
+        self.record();
+        if done.client_keep_alive && !self.w.shutdown.fired() {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
+    /// Sends the request on `up` and relays the response. On failure before any response byte
+    /// reached the client, says why and whether the request body was fully read.
+    async fn exchange_upstream(
+        &mut self,
+        up: &mut Conn,
+        facts: RequestFacts,
+        deadline: Instant,
+        reused: bool,
+    ) -> Result<Relayed, (UpstreamFailure, bool)> {
+        let cfg = &*self.w.config;
+        let io_deadline = || Instant::now() + cfg.idle_timeout;
+        let mut request = BodyReader::new(facts.body);
+        let head_len = self.out.len();
+        // Head and whatever body bytes are already here go out in one write.
+        if !facts.expect_continue {
+            let limit = self.capture_limit;
+            self.request_body.clear();
+            let n = request
+                .scan(self.client.buffered(), |d| {
+                    capture(&mut self.request_body, limit, d)
+                })
+                .map_err(|_| (UpstreamFailure::Error, false))?;
+            self.out.extend_from_slice(&self.client.buffered()[..n]);
+            self.client.consume(n);
+        }
+        let out = std::mem::take(&mut self.out);
+        let (res, mut out) = up.write_all(out, io_deadline()).await;
+        out.truncate(head_len);
+        self.out = out;
+        if res.is_err() {
+            let failure = if reused {
+                UpstreamFailure::Stale
+            } else {
+                UpstreamFailure::Error
+            };
+            return Err((failure, request.done));
+        }
+        let sent_at = Instant::now();
+        let mut early_response = false;
+        if facts.expect_continue {
+            // RFC 9110 §10.1.1: wait (briefly) for the upstream's verdict before sending the body.
+            let wait = (Instant::now() + EXPECT_CONTINUE_WAIT).min(deadline);
+            match up.fill(cfg.limits.max_head_bytes + 1, wait).await {
+                Ok(0) => return Err((UpstreamFailure::Error, false)),
+                Ok(_) => {}
+                Err(e) if connection::is_timeout(&e) => {}
+                Err(_) => return Err((UpstreamFailure::Error, false)),
+            }
+            let interim = self.interim_status(up);
+            match interim {
+                // 100 Continue (or nothing yet): tell the client to go on.
+                Some(100) | None => {
+                    if let Some(status) = interim {
+                        let _ = status;
+                        let n = head_len_in(up.buffered());
+                        up.consume(n);
+                    }
+                    let (res, _) = self.client.write_all(CONTINUE, io_deadline()).await;
+                    if res.is_err() {
+                        return Err((UpstreamFailure::Error, false));
+                    }
+                }
+                // A final answer before the body: relay it; the body is never sent.
+                Some(_) => early_response = true,
+            }
+            self.request_body.clear();
+        }
+        if !early_response && !request.done {
+            let limit = self.capture_limit;
+            let body = &mut self.request_body;
+            let relayed = relay(
+                &mut self.client,
+                up,
+                &mut request,
+                cfg.idle_timeout,
+                |d| capture(body, limit, d),
+                None,
+            )
+            .await;
+            if relayed.is_err() {
+                // Either side failed mid-body: neither connection can continue.
+                return Err((UpstreamFailure::Error, false));
+            }
+        }
+        self.ex.request_body_len = request.data_len;
+        // The response head, after any interim 1xx responses.
+        let mut first_byte = false;
+        let facts_resp = loop {
+            if !up.buffered().is_empty() && !first_byte {
+                first_byte = true;
+                self.ex.ttfb = Some(sent_at.duration_since(self.ex.started) + sent_at.elapsed());
+            }
+            match self.parse_response(up, facts) {
+                Ok(Some(r)) if r.interim => {
+                    // RFC 9110 §15.2: relay 1xx to HTTP/1.1 clients, drop them for 1.0.
+                    if facts.version == Version::Http11 && r.status != 100 {
+                        let (res, _) =
+                            up_relay_head(up, &mut self.client, r.head_len, io_deadline()).await;
+                        if res.is_err() {
+                            return Err((UpstreamFailure::Error, request.done));
+                        }
+                    } else {
+                        up.consume(r.head_len);
+                    }
+                    continue;
+                }
+                Ok(Some(r)) => break r,
+                Ok(None) => {}
+                Err(()) => return Err((UpstreamFailure::Error, request.done)),
+            }
+            match up.fill(cfg.limits.max_head_bytes + 1, deadline).await {
+                Ok(0) if up.buffered().is_empty() && reused => {
+                    return Err((UpstreamFailure::Stale, request.done));
+                }
+                Ok(0) => return Err((UpstreamFailure::Error, request.done)),
+                Ok(_) => {}
+                Err(e) if connection::is_timeout(&e) => {
+                    return Err((UpstreamFailure::Timeout, request.done));
+                }
+                Err(_) if up.buffered().is_empty() && reused => {
+                    return Err((UpstreamFailure::Stale, request.done));
+                }
+                Err(_) => return Err((UpstreamFailure::Error, request.done)),
+            }
+        };
+        if self.ex.ttfb.is_none() {
+            self.ex.ttfb = Some(self.ex.started.elapsed());
+        }
+        up.consume(facts_resp.head_len);
+        self.ex.status = facts_resp.status;
+        self.ex.response_head_len = self.out.len();
+        self.ex.outcome = Outcome::Ok;
+        let client_keep_alive = facts_resp.client_keep_alive && !early_response && request.done;
+        // Body bytes already here ride along with the head.
+        let mut response = BodyReader::new(facts_resp.body);
+        self.response_body.clear();
+        let limit = self.capture_limit;
+        let dechunk = facts_resp.dechunk;
+        let n = {
+            let (body, out, scratch) = (&mut self.response_body, &mut self.out, &mut self.scratch);
+            scratch.clear();
+            let n = response
+                .scan(up.buffered(), |d| {
+                    capture(body, limit, d);
+                    if dechunk {
+                        scratch.extend_from_slice(d);
+                    }
+                })
+                .map_err(|_| (UpstreamFailure::Error, request.done))?;
+            if dechunk {
+                out.extend_from_slice(scratch);
+            } else {
+                out.extend_from_slice(&up.buffered()[..n]);
+            }
+            n
+        };
+        up.consume(n);
+        if !self.write_out_to_client().await {
+            self.ex.outcome = Outcome::ClientClosed;
+            return Ok(Relayed {
+                client_keep_alive: false,
+                upstream_reusable: false,
+            });
+        }
+        let mut upstream_reusable =
+            facts_resp.upstream_keep_alive && !early_response && request.done;
+        if !response.done {
+            let body = &mut self.response_body;
+            let scratch = if dechunk {
+                Some(&mut self.scratch)
+            } else {
+                None
+            };
+            match relay(
+                up,
+                &mut self.client,
+                &mut response,
+                cfg.upstream_timeout,
+                |d| capture(body, limit, d),
+                scratch,
+            )
+            .await
+            {
+                Ok(()) => {}
+                Err(RelayError::Destination) => {
+                    self.ex.outcome = Outcome::ClientClosed;
+                    upstream_reusable = false;
+                    self.ex.response_body_len = response.data_len;
+                    return Ok(Relayed {
+                        client_keep_alive: false,
+                        upstream_reusable,
+                    });
+                }
+                Err(RelayError::Source(timeout)) => {
+                    // The upstream broke off mid-body: the client must not mistake what it got
+                    // for a whole response, so its connection closes too.
+                    self.ex.outcome = if timeout {
+                        Outcome::UpstreamTimeout
+                    } else {
+                        Outcome::UpstreamError
+                    };
+                    self.ex.response_body_len = response.data_len;
+                    return Ok(Relayed {
+                        client_keep_alive: false,
+                        upstream_reusable: false,
+                    });
+                }
+            }
+        }
+        if facts_resp.body == BodyKind::CloseDelimited {
+            upstream_reusable = false;
+        }
+        self.ex.response_body_len = response.data_len;
+        Ok(Relayed {
+            client_keep_alive,
+            upstream_reusable,
+        })
+    }
+
+    /// The status of a complete 1xx head at the front of `up`'s buffer, if one is there.
+    fn interim_status(&self, up: &Conn) -> Option<u16> {
+        let mut headers = [httparse::EMPTY_HEADER; SMALL_HEADERS];
+        match http::parse::parse_response(up.buffered(), &mut headers, &self.w.config.limits) {
+            Ok(Some(head)) if (100..200).contains(&head.status) => Some(head.status),
+            Ok(Some(head)) => Some(head.status),
+            _ => None,
+        }
+    }
+
+    /// Parses the upstream's response head; on success the head to send the client is in
+    /// `self.out`. `Err(())`: garbled or conflicting framing (502).
+    fn parse_response(
+        &mut self,
+        up: &Conn,
+        facts: RequestFacts,
+    ) -> Result<Option<ResponseFacts>, ()> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+        let limit = self.w.config.limits.max_headers.min(MAX_HEADERS_CAP);
+        let headers = &mut headers[..limit];
+        let Some(head) = http::parse::parse_response(up.buffered(), headers, &self.w.config.limits)
+            .map_err(|_| ())?
+        else {
+            return Ok(None);
+        };
+        if (100..200).contains(&head.status) {
+            // 101 would mean an upgrade we never asked for (Upgrade is hop-by-hop, not forwarded).
+            if head.status == 101 {
+                return Err(());
+            }
+            return Ok(Some(ResponseFacts::interim(&head)));
+        }
+        let body = http::body::response_body_kind(&head, facts.is_head).map_err(|_| ())?;
+        let upstream_keep_alive = http::headers::keep_alive(head.version, head.headers);
+        // HTTP/1.0 clients cannot read chunked: de-chunk and delimit by close (RFC 9112 §7.1).
+        let dechunk = body == BodyKind::Chunked && facts.version == Version::Http10;
+        let (client_body, close_delimited) = match body {
+            BodyKind::Chunked if dechunk => (BodyKind::CloseDelimited, true),
+            BodyKind::CloseDelimited => (BodyKind::CloseDelimited, true),
+            other => (other, false),
+        };
+        let client_keep_alive = facts.keep_alive && !close_delimited && !self.w.shutdown.fired();
+        self.out.clear();
+        http::encode::encode_response_head(
+            &head,
+            client_body,
+            client_keep_alive,
+            facts.version,
+            &[VIA],
+            &mut self.out,
+        );
+        Ok(Some(ResponseFacts {
+            head_len: head.head_len,
+            status: head.status,
+            interim: false,
+            body,
+            dechunk,
+            client_keep_alive,
+            upstream_keep_alive,
+        }))
+    }
+
+    fn capture_response(&mut self, data: &[u8]) {
+        capture(&mut self.response_body, self.capture_limit, data);
+    }
+
+    /// Counts the exchange and appends its trace record (after the response went out).
+    fn record(&mut self) {
+        let duration = self.ex.started.elapsed();
+        let decision = self.ex.decision;
+        {
+            let mut stats = self.w.stats.borrow_mut();
+            stats.requests += 1;
+            let slot = OUTCOMES
+                .iter()
+                .position(|o| *o == self.ex.outcome)
+                .unwrap_or(0);
+            stats.outcomes[slot] += 1;
+            let micros = u64::try_from(duration.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            stats.latency_us.saturating_record(micros);
+        }
+        let mut trace = self.w.trace.borrow_mut();
+        let Some(writer) = trace.as_mut() else {
+            self.ex = Exchange::new(Instant::now());
+            return;
+        };
+        let fault = decision.rule.map(|rule| FaultHit {
+            rule: rule as u32,
+            kind: match self.w.faults.table.rules()[rule].kind() {
+                FaultKind::Delay => trace::FaultKind::Delay,
+                FaultKind::Error => trace::FaultKind::Error,
+            },
+            spec: &self.w.faults.specs[rule],
+        });
+        let method = self.request_head.get(..self.ex.method_len).unwrap_or(b"");
+        let event = TraceEvent {
+            trace_id: self.ex.trace_id,
+            span_id: self.ex.span_id,
+            parent_span_id: self.ex.parent_span_id,
+            start_unix_ns: self.ex.start_unix_ns,
+            duration_ns: u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
+            upstream_ttfb_ns: self
+                .ex
+                .ttfb
+                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            injected_delay_ns: u64::try_from(decision.delay.as_nanos()).unwrap_or(u64::MAX),
+            fault,
+            method,
+            url: &self.url,
+            version: self.ex.version.as_str(),
+            status: self.ex.status,
+            request_head: &self.request_head,
+            response_head: &self.out[..self.ex.response_head_len.min(self.out.len())],
+            request_body: &self.request_body,
+            request_body_len: self.ex.request_body_len,
+            response_body: &self.response_body,
+            response_body_len: self.ex.response_body_len,
+            client_addr: self.peer,
+            upstream_addr: self.ex.upstream_addr,
+            outcome: self.ex.outcome,
+        };
+        writer.write(&event);
+        drop(trace);
+        self.request_head.clear();
+        self.url.clear();
+        self.ex = Exchange::new(Instant::now());
+    }
+}
+
+/// The request head going upstream, in `out`.
+#[allow(clippy::too_many_arguments)]
+fn encode_upstream_head(
+    cfg: &Config,
+    url: &[u8],
+    ex: &Exchange,
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    head: &RequestHead<'_, '_>,
+    target: &str,
+    facts: RequestFacts,
+) {
+    let host: Option<&[u8]> = match (&cfg.mode, facts.target) {
+        (_, Target::Authority(from, to)) => Some(&url[from..to]),
+        (Mode::Reverse(up), _) => match &up.host_override {
+            Some(h) => Some(h.as_bytes()),
+            None if http::headers::header(head.headers, "host").is_none() => {
+                Some(up.authority.as_bytes())
+            }
+            None => None,
+        },
+        (Mode::Forward, Target::Upstream) => None,
+    };
+    scratch.clear();
+    trace::encode_traceparent(ex.trace_id, ex.span_id, ex.trace_flags, scratch);
+    out.clear();
+    http::encode::encode_request_head(
+        head,
+        target,
+        host,
+        facts.body,
+        &[VIA, ("traceparent", scratch)],
+        out,
+    );
+}
+
+/// What relaying a response left behind.
+struct Relayed {
+    client_keep_alive: bool,
+    upstream_reusable: bool,
+}
+
+/// A parsed response head, reduced to what the relay needs.
+#[derive(Debug, Clone, Copy)]
+struct ResponseFacts {
+    head_len: usize,
+    status: u16,
+    /// A 1xx interim response: another head follows.
+    interim: bool,
+    body: BodyKind,
+    /// Chunked from the upstream, de-chunked for an HTTP/1.0 client.
+    dechunk: bool,
+    client_keep_alive: bool,
+    upstream_keep_alive: bool,
+}
+
+impl ResponseFacts {
+    fn interim(head: &ResponseHead<'_, '_>) -> ResponseFacts {
+        ResponseFacts {
+            head_len: head.head_len,
+            status: head.status,
+            interim: true,
+            body: BodyKind::Empty,
+            dechunk: false,
+            client_keep_alive: true,
+            upstream_keep_alive: true,
+        }
+    }
+}
+
+/// Relays an interim head verbatim from the upstream to the client.
+async fn up_relay_head(
+    up: &mut Conn,
+    client: &mut Conn,
+    n: usize,
+    deadline: Instant,
+) -> (std::io::Result<()>, ()) {
+    (up.relay_to(client, n, deadline).await, ())
+}
+
+/// Where one body stands while it streams.
+struct BodyReader {
+    kind: BodyKind,
+    /// Bytes left of a `Length` body.
+    remaining: u64,
+    chunked: ChunkedDecoder,
+    /// Payload bytes seen (de-chunked).
+    data_len: u64,
+    done: bool,
+}
+
+impl BodyReader {
+    fn new(kind: BodyKind) -> BodyReader {
+        let (remaining, done) = match kind {
+            BodyKind::Length(n) => (n, n == 0),
+            BodyKind::Empty => (0, true),
+            BodyKind::Chunked | BodyKind::CloseDelimited => (0, false),
+        };
+        BodyReader {
+            kind,
+            remaining,
+            chunked: ChunkedDecoder::new(),
+            data_len: 0,
+            done,
+        }
+    }
+
+    /// How many leading bytes of `buf` belong to this body (framing included), handing each
+    /// run of payload to `data`.
+    fn scan(
+        &mut self,
+        buf: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, http::body::BodyError> {
+        if self.done {
+            return Ok(0);
+        }
+        match self.kind {
+            BodyKind::Empty => Ok(0),
+            BodyKind::Length(_) => {
+                let n = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                data(&buf[..n]);
+                self.remaining -= n as u64;
+                self.data_len += n as u64;
+                self.done = self.remaining == 0;
+                Ok(n)
+            }
+            BodyKind::CloseDelimited => {
+                data(buf);
+                self.data_len += buf.len() as u64;
+                Ok(buf.len())
+            }
+            BodyKind::Chunked => {
+                let mut at = 0;
+                while at < buf.len() && !self.chunked.is_done() {
+                    let step = self.chunked.decode(&buf[at..])?;
+                    let payload = &buf[at + step.data.start..at + step.data.end];
+                    if !payload.is_empty() {
+                        data(payload);
+                        self.data_len += payload.len() as u64;
+                    }
+                    at += step.consumed;
+                    if step.consumed == 0 {
+                        break;
+                    }
+                }
+                self.done = self.chunked.is_done();
+                Ok(at)
+            }
+        }
+    }
+}
+
+enum RelayError {
+    /// The sending side closed early, failed or timed out (`true`: timed out).
+    Source(bool),
+    /// The receiving side failed.
+    Destination,
+}
+
+/// Streams the rest of a body from `src` to `dst` until `body` is done. With `dechunk`, only
+/// the payload is written (staged through the given buffer); otherwise framing passes through.
+async fn relay(
+    src: &mut Conn,
+    dst: &mut Conn,
+    body: &mut BodyReader,
+    read_timeout: Duration,
+    mut capture: impl FnMut(&[u8]),
+    mut dechunk: Option<&mut Vec<u8>>,
+) -> Result<(), RelayError> {
+    loop {
+        let n = match dechunk.as_deref_mut() {
+            Some(staged) => {
+                staged.clear();
+                let n = body
+                    .scan(src.buffered(), |d| {
+                        capture(d);
+                        staged.extend_from_slice(d);
+                    })
+                    .map_err(|_| RelayError::Source(false))?;
+                if !staged.is_empty() {
+                    let data = std::mem::take(staged);
+                    let (res, data) = dst.write_all(data, Instant::now() + read_timeout).await;
+                    *staged = data;
+                    res.map_err(|_| RelayError::Destination)?;
+                }
+                src.consume(n);
+                n
+            }
+            None => {
+                let n = body
+                    .scan(src.buffered(), &mut capture)
+                    .map_err(|_| RelayError::Source(false))?;
+                if n > 0 {
+                    src.relay_to(dst, n, Instant::now() + read_timeout)
+                        .await
+                        .map_err(|_| RelayError::Destination)?;
+                }
+                n
+            }
+        };
+        let _ = n;
+        if body.done {
+            return Ok(());
+        }
+        match src
+            .fill(READ_BUF_BYTES, Instant::now() + read_timeout)
+            .await
+        {
+            Ok(0) if body.kind == BodyKind::CloseDelimited => {
+                body.done = true;
+                return Ok(());
+            }
+            Ok(0) => return Err(RelayError::Source(false)),
+            Ok(_) => {}
+            Err(e) => return Err(RelayError::Source(connection::is_timeout(&e))),
+        }
+    }
+}
+
+/// Appends to a trace capture up to `limit` bytes.
+fn capture(into: &mut Vec<u8>, limit: usize, data: &[u8]) {
+    let room = limit.saturating_sub(into.len());
+    into.extend_from_slice(&data[..room.min(data.len())]);
+}
+
+/// Length of the head at the front of a response we built (through the blank line).
+fn head_len(bytes: &[u8]) -> usize {
+    head_len_in(bytes)
+}
+
+fn head_len_in(bytes: &[u8]) -> usize {
+    memchr::memmem::find(bytes, b"\r\n\r\n").map_or(bytes.len(), |i| i + 4)
+}
+
+/// The status code of a response we built (`HTTP/1.1 503 ...`).
+fn status_of(bytes: &[u8]) -> u16 {
+    bytes
+        .get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Exchange {
+    fn new(started: Instant) -> Exchange {
+        let start_unix_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Exchange {
+            started,
+            start_unix_ns,
+            trace_id: 0,
+            span_id: 0,
+            parent_span_id: None,
+            trace_flags: 1,
+            method_len: 0,
+            version: Version::Http11,
+            status: 0,
+            outcome: Outcome::Ok,
+            upstream_addr: None,
+            ttfb: None,
+            decision: Decision::NONE,
+            request_body_len: 0,
+            response_body_len: 0,
+            response_head_len: 0,
+        }
+    }
+}

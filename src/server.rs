@@ -1,0 +1,418 @@
+//! Threads, runtimes, listeners, the accept loop, shutdown and the summary.
+//!
+//! Everything blocking (binding, opening trace rings) happens in [`Server::bind`] on the calling
+//! thread; workers only accept and hand connections to `proxy`.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use monoio::{
+    IoUringDriver, LegacyDriver, RuntimeBuilder, blocking::DefaultThreadPool, io::Canceller,
+};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::{
+    config::{Config, Driver, Mode},
+    error::Error,
+    fault::{FaultRule, RuleStats},
+    proxy::{self, Faults, OUTCOMES, Stats, Worker},
+    trace::{TraceConfig, TraceWriter},
+};
+
+/// Listen backlog per worker (monoio's default is 1024; bursts of new connections need more).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// How often a worker looks at the process-wide stop flag (not on the request path).
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// While at `--max-connections`, how long accepting pauses before looking again.
+const FULL_PAUSE: Duration = Duration::from_millis(5);
+
+/// Accept errors (EMFILE, ENFILE, ENOBUFS) back off from this, doubling…
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// …up to this, so fd exhaustion never spins a core.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Threads resolving forward-mode names off the workers.
+const RESOLVER_THREADS: usize = 2;
+
+/// The I/O driver a worker actually runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UsedDriver {
+    Uring,
+    Epoll,
+}
+
+impl fmt::Display for UsedDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UsedDriver::Uring => "io_uring",
+            UsedDriver::Epoll => "epoll",
+        })
+    }
+}
+
+/// A bound, not yet running proxy.
+pub struct Server {
+    config: Arc<Config>,
+    faults: Arc<Faults>,
+    listeners: Vec<std::net::TcpListener>,
+    traces: Vec<Option<TraceWriter>>,
+    local_addr: SocketAddr,
+    driver: UsedDriver,
+}
+
+impl Server {
+    /// Compiles the faults, opens the trace rings and binds one `SO_REUSEPORT` listener per
+    /// worker (all on the same port, even when the configured port is 0).
+    ///
+    /// # Errors
+    /// `Bind` when the address is taken or not ours, `Trace` when a ring cannot be opened,
+    /// `Config` when io_uring was forced but is unavailable.
+    pub fn bind(config: Config) -> Result<Server, Error> {
+        let driver = match config.driver {
+            Driver::Epoll => UsedDriver::Epoll,
+            Driver::Uring if monoio::utils::detect_uring() => UsedDriver::Uring,
+            Driver::Uring => {
+                return Err(Error::Config(
+                    "--driver uring: io_uring is not available here".into(),
+                ));
+            }
+            Driver::Auto if monoio::utils::detect_uring() => UsedDriver::Uring,
+            Driver::Auto => {
+                eprintln!("phantom-fast: io_uring is not available here; using epoll");
+                UsedDriver::Epoll
+            }
+        };
+        let faults = Arc::new(Faults::compile(&config.faults));
+        let traces = match &config.trace {
+            Some(settings) => {
+                let trace_config = TraceConfig {
+                    dir: settings.dir.clone(),
+                    capacity_bytes: settings.capacity_bytes,
+                    reset: settings.reset,
+                };
+                (0..config.workers)
+                    .map(|i| TraceWriter::open(&trace_config, i).map(Some))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            None => (0..config.workers).map(|_| None).collect(),
+        };
+        let mut addr = config.listen;
+        let mut listeners = Vec::with_capacity(config.workers);
+        for _ in 0..config.workers {
+            let listener = bind_reuseport(addr).map_err(|source| Error::Bind { addr, source })?;
+            addr = listener
+                .local_addr()
+                .map_err(|source| Error::Bind { addr, source })?;
+            listeners.push(listener);
+        }
+        Ok(Server {
+            config: Arc::new(config),
+            faults,
+            listeners,
+            traces,
+            local_addr: addr,
+            driver,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The startup banner: address, mode, workers, driver, then the compiled fault rules.
+    pub fn banner(&self) -> String {
+        let mode = match &self.config.mode {
+            Mode::Reverse(up) => format!("reverse → {}", up.authority),
+            Mode::Forward => "forward proxy".to_owned(),
+        };
+        let workers = self.config.workers;
+        let plural = if workers == 1 { "" } else { "s" };
+        let mut text = format!(
+            "phantom-fast listening on {} ({mode}, {workers} worker{plural}, driver {})",
+            self.local_addr, self.driver
+        );
+        for (i, rule) in self.faults.table().rules().iter().enumerate() {
+            text.push_str(&format!("\n  fault[{i}] {rule}"));
+        }
+        match &self.config.trace {
+            Some(t) => text.push_str(&format!("\n  traces → {}", t.dir.display())),
+            None => text.push_str("\n  traces off"),
+        }
+        text
+    }
+
+    /// Runs the workers until `stop` is set, then drains them within the grace period.
+    ///
+    /// # Errors
+    /// `Runtime` when a worker's runtime cannot be built, `WorkerPanicked` for a bug.
+    pub fn run(self, stop: Arc<AtomicBool>) -> Result<Summary, Error> {
+        let Server {
+            config,
+            faults,
+            listeners,
+            traces,
+            driver,
+            ..
+        } = self;
+        let resolver_pool = DefaultThreadPool::new(RESOLVER_THREADS);
+        let started = Instant::now();
+        let handles: Vec<_> = listeners
+            .into_iter()
+            .zip(traces)
+            .enumerate()
+            .map(|(index, (listener, trace))| {
+                let (config, faults, stop) =
+                    (Arc::clone(&config), Arc::clone(&faults), Arc::clone(&stop));
+                let pool = resolver_pool.clone();
+                std::thread::Builder::new()
+                    .name(format!("pf-worker-{index}"))
+                    .spawn(move || {
+                        run_worker(index, driver, config, faults, listener, trace, stop, pool)
+                    })
+                    .map_err(|source| Error::Runtime {
+                        worker: index,
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut summary = Summary::new(faults.table().rules());
+        let mut first_error = None;
+        for (index, handle) in handles.into_iter().enumerate() {
+            match handle.join() {
+                Ok(Ok(stats)) => summary.add(&stats),
+                Ok(Err(e)) => {
+                    stop.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    stop.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(Error::WorkerPanicked(index));
+                }
+            }
+        }
+        summary.elapsed = started.elapsed();
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
+    }
+}
+
+/// Binds, announces, serves until SIGINT/SIGTERM, then prints the summary on stderr.
+///
+/// # Errors
+/// As [`Server::bind`] and [`Server::run`].
+pub fn run_until_signal(config: Config) -> Result<(), Error> {
+    let server = Server::bind(config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+        .map_err(|e| Error::Config(format!("cannot install the signal handler: {e}")))?;
+    eprintln!("{}", server.banner());
+    let summary = server.run(stop)?;
+    eprint!("{summary}");
+    Ok(())
+}
+
+/// A listening socket with `SO_REUSEPORT`, so each worker accepts on its own queue.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_worker(
+    index: usize,
+    driver: UsedDriver,
+    config: Arc<Config>,
+    faults: Arc<Faults>,
+    listener: std::net::TcpListener,
+    trace: Option<TraceWriter>,
+    stop: Arc<AtomicBool>,
+    pool: DefaultThreadPool,
+) -> Result<Stats, Error> {
+    let runtime_error = |source| Error::Runtime {
+        worker: index,
+        source,
+    };
+    let worker = Rc::new(Worker::new(index, config, faults, trace));
+    let serve = serve_worker(Rc::clone(&worker), listener, stop);
+    match driver {
+        UsedDriver::Uring => RuntimeBuilder::<IoUringDriver>::new()
+            .enable_timer()
+            .attach_thread_pool(Box::new(pool))
+            .build()
+            .map_err(runtime_error)?
+            .block_on(serve),
+        UsedDriver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
+            .enable_timer()
+            .attach_thread_pool(Box::new(pool))
+            .build()
+            .map_err(runtime_error)?
+            .block_on(serve),
+    }
+    .map_err(runtime_error)?;
+    let worker = Rc::try_unwrap(worker).map_err(|_| Error::WorkerPanicked(index))?;
+    if let Some(trace) = worker.trace.borrow_mut().as_mut() {
+        let _ = trace.flush();
+    }
+    Ok(worker.stats.into_inner())
+}
+
+/// Accepts until stopped, then lets in-flight connections finish within the grace period.
+async fn serve_worker(
+    worker: Rc<Worker>,
+    listener: std::net::TcpListener,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let listener = monoio::net::TcpListener::from_std(listener)?;
+    let canceller = Canceller::new();
+    let accepting = monoio::spawn(accept_loop(
+        Rc::clone(&worker),
+        listener,
+        canceller.handle(),
+    ));
+    while !stop.load(Ordering::Relaxed) {
+        monoio::time::sleep(STOP_POLL).await;
+    }
+    canceller.cancel();
+    accepting.await;
+    worker.shutdown.fire();
+    let deadline = Instant::now() + worker.config.grace;
+    while worker.active.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let idle: Vec<_> = worker.pool.borrow_mut().drain().collect();
+    drop(idle);
+    Ok(())
+}
+
+async fn accept_loop(
+    worker: Rc<Worker>,
+    listener: monoio::net::TcpListener,
+    cancel: monoio::io::CancelHandle,
+) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        if worker.active.get() >= worker.config.max_connections {
+            monoio::time::sleep(FULL_PAUSE).await;
+            if worker.shutdown.fired() {
+                return;
+            }
+            continue;
+        }
+        match listener.cancelable_accept(cancel.clone()).await {
+            Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                monoio::spawn(proxy::serve(Rc::clone(&worker), stream, peer));
+            }
+            Err(e) if e.raw_os_error() == Some(125) => return,
+            Err(e) => {
+                eprintln!("phantom-fast: accept failed ({e}); retrying in {backoff:?}");
+                monoio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// What all workers did, printed at shutdown.
+pub struct Summary {
+    /// Answered requests.
+    pub requests: u64,
+    /// Per outcome name (`ok`, `fault`, …).
+    pub outcomes: Vec<(&'static str, u64)>,
+    /// Per fault rule: its canonical text and counts.
+    pub rules: Vec<(String, RuleStats)>,
+    /// Exchange durations in microseconds.
+    pub latency_us: Histogram<u64>,
+    /// Wall time served.
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    fn new(rules: &[FaultRule]) -> Summary {
+        Summary {
+            requests: 0,
+            outcomes: OUTCOMES.iter().map(|o| (o.as_str(), 0)).collect(),
+            rules: rules
+                .iter()
+                .map(|r| (r.to_string(), RuleStats::default()))
+                .collect(),
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("static histogram bounds are valid"),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn add(&mut self, stats: &Stats) {
+        self.requests += stats.requests;
+        for (slot, n) in self.outcomes.iter_mut().zip(stats.outcomes) {
+            slot.1 += n;
+        }
+        for ((_, total), worker) in self.rules.iter_mut().zip(&stats.rules) {
+            total.matched += worker.matched;
+            total.faulted += worker.faulted;
+        }
+        let _ = self.latency_us.add(&stats.latency_us);
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        writeln!(
+            f,
+            "phantom-fast: {} requests in {:.1}s ({:.0}/s)",
+            self.requests,
+            secs,
+            self.requests as f64 / secs
+        )?;
+        let outcomes: Vec<String> = self
+            .outcomes
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(o, n)| format!("{o} {n}"))
+            .collect();
+        if !outcomes.is_empty() {
+            writeln!(f, "  outcomes: {}", outcomes.join(", "))?;
+        }
+        if self.requests > 0 {
+            let ms = |q: f64| self.latency_us.value_at_quantile(q) as f64 / 1000.0;
+            writeln!(
+                f,
+                "  latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+                ms(0.5),
+                ms(0.9),
+                ms(0.99),
+                ms(0.999),
+                self.latency_us.max() as f64 / 1000.0
+            )?;
+        }
+        for (i, (spec, stats)) in self.rules.iter().enumerate() {
+            writeln!(
+                f,
+                "  fault[{i}] {spec}: matched {}, faulted {}",
+                stats.matched, stats.faulted
+            )?;
+        }
+        Ok(())
+    }
+}

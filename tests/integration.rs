@@ -1,0 +1,12 @@
+//! The one integration test binary: owns driving the real `phantom-fast` binary over loopback
+//! against scripted origins, asserting raw bytes. It does not unit-test modules (see `src/`).
+//!
+//! Each area is a module; `support` holds the proxy process, origins and the raw client.
+
+mod faults;
+mod forward;
+mod framing;
+mod keepalive;
+mod rejects;
+mod support;
+mod upstream_errors;
