@@ -335,6 +335,12 @@ enum UpstreamFailure {
     Timeout,
     /// A pooled connection had been closed by the upstream before we used it.
     Stale,
+    /// The client's body broke its own framing (bad chunk size): 400.
+    BadRequestBody,
+    /// The client stopped sending its body: 408 if it is still there.
+    ClientTimeout,
+    /// The client hung up mid-body: nobody to answer.
+    ClientGone,
 }
 
 impl<'w> Session<'w> {
@@ -560,7 +566,7 @@ impl<'w> Session<'w> {
             head_len: head.head_len,
             is_head: method == "HEAD",
             is_connect,
-            retryable: body == BodyKind::Empty
+            retryable: matches!(body, BodyKind::Empty | BodyKind::Length(0))
                 && matches!(
                     method,
                     "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
@@ -787,11 +793,7 @@ impl<'w> Session<'w> {
         };
         self.ex.upstream_addr = Some(addr);
         let deadline = Instant::now() + self.w.config.upstream_timeout;
-        let pooled = self.w.pool.borrow_mut().checkout(addr);
-        let mut attempt = match pooled {
-            Some(conn) => Some(conn),
-            None => None,
-        };
+        let mut attempt = self.w.pool.borrow_mut().checkout(addr);
         let mut reused = attempt.is_some();
         loop {
             let mut up = match attempt.take() {
@@ -829,12 +831,22 @@ impl<'w> Session<'w> {
                         UpstreamFailure::Error | UpstreamFailure::Stale => {
                             (Outcome::UpstreamError, 502)
                         }
+                        UpstreamFailure::BadRequestBody => (Outcome::BadRequest, 400),
+                        UpstreamFailure::ClientTimeout => (Outcome::BadRequest, 408),
+                        UpstreamFailure::ClientGone => {
+                            self.ex.outcome = Outcome::ClientClosed;
+                            self.record();
+                            return Next::Close;
+                        }
                     };
                     self.ex.outcome = outcome;
-                    if request_done {
-                        return self.answer_error(status).await;
+                    // A body that broke off cannot be drained; a whole one was already read.
+                    let drain = !request_done
+                        && matches!(outcome, Outcome::UpstreamError | Outcome::UpstreamTimeout);
+                    if drain {
+                        return self.drain_then_error(facts, status).await;
                     }
-                    return self.drain_then_error(facts, status).await;
+                    return self.answer_error(status).await;
                 }
             }
         }
@@ -890,7 +902,7 @@ impl<'w> Session<'w> {
                 .scan(self.client.buffered(), |d| {
                     capture(&mut self.request_body, limit, d)
                 })
-                .map_err(|_| (UpstreamFailure::Error, false))?;
+                .map_err(|_| (UpstreamFailure::BadRequestBody, false))?;
             self.out.extend_from_slice(&self.client.buffered()[..n]);
             self.client.consume(n);
         }
@@ -948,9 +960,14 @@ impl<'w> Session<'w> {
                 None,
             )
             .await;
-            if relayed.is_err() {
-                // Either side failed mid-body: neither connection can continue.
-                return Err((UpstreamFailure::Error, false));
+            match relayed {
+                Ok(()) => {}
+                Err(RelayError::Framing) => return Err((UpstreamFailure::BadRequestBody, false)),
+                Err(RelayError::Source(true)) => {
+                    return Err((UpstreamFailure::ClientTimeout, false));
+                }
+                Err(RelayError::Source(false)) => return Err((UpstreamFailure::ClientGone, false)),
+                Err(RelayError::Destination) => return Err((UpstreamFailure::Error, false)),
             }
         }
         self.ex.request_body_len = request.data_len;
@@ -1060,6 +1077,14 @@ impl<'w> Session<'w> {
                     return Ok(Relayed {
                         client_keep_alive: false,
                         upstream_reusable,
+                    });
+                }
+                Err(RelayError::Framing) => {
+                    self.ex.outcome = Outcome::UpstreamError;
+                    self.ex.response_body_len = response.data_len;
+                    return Ok(Relayed {
+                        client_keep_alive: false,
+                        upstream_reusable: false,
                     });
                 }
                 Err(RelayError::Source(timeout)) => {
@@ -1377,6 +1402,8 @@ impl BodyReader {
 enum RelayError {
     /// The sending side closed early, failed or timed out (`true`: timed out).
     Source(bool),
+    /// The body broke its chunked framing.
+    Framing,
     /// The receiving side failed.
     Destination,
 }
@@ -1400,7 +1427,7 @@ async fn relay(
                         capture(d);
                         staged.extend_from_slice(d);
                     })
-                    .map_err(|_| RelayError::Source(false))?;
+                    .map_err(|_| RelayError::Framing)?;
                 if !staged.is_empty() {
                     let data = std::mem::take(staged);
                     let (res, data) = dst.write_all(data, Instant::now() + read_timeout).await;

@@ -141,9 +141,11 @@ fn split_authority(authority: &str) -> io::Result<(&str, u16)> {
 mod tests {
     use super::*;
 
+    type Row = (&'static str, &'static str, Option<(&'static str, u16)>);
+
     #[test]
     fn split_authority_rows() {
-        let rows: &[(&str, &str, Option<(&str, u16)>)] = &[
+        let rows: &[Row] = &[
             (
                 "host_and_port",
                 "example.com:8080",

@@ -11,7 +11,8 @@ use httparse::Header;
 use super::headers::{list_items, trim_ows};
 use super::parse::{ParseError, RequestHead, ResponseHead, Version};
 
-/// Upper bound on the bytes of chunk extensions (`;name=value...`) on one chunk-size line,
+/// Upper bound on the bytes of chunk extensions (`;name=value...`, from the first `;` up to the
+/// CR) on one chunk-size line,
 /// as hyper's `CHUNKED_EXTENSIONS_LIMIT` (16 KiB); pingora allows an 8 KiB chunk head.
 pub const MAX_CHUNK_EXT_BYTES: usize = 16 * 1024;
 
@@ -55,8 +56,8 @@ pub fn request_body_kind(head: &RequestHead<'_, '_>) -> Result<BodyKind, ParseEr
         if head.version == Version::Http10 {
             return Err(ParseError::UnsupportedTransferEncoding);
         }
-        // RFC 9112 §6.3 (4): chunked not final in a request → 400 and close. §7: chunked must not
-        // be applied more than once.
+        // RFC 9112 §6.3 (4): chunked not final in a request → 400 and close.
+        // RFC 9112 §7: chunked must not be applied more than once.
         return match chunked_position(head.headers) {
             ChunkedPosition::FinalOnce => Ok(BodyKind::Chunked),
             ChunkedPosition::NotFinal | ChunkedPosition::Repeated => {
@@ -256,7 +257,8 @@ pub struct ChunkedDecoder {
     state: ChunkedState,
     /// While in `Size`: the chunk-size accumulated so far; in `Body`: data bytes still due.
     chunk_remaining: u64,
-    /// Bytes of extensions on the current chunk-size line, bounded by [`MAX_CHUNK_EXT_BYTES`].
+    /// Bytes of extensions (from the first `;`) on the current chunk-size line, bounded by
+    /// [`MAX_CHUNK_EXT_BYTES`].
     extension_bytes: usize,
     /// Bytes of the trailer section so far, bounded by [`MAX_TRAILER_BYTES`].
     trailer_bytes: usize,
@@ -354,11 +356,14 @@ impl ChunkedDecoder {
             (S::Start, _) => {
                 let digit = hex_value(b).ok_or(BodyError::InvalidChunkSize)?;
                 self.chunk_remaining = u64::from(digit);
-                self.extension_bytes = 0;
                 S::Size
             }
             (S::Size, b'\r') => S::SizeLf,
-            (S::Size, b';') => S::Extension,
+            (S::Size | S::SizeLws, b';') => {
+                // The `;` counts towards the extension limit, so `;` plus the limit is too much.
+                self.extension_bytes = 1;
+                S::Extension
+            }
             (S::Size | S::SizeLws, b' ' | b'\t') => S::SizeLws,
             (S::Size, _) => {
                 let digit = hex_value(b).ok_or(BodyError::InvalidChunkSize)?;
@@ -370,7 +375,6 @@ impl ChunkedDecoder {
                 S::Size
             }
             (S::SizeLws, b'\r') => S::SizeLf,
-            (S::SizeLws, b';') => S::Extension,
             (S::SizeLws, _) => return Err(BodyError::InvalidChunkSize),
             (S::SizeLf, b'\n') if self.chunk_remaining == 0 => {
                 // RFC 9112 §7.1: last-chunk, then the trailer section and a final CRLF.
@@ -813,7 +817,7 @@ mod tests {
             (
                 "chunked_leading_zeros_ok",
                 b"0005\r\nhello\r\n0\r\n\r\n",
-                ok(b"hello", true, 19),
+                ok(b"hello", true, 18),
             ),
             (
                 "chunked_upper_hex_ok",
@@ -962,6 +966,77 @@ mod tests {
             // Byte by byte: every offset is a split point.
             let every: Vec<usize> = (1..input.len()).collect();
             assert_eq!(run(input, &every), whole, "byte by byte of {input:?}");
+        }
+    }
+
+    #[test]
+    fn chunked_decode_random_bodies_and_splits_match_whole() {
+        // xorshift: deterministic, no rand dependency.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..300 {
+            let mut body = Vec::new();
+            let mut want = Vec::new();
+            for _ in 0..(next() % 5) {
+                let len = (next() % 40 + 1) as usize;
+                body.extend_from_slice(format!("{len:x}").as_bytes());
+                if next() % 2 == 0 {
+                    body.extend_from_slice(b";k=v");
+                }
+                body.extend_from_slice(b"\r\n");
+                for _ in 0..len {
+                    let b = (next() % 256) as u8;
+                    body.push(b);
+                    want.push(b);
+                }
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n");
+            if next() % 2 == 0 {
+                body.extend_from_slice(b"T: x\r\n");
+            }
+            body.extend_from_slice(b"\r\nrest");
+            let whole = run(&body, &[]);
+            let data_end = body.len() - 4;
+            assert_eq!(whole, Ok((want, body[..data_end].to_vec(), true, data_end)));
+            let mut splits: Vec<usize> = (0..(next() % 8))
+                .map(|_| (next() % body.len() as u64) as usize)
+                .collect();
+            splits.sort_unstable();
+            assert_eq!(run(&body, &splits), whole, "splits {splits:?}");
+        }
+    }
+
+    #[test]
+    fn chunked_decode_random_garbage_never_panics() {
+        let alphabet = b"0123456789abcdefABCDEF;= \t\r\nxyz";
+        let mut state = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 48) as usize;
+            let input: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let mut dec = ChunkedDecoder::new();
+            let mut rest = &input[..];
+            while let Ok(d) = dec.decode(rest) {
+                assert!(d.consumed <= rest.len());
+                assert!(d.data.end <= d.consumed);
+                rest = &rest[d.consumed..];
+                if d.consumed == 0 || d.done {
+                    break;
+                }
+            }
         }
     }
 

@@ -6,7 +6,7 @@
 use httparse::Header;
 
 use super::body::BodyKind;
-use super::headers::is_hop_by_hop;
+use super::headers::{connection_has, is_fixed_hop_by_hop};
 use super::parse::{ParseError, RequestHead, ResponseHead, Version};
 
 const CRLF: &[u8] = b"\r\n";
@@ -70,9 +70,11 @@ pub fn reason_phrase(status: u16) -> &'static str {
 
 /// Appends the request head sent upstream, always as HTTP/1.1 and persistent.
 ///
-/// Writes `METHOD target HTTP/1.1`, then `Host: <host>` first when `host` is `Some` (replacing
-/// every `Host` line of `head`), then each header of `head` except hop-by-hop ones (see
-/// [`is_hop_by_hop`]) and `Content-Length`, then `extra` verbatim, then the framing for `body`:
+/// Writes `METHOD target HTTP/1.1` (a `target` that is empty or starts with `?` gets a leading
+/// `/`, RFC 9112 §3.2.1), then `Host: <host>` first when `host` is `Some` (replacing every
+/// `Host` line of `head`), then each header of `head` except hop-by-hop ones (see
+/// [`is_hop_by_hop`](super::is_hop_by_hop)) and `Content-Length`, then `extra` verbatim, then
+/// the framing for `body`:
 /// - `Length(n)`: `content-length: n`;
 /// - `Chunked`: the request's own `Transfer-Encoding` lines (validated to end in `chunked`, so
 ///   codings such as `gzip, chunked` survive), or `transfer-encoding: chunked` if it had none;
@@ -93,11 +95,16 @@ pub fn encode_request_head(
 ) {
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
+    // RFC 9112 §3.2.1: an empty path in origin-form is sent as "/" (see `split_absolute_form`).
+    if target.is_empty() || target.starts_with('?') {
+        out.push(b'/');
+    }
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = host {
         push_header(out, "Host", host);
     }
+    let has_connection = has_connection_line(head.headers);
     for h in head.headers {
         let is_host = h.name.eq_ignore_ascii_case("host");
         if is_host {
@@ -106,7 +113,7 @@ pub fn encode_request_head(
             }
             continue;
         }
-        if h.name.eq_ignore_ascii_case("content-length") || is_hop_by_hop(h.name, head.headers) {
+        if is_dropped(h.name, head.headers, has_connection) {
             continue;
         }
         push_header(out, h.name, h.value);
@@ -155,8 +162,9 @@ pub fn encode_response_head(
         head.reason
     };
     push_status_line(out, head.status, reason);
+    let has_connection = has_connection_line(head.headers);
     for h in head.headers {
-        if h.name.eq_ignore_ascii_case("content-length") || is_hop_by_hop(h.name, head.headers) {
+        if is_dropped(h.name, head.headers, has_connection) {
             continue;
         }
         push_header(out, h.name, h.value);
@@ -264,6 +272,22 @@ fn encode_simple_parts(
             out.extend_from_slice(part);
         }
     }
+}
+
+/// Whether a received field is not copied: `Content-Length` (re-emitted from the framing) and
+/// hop-by-hop fields (RFC 9110 §7.6.1). Same result as [`is_hop_by_hop`](super::is_hop_by_hop),
+/// but the per-field `Connection` scan, quadratic in the header count, only runs when the message
+/// has a `Connection` line at all.
+fn is_dropped(name: &str, headers: &[Header<'_>], has_connection: bool) -> bool {
+    name.eq_ignore_ascii_case("content-length")
+        || is_fixed_hop_by_hop(name)
+        || (has_connection && connection_has(headers, name))
+}
+
+fn has_connection_line(headers: &[Header<'_>]) -> bool {
+    headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("connection"))
 }
 
 fn push_status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
@@ -467,6 +491,33 @@ mod tests {
                 BodyKind::Empty,
                 &[("via", b"1.1 phantom-fast")],
                 "GET /a?b HTTP/1.1\r\nHost: h:1\r\nvia: 1.1 phantom-fast\r\n\r\n",
+            ),
+            (
+                "request_empty_target_becomes_slash",
+                b"GET http://h HTTP/1.1\r\nHost: h\r\n\r\n",
+                "",
+                None,
+                BodyKind::Empty,
+                &[],
+                "GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+            ),
+            (
+                "request_query_only_target_gets_slash",
+                b"GET http://h?q HTTP/1.1\r\nHost: h\r\n\r\n",
+                "?q",
+                None,
+                BodyKind::Empty,
+                &[],
+                "GET /?q HTTP/1.1\r\nHost: h\r\n\r\n",
+            ),
+            (
+                "request_asterisk_target_is_kept",
+                b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+                "*",
+                None,
+                BodyKind::Empty,
+                &[],
+                "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
             ),
         ];
         for (name, raw, target, host, body, extra, want) in rows {

@@ -1,4 +1,5 @@
-//! Header lookups over parsed httparse headers: `Connection` tokens, keep-alive, hop-by-hop, `Expect`.
+//! Header lookups over parsed httparse headers: `Connection` tokens, keep-alive, hop-by-hop and
+//! `Expect`.
 //!
 //! Nothing here allocates or rewrites headers; encoding the forwarded set is `encode.rs`'s job.
 
@@ -84,7 +85,13 @@ pub fn keep_alive(version: Version, headers: &[Header<'_>]) -> bool {
 /// `Upgrade`, `Proxy-Authorization`, `Proxy-Authenticate`) or any field named by a `Connection`
 /// line of `headers` (RFC 9110 §7.6.1).
 pub fn is_hop_by_hop(name: &str, headers: &[Header<'_>]) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) || connection_has(headers, name)
+    is_fixed_hop_by_hop(name) || connection_has(headers, name)
+}
+
+/// Whether `name` is one of the fixed hop-by-hop fields, ignoring what `Connection` names.
+/// Lets the encoder skip the per-field `Connection` scan when the message has no `Connection`.
+pub(crate) fn is_fixed_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Whether the request carries `Expect: 100-continue` (RFC 9110 §10.1.1, case-insensitive).

@@ -3,7 +3,8 @@
 //! Nothing here does I/O or knows about monoio; callers feed bytes in and get values or bytes out.
 //!
 //! # Layout
-//! - [`parse`]: request and response heads via httparse, borrowed in place, `Ok(None)` when incomplete.
+//! - [`parse`]: request and response heads via httparse, borrowed in place, `Ok(None)` when
+//!   incomplete.
 //! - [`body`]: [`BodyKind`] chosen in RFC 9112 §6.3 order and the streaming [`ChunkedDecoder`].
 //! - [`headers`]: header lookup, `Connection` tokens, keep-alive and hop-by-hop decisions.
 //! - [`encode`]: heads and small proxy-generated responses appended to a reused `Vec<u8>`.
@@ -22,6 +23,6 @@ pub use encode::{
 };
 pub use headers::{connection_has, expects_continue, header, is_hop_by_hop, keep_alive};
 pub use parse::{
-    Limits, MAX_HEADERS_CAP, ParseError, RequestHead, ResponseHead, Version, parse_request,
-    parse_response,
+    AbsoluteTarget, Limits, MAX_HEADERS_CAP, ParseError, RequestHead, ResponseHead, Version,
+    parse_request, parse_response, split_absolute_form,
 };

@@ -10,8 +10,8 @@ use httparse::{Header, ParserConfig, Status};
 /// Hard upper bound of `--max-headers`: the size of the header array every caller passes in.
 pub const MAX_HEADERS_CAP: usize = 1024;
 
-/// Default limit on the head (start line plus header lines), in bytes. hyper ~400 KiB, pingora 1 MiB,
-/// nginx 8 KiB per line; the CLI default is 64 KiB.
+/// Default limit on the head (start line plus header lines), in bytes: the CLI default.
+/// hyper ~400 KiB, pingora 1 MiB, nginx 8 KiB per line.
 pub const DEFAULT_MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Default limit on the number of header lines (hyper 100, pingora 256).
@@ -292,6 +292,50 @@ pub fn parse_response<'h, 'b>(
         headers,
         head_len,
     }))
+}
+
+/// The parts of an absolute-form request-target (RFC 9112 §3.2.2), as sent to a forward proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbsoluteTarget<'b> {
+    /// The scheme as sent, e.g. `"http"` (compare case-insensitively).
+    pub scheme: &'b str,
+    /// `host[:port]`; the proxy sends it as `Host` (RFC 9112 §3.2.3).
+    pub authority: &'b str,
+    /// Path and query, the origin-form to send upstream. May be empty or start with `?` when the
+    /// path is empty; [`encode_request_head`](super::encode_request_head) then writes the `/`.
+    pub path: &'b str,
+}
+
+/// Splits an absolute-form request-target `scheme://authority[path][?query]`.
+///
+/// Returns `None` when `target` is not absolute-form (origin-form `/x`, authority-form `h:443`,
+/// asterisk-form `*`), when the authority is empty, or when it carries userinfo (`user@`, which
+/// RFC 9110 §4.2.4 forbids for http and which would hide the real host). A fragment is not part
+/// of a request-target (RFC 9112 §3.2) but httparse accepts `#`, so everything from `#` on is
+/// dropped.
+pub fn split_absolute_form(target: &str) -> Option<AbsoluteTarget<'_>> {
+    let (scheme, rest) = target.split_once("://")?;
+    let scheme_ok = scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    if !scheme_ok {
+        return None;
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let path = path.split_once('#').map_or(path, |(before, _)| before);
+    Some(AbsoluteTarget {
+        scheme,
+        authority,
+        path,
+    })
 }
 
 fn version_from_minor(minor: u8) -> Version {
@@ -758,6 +802,95 @@ mod tests {
         for (name, err, want) in rows {
             assert_eq!(err.status(), *want, "{name}");
             assert!(!err.reason().is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn split_absolute_form_table() {
+        let t = |scheme, authority, path| {
+            Some(AbsoluteTarget {
+                scheme,
+                authority,
+                path,
+            })
+        };
+        let rows: &[(&str, &str, Option<AbsoluteTarget<'_>>)] = &[
+            (
+                "absolute_with_port_and_query_splits",
+                "http://h:8080/a/b?c=d",
+                t("http", "h:8080", "/a/b?c=d"),
+            ),
+            (
+                "absolute_without_path_has_empty_path",
+                "http://h",
+                t("http", "h", ""),
+            ),
+            (
+                "absolute_query_only_keeps_query",
+                "http://h?x=1",
+                t("http", "h", "?x=1"),
+            ),
+            (
+                "absolute_fragment_is_dropped",
+                "http://h/p#frag",
+                t("http", "h", "/p"),
+            ),
+            (
+                "absolute_upper_scheme_is_kept",
+                "HTTP://h/",
+                t("HTTP", "h", "/"),
+            ),
+            (
+                "absolute_ipv6_authority_splits",
+                "http://[::1]:80/x",
+                t("http", "[::1]:80", "/x"),
+            ),
+            ("origin_form_is_none", "/a/b", None),
+            ("authority_form_is_none", "h:443", None),
+            ("asterisk_form_is_none", "*", None),
+            ("empty_authority_is_none", "http:///p", None),
+            ("userinfo_is_none", "http://u:p@h/x", None),
+            ("bad_scheme_is_none", "1http://h/", None),
+            ("path_with_scheme_like_query_is_none", "/r?u=http://h", None),
+        ];
+        for (name, input, want) in rows {
+            assert_eq!(&split_absolute_form(input), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn parse_response_every_prefix_is_incomplete() {
+        let buf = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nServer: x\r\n\r\n";
+        for end in 0..buf.len() {
+            assert_eq!(res(&buf[..end]), Ok(None), "prefix {end}");
+        }
+        assert!(matches!(res(buf), Ok(Some(_))));
+    }
+
+    /// Deterministic xorshift so the test needs no rand dependency.
+    fn next_rand(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn parse_random_bytes_never_panics() {
+        let alphabet = b"GET /HTP1.0\r\n:;, \tHost:xa\x00\x7f\xff";
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut buf = Vec::new();
+        for _ in 0..20_000 {
+            buf.clear();
+            let len = (next_rand(&mut state) % 64) as usize;
+            for _ in 0..len {
+                let i = (next_rand(&mut state) % alphabet.len() as u64) as usize;
+                buf.push(alphabet[i]);
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let _ = parse_request(&buf, &mut headers, &limits());
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let _ = parse_response(&buf, &mut headers, &limits());
         }
     }
 
