@@ -90,7 +90,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = config::parse_duration)]
     pub upstream_timeout: Duration,
     /// Largest request or response head (else 431 / 502).
-    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = config::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = trace::parse_size)]
     pub max_header_bytes: u64,
     /// Most header fields in a head (else 431 / 502).
     #[arg(long, value_name = "N", default_value_t = 100)]
@@ -105,7 +105,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_traces: bool,
     /// Size of each per-core ring file.
-    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = config::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = trace::parse_capacity)]
     pub trace_capacity: u64,
     /// Start the rings afresh instead of appending after the last record.
     #[arg(long)]

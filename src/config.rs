@@ -105,29 +105,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(expected)
 }
 
-/// Parses a byte size: `65536`, `64KiB`, `512MiB`, `1GiB` (also `k`/`KB`/`M`/`MB`/`G`/`GB` as binary units).
-///
-/// # Errors
-/// A message saying what was expected.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let expected = || {
-        format!(
-            "invalid size {s:?}: expected bytes, optionally with KiB, MiB or GiB (e.g. 64KiB, 512MiB)"
-        )
-    };
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| expected())?;
-    let shift = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => return Err(expected()),
-    };
-    n.checked_mul(1 << shift).ok_or_else(expected)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,24 +126,6 @@ mod tests {
         ];
         for (name, input, want) in rows {
             assert_eq!(parse_duration(input).ok(), *want, "{name}");
-        }
-    }
-
-    #[test]
-    fn size_rows() {
-        let rows: &[(&str, &str, Option<u64>)] = &[
-            ("bytes", "65536", Some(65536)),
-            ("kib", "64KiB", Some(64 << 10)),
-            ("mib", "512MiB", Some(512 << 20)),
-            ("gib", "1GiB", Some(1 << 30)),
-            ("short_m", "64m", Some(64 << 20)),
-            ("unknown_unit_rejected", "5TiB", None),
-            ("empty_rejected", "", None),
-            ("unit_only_rejected", "MiB", None),
-            ("overflow_rejected", "99999999999GiB", None),
-        ];
-        for (name, input, want) in rows {
-            assert_eq!(parse_size(input).ok(), *want, "{name}");
         }
     }
 }

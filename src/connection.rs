@@ -8,7 +8,7 @@ use std::{future::Future, io, pin::pin, time::Instant};
 
 use monoio::{
     buf::{IoBuf, IoBufMut, Slice},
-    io::{CancelableAsyncReadRent, CancelableAsyncWriteRent, Canceller},
+    io::{CancelHandle, CancelableAsyncReadRent, CancelableAsyncWriteRent, Canceller},
     net::TcpStream,
 };
 
@@ -29,7 +29,26 @@ pub(crate) struct Conn {
     pos: usize,
     /// Cancels this connection's in-flight op when a deadline passes. One per connection and
     /// reused, so arming a deadline allocates nothing; only a cancellation (rare) allocates.
-    canceller: Canceller,
+    canceller: Cancel,
+}
+
+/// A reusable [`Canceller`]: arming it for an op allocates nothing; cancelling swaps in the
+/// fresh one monoio hands back, without building a placeholder first.
+#[derive(Default)]
+pub(crate) struct Cancel(Option<Canceller>);
+
+impl Cancel {
+    /// A handle for the next op.
+    pub(crate) fn handle(&mut self) -> CancelHandle {
+        self.0.get_or_insert_with(Canceller::new).handle()
+    }
+
+    /// Cancels every op armed with a handle from this canceller.
+    fn cancel(&mut self) {
+        if let Some(canceller) = self.0.take() {
+            self.0 = Some(canceller.cancel());
+        }
+    }
 }
 
 impl Conn {
@@ -41,7 +60,7 @@ impl Conn {
             stream: Some(stream),
             buf,
             pos: 0,
-            canceller: Canceller::new(),
+            canceller: Cancel::default(),
         }
     }
 
@@ -176,7 +195,7 @@ impl Conn {
 /// Writes all of `data` to `stream` before `deadline`.
 pub(crate) async fn write_all<T: IoBuf, S: CancelableAsyncWriteRent>(
     stream: &mut S,
-    canceller: &mut Canceller,
+    canceller: &mut Cancel,
     data: T,
     deadline: Instant,
 ) -> (io::Result<()>, T) {
@@ -201,7 +220,7 @@ pub(crate) async fn write_all<T: IoBuf, S: CancelableAsyncWriteRent>(
 /// awaits it (io_uring may still complete it: its result wins). See monoio `docs/en/io-cancel.md`.
 pub(crate) async fn until<T, F>(
     op: F,
-    canceller: &mut Canceller,
+    canceller: &mut Cancel,
     deadline: Instant,
     stop: impl Future<Output = ()>,
 ) -> (io::Result<usize>, T)
@@ -216,7 +235,7 @@ where
         _ = sleep => io::ErrorKind::TimedOut,
         _ = stop => io::ErrorKind::Interrupted,
     };
-    *canceller = std::mem::take(canceller).cancel();
+    canceller.cancel();
     match op.await {
         (Err(e), buf) if e.raw_os_error() == Some(ECANCELED) => (Err(why.into()), buf),
         done => done,

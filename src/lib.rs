@@ -30,6 +30,7 @@ pub mod fault;
 pub mod http;
 mod proxy;
 pub mod server;
+mod timer;
 pub mod trace;
 mod tunnel;
 mod upstream;

@@ -9,7 +9,7 @@ use std::{
     cell::{Cell, RefCell},
     future::Future,
     net::SocketAddr,
-    pin::Pin,
+    pin::{Pin, pin},
     rc::Rc,
     sync::Arc,
     task::{Context, Poll, Waker},
@@ -27,6 +27,7 @@ use crate::{
         self, BodyKind, ChunkedDecoder, MAX_HEADERS_CAP, ParseError, RequestHead, ResponseHead,
         Version,
     },
+    timer::DelayTimer,
     trace::{self, FaultHit, Outcome, TraceEvent, TraceWriter},
     tunnel,
     upstream::{self, Pool, Resolver},
@@ -41,6 +42,10 @@ const EXPECT_CONTINUE_WAIT: Duration = Duration::from_secs(1);
 
 /// What we send a client for whom we answer `100 Continue` ourselves.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// How far past a delay's deadline the wheel-based read deadline sits (it only guards
+/// against a timer that never fires).
+const BACKSTOP_SLACK: Duration = Duration::from_secs(1);
 
 /// Heads with at most this many headers parse with a small on-stack array (cheaper to clear).
 const SMALL_HEADERS: usize = 128;
@@ -118,7 +123,7 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
-    fn new(rules: usize) -> Stats {
+    pub(crate) fn new(rules: usize) -> Stats {
         Stats {
             requests: 0,
             outcomes: [0; 6],
@@ -208,7 +213,12 @@ pub(crate) struct Worker {
     pub(crate) pool: RefCell<Pool>,
     pub(crate) bufs: RefCell<BufPool>,
     pub(crate) resolver: RefCell<Resolver>,
+    /// Fault decisions (seeded by `--seed`).
     pub(crate) rng: RefCell<fastrand::Rng>,
+    /// Trace and span ids: never seeded, so runs sharing a trace directory never collide.
+    pub(crate) id_rng: RefCell<fastrand::Rng>,
+    /// Precise deadlines for injected delays.
+    pub(crate) timer: Rc<DelayTimer>,
     pub(crate) stats: RefCell<Stats>,
     pub(crate) trace: RefCell<Option<TraceWriter>>,
     /// Connections being served.
@@ -223,6 +233,7 @@ impl Worker {
         config: Arc<Config>,
         faults: Arc<Faults>,
         trace: Option<TraceWriter>,
+        timer: Rc<DelayTimer>,
     ) -> Worker {
         let rng = match config.seed {
             // Each worker its own stream, reproducible for a given seed and worker count.
@@ -237,6 +248,8 @@ impl Worker {
             bufs: RefCell::default(),
             resolver: RefCell::default(),
             rng: RefCell::new(rng),
+            id_rng: RefCell::new(fastrand::Rng::new()),
+            timer,
             stats: RefCell::new(Stats::new(rules)),
             trace: RefCell::new(trace),
             active: Cell::new(0),
@@ -555,7 +568,7 @@ impl<'w> Session<'w> {
         };
         self.ex.trace_id = trace_id;
         self.ex.parent_span_id = parent;
-        self.ex.span_id = self.w.rng.borrow_mut().u64(1..);
+        self.ex.span_id = trace::random_span_id(&mut self.w.id_rng.borrow_mut());
         self.ex.method_len = method.len();
         self.ex.version = head.version;
         if self.tracing() {
@@ -599,21 +612,24 @@ impl<'w> Session<'w> {
     /// Bytes it sends meanwhile (a body, a pipelined request) are kept.
     async fn delay(&mut self, delay: Duration) -> bool {
         let deadline = Instant::now() + delay;
+        let mut elapsed = pin!(self.w.timer.sleep_until(deadline));
+        // The wheel deadline only backs up the precise one; it never ends the delay early.
+        let backstop = deadline + BACKSTOP_SLACK;
         loop {
             let room = self.client.buffered().len() + READ_BUF_BYTES;
-            match self.client.fill(room, deadline).await {
-                Ok(0) if self.client.buffered().len() < room => return false,
-                // The buffer is full: sit out the rest without reading.
-                Ok(0) => {
-                    monoio::time::sleep_until(deadline.into()).await;
+            if self.client.buffered().len() >= room - 1 {
+                elapsed.await;
+                return true;
+            }
+            match self.client.fill_or(room, backstop, &mut elapsed).await {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return true,
+                Err(e) if connection::is_timeout(&e) => {
+                    elapsed.await;
                     return true;
                 }
-                Ok(_) => {}
-                Err(e) if connection::is_timeout(&e) => return true,
                 Err(_) => return false,
-            }
-            if Instant::now() >= deadline {
-                return true;
             }
         }
     }

@@ -25,6 +25,7 @@ use crate::{
     error::Error,
     fault::{FaultRule, RuleStats},
     proxy::{self, Faults, OUTCOMES, Stats, Worker},
+    timer::DelayTimer,
     trace::{TraceConfig, TraceWriter},
 };
 
@@ -252,8 +253,17 @@ fn run_worker(
         worker: index,
         source,
     };
-    let worker = Rc::new(Worker::new(index, config, faults, trace));
-    let serve = serve_worker(Rc::clone(&worker), listener, stop);
+    let serve = async move {
+        let timer = DelayTimer::start(driver == UsedDriver::Uring)?;
+        let worker = Rc::new(Worker::new(index, config, faults, trace, timer));
+        serve_worker(Rc::clone(&worker), listener, stop).await?;
+        if let Some(trace) = worker.trace.borrow_mut().as_mut() {
+            let _ = trace.flush();
+        }
+        let rules = worker.faults.table().len();
+        let stats = std::mem::replace(&mut *worker.stats.borrow_mut(), Stats::new(rules));
+        Ok::<Stats, std::io::Error>(stats)
+    };
     match driver {
         UsedDriver::Uring => RuntimeBuilder::<IoUringDriver>::new()
             .enable_timer()
@@ -268,12 +278,7 @@ fn run_worker(
             .map_err(runtime_error)?
             .block_on(serve),
     }
-    .map_err(runtime_error)?;
-    let worker = Rc::try_unwrap(worker).map_err(|_| Error::WorkerPanicked(index))?;
-    if let Some(trace) = worker.trace.borrow_mut().as_mut() {
-        let _ = trace.flush();
-    }
-    Ok(worker.stats.into_inner())
+    .map_err(runtime_error)
 }
 
 /// Accepts until stopped, then lets in-flight connections finish within the grace period.

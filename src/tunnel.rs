@@ -10,11 +10,11 @@ use std::{
 };
 
 use monoio::{
-    io::{AsyncWriteRent, CancelableAsyncReadRent, CancelableAsyncWriteRent, Canceller, Splitable},
+    io::{AsyncWriteRent, CancelableAsyncReadRent, CancelableAsyncWriteRent, Splitable},
     net::TcpStream,
 };
 
-use crate::connection::{self, is_timeout};
+use crate::connection::{self, Cancel, is_timeout};
 
 /// Bytes moved each way, and the two buffers back for the pool.
 pub(crate) struct Spliced {
@@ -61,8 +61,8 @@ where
     R: CancelableAsyncReadRent,
     W: CancelableAsyncWriteRent + AsyncWriteRent,
 {
-    let mut read_canceller = Canceller::new();
-    let mut write_canceller = Canceller::new();
+    let mut read_canceller = Cancel::default();
+    let mut write_canceller = Cancel::default();
     let mut total = 0u64;
     loop {
         buf.clear();
