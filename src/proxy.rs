@@ -992,7 +992,7 @@ impl<'w> Session<'w> {
         let facts_resp = loop {
             if !up.buffered().is_empty() && !first_byte {
                 first_byte = true;
-                self.ex.ttfb = Some(sent_at.duration_since(self.ex.started) + sent_at.elapsed());
+                self.ex.ttfb = Some(sent_at.elapsed());
             }
             match self.parse_response(up, facts) {
                 Ok(Some(r)) if r.interim => {
@@ -1028,7 +1028,7 @@ impl<'w> Session<'w> {
             }
         };
         if self.ex.ttfb.is_none() {
-            self.ex.ttfb = Some(self.ex.started.elapsed());
+            self.ex.ttfb = Some(sent_at.elapsed());
         }
         up.consume(facts_resp.head_len);
         self.ex.status = facts_resp.status;

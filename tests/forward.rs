@@ -109,17 +109,18 @@ fn connect_tunnel_bytes_echo_both_ways() {
         String::from_utf8_lossy(ESTABLISHED)
     );
     // Not HTTP any more: a line that would be a malformed request goes through untouched.
-    c.send(b"ping \x00\xff not http\r\n\r\n");
-    let small = c.read_exact_bytes(21).expect("small echo");
+    let small_sent: &[u8] = b"ping \x00\xff not http\r\n\r\n";
+    c.send(small_sent);
+    let small = c.read_exact_bytes(small_sent.len()).expect("small echo");
     let big = pattern(256 * 1024);
     c.send(&big);
     let big_back = c.read_exact_bytes(big.len()).expect("big echo");
     c.shutdown_write();
     let rest = c.read_until_close().expect("tunnel close");
 
-    assert_eq!(small, b"ping \x00\xff not http\r\n\r\n");
+    assert_eq!(small, small_sent);
     assert!(big_back == big, "256 KiB echo differs");
-    assert!(rest.is_empty(), "bytes after close: {} ", rest.len());
+    assert!(rest.is_empty(), "{} bytes after close", rest.len());
 }
 
 #[test]

@@ -456,6 +456,17 @@ impl RingWriter {
             .truncate(false)
             .open(path)
             .map_err(io)?;
+        // One writer per ring: a second proxy on the same directory would interleave frames.
+        // The lock lives as long as `_file`, i.e. the writer.
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(format(
+                    "another phantom-fast is writing this ring (use another --trace-dir)",
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
         let len = file.metadata().map_err(io)?.len();
         let fresh = reset || len == 0;
         if fresh {
