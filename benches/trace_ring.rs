@@ -51,7 +51,7 @@ fn event(f: &Fixture, i: u64) -> TraceEvent<'_> {
         duration_ns: 250_000 + i % 1000,
         upstream_ttfb_ns: Some(200_000),
         injected_delay_ns: 0,
-        fault: (i % 10 == 0).then_some(FaultHit {
+        fault: i.is_multiple_of(10).then_some(FaultHit {
             rule: 0,
             kind: FaultKind::Delay,
             spec: "delay:100ms:0.1",

@@ -500,3 +500,45 @@ fn fault_bad_specs_exit_2_with_message() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn fault_pipelined_middle_request_faulted_order_kept() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "error:503:/b"]);
+    let mut c = proxy.connect();
+    let mut burst = get("/a");
+    burst.extend_from_slice(&get("/b"));
+    burst.extend_from_slice(&get("/c"));
+
+    c.send(&burst);
+    let a = c.read_response().expect("response /a");
+    let b = c.read_response().expect("response /b");
+    let cc = c.read_response().expect("response /c");
+
+    assert_eq!(a.text(), "GET /a");
+    assert_fault(&b, "HTTP/1.1 503 Service Unavailable");
+    assert_eq!(cc.text(), "GET /c");
+}
+
+#[test]
+fn fault_delay_client_gone_request_not_forwarded() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "delay:400ms"]);
+
+    for _ in 0..20 {
+        let mut c = proxy.connect();
+        c.send(&get("/abandoned"));
+        // Dropping the connection closes it while the request is still being delayed.
+    }
+    thread::sleep(Duration::from_millis(800));
+    let (resp, took) = timed(&mut proxy.connect(), &get("/kept"));
+
+    assert_eq!(resp.text(), "GET /kept");
+    assert!(took >= Duration::from_millis(400));
+    let targets: Vec<String> = origin.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(
+        targets,
+        ["/kept"],
+        "requests of departed clients were forwarded"
+    );
+}

@@ -158,3 +158,26 @@ fn connect_closed_port_502() {
         .roundtrip(&request("GET", &url, &origin.authority(), &[], b""));
     assert_eq!(ok.text(), "GET /after");
 }
+
+#[test]
+fn forward_absolute_form_host_replaced_by_url_authority() {
+    // RFC 9112 §3.2.2: with an absolute-form target the received Host is ignored and the
+    // forwarded Host is the target's authority.
+    let origin = Origin::echo();
+    let proxy = Proxy::start(&[]);
+    let authority = origin.authority();
+
+    let resp = proxy.connect().roundtrip(&request(
+        "GET",
+        &format!("http://{authority}/h"),
+        "liar.example",
+        &[],
+        b"",
+    ));
+
+    assert_eq!(resp.text(), "GET /h");
+    assert_eq!(
+        origin.requests()[0].header("host"),
+        Some(authority.as_str())
+    );
+}

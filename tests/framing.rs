@@ -473,3 +473,115 @@ fn request_without_body_framing_has_empty_body_keepalive_continues() {
     assert_eq!(first.text(), "DELETE /item/7");
     assert_eq!(second.text(), "GET /after");
 }
+
+#[test]
+fn request_body_sent_in_slow_pieces_arrives_whole() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+
+    c.send(b"POST /slow-body HTTP/1.1\r\nhost: t\r\ncontent-length: 15\r\n\r\n");
+    for piece in [&b"first"[..], b"-then", b"-last"] {
+        std::thread::sleep(Duration::from_millis(50));
+        c.send(piece);
+    }
+    let resp = c
+        .read_response()
+        .expect("a response once the body is complete");
+
+    assert_eq!(resp.text(), "first-then-last");
+}
+
+#[test]
+fn response_chunk_sizes_uppercase_and_leading_zeros_decoded() {
+    let origin = Origin::start(|_| {
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+          00A\r\n0123456789\r\n0001\r\n!\r\n000\r\n\r\n"
+            .to_vec()
+    });
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+
+    let resp = c.roundtrip(&get("/"));
+    let again = c.roundtrip(&get("/"));
+
+    assert_eq!(resp.text(), "0123456789!");
+    assert_eq!(again.text(), "0123456789!");
+}
+
+#[test]
+fn response_repeated_headers_kept_in_order() {
+    let origin = Origin::start(|_| {
+        response(
+            "200 OK",
+            &[
+                ("set-cookie", "a=1; Path=/"),
+                ("x-between", "yes"),
+                ("set-cookie", "b=2, c=3"),
+            ],
+            b"ok",
+        )
+    });
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+
+    let resp = c.roundtrip(&get("/"));
+
+    let cookies: Vec<&str> = resp
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, ["a=1; Path=/", "b=2, c=3"]);
+}
+
+#[test]
+fn response_16kib_header_passed_through() {
+    let origin = Origin::start(|_| {
+        let big = "c".repeat(16 * 1024);
+        response("200 OK", &[("x-big", &big)], b"ok")
+    });
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+
+    let resp = c.roundtrip(&get("/"));
+
+    assert_eq!(resp.status, 200, "head {:?}", first_bytes(&resp.head));
+    assert_eq!(resp.header("x-big").map(str::len), Some(16 * 1024));
+    assert_eq!(resp.text(), "ok");
+}
+
+#[test]
+fn response_unusual_status_passed_through() {
+    let origin = Origin::start(|_| response("299 Whatever Works", &[], b"odd"));
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+
+    let resp = c.roundtrip(&get("/"));
+
+    assert_eq!(resp.status_line(), "HTTP/1.1 299 Whatever Works");
+    assert_eq!(resp.text(), "odd");
+}
+
+#[test]
+fn request_header_obs_text_value_passed_through() {
+    // RFC 9110 §5.5: field values may carry obs-text (0x80–0xFF); a proxy forwards them as is.
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+
+    let resp = c.roundtrip(b"GET / HTTP/1.1\r\nhost: t\r\nx-latin: caf\xe9\r\n\r\n");
+
+    assert_eq!(resp.status, 200);
+    let head = &origin.requests()[0].head;
+    assert!(
+        contains(head, b"caf\xe9\r\n"),
+        "origin head {:?}",
+        first_bytes(head)
+    );
+}
+
+fn first_bytes(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned()
+}

@@ -253,3 +253,32 @@ fn shutdown_sigterm_in_flight_request_completes() {
     assert_eq!(resp.text(), "GET /slow");
     assert!(status.success(), "exit {status}; stderr:\n{stderr}");
 }
+
+#[test]
+fn http10_client_with_keepalive_kept_open() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+
+    let first = c.roundtrip(b"GET /a HTTP/1.0\r\nhost: t\r\nconnection: keep-alive\r\n\r\n");
+    let second = c.roundtrip(b"GET /b HTTP/1.0\r\nhost: t\r\nconnection: keep-alive\r\n\r\n");
+
+    assert_eq!(first.text(), "GET /a");
+    assert_eq!(second.text(), "GET /b");
+}
+
+#[test]
+fn client_half_close_after_request_still_answered() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+
+    c.send(&get("/half"));
+    c.shutdown_write();
+    let resp = c
+        .read_response()
+        .expect("a response after the client's FIN");
+
+    assert_eq!(resp.text(), "GET /half");
+    assert_eq!(c.wait_closed(), Ok(()));
+}

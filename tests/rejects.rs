@@ -229,3 +229,50 @@ fn garbage_bytes_never_panic_proxy_keeps_serving() {
         assert_eq!(good.text(), "GET /after", "after input {name}");
     }
 }
+
+#[test]
+fn transfer_encoding_on_http10_400() {
+    assert_rejected(
+        &[],
+        b"POST / HTTP/1.0\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        400,
+        OriginContact::Forbidden,
+    );
+}
+
+#[test]
+fn header_count_at_max_headers_accepted() {
+    // `--max-headers 10` with exactly 10 fields (host + 9): the limit itself is allowed.
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--max-headers", "10"]);
+    let names: Vec<String> = (0..9).map(|i| format!("x-h{i}")).collect();
+    let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+
+    let resp = proxy
+        .connect()
+        .roundtrip(&request("GET", "/", "t", &headers, b""));
+
+    assert_eq!(
+        resp.status,
+        200,
+        "head {:?}",
+        String::from_utf8_lossy(&resp.head)
+    );
+}
+
+#[test]
+fn request_target_8kib_accepted() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let target = format!("/{}", "a".repeat(8 * 1024));
+
+    let resp = proxy.connect().roundtrip(&get(&target));
+
+    assert_eq!(
+        resp.status,
+        200,
+        "head {:?}",
+        String::from_utf8_lossy(&resp.head)
+    );
+    assert_eq!(origin.requests()[0].target, target);
+}

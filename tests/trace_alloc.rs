@@ -64,12 +64,12 @@ fn trace_writer_write_allocates_nothing_after_warm_up() {
     let event = |i: u64| TraceEvent {
         trace_id: u128::from(i) << 64 | 1,
         span_id: i + 1,
-        parent_span_id: (i % 2 == 0).then_some(i),
+        parent_span_id: i.is_multiple_of(2).then_some(i),
         start_unix_ns: 1_700_000_000_000_000_000 + i,
         duration_ns: 1000 + i,
         upstream_ttfb_ns: Some(500),
         injected_delay_ns: 0,
-        fault: (i % 3 == 0).then_some(FaultHit {
+        fault: i.is_multiple_of(3).then_some(FaultHit {
             rule: 1,
             kind: FaultKind::Delay,
             spec: "delay:100ms:0.1",

@@ -149,3 +149,26 @@ fn upstream_response_head_never_completes_504() {
 
     assert_proxy_error(&resp, 504);
 }
+
+#[test]
+fn upstream_differing_content_lengths_502() {
+    let origin =
+        origin_bad_for(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd");
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+
+    let bad = proxy.connect().roundtrip(&get("/bad"));
+    let good = proxy.connect().roundtrip(&get("/good"));
+
+    assert_proxy_error(&bad, 502);
+    assert_eq!(good.text(), "/good");
+}
+
+#[test]
+fn upstream_content_length_not_a_number_502() {
+    let origin = origin_bad_for(b"HTTP/1.1 200 OK\r\ncontent-length: 3x\r\n\r\nabc");
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+
+    let bad = proxy.connect().roundtrip(&get("/bad"));
+
+    assert_proxy_error(&bad, 502);
+}

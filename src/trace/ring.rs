@@ -157,7 +157,7 @@ struct View {
 
 impl View {
     fn atomic(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0 && off as u64 + 8 <= HEADER_BYTES + self.cap);
+        debug_assert!(off.is_multiple_of(8) && off as u64 + 8 <= HEADER_BYTES + self.cap);
         // SAFETY: `off` is 8-aligned (header offsets are multiples of 8, frame offsets multiples
         // of 16 after a 64-byte header) inside a page-aligned mapping that lives as long as the
         // view (struct invariant); every access to these words, from any process, is atomic.
@@ -222,7 +222,7 @@ impl View {
             fence(Ordering::Acquire);
             let after = self.load(OFF_GENERATION, Ordering::Relaxed);
             attempts += 1;
-            if (before == after && before % 2 == 0) || attempts >= HEADER_READ_ATTEMPTS {
+            if (before == after && before.is_multiple_of(2)) || attempts >= HEADER_READ_ATTEMPTS {
                 return snap;
             }
             std::hint::spin_loop();
@@ -243,7 +243,7 @@ impl View {
 
     /// Reads the frame at data offset `pos`, copying a record's payload into `out`.
     fn probe(&self, pos: u64, out: &mut Vec<u8>) -> Probe {
-        if pos % FRAME_ALIGN_BYTES != 0 || pos + FRAME_HEADER_BYTES > self.cap {
+        if !pos.is_multiple_of(FRAME_ALIGN_BYTES) || pos + FRAME_HEADER_BYTES > self.cap {
             return Probe::Invalid;
         }
         let off = Self::data(pos);
@@ -306,7 +306,7 @@ impl View {
 /// Whether the dynamic header fields can describe a ring of `cap` data bytes. Values left by a
 /// writer killed mid-update (a mix of old and new fields) pass; random bytes do not.
 fn plausible(snap: HeaderSnapshot, cap: u64) -> bool {
-    let pos_ok = |pos: u64| pos < cap && pos % FRAME_ALIGN_BYTES == 0;
+    let pos_ok = |pos: u64| pos < cap && pos.is_multiple_of(FRAME_ALIGN_BYTES);
     pos_ok(snap.write_pos)
         && pos_ok(snap.tail_pos)
         && snap.tail_seq >= 1

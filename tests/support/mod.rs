@@ -218,10 +218,10 @@ fn collect_stderr(pipe: impl Read, buf: &Mutex<String>, mut tx: Option<mpsc::Sen
         }
         let text = String::from_utf8_lossy(&line);
         lock(buf).push_str(&text);
-        if let Some(addr) = parse_listening(&text) {
-            if let Some(tx) = tx.take() {
-                let _ = tx.send(addr);
-            }
+        if let Some(addr) = parse_listening(&text)
+            && let Some(tx) = tx.take()
+        {
+            let _ = tx.send(addr);
         }
     }
 }
