@@ -1,11 +1,18 @@
 //! A buffered monoio TCP connection with deadlines: one owned read buffer threaded through rent
 //! I/O, reads and writes that are cancelled and awaited when their deadline passes.
 //!
-//! Used for clients and upstreams alike. It parses nothing: callers look at [`Conn::buffered`],
-//! run a pure parser over it and [`Conn::consume`] what it used.
+//! Used for clients and upstreams alike. It parses no heads: callers look at [`Conn::buffered`],
+//! run a pure parser over it and [`Conn::consume`] what it used. Bodies stream through
+//! [`relay`], framed by a [`BodyReader`] (`http`'s framing rules, no copies).
 
-use std::{future::Future, io, pin::pin, time::Instant};
+use std::{
+    future::Future,
+    io,
+    pin::pin,
+    time::{Duration, Instant},
+};
 
+use crate::http::{self, BodyKind, ChunkedDecoder};
 use monoio::{
     buf::{IoBuf, IoBufMut, Slice},
     io::{CancelHandle, CancelableAsyncReadRent, CancelableAsyncWriteRent, Canceller},
@@ -245,6 +252,151 @@ where
 /// Whether an I/O error is a passed deadline.
 pub(crate) fn is_timeout(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::TimedOut
+}
+
+/// Where one body stands while it streams.
+pub(crate) struct BodyReader {
+    pub(crate) kind: BodyKind,
+    /// Bytes left of a `Length` body.
+    remaining: u64,
+    chunked: ChunkedDecoder,
+    /// Payload bytes seen (de-chunked).
+    pub(crate) data_len: u64,
+    pub(crate) done: bool,
+}
+
+impl BodyReader {
+    pub(crate) fn new(kind: BodyKind) -> BodyReader {
+        let (remaining, done) = match kind {
+            BodyKind::Length(n) => (n, n == 0),
+            BodyKind::Empty => (0, true),
+            BodyKind::Chunked | BodyKind::CloseDelimited => (0, false),
+        };
+        BodyReader {
+            kind,
+            remaining,
+            chunked: ChunkedDecoder::new(),
+            data_len: 0,
+            done,
+        }
+    }
+
+    /// How many leading bytes of `buf` belong to this body (framing included), handing each
+    /// run of payload to `data`.
+    pub(crate) fn scan(
+        &mut self,
+        buf: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, http::body::BodyError> {
+        if self.done {
+            return Ok(0);
+        }
+        match self.kind {
+            BodyKind::Empty => Ok(0),
+            BodyKind::Length(_) => {
+                let n = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                data(&buf[..n]);
+                self.remaining -= n as u64;
+                self.data_len += n as u64;
+                self.done = self.remaining == 0;
+                Ok(n)
+            }
+            BodyKind::CloseDelimited => {
+                data(buf);
+                self.data_len += buf.len() as u64;
+                Ok(buf.len())
+            }
+            BodyKind::Chunked => {
+                let mut at = 0;
+                while at < buf.len() && !self.chunked.is_done() {
+                    let step = self.chunked.decode(&buf[at..])?;
+                    let payload = &buf[at + step.data.start..at + step.data.end];
+                    if !payload.is_empty() {
+                        data(payload);
+                        self.data_len += payload.len() as u64;
+                    }
+                    at += step.consumed;
+                    if step.consumed == 0 {
+                        break;
+                    }
+                }
+                self.done = self.chunked.is_done();
+                Ok(at)
+            }
+        }
+    }
+}
+
+/// Why a body stopped short.
+pub(crate) enum RelayError {
+    /// The sending side closed early, failed or timed out (`true`: timed out).
+    Source(bool),
+    /// The body broke its chunked framing.
+    Framing,
+    /// The receiving side failed.
+    Destination,
+}
+
+/// Streams the rest of a body from `src` to `dst` until `body` is done. With `dechunk`, only
+/// the payload is written (staged through the given buffer); otherwise framing passes through.
+pub(crate) async fn relay(
+    src: &mut Conn,
+    dst: &mut Conn,
+    body: &mut BodyReader,
+    read_timeout: Duration,
+    mut capture: impl FnMut(&[u8]),
+    mut dechunk: Option<&mut Vec<u8>>,
+) -> Result<(), RelayError> {
+    loop {
+        let n = match dechunk.as_deref_mut() {
+            Some(staged) => {
+                staged.clear();
+                let n = body
+                    .scan(src.buffered(), |d| {
+                        capture(d);
+                        staged.extend_from_slice(d);
+                    })
+                    .map_err(|_| RelayError::Framing)?;
+                if !staged.is_empty() {
+                    let data = std::mem::take(staged);
+                    let (res, data) = dst.write_all(data, Instant::now() + read_timeout).await;
+                    *staged = data;
+                    res.map_err(|_| RelayError::Destination)?;
+                }
+                src.consume(n);
+                n
+            }
+            None => {
+                let n = body
+                    .scan(src.buffered(), &mut capture)
+                    .map_err(|_| RelayError::Source(false))?;
+                if n > 0 {
+                    src.relay_to(dst, n, Instant::now() + read_timeout)
+                        .await
+                        .map_err(|_| RelayError::Destination)?;
+                }
+                n
+            }
+        };
+        let _ = n;
+        if body.done {
+            return Ok(());
+        }
+        match src
+            .fill(READ_BUF_BYTES, Instant::now() + read_timeout)
+            .await
+        {
+            Ok(0) if body.kind == BodyKind::CloseDelimited => {
+                body.done = true;
+                return Ok(());
+            }
+            Ok(0) => return Err(RelayError::Source(false)),
+            Ok(_) => {}
+            Err(e) => return Err(RelayError::Source(is_timeout(&e))),
+        }
+    }
 }
 
 /// A per-core pool of byte buffers, so connections that come and go reuse their memory.

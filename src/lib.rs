@@ -8,8 +8,11 @@
 //! - [`http`]: pure HTTP/1.1: head parsing (httparse), body framing, hop-by-hop headers, encoding.
 //! - [`fault`]: pure: the `--fault` grammar and the precompiled, allocation-free `FaultTable`.
 //! - [`trace`]: rkyv records, the per-core ring file, and the `traces`/`stats` readers.
-//! - `connection`: a buffered monoio TCP connection with deadlines and cancelled reads.
+//! - `connection`: a buffered monoio TCP connection with deadlines, cancelled reads, and body
+//!   streaming.
 //! - `upstream`: the per-core pool of idle upstream connections and name resolution.
+//! - `timer`: precise deadlines for injected delays (a timerfd per worker).
+//! - `worker`: the per-core state exchanges share (pools, RNGs, counters, ring, shutdown).
 //! - `proxy`: one client connection's exchanges: decide → delay → answer or forward → record.
 //! - `tunnel`: `CONNECT` tunnels.
 //! - [`server`]: threads, runtimes, listeners, the accept loop, shutdown and the summary.
@@ -34,3 +37,4 @@ mod timer;
 pub mod trace;
 mod tunnel;
 mod upstream;
+mod worker;

@@ -2,35 +2,26 @@
 //! synthetically or forward upstream and stream the response back → hand the exchange to the
 //! trace writer.
 //!
-//! It owns the per-worker state the exchanges share (`Worker`) but neither threads nor runtimes
-//! (that is `server`) nor byte-level HTTP (that is `http`).
+//! It reads the per-worker state (`worker`) but owns neither threads nor runtimes (that is
+//! `server`) nor byte-level HTTP (that is `http`).
 
 use std::{
-    cell::{Cell, RefCell},
-    future::Future,
     net::SocketAddr,
-    pin::{Pin, pin},
+    pin::pin,
     rc::Rc,
-    sync::Arc,
-    task::{Context, Poll, Waker},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use hdrhistogram::Histogram;
 use monoio::net::TcpStream;
 
 use crate::{
     config::{Config, Mode},
-    connection::{self, BufPool, Conn, READ_BUF_BYTES},
-    fault::{Decision, FaultKind, FaultRule, FaultTable, RuleStats},
-    http::{
-        self, BodyKind, ChunkedDecoder, MAX_HEADERS_CAP, ParseError, RequestHead, ResponseHead,
-        Version,
-    },
-    timer::DelayTimer,
-    trace::{self, FaultHit, Outcome, TraceEvent, TraceWriter},
-    tunnel,
-    upstream::{self, Pool, Resolver},
+    connection::{self, BodyReader, Conn, READ_BUF_BYTES, RelayError, relay},
+    fault::{Decision, FaultKind},
+    http::{self, BodyKind, MAX_HEADERS_CAP, ParseError, RequestHead, ResponseHead, Version},
+    trace::{self, FaultHit, Outcome, TraceEvent},
+    tunnel, upstream,
+    worker::{FAULT_BODY, OUTCOMES, Worker},
 };
 
 /// The `Via` we add to both directions (RFC 9110 §7.6.3).
@@ -49,214 +40,6 @@ const BACKSTOP_SLACK: Duration = Duration::from_secs(1);
 
 /// Heads with at most this many headers parse with a small on-stack array (cheaper to clear).
 const SMALL_HEADERS: usize = 128;
-
-/// Every outcome, in `Stats::outcomes` order.
-pub(crate) const OUTCOMES: [Outcome; 6] = [
-    Outcome::Ok,
-    Outcome::Fault,
-    Outcome::BadRequest,
-    Outcome::UpstreamError,
-    Outcome::UpstreamTimeout,
-    Outcome::ClientClosed,
-];
-
-/// The fault table plus, per error rule, its synthetic responses prebuilt at startup.
-pub(crate) struct Faults {
-    table: FaultTable,
-    /// Canonical spec text per rule (for traces).
-    specs: Vec<String>,
-    /// Per rule: the response for a keep-alive client and for a closing one (empty for delays).
-    synthetic: Vec<[Vec<u8>; 2]>,
-}
-
-impl Faults {
-    /// Compiles the rules and prebuilds each error rule's response bytes.
-    pub(crate) fn compile(rules: &[FaultRule]) -> Faults {
-        let table = FaultTable::compile(rules);
-        let specs = rules.iter().map(ToString::to_string).collect();
-        let synthetic = rules
-            .iter()
-            .map(|rule| match rule.action {
-                crate::fault::FaultAction::Error { status, .. } => {
-                    [true, false].map(|keep_alive| {
-                        let mut out = Vec::new();
-                        http::encode::encode_simple_response(
-                            status,
-                            "application/json",
-                            &[("x-fault-injected", b"phantom")],
-                            FAULT_BODY,
-                            keep_alive,
-                            &mut out,
-                        );
-                        out
-                    })
-                }
-                crate::fault::FaultAction::Delay { .. } => [Vec::new(), Vec::new()],
-            })
-            .collect();
-        Faults {
-            table,
-            specs,
-            synthetic,
-        }
-    }
-
-    /// The compiled table.
-    pub(crate) fn table(&self) -> &FaultTable {
-        &self.table
-    }
-}
-
-/// The body of every synthetic fault response.
-const FAULT_BODY: &[u8] = br#"{"fault":"injected"}"#;
-
-/// Counters one worker keeps; merged by `server` into the shutdown summary.
-pub(crate) struct Stats {
-    /// Answered requests.
-    pub(crate) requests: u64,
-    /// Per `OUTCOMES` entry.
-    pub(crate) outcomes: [u64; 6],
-    /// Per fault rule: matched / faulted.
-    pub(crate) rules: Vec<RuleStats>,
-    /// Total exchange duration in microseconds.
-    pub(crate) latency_us: Histogram<u64>,
-}
-
-impl Stats {
-    pub(crate) fn new(rules: usize) -> Stats {
-        Stats {
-            requests: 0,
-            outcomes: [0; 6],
-            rules: vec![RuleStats::default(); rules],
-            // 1 µs .. 1 h at 3 significant digits: allocated once, recording never allocates.
-            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .expect("static histogram bounds are valid"),
-        }
-    }
-}
-
-/// Cooperative shutdown of one worker: idle connections waiting for their next request are woken
-/// (their read cancelled and awaited), in-flight exchanges finish.
-#[derive(Default)]
-pub(crate) struct Shutdown {
-    fired: Cell<bool>,
-    /// One slot per live connection (reused), holding the waker of an idle wait.
-    wakers: RefCell<Vec<Option<Waker>>>,
-    free: RefCell<Vec<usize>>,
-}
-
-impl Shutdown {
-    /// Whether shutdown began.
-    pub(crate) fn fired(&self) -> bool {
-        self.fired.get()
-    }
-
-    /// Begins shutdown and wakes every idle connection.
-    pub(crate) fn fire(&self) {
-        self.fired.set(true);
-        let wakers: Vec<Waker> = self
-            .wakers
-            .borrow_mut()
-            .iter_mut()
-            .filter_map(Option::take)
-            .collect();
-        wakers.into_iter().for_each(Waker::wake);
-    }
-
-    fn register(&self) -> usize {
-        if let Some(slot) = self.free.borrow_mut().pop() {
-            return slot;
-        }
-        let mut wakers = self.wakers.borrow_mut();
-        wakers.push(None);
-        wakers.len() - 1
-    }
-
-    fn release(&self, slot: usize) {
-        self.wakers.borrow_mut()[slot] = None;
-        self.free.borrow_mut().push(slot);
-    }
-
-    fn wait(&self, slot: usize) -> ShutdownWait<'_> {
-        ShutdownWait {
-            shutdown: self,
-            slot,
-        }
-    }
-}
-
-struct ShutdownWait<'a> {
-    shutdown: &'a Shutdown,
-    slot: usize,
-}
-
-impl Future for ShutdownWait<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.shutdown.fired.get() {
-            return Poll::Ready(());
-        }
-        let mut wakers = self.shutdown.wakers.borrow_mut();
-        let slot = &mut wakers[self.slot];
-        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *slot = Some(cx.waker().clone());
-        }
-        Poll::Pending
-    }
-}
-
-/// Everything one worker's exchanges share. `!Send`: it lives in one thread's `Rc`.
-pub(crate) struct Worker {
-    pub(crate) config: Arc<Config>,
-    pub(crate) faults: Arc<Faults>,
-    pub(crate) pool: RefCell<Pool>,
-    pub(crate) bufs: RefCell<BufPool>,
-    pub(crate) resolver: RefCell<Resolver>,
-    /// Fault decisions (seeded by `--seed`).
-    pub(crate) rng: RefCell<fastrand::Rng>,
-    /// Trace and span ids: never seeded, so runs sharing a trace directory never collide.
-    pub(crate) id_rng: RefCell<fastrand::Rng>,
-    /// Precise deadlines for injected delays.
-    pub(crate) timer: Rc<DelayTimer>,
-    pub(crate) stats: RefCell<Stats>,
-    pub(crate) trace: RefCell<Option<TraceWriter>>,
-    /// Connections being served.
-    pub(crate) active: Cell<usize>,
-    pub(crate) shutdown: Shutdown,
-}
-
-impl Worker {
-    /// State for worker `index`, with its trace ring (opened on the main thread).
-    pub(crate) fn new(
-        index: usize,
-        config: Arc<Config>,
-        faults: Arc<Faults>,
-        trace: Option<TraceWriter>,
-        timer: Rc<DelayTimer>,
-    ) -> Worker {
-        let rng = match config.seed {
-            // Each worker its own stream, reproducible for a given seed and worker count.
-            Some(seed) => fastrand::Rng::with_seed(seed.wrapping_add(index as u64)),
-            None => fastrand::Rng::new(),
-        };
-        let rules = faults.table.len();
-        Worker {
-            config,
-            faults,
-            pool: RefCell::default(),
-            bufs: RefCell::default(),
-            resolver: RefCell::default(),
-            rng: RefCell::new(rng),
-            id_rng: RefCell::new(fastrand::Rng::new()),
-            timer,
-            stats: RefCell::new(Stats::new(rules)),
-            trace: RefCell::new(trace),
-            active: Cell::new(0),
-            shutdown: Shutdown::default(),
-        }
-    }
-}
 
 /// Serves one client connection until it closes, errs, times out or shutdown ends it.
 pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
@@ -418,7 +201,7 @@ impl<'w> Session<'w> {
             let mut rng = self.w.rng.borrow_mut();
             self.w
                 .faults
-                .table
+                .table()
                 .decide(&self.url, &mut rng, &mut stats.rules)
         };
         self.ex.decision = decision;
@@ -648,16 +431,19 @@ impl<'w> Session<'w> {
                 return Next::Close;
             }
         }
-        let faults = Arc::clone(&self.w.faults);
-        let bytes = &faults.synthetic[rule][usize::from(!keep_alive)];
+        let w = self.w;
+        let bytes = &w.faults.synthetic[rule][usize::from(!keep_alive)];
+        let head_len = head_len(bytes);
+        // RFC 9110 §9.3.2: the answer to HEAD is the head alone.
+        let body = if facts.is_head { &[][..] } else { FAULT_BODY };
         self.out.clear();
-        self.out.extend_from_slice(bytes);
-        let head_len = head_len(&self.out);
+        self.out.extend_from_slice(&bytes[..head_len]);
+        self.out.extend_from_slice(body);
         self.response_body.clear();
-        self.capture_response(FAULT_BODY);
-        self.ex.response_body_len = FAULT_BODY.len() as u64;
+        capture(&mut self.response_body, self.capture_limit, body);
+        self.ex.response_body_len = body.len() as u64;
         self.ex.response_head_len = head_len;
-        self.ex.status = status_of(&self.out);
+        self.ex.status = self.ex.decision.error.unwrap_or(0);
         self.ex.outcome = Outcome::Fault;
         let sent = self.write_out_to_client().await;
         self.record();
@@ -909,7 +695,7 @@ impl<'w> Session<'w> {
         let cfg = &*self.w.config;
         let io_deadline = || Instant::now() + cfg.idle_timeout;
         let mut request = BodyReader::new(facts.body);
-        let head_len = self.out.len();
+        let request_head_len = self.out.len();
         // Head and whatever body bytes are already here go out in one write.
         if !facts.expect_continue {
             let limit = self.capture_limit;
@@ -924,7 +710,7 @@ impl<'w> Session<'w> {
         }
         let out = std::mem::take(&mut self.out);
         let (res, mut out) = up.write_all(out, io_deadline()).await;
-        out.truncate(head_len);
+        out.truncate(request_head_len);
         self.out = out;
         if res.is_err() {
             let failure = if reused {
@@ -945,22 +731,19 @@ impl<'w> Session<'w> {
                 Err(e) if connection::is_timeout(&e) => {}
                 Err(_) => return Err((UpstreamFailure::Error, false)),
             }
-            let interim = self.interim_status(up);
-            match interim {
-                // 100 Continue (or nothing yet): tell the client to go on.
-                Some(100) | None => {
-                    if let Some(status) = interim {
-                        let _ = status;
-                        let n = head_len_in(up.buffered());
-                        up.consume(n);
+            match self.interim_status(up) {
+                // A final answer before the body: relay it; the body is never sent.
+                Some(status) if status >= 200 => early_response = true,
+                // 100 Continue, another 1xx (relayed below) or silence: tell the client to go on.
+                status => {
+                    if status == Some(100) {
+                        up.consume(head_len(up.buffered()));
                     }
                     let (res, _) = self.client.write_all(CONTINUE, io_deadline()).await;
                     if res.is_err() {
                         return Err((UpstreamFailure::Error, false));
                     }
                 }
-                // A final answer before the body: relay it; the body is never sent.
-                Some(_) => early_response = true,
             }
             self.request_body.clear();
         }
@@ -988,23 +771,21 @@ impl<'w> Session<'w> {
         }
         self.ex.request_body_len = request.data_len;
         // The response head, after any interim 1xx responses.
-        let mut first_byte = false;
+        let mut first_byte = !up.buffered().is_empty();
         let facts_resp = loop {
-            if !up.buffered().is_empty() && !first_byte {
+            if !up.buffered().is_empty() {
                 first_byte = true;
-                self.ex.ttfb = Some(sent_at.elapsed());
+                self.ex.ttfb.get_or_insert_with(|| sent_at.elapsed());
             }
             match self.parse_response(up, facts) {
                 Ok(Some(r)) if r.interim => {
                     // RFC 9110 §15.2: relay 1xx to HTTP/1.1 clients, drop them for 1.0.
-                    if facts.version == Version::Http11 && r.status != 100 {
-                        let (res, _) =
-                            up_relay_head(up, &mut self.client, r.head_len, io_deadline()).await;
-                        if res.is_err() {
-                            return Err((UpstreamFailure::Error, request.done));
-                        }
-                    } else {
-                        up.consume(r.head_len);
+                    up.consume(r.head_len);
+                    if facts.version == Version::Http11
+                        && r.status != 100
+                        && !self.write_out_to_client().await
+                    {
+                        return Err((UpstreamFailure::Error, request.done));
                     }
                     continue;
                 }
@@ -1013,7 +794,8 @@ impl<'w> Session<'w> {
                 Err(()) => return Err((UpstreamFailure::Error, request.done)),
             }
             match up.fill(cfg.limits.max_head_bytes + 1, deadline).await {
-                Ok(0) if up.buffered().is_empty() && reused => {
+                // Not one byte back on a pooled connection: it was dead before we used it.
+                Ok(0) if !first_byte && reused => {
                     return Err((UpstreamFailure::Stale, request.done));
                 }
                 Ok(0) => return Err((UpstreamFailure::Error, request.done)),
@@ -1021,7 +803,7 @@ impl<'w> Session<'w> {
                 Err(e) if connection::is_timeout(&e) => {
                     return Err((UpstreamFailure::Timeout, request.done));
                 }
-                Err(_) if up.buffered().is_empty() && reused => {
+                Err(_) if !first_byte && reused => {
                     return Err((UpstreamFailure::Stale, request.done));
                 }
                 Err(_) => return Err((UpstreamFailure::Error, request.done)),
@@ -1129,14 +911,11 @@ impl<'w> Session<'w> {
         })
     }
 
-    /// The status of a complete 1xx head at the front of `up`'s buffer, if one is there.
+    /// The status of a complete response head at the front of `up`'s buffer, if one is there.
     fn interim_status(&self, up: &Conn) -> Option<u16> {
         let mut headers = [httparse::EMPTY_HEADER; SMALL_HEADERS];
-        match http::parse::parse_response(up.buffered(), &mut headers, &self.w.config.limits) {
-            Ok(Some(head)) if (100..200).contains(&head.status) => Some(head.status),
-            Ok(Some(head)) => Some(head.status),
-            _ => None,
-        }
+        let head = http::parse::parse_response(up.buffered(), &mut headers, &self.w.config.limits);
+        head.ok().flatten().map(|head| head.status)
     }
 
     /// Parses the upstream's response head; on success the head to send the client is in
@@ -1159,6 +938,15 @@ impl<'w> Session<'w> {
             if head.status == 101 {
                 return Err(());
             }
+            self.out.clear();
+            http::encode::encode_response_head(
+                &head,
+                BodyKind::Empty,
+                true,
+                facts.version,
+                &[VIA],
+                &mut self.out,
+            );
             return Ok(Some(ResponseFacts::interim(&head)));
         }
         let body = http::body::response_body_kind(&head, facts.is_head).map_err(|_| ())?;
@@ -1191,10 +979,6 @@ impl<'w> Session<'w> {
         }))
     }
 
-    fn capture_response(&mut self, data: &[u8]) {
-        capture(&mut self.response_body, self.capture_limit, data);
-    }
-
     /// Counts the exchange and appends its trace record (after the response went out).
     fn record(&mut self) {
         let duration = self.ex.started.elapsed();
@@ -1219,7 +1003,7 @@ impl<'w> Session<'w> {
         };
         let fault = decision.rule.map(|rule| FaultHit {
             rule: rule as u32,
-            kind: match self.w.faults.table.rules()[rule].kind() {
+            kind: match self.w.faults.table().rules()[rule].kind() {
                 FaultKind::Delay => trace::FaultKind::Delay,
                 FaultKind::Error => trace::FaultKind::Error,
             },
@@ -1330,160 +1114,6 @@ impl ResponseFacts {
     }
 }
 
-/// Relays an interim head verbatim from the upstream to the client.
-async fn up_relay_head(
-    up: &mut Conn,
-    client: &mut Conn,
-    n: usize,
-    deadline: Instant,
-) -> (std::io::Result<()>, ()) {
-    (up.relay_to(client, n, deadline).await, ())
-}
-
-/// Where one body stands while it streams.
-struct BodyReader {
-    kind: BodyKind,
-    /// Bytes left of a `Length` body.
-    remaining: u64,
-    chunked: ChunkedDecoder,
-    /// Payload bytes seen (de-chunked).
-    data_len: u64,
-    done: bool,
-}
-
-impl BodyReader {
-    fn new(kind: BodyKind) -> BodyReader {
-        let (remaining, done) = match kind {
-            BodyKind::Length(n) => (n, n == 0),
-            BodyKind::Empty => (0, true),
-            BodyKind::Chunked | BodyKind::CloseDelimited => (0, false),
-        };
-        BodyReader {
-            kind,
-            remaining,
-            chunked: ChunkedDecoder::new(),
-            data_len: 0,
-            done,
-        }
-    }
-
-    /// How many leading bytes of `buf` belong to this body (framing included), handing each
-    /// run of payload to `data`.
-    fn scan(
-        &mut self,
-        buf: &[u8],
-        mut data: impl FnMut(&[u8]),
-    ) -> Result<usize, http::body::BodyError> {
-        if self.done {
-            return Ok(0);
-        }
-        match self.kind {
-            BodyKind::Empty => Ok(0),
-            BodyKind::Length(_) => {
-                let n = usize::try_from(self.remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(buf.len());
-                data(&buf[..n]);
-                self.remaining -= n as u64;
-                self.data_len += n as u64;
-                self.done = self.remaining == 0;
-                Ok(n)
-            }
-            BodyKind::CloseDelimited => {
-                data(buf);
-                self.data_len += buf.len() as u64;
-                Ok(buf.len())
-            }
-            BodyKind::Chunked => {
-                let mut at = 0;
-                while at < buf.len() && !self.chunked.is_done() {
-                    let step = self.chunked.decode(&buf[at..])?;
-                    let payload = &buf[at + step.data.start..at + step.data.end];
-                    if !payload.is_empty() {
-                        data(payload);
-                        self.data_len += payload.len() as u64;
-                    }
-                    at += step.consumed;
-                    if step.consumed == 0 {
-                        break;
-                    }
-                }
-                self.done = self.chunked.is_done();
-                Ok(at)
-            }
-        }
-    }
-}
-
-enum RelayError {
-    /// The sending side closed early, failed or timed out (`true`: timed out).
-    Source(bool),
-    /// The body broke its chunked framing.
-    Framing,
-    /// The receiving side failed.
-    Destination,
-}
-
-/// Streams the rest of a body from `src` to `dst` until `body` is done. With `dechunk`, only
-/// the payload is written (staged through the given buffer); otherwise framing passes through.
-async fn relay(
-    src: &mut Conn,
-    dst: &mut Conn,
-    body: &mut BodyReader,
-    read_timeout: Duration,
-    mut capture: impl FnMut(&[u8]),
-    mut dechunk: Option<&mut Vec<u8>>,
-) -> Result<(), RelayError> {
-    loop {
-        let n = match dechunk.as_deref_mut() {
-            Some(staged) => {
-                staged.clear();
-                let n = body
-                    .scan(src.buffered(), |d| {
-                        capture(d);
-                        staged.extend_from_slice(d);
-                    })
-                    .map_err(|_| RelayError::Framing)?;
-                if !staged.is_empty() {
-                    let data = std::mem::take(staged);
-                    let (res, data) = dst.write_all(data, Instant::now() + read_timeout).await;
-                    *staged = data;
-                    res.map_err(|_| RelayError::Destination)?;
-                }
-                src.consume(n);
-                n
-            }
-            None => {
-                let n = body
-                    .scan(src.buffered(), &mut capture)
-                    .map_err(|_| RelayError::Source(false))?;
-                if n > 0 {
-                    src.relay_to(dst, n, Instant::now() + read_timeout)
-                        .await
-                        .map_err(|_| RelayError::Destination)?;
-                }
-                n
-            }
-        };
-        let _ = n;
-        if body.done {
-            return Ok(());
-        }
-        match src
-            .fill(READ_BUF_BYTES, Instant::now() + read_timeout)
-            .await
-        {
-            Ok(0) if body.kind == BodyKind::CloseDelimited => {
-                body.done = true;
-                return Ok(());
-            }
-            Ok(0) => return Err(RelayError::Source(false)),
-            Ok(_) => {}
-            Err(e) => return Err(RelayError::Source(connection::is_timeout(&e))),
-        }
-    }
-}
-
 /// Appends to a trace capture up to `limit` bytes.
 fn capture(into: &mut Vec<u8>, limit: usize, data: &[u8]) {
     let room = limit.saturating_sub(into.len());
@@ -1492,20 +1122,7 @@ fn capture(into: &mut Vec<u8>, limit: usize, data: &[u8]) {
 
 /// Length of the head at the front of a response we built (through the blank line).
 fn head_len(bytes: &[u8]) -> usize {
-    head_len_in(bytes)
-}
-
-fn head_len_in(bytes: &[u8]) -> usize {
     memchr::memmem::find(bytes, b"\r\n\r\n").map_or(bytes.len(), |i| i + 4)
-}
-
-/// The status code of a response we built (`HTTP/1.1 503 ...`).
-fn status_of(bytes: &[u8]) -> u16 {
-    bytes
-        .get(9..12)
-        .and_then(|s| std::str::from_utf8(s).ok())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 impl Exchange {

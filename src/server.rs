@@ -24,9 +24,10 @@ use crate::{
     config::{Config, Driver, Mode},
     error::Error,
     fault::{FaultRule, RuleStats},
-    proxy::{self, Faults, OUTCOMES, Stats, Worker},
+    proxy,
     timer::DelayTimer,
     trace::{TraceConfig, TraceWriter},
+    worker::{Faults, OUTCOMES, Stats, Worker},
 };
 
 /// Listen backlog per worker (monoio's default is 1024; bursts of new connections need more).

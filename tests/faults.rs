@@ -542,3 +542,23 @@ fn fault_delay_client_gone_request_not_forwarded() {
         "requests of departed clients were forwarded"
     );
 }
+
+#[test]
+fn fault_error_head_request_no_body_keepalive_continues() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "error:503:/probe"]);
+    let mut c = proxy.connect();
+
+    let head = c.roundtrip_to("HEAD", &request("HEAD", "/probe", "t", &[], b""));
+    let next = c.roundtrip(&get("/after"));
+
+    assert_eq!(head.status_line(), "HTTP/1.1 503 Service Unavailable");
+    assert!(head.body.is_empty());
+    assert_eq!(
+        next.status,
+        200,
+        "bytes after the HEAD answer: {:?}",
+        String::from_utf8_lossy(&next.head)
+    );
+    assert_eq!(next.text(), "GET /after");
+}

@@ -9,4 +9,5 @@ mod framing;
 mod keepalive;
 mod rejects;
 mod support;
+mod trace;
 mod upstream_errors;

@@ -1,0 +1,1 @@
+//! End-to-end trace tests: records written by the real binary, read back with `traces`/`stats`.
