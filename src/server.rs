@@ -169,6 +169,10 @@ impl Server {
             ..
         } = self;
         let resolver_pool = DefaultThreadPool::new(RESOLVER_THREADS);
+        // Thread-per-core proper pins worker i to core i. With fewer workers than cores (e.g. one
+        // worker beside a load generator) the scheduler places them better than a fixed pin.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pin = config.workers >= cores;
         let started = Instant::now();
         let handles: Vec<_> = listeners
             .into_iter()
@@ -181,6 +185,9 @@ impl Server {
                 std::thread::Builder::new()
                     .name(format!("pf-worker-{index}"))
                     .spawn(move || {
+                        if pin && let Err(e) = monoio::utils::bind_to_cpu_set([index % cores]) {
+                            eprintln!("phantom-fast: worker {index} not pinned to a core: {e}");
+                        }
                         run_worker(index, driver, config, faults, listener, trace, stop, pool)
                     })
                     .map_err(|source| Error::Runtime {

@@ -1,0 +1,973 @@
+#!/usr/bin/env python3
+"""Drives the load test of scripts/loadtest.sh: starts the origin, nginx and phantom-fast targets on
+loopback, measures them round by round, prints the table and writes the JSON.
+
+It does not install anything or build the proxy (loadtest.sh does), and it only ever signals the
+processes it started itself, by PID. Python 3.11 standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+# The origin's body: 13 bytes, as the issue asks.
+ORIGIN_BODY = "Hello, world\n"
+# Keep-alive connections are never closed by request count during a run (nginx closes after 1000
+# requests by default, which would add reconnects to some targets and not others).
+KEEPALIVE_REQUESTS = 100_000_000
+# wrk: one thread, 64 keep-alive connections (the issue's figure).
+WRK_THREADS = 1
+WRK_CONNECTIONS = 64
+# oha fixed-rate connections: enough for the rate at ~1 ms latency, few enough not to thrash.
+OHA_CONNECTIONS = 16
+# Sixteen rules that never match the benchmark's URL "/".
+NON_MATCHING_RULES = [f"delay:{i + 1}ms:/never-{i:02}" for i in range(8)] + [
+    f"error:{500 + i}:1.0:/nope-{i:02}" for i in range(8)
+]
+SCALE_FAULT = "delay:100ms-500ms"
+SCALE_DELAY_MS = (100.0, 500.0)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PR_SET_PDEATHSIG = 1
+STARTUP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+
+# wrk prints this line from its done() hook; it is the only machine-read wrk output.
+WRK_DONE_LUA = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"status":%d,"timeout":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d,' ..
+    '"min_us":%d,"max_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
+    e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.min, latency.max, latency.mean))
+end
+"""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# /proc readings
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of pid (nginx workers under their master)."""
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+        return out
+    except OSError:
+        pass
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    rest = f.read().rsplit(")", 1)[1].split()
+                if int(rest[1]) == pid:
+                    out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime+stime of the processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            # Fields 14 and 15 of stat(5); rest[0] is field 3.
+            total += int(rest[11]) + int(rest[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / CLK_TCK
+
+
+def status_kib(pid: int, key: str) -> int:
+    """A `kB` line of /proc/PID/status (VmHWM, VmRSS, RssAnon…), 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def established_on_port(port: int) -> int:
+    """Established TCP sockets whose local port is `port` (the server side of client conns)."""
+    count = 0
+    hexport = f":{port:04X}"
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f, None)
+                for line in f:
+                    parts = line.split(None, 4)
+                    if len(parts) > 3 and parts[1].endswith(hexport) and parts[3] == "01":
+                        count += 1
+        except OSError:
+            continue
+    return count
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+# --------------------------------------------------------------------------------------------
+# Processes we own
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if this helper dies without cleaning up (e.g. SIGKILL)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class Owned:
+    """A process this helper started, with the name it reports under."""
+
+    name: str
+    popen: subprocess.Popen
+    log_path: str
+    stop_signal: int = signal.SIGTERM
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def pids(self) -> list[int]:
+        """The process and its children (an nginx master and its workers)."""
+        return [self.pid] + _children(self.pid)
+
+
+class Processes:
+    """Every process started, so cleanup signals exactly those PIDs and nothing else."""
+
+    def __init__(self) -> None:
+        self.owned: list[Owned] = []
+
+    def start(self, name: str, argv: list[str], log_path: str, env: dict | None = None,
+              stop_signal: int = signal.SIGTERM) -> Owned:
+        logf = open(log_path, "wb")
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env,
+                             preexec_fn=_die_with_parent, close_fds=True)
+        logf.close()
+        o = Owned(name, p, log_path, stop_signal)
+        self.owned.append(o)
+        return o
+
+    def stop(self, o: Owned) -> None:
+        if o.popen.poll() is None:
+            try:
+                os.kill(o.pid, o.stop_signal)
+            except ProcessLookupError:
+                pass
+            try:
+                o.popen.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.kill(o.pid, signal.SIGKILL)
+                o.popen.wait()
+        if o in self.owned:
+            self.owned.remove(o)
+
+    def stop_all(self) -> None:
+        for o in reversed(list(self.owned)):
+            try:
+                self.stop(o)
+            except Exception as e:  # cleanup must go on for the others
+                log(f"cleanup: {o.name} (pid {o.pid}): {e}")
+
+
+# --------------------------------------------------------------------------------------------
+# Targets
+
+
+NGINX_COMMON = """\
+worker_processes 1;
+{user}
+daemon off;
+master_process on;
+pid {dir}/{name}.pid;
+error_log {dir}/{name}.error.log warn;
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {conns}; multi_accept on; }}
+http {{
+    access_log off;
+    server_tokens off;
+    keepalive_requests {keepalive_requests};
+    keepalive_timeout 120s;
+    client_body_temp_path {dir}/{name}-tmp/body;
+    proxy_temp_path {dir}/{name}-tmp/proxy;
+    fastcgi_temp_path {dir}/{name}-tmp/fastcgi;
+    uwsgi_temp_path {dir}/{name}-tmp/uwsgi;
+    scgi_temp_path {dir}/{name}-tmp/scgi;
+{body}
+}}
+"""
+
+ORIGIN_HTTP = """\
+    default_type text/plain;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ return 200 "{body}"; }}
+    }}"""
+
+NGINX_PROXY_HTTP = """\
+    upstream origin {{
+        server 127.0.0.1:{origin_port};
+        keepalive 64;
+        keepalive_requests {keepalive_requests};
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}"""
+
+
+@dataclass
+class Target:
+    """One thing wrk and oha are pointed at."""
+
+    name: str
+    label: str
+    port: int
+    proc: Owned | None  # None: direct to the origin, no proxy in between
+    rounds: list[dict] = field(default_factory=list)
+    fixed: list[dict] = field(default_factory=list)
+
+
+def start_nginx(procs: Processes, tmp: str, name: str, port: int, http_body: str,
+                nofile: int, conns: int) -> Owned:
+    os.makedirs(f"{tmp}/{name}-tmp", exist_ok=True)
+    conf = NGINX_COMMON.format(
+        user="user root;" if os.geteuid() == 0 else "",
+        dir=tmp, name=name, nofile=nofile, conns=conns,
+        keepalive_requests=KEEPALIVE_REQUESTS, body=http_body)
+    path = f"{tmp}/{name}.conf"
+    with open(path, "w") as f:
+        f.write(conf)
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    # -e: the startup error log too goes to our dir, never /var/log/nginx. SIGQUIT: graceful.
+    o = procs.start(name, [nginx, "-p", f"{tmp}/", "-c", path, "-e", f"{tmp}/{name}.error.log"],
+                    f"{tmp}/{name}.out", stop_signal=signal.SIGQUIT)
+    wait_port(port, STARTUP_TIMEOUT_S)
+    return o
+
+
+def start_phantom(procs: Processes, tmp: str, binary: str, name: str, origin_port: int,
+                  extra: list[str]) -> tuple[Owned, int]:
+    env = dict(os.environ)
+    # Never touch the user's default trace directory.
+    env["XDG_DATA_HOME"] = f"{tmp}/xdg"
+    argv = [binary, "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{origin_port}",
+            "--grace", "1s"] + extra
+    path = f"{tmp}/{name}.log"
+    o = procs.start(name, argv, path, env=env)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+) ", text)
+        if m:
+            port = int(m.group(1))
+            wait_port(port, STARTUP_TIMEOUT_S)
+            return o, port
+        if o.popen.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} did not start: {open(path).read()}")
+
+
+# --------------------------------------------------------------------------------------------
+# Load generators
+
+
+def run_wrk(tmp: str, port: int, duration_s: float, connections: int, timeout_s: float,
+            threads: int = WRK_THREADS) -> dict:
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
+            f"--timeout={max(1, round(timeout_s))}s", "--latency", "-s", f"{tmp}/done.lua",
+            f"http://127.0.0.1:{port}/"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            r = json.loads(line[len("WRKJSON "):])
+            r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+            r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+            return r
+    raise RuntimeError(f"wrk printed no result: {out.stdout}\n{out.stderr}")
+
+
+def run_oha(port: int, rate: int, duration_s: float, connections: int,
+            keepalive: bool = True) -> dict:
+    argv = ["oha", "--no-tui", "--output-format", "json", "-z", f"{duration_s}s",
+            "-q", str(rate), "--latency-correction", "-c", str(connections)]
+    if not keepalive:
+        argv.append("--disable-keepalive")
+    argv.append(f"http://127.0.0.1:{port}/")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"oha failed ({out.returncode}): {out.stderr.strip()}")
+    j = json.loads(out.stdout)
+    pct = j.get("latencyPercentiles", {})
+    codes = j.get("statusCodeDistribution", {})
+    errors = j.get("errorDistribution", {})
+    summary = j.get("summary", {})
+    ok = int(codes.get("200", 0))
+    return {
+        "requests": sum(int(v) for v in codes.values()),
+        "ok": ok,
+        "non_200": sum(int(v) for k, v in codes.items() if k != "200"),
+        "errors": sum(int(v) for v in errors.values()),
+        "error_kinds": errors,
+        "rps": summary.get("requestsPerSec"),
+        "p50_us": _s_to_us(pct.get("p50")),
+        "p90_us": _s_to_us(pct.get("p90")),
+        "p99_us": _s_to_us(pct.get("p99")),
+        "p999_us": _s_to_us(pct.get("p99.9")),
+        "max_us": _s_to_us(summary.get("slowest")),
+        "min_us": _s_to_us(summary.get("fastest")),
+    }
+
+
+def _s_to_us(v) -> float | None:
+    return None if v is None else float(v) * 1e6
+
+
+# --------------------------------------------------------------------------------------------
+# The comparison run
+
+
+def measure_wrk(t: Target, origin: Owned, tmp: str, duration: float) -> dict:
+    proxy_pids = t.proc.pids() if t.proc else []
+    origin_pids = origin.pids()
+    p0, o0 = cpu_seconds(proxy_pids), cpu_seconds(origin_pids)
+    r = run_wrk(tmp, t.port, duration, WRK_CONNECTIONS, timeout_s=2)
+    p1, o1 = cpu_seconds(proxy_pids), cpu_seconds(origin_pids)
+    n = max(r["requests"], 1)
+    r["proxy_cpu_us_per_req"] = (p1 - p0) * 1e6 / n if t.proc else None
+    r["origin_cpu_us_per_req"] = (o1 - o0) * 1e6 / n
+    return r
+
+
+def measure_fixed(t: Target, origin: Owned, rate: int, duration: float) -> dict:
+    proxy_pids = t.proc.pids() if t.proc else []
+    p0 = cpu_seconds(proxy_pids)
+    r = run_oha(t.port, rate, duration, OHA_CONNECTIONS)
+    p1 = cpu_seconds(proxy_pids)
+    r["proxy_cpu_us_per_req"] = (p1 - p0) * 1e6 / max(r["requests"], 1) if t.proc else None
+    return r
+
+
+def med(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summarise(targets: list[Target]) -> dict:
+    direct = targets[0]
+    out = {}
+    for t in targets:
+        s = {
+            "label": t.label,
+            "rps": med(r["rps"] for r in t.rounds),
+            "p50_us": med(r["p50_us"] for r in t.rounds),
+            "p99_us": med(r["p99_us"] for r in t.rounds),
+            "proxy_cpu_us_per_req": med(r["proxy_cpu_us_per_req"] for r in t.rounds),
+            "origin_cpu_us_per_req": med(r["origin_cpu_us_per_req"] for r in t.rounds),
+            "errors": sum(r["errors"] for r in t.rounds),
+            "requests": sum(r["requests"] for r in t.rounds),
+            "peak_rss_kib": t.rounds[-1].get("peak_rss_kib") if t.rounds else None,
+        }
+        if t.proc and s["proxy_cpu_us_per_req"] is not None:
+            ratios = [r["proxy_cpu_us_per_req"] / r["origin_cpu_us_per_req"]
+                      for r in t.rounds if r["origin_cpu_us_per_req"]]
+            s["proxy_cpu_x_origin"] = med(ratios)
+        if t.fixed:
+            s["fixed_p50_us"] = med(r["p50_us"] for r in t.fixed)
+            s["fixed_p99_us"] = med(r["p99_us"] for r in t.fixed)
+            s["fixed_p999_us"] = med(r["p999_us"] for r in t.fixed)
+            s["fixed_errors"] = sum(r["errors"] + r["non_200"] for r in t.fixed)
+            s["fixed_proxy_cpu_us_per_req"] = med(r["proxy_cpu_us_per_req"] for r in t.fixed)
+            # Added latency: paired with direct's run of the same round, then the median.
+            for key in ("p50_us", "p99_us", "p999_us"):
+                s[f"added_{key}"] = med(
+                    a[key] - d[key] for a, d in zip(t.fixed, direct.fixed)
+                    if a[key] is not None and d[key] is not None) if t is not direct else 0.0
+        out[t.name] = s
+    return out
+
+
+def fmt(v, spec: str = ".0f", none: str = "-") -> str:
+    return none if v is None else format(v, spec)
+
+
+def ratio(a, b) -> str:
+    return "-" if a is None or not b else f"{a / b:.2f}×"
+
+
+def print_table(summary: dict, rate: int) -> None:
+    ng = summary["nginx"]
+    head = ("target", "req/s", "vs nginx", "p50 µs", "p99 µs", "CPU µs/req", "vs nginx",
+            "× origin", "peak RSS", f"+p50 @{rate}/s", "+p99", "+p99.9")
+    rows = []
+    for s in summary.values():
+        rss = s.get("peak_rss_kib")
+        rows.append((
+            s["label"], fmt(s["rps"]), ratio(s["rps"], ng["rps"]),
+            fmt(s["p50_us"]), fmt(s["p99_us"]),
+            fmt(s["proxy_cpu_us_per_req"], ".1f"),
+            ratio(s["proxy_cpu_us_per_req"], ng["proxy_cpu_us_per_req"]),
+            fmt(s.get("proxy_cpu_x_origin"), ".2f") + ("×" if s.get("proxy_cpu_x_origin") else ""),
+            "-" if not rss else f"{rss / 1024:.1f} MiB",
+            fmt(s.get("added_p50_us"), "+.0f"), fmt(s.get("added_p99_us"), "+.0f"),
+            fmt(s.get("added_p999_us"), "+.0f"),
+        ))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |"
+    print(line)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
+                                for i, (x, w) in enumerate(zip(r, widths))) + " |")
+    o = summary["direct"]
+    print(f"\norigin (nginx, 1 worker, return 200) CPU per request served directly: "
+          f"{fmt(o['origin_cpu_us_per_req'], '.1f')} µs")
+
+
+def checks(summary: dict) -> list[dict]:
+    ng, on, off = summary["nginx"], summary["pf-trace"], summary["pf-notrace"]
+    rules, out = summary["pf-16rules"], []
+
+    def add(name, value, limit, ok, unit=""):
+        out.append({"target": name, "value": value, "limit": limit, "met": bool(ok), "unit": unit})
+
+    c = on["proxy_cpu_us_per_req"] / ng["proxy_cpu_us_per_req"]
+    add("CPU/request, phantom-fast (tracing on) vs nginx", round(c, 3), "≤ 0.75", c <= 0.75, "×")
+    if on.get("added_p50_us") is not None and ng.get("added_p50_us") is not None:
+        add("added p50 at fixed rate, phantom-fast (tracing on) vs nginx",
+            f"{on['added_p50_us']:+.0f} vs {ng['added_p50_us']:+.0f}", "≤ nginx",
+            on["added_p50_us"] <= ng["added_p50_us"], "µs")
+    r = rules["rps"] / off["rps"] - 1
+    add("req/s, 16 non-matching rules vs none", f"{r * 100:+.1f}", "≥ -3", r >= -0.03, "%")
+    r = on["rps"] / off["rps"] - 1
+    add("req/s, tracing on vs off", f"{r * 100:+.1f}", "≥ -5", r >= -0.05, "%")
+    return out
+
+
+def compare(args, tmp: str, procs: Processes) -> dict:
+    with open(f"{tmp}/done.lua", "w") as f:
+        f.write(WRK_DONE_LUA)
+    origin_port, nginx_port = free_port(), free_port()
+    origin = start_nginx(procs, tmp, "origin", origin_port,
+                         ORIGIN_HTTP.format(port=origin_port, body=ORIGIN_BODY.replace("\n", "\\n")),
+                         nofile=16384, conns=8192)
+    nginx = start_nginx(procs, tmp, "nginx", nginx_port,
+                        NGINX_PROXY_HTTP.format(port=nginx_port, origin_port=origin_port,
+                                                keepalive_requests=KEEPALIVE_REQUESTS),
+                        nofile=16384, conns=8192)
+    targets = [Target("direct", "direct (no proxy)", origin_port, None),
+               Target("nginx", "nginx reverse proxy, 1 worker", nginx_port, nginx)]
+    os.makedirs(f"{tmp}/traces", exist_ok=True)
+    variants = [
+        ("pf-notrace", "phantom-fast, tracing off", ["--no-traces"]),
+        ("pf-trace", "phantom-fast, tracing on", ["--trace-dir", f"{tmp}/traces", "--trace-reset"]),
+        ("pf-16rules", "phantom-fast, 16 rules, none match",
+         ["--no-traces"] + [a for rule in NON_MATCHING_RULES for a in ("--fault", rule)]),
+        ("pf-delay1ms", "phantom-fast, delay:1ms", ["--no-traces", "--fault", "delay:1ms"]),
+    ]
+    for name, label, extra in variants:
+        o, port = start_phantom(procs, tmp, args.bin, name, origin_port,
+                                ["--workers", "1"] + extra)
+        targets.append(Target(name, label, port, o))
+
+    # Warm-up: connection pools, page cache, CPU frequency; results discarded.
+    for t in targets:
+        run_wrk(tmp, t.port, args.warmup, WRK_CONNECTIONS, timeout_s=2)
+
+    n = len(targets)
+    for rnd in range(args.rounds):
+        # Round-robin, rotated each round, so no target always runs first or last.
+        order = [targets[(i + rnd) % n] for i in range(n)]
+        log(f"round {rnd + 1}/{args.rounds}: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} "
+            f"-d{args.duration:g}s, load {os.getloadavg()[0]:.2f}")
+        for t in order:
+            r = measure_wrk(t, origin, tmp, args.duration)
+            if t.proc:
+                r["peak_rss_kib"] = sum(status_kib(p, "VmHWM") for p in t.proc.pids())
+            r["round"] = rnd
+            t.rounds.append(r)
+            log(f"  {t.name:12} {r['rps']:9.0f} req/s  p50 {r['p50_us']:6.0f} µs  "
+                f"p99 {r['p99_us']:6.0f} µs  cpu {fmt(r['proxy_cpu_us_per_req'], '.1f'):>5} µs/req"
+                f"  origin {r['origin_cpu_us_per_req']:.1f}  errors {r['errors']}")
+        if args.rate > 0:
+            for t in order:
+                r = measure_fixed(t, origin, args.rate, args.fixed_duration)
+                r["round"] = rnd
+                t.fixed.append(r)
+                log(f"  {t.name:12} @{args.rate}/s p50 {r['p50_us']:6.0f} µs  p99 "
+                    f"{r['p99_us']:6.0f} µs  p99.9 {r['p999_us']:6.0f} µs  errors "
+                    f"{r['errors'] + r['non_200']}")
+    # The direct target's peak RSS is the origin's.
+    targets[0].rounds[-1]["peak_rss_kib"] = sum(status_kib(p, "VmHWM") for p in origin.pids())
+    summary = summarise(targets)
+    return {"summary": summary,
+            "rounds": {t.name: {"wrk": t.rounds, "fixed_rate": t.fixed} for t in targets},
+            "checks": checks(summary) if args.rate > 0 else []}
+
+
+# --------------------------------------------------------------------------------------------
+# Scale
+
+
+def burst(port: int, conns: int, waves: int, proxy: Owned, hold_s: float) -> dict:
+    """Opens `conns` keep-alive connections, then `waves` times sends one request on every one of
+    them at once (all delayed together) and reads every answer; holds them idle in between."""
+    addr = ("127.0.0.1", port)
+    ep = select.epoll()
+    socks: dict[int, socket.socket] = {}
+    connect_errors = 0
+    rss0 = status_kib(proxy.pid, "VmRSS")
+    anon0 = status_kib(proxy.pid, "RssAnon")
+    t0 = time.monotonic()
+    for _ in range(conns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        err = s.connect_ex(addr)
+        if err not in (0, 115):  # EINPROGRESS
+            connect_errors += 1
+            s.close()
+            continue
+        socks[s.fileno()] = s
+        ep.register(s.fileno(), select.EPOLLOUT)
+    pending = set(socks)
+    deadline = time.monotonic() + 30
+    while pending and time.monotonic() < deadline:
+        for fd, _ev in ep.poll(1.0):
+            if fd in pending:
+                pending.discard(fd)
+                if socks[fd].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    connect_errors += 1
+    connect_s = time.monotonic() - t0
+    # Wait until the proxy has accepted them all (they may sit in its listen backlog).
+    deadline = time.monotonic() + 10
+    while established_on_port(port) < len(socks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    accepted = established_on_port(port)
+    for fd in socks:
+        ep.modify(fd, select.EPOLLIN)
+    request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    lat_ms: list[float] = []
+    failures = 0
+    wave_stats = []
+    for wave in range(waves):
+        c0 = cpu_seconds([proxy.pid])
+        w0 = time.monotonic()
+        sent: dict[int, float] = {}
+        bufs: dict[int, bytearray] = {}
+        for fd, s in socks.items():
+            try:
+                s.send(request)
+                sent[fd] = time.monotonic()
+                bufs[fd] = bytearray()
+            except OSError:
+                failures += 1
+        in_flight_peak = len(sent)
+        waiting = set(sent)
+        deadline = time.monotonic() + 10
+        while waiting and time.monotonic() < deadline:
+            for fd, _ev in ep.poll(0.5):
+                if fd not in waiting:
+                    continue
+                try:
+                    chunk = socks[fd].recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    waiting.discard(fd)
+                    failures += 1
+                    continue
+                b = bufs[fd]
+                b += chunk
+                end = b.find(b"\r\n\r\n")
+                if end < 0:
+                    continue
+                m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", b[:end])
+                if m and len(b) < end + 4 + int(m.group(1)):
+                    continue
+                lat_ms.append((time.monotonic() - sent[fd]) * 1e3)
+                if not b.startswith(b"HTTP/1.1 200"):
+                    failures += 1
+                waiting.discard(fd)
+        failures += len(waiting)
+        wall = time.monotonic() - w0
+        c1 = cpu_seconds([proxy.pid])
+        wave_stats.append({"requests": in_flight_peak, "wall_s": wall,
+                           "proxy_cpu_s": c1 - c0,
+                           "proxy_cpu_us_per_req": (c1 - c0) * 1e6 / max(in_flight_peak, 1)})
+        log(f"  wave {wave + 1}/{waves}: {in_flight_peak} requests in flight at once, "
+            f"all answered in {wall:.2f}s, proxy CPU {(c1 - c0) * 1e3:.0f} ms, failures {failures}")
+    rss1 = status_kib(proxy.pid, "VmRSS")
+    anon1 = status_kib(proxy.pid, "RssAnon")
+    hwm = status_kib(proxy.pid, "VmHWM")
+    # Idle hold: all connections open, nothing to do; the proxy should use ~no CPU.
+    c0 = cpu_seconds([proxy.pid])
+    time.sleep(hold_s)
+    idle_cpu = cpu_seconds([proxy.pid]) - c0
+    still_open = established_on_port(port)
+    for s in socks.values():
+        s.close()
+    ep.close()
+    n = max(len(socks), 1)
+    lat_ms.sort()
+    return {
+        "connections": len(socks), "connect_errors": connect_errors, "connect_s": connect_s,
+        "accepted_by_proxy": accepted, "still_open_after_hold": still_open,
+        "waves": wave_stats, "answered": len(lat_ms), "failures": failures,
+        "latency_ms": quantiles(lat_ms),
+        "idle_hold_s": hold_s, "idle_hold_proxy_cpu_ms": idle_cpu * 1e3,
+        "idle_hold_proxy_cpu_pct": idle_cpu / hold_s * 100,
+        "rss_before_kib": rss0, "rss_with_conns_kib": rss1, "vm_hwm_kib": hwm,
+        "rss_anon_before_kib": anon0, "rss_anon_with_conns_kib": anon1,
+        "rss_per_conn_bytes": (rss1 - rss0) * 1024 / n,
+        "rss_anon_per_conn_bytes": (anon1 - anon0) * 1024 / n,
+        "hwm_per_conn_bytes": hwm * 1024 / n,
+    }
+
+
+QUANTS = (0.0, 0.01, 0.10, 0.25, 0.50, 0.75, 0.90, 0.99, 0.999, 1.0)
+
+
+def quantiles(sorted_ms: list[float]) -> dict:
+    if not sorted_ms:
+        return {}
+    out = {}
+    for q in QUANTS:
+        i = min(len(sorted_ms) - 1, int(q * len(sorted_ms)))
+        lo, hi = SCALE_DELAY_MS
+        out[f"p{q * 100:g}"] = {"observed": round(sorted_ms[i], 1),
+                                "injected": round(lo + (hi - lo) * q, 1)}
+    return out
+
+
+def scale(args, tmp: str, procs: Processes) -> dict:
+    with open(f"{tmp}/done.lua", "w") as f:
+        f.write(WRK_DONE_LUA)
+    origin_port = free_port()
+    origin = start_nginx(procs, tmp, "origin", origin_port,
+                         ORIGIN_HTTP.format(port=origin_port, body=ORIGIN_BODY.replace("\n", "\\n")),
+                         nofile=16384, conns=8192)
+    conns = args.connections
+    proxy, port = start_phantom(
+        procs, tmp, args.bin, "pf-scale", origin_port,
+        ["--workers", "1", "--no-traces", "--max-connections", str(conns + 1024),
+         "--fault", SCALE_FAULT])
+    res: dict = {"fault": SCALE_FAULT, "connections": conns, "nofile_soft":
+                 __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)[0]}
+    log(f"scale: {conns} keep-alive connections, every one with a request waiting in "
+        f"{SCALE_FAULT}")
+    res["burst"] = burst(port, conns, args.waves, proxy, args.hold)
+    b = res["burst"]
+    log(f"  RSS {b['rss_before_kib'] / 1024:.1f} → {b['rss_with_conns_kib'] / 1024:.1f} MiB "
+        f"({b['rss_per_conn_bytes'] / 1024:.1f} KiB/conn), idle hold {args.hold:g}s: proxy CPU "
+        f"{b['idle_hold_proxy_cpu_ms']:.0f} ms")
+
+    log(f"scale: wrk -t1 -c{conns} -d{args.scale_duration:g}s (closed loop, keep-alive)")
+    p0, o0 = cpu_seconds([proxy.pid]), cpu_seconds(origin.pids())
+    peak = {"conns": 0}
+    w = run_wrk_sampling(tmp, port, args.scale_duration, conns, peak)
+    p1, o1 = cpu_seconds([proxy.pid]), cpu_seconds(origin.pids())
+    w["proxy_cpu_us_per_req"] = (p1 - p0) * 1e6 / max(w["requests"], 1)
+    w["proxy_cpu_pct"] = (p1 - p0) / (w["duration_us"] / 1e6) * 100
+    w["origin_cpu_us_per_req"] = (o1 - o0) * 1e6 / max(w["requests"], 1)
+    w["peak_established"] = peak["conns"]
+    w["vm_hwm_kib"] = status_kib(proxy.pid, "VmHWM")
+    res["wrk_keepalive"] = w
+    log(f"  {w['requests']} requests, {w['rps']:.0f} req/s, errors {w['errors']}, peak "
+        f"{w['peak_established']} connections, p50 {w['p50_us'] / 1e3:.0f} ms, p99 "
+        f"{w['p99_us'] / 1e3:.0f} ms, max {w['max_us'] / 1e3:.0f} ms, proxy "
+        f"{w['proxy_cpu_us_per_req']:.1f} µs/req ({w['proxy_cpu_pct']:.0f}% of a core)")
+
+    if args.rate_new > 0:
+        # In flight ≈ rate × mean delay (300 ms); give oha headroom above that.
+        c = max(64, int(args.rate_new * SCALE_DELAY_MS[1] / 1e3 * 1.5))
+        log(f"scale: oha --disable-keepalive -q {args.rate_new} -c {c} -z {args.new_duration:g}s")
+        p0 = cpu_seconds([proxy.pid])
+        r = run_oha(port, args.rate_new, args.new_duration, c, keepalive=False)
+        p1 = cpu_seconds([proxy.pid])
+        r["proxy_cpu_us_per_req"] = (p1 - p0) * 1e6 / max(r["requests"], 1)
+        r["proxy_cpu_pct"] = (p1 - p0) / args.new_duration * 100
+        r["connections_flag"] = c
+        res["new_connections"] = r
+        log(f"  {r['requests']} requests ({r['rps']:.0f}/s), errors {r['errors']}, non-200 "
+            f"{r['non_200']}, p50 {r['p50_us'] / 1e3:.0f} ms, p99 {r['p99_us'] / 1e3:.0f} ms, "
+            f"proxy {r['proxy_cpu_us_per_req']:.1f} µs/req ({r['proxy_cpu_pct']:.0f}% of a core)")
+    return res
+
+
+def run_wrk_sampling(tmp: str, port: int, duration: float, conns: int, peak: dict) -> dict:
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout=5s",
+            "--latency", "-s", f"{tmp}/done.lua", f"http://127.0.0.1:{port}/"]
+    with open(f"{tmp}/wrk-scale.out", "wb") as out:
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                             preexec_fn=_die_with_parent)
+        try:
+            while p.poll() is None:
+                peak["conns"] = max(peak["conns"], established_on_port(port))
+                time.sleep(1.0)
+            p.wait(timeout=duration + 60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    with open(f"{tmp}/wrk-scale.out") as f:
+        text = f.read()
+    for line in text.splitlines():
+        if line.startswith("WRKJSON "):
+            r = json.loads(line[len("WRKJSON "):])
+            r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+            r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+            return r
+    raise RuntimeError(f"wrk printed no result: {text}")
+
+
+def print_scale(res: dict) -> None:
+    b = res["burst"]
+    print(f"\n## Scale: {res['connections']} keep-alive connections, --fault {res['fault']}")
+    print(f"held at once: {b['accepted_by_proxy']} accepted (connect errors "
+          f"{b['connect_errors']}), {b['answered']} answered, {b['failures']} failed, "
+          f"{b['still_open_after_hold']} still open after the idle hold")
+    print("latency of requests all waiting at once (ms): observed vs injected uniform 100-500:")
+    for k, v in b["latency_ms"].items():
+        print(f"  {k:>6}: {v['observed']:7.1f}  (injected {v['injected']:.1f})")
+    for i, w in enumerate(b["waves"]):
+        print(f"wave {i + 1}: {w['requests']} requests, proxy CPU {w['proxy_cpu_s'] * 1e3:.0f} ms "
+              f"= {w['proxy_cpu_us_per_req']:.1f} µs/request over {w['wall_s']:.2f}s")
+    print(f"idle hold {b['idle_hold_s']:g}s with all connections open: proxy CPU "
+          f"{b['idle_hold_proxy_cpu_ms']:.0f} ms ({b['idle_hold_proxy_cpu_pct']:.2f}% of a core)")
+    print(f"RSS: {b['rss_before_kib'] / 1024:.1f} MiB before, {b['rss_with_conns_kib'] / 1024:.1f}"
+          f" MiB with the connections → {b['rss_per_conn_bytes'] / 1024:.2f} KiB per connection "
+          f"(anonymous {b['rss_anon_per_conn_bytes'] / 1024:.2f} KiB); VmHWM "
+          f"{b['vm_hwm_kib'] / 1024:.1f} MiB = {b['hwm_per_conn_bytes'] / 1024:.2f} KiB/conn "
+          f"all included")
+    w = res["wrk_keepalive"]
+    print(f"wrk -c{res['connections']} closed loop: {w['requests']} requests, "
+          f"{w['rps']:.0f} req/s, errors {w['errors']} (connect {w['connect']}, read {w['read']},"
+          f" write {w['write']}, status {w['status']}, timeout {w['timeout']}), peak "
+          f"{w['peak_established']} connections; latency ms min {w['min_us'] / 1e3:.0f} p50 "
+          f"{w['p50_us'] / 1e3:.0f} p90 {w['p90_us'] / 1e3:.0f} p99 {w['p99_us'] / 1e3:.0f} max "
+          f"{w['max_us'] / 1e3:.0f}; proxy {w['proxy_cpu_us_per_req']:.1f} µs/req "
+          f"({w['proxy_cpu_pct']:.0f}% of a core), VmHWM {w['vm_hwm_kib'] / 1024:.1f} MiB")
+    n = res.get("new_connections")
+    if n:
+        print(f"new connections (no keep-alive) at {n['rps']:.0f}/s: {n['requests']} requests, "
+              f"errors {n['errors']}, non-200 {n['non_200']}; latency ms p50 "
+              f"{n['p50_us'] / 1e3:.0f} p99 {n['p99_us'] / 1e3:.0f} max {n['max_us'] / 1e3:.0f}; "
+              f"proxy {n['proxy_cpu_us_per_req']:.1f} µs/req ({n['proxy_cpu_pct']:.0f}% of a core)")
+    ok = (b["failures"] == 0 and b["connect_errors"] == 0 and b["answered"] ==
+          res["connections"] * len(b["waves"]) and w["errors"] == 0
+          and (not n or n["errors"] + n["non_200"] == 0))
+    print(f"target: {res['connections']} delayed connections, no errors: "
+          f"{'MET' if ok else 'NOT MET'}")
+    per = b["hwm_per_conn_bytes"] / 1024
+    print(f"target: under 64 KiB RSS per connection: {per:.1f} KiB (VmHWM ÷ connections) → "
+          f"{'MET' if per < 64 else 'NOT MET'}")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "kernel": platform.release(), "cpu": model,
+            "python": platform.python_version()}
+
+
+def revision(repo: str) -> str:
+    try:
+        rev = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return rev + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (p.stdout + p.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="scripts/loadtest.sh", description=(
+        "phantom-fast against nginx and against no proxy, on loopback. Default: the comparison "
+        "table (~5 min). --quick: a short run to check the setup. --scale: 10 000 delayed "
+        "keep-alive connections and new connections per second."))
+    p.add_argument("--quick", action="store_true", help="1 round of 2 s runs (~40 s)")
+    p.add_argument("--scale", action="store_true", help="the scale run instead of the comparison")
+    p.add_argument("--json", metavar="FILE", help="also write every figure as JSON to FILE")
+    p.add_argument("--bin", default="target/release/phantom-fast", help="the proxy binary")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 4, quick 1)")
+    p.add_argument("--duration", type=float, help="seconds per wrk run (default 5, quick 2)")
+    p.add_argument("--fixed-duration", type=float, help="seconds per oha run (default 4, quick 2)")
+    p.add_argument("--rate", type=int, default=5000,
+                   help="oha fixed rate, requests/s, below saturation (0: skip; default 5000)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of wrk warm-up per target")
+    p.add_argument("--connections", type=int, default=10_000, help="scale: connections")
+    p.add_argument("--waves", type=int, default=3, help="scale: requests per held connection")
+    p.add_argument("--hold", type=float, default=3.0, help="scale: idle hold, seconds")
+    p.add_argument("--scale-duration", type=float, help="scale: wrk seconds (default 20, quick 8)")
+    p.add_argument("--rate-new", type=int, default=2000,
+                   help="scale: new connections/s without keep-alive (0: skip)")
+    p.add_argument("--new-duration", type=float, help="scale: oha seconds (default 10, quick 4)")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
+    a = p.parse_args(argv)
+    q = a.quick
+    a.rounds = a.rounds or (1 if q else 4)
+    a.duration = a.duration or (2.0 if q else 5.0)
+    a.fixed_duration = a.fixed_duration or (2.0 if q else 4.0)
+    a.scale_duration = a.scale_duration or (8.0 if q else 20.0)
+    a.new_duration = a.new_duration or (4.0 if q else 10.0)
+    if q:
+        a.warmup = min(a.warmup, 0.5)
+        a.waves = min(a.waves, 2)
+        a.hold = min(a.hold, 1.0)
+    if a.rounds < 1 or a.rounds > 20 or a.duration > 120 or a.fixed_duration > 120:
+        p.error("bounded: 1-20 rounds, at most 120 s per run")
+    return a
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args.bin = os.path.abspath(args.bin if os.path.isabs(args.bin)
+                               else os.path.join(repo, args.bin))
+    if not os.access(args.bin, os.X_OK):
+        log(f"no proxy binary at {args.bin} (cargo build --release)")
+        return 2
+    # SIGTERM/SIGHUP become SystemExit, so the finally below stops what we started.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, _f: sys.exit(128 + s))
+    tmp = tempfile.mkdtemp(prefix="phantom-loadtest.")
+    procs = Processes()
+    started = time.monotonic()
+    report = {
+        "revision": revision(repo),
+        "machine": machine(),
+        "tools": {"wrk": tool_version(["wrk", "-v"]), "oha": tool_version(["oha", "--version"]),
+                  "nginx": tool_version(["nginx", "-v"]),
+                  "phantom-fast": tool_version([args.bin, "--version"])},
+        "load_before": os.getloadavg(),
+        "mode": "scale" if args.scale else ("quick" if args.quick else "full"),
+    }
+    print(f"phantom-fast load test — revision {report['revision']}")
+    m = report["machine"]
+    print(f"machine: {m['nproc']} cores ({m['cpu']}), kernel {m['kernel']}; load average "
+          f"{report['load_before'][0]:.2f}; {report['tools']['nginx']}, {report['tools']['wrk']}, "
+          f"{report['tools']['oha']}")
+    try:
+        if args.scale:
+            report["params"] = {k: getattr(args, k) for k in (
+                "connections", "waves", "hold", "scale_duration", "rate_new", "new_duration")}
+            report["scale"] = scale(args, tmp, procs)
+        else:
+            report["params"] = {"rounds": args.rounds, "wrk_seconds": args.duration,
+                                "wrk": f"-t{WRK_THREADS} -c{WRK_CONNECTIONS}",
+                                "fixed_rate": args.rate, "fixed_seconds": args.fixed_duration,
+                                "oha_connections": OHA_CONNECTIONS,
+                                "non_matching_rules": NON_MATCHING_RULES}
+            report.update(compare(args, tmp, procs))
+    finally:
+        procs.stop_all()
+        if not args.keep_tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            log(f"temp dir kept: {tmp}")
+    report["load_after"] = os.getloadavg()
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    print()
+    if args.scale:
+        print_scale(report["scale"])
+    else:
+        print(f"## {args.rounds} interleaved round(s): wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} "
+              f"-d{args.duration:g}s (medians); fixed rate oha -q {args.rate} -c {OHA_CONNECTIONS}"
+              f" -z {args.fixed_duration:g}s --latency-correction, latency added over direct")
+        print_table(report["summary"], args.rate)
+        for c in report["checks"]:
+            print(f"target: {c['target']}: {c['value']}{c['unit']} (want {c['limit']}"
+                  f"{c['unit']}) → {'MET' if c['met'] else 'NOT MET'}")
+    la = report["load_after"]
+    print(f"\nelapsed {report['elapsed_s']:.0f}s; load average before {report['load_before'][0]:.2f}"
+          f", after {la[0]:.2f}" + (" — the machine was busy, consider a re-run"
+                                     if max(report['load_before'][0], la[0]) > 1.5 else ""))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2, ensure_ascii=False)
+        print(f"JSON written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        sys.exit(130)

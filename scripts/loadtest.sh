@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Load test: phantom-fast against nginx as reverse proxy and against no proxy, on loopback only.
+#
+#   scripts/loadtest.sh [--quick] [--json FILE]     the comparison table (~5 min; --quick ~40 s)
+#   scripts/loadtest.sh --scale [--quick]           10 000 delayed keep-alive connections, and
+#                                                   2 000 new connections/s without keep-alive
+#   scripts/loadtest.sh --help                      every option (scripts/loadtest.py does the work)
+#
+# This script installs what is missing (wrk and nginx from apt, oha with `cargo install --locked`),
+# builds the release binary, raises `ulimit -n`, then runs scripts/loadtest.py. That helper starts
+# every process it measures in its own mktemp dir (configs, pids, logs, traces; never /etc/nginx)
+# and stops exactly those PIDs when it ends, however it ends. It does not change system settings.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+for arg in "$@"; do
+    case "$arg" in
+    -h | --help) exec python3 scripts/loadtest.py --help ;;
+    esac
+done
+
+apt_updated=0
+apt_install() {
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null; then
+            sudo_cmd=(sudo)
+        else
+            echo "loadtest: $* missing and not root: install it first" >&2
+            exit 1
+        fi
+    else
+        sudo_cmd=()
+    fi
+    if [ "$apt_updated" -eq 0 ]; then
+        "${sudo_cmd[@]}" apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "$@" >/dev/null
+}
+
+command -v python3 >/dev/null || apt_install python3
+command -v wrk >/dev/null || apt_install wrk
+# nginx lives in sbin, which a non-root PATH may lack.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
+PATH="$PATH:/usr/sbin:${CARGO_HOME:-$HOME/.cargo}/bin"
+if ! command -v oha >/dev/null; then
+    echo "loadtest: installing oha (cargo install --locked oha), a few minutes once" >&2
+    cargo install --locked --quiet oha
+fi
+
+cargo build --release --locked --quiet
+target_dir="${CARGO_TARGET_DIR:-$repo/target}"
+
+# 10 000 client sockets in one load generator and 10 000 in the proxy: raise the soft limit to
+# the hard one (20 000 on our machines).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+helper_pid=""
+cleanup() {
+    # Only the helper we started; it stops the processes it started, by PID.
+    if [ -n "$helper_pid" ] && kill -0 "$helper_pid" 2>/dev/null; then
+        kill -TERM "$helper_pid" 2>/dev/null || true
+        wait "$helper_pid" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Bounded in time: the helper's own limits plus a hard stop well past the default run.
+timeout_s=900
+python3 scripts/loadtest.py --bin "$target_dir/release/phantom-fast" "$@" &
+helper_pid=$!
+deadline=$((SECONDS + timeout_s))
+while kill -0 "$helper_pid" 2>/dev/null; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+        echo "loadtest: over ${timeout_s}s, stopping" >&2
+        exit 124
+    fi
+    sleep 1
+done
+rc=0
+wait "$helper_pid" || rc=$?
+helper_pid=""
+exit "$rc"
