@@ -58,6 +58,7 @@ target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 helper_pid=""
+# shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     # Only the helper we started; it stops the processes it started, by PID.
     if [ -n "$helper_pid" ] && kill -0 "$helper_pid" 2>/dev/null; then

@@ -68,11 +68,19 @@ pub struct RunArgs {
     /// I/O driver: io_uring with epoll fallback, or one forced.
     #[arg(long, value_enum, default_value_t = DriverArg::Auto)]
     pub driver: DriverArg,
-    /// Inject a fault; repeatable, applied in order.
+    /// Inject a fault; repeatable, evaluated in order once per request.
     ///
-    /// delay:100ms | delay:100ms-500ms | delay:200ms:/api | error:503 | error:503:0.5 |
-    /// error:500:0.1:/api. Every matching delay adds up; the first error that fires answers.
-    #[arg(short, long = "fault", value_name = "SPEC")]
+    ///   delay:100ms          fixed latency before forwarding
+    ///   delay:100ms-500ms    uniform random latency, both ends inclusive
+    ///   delay:200ms:/api     only for URLs containing /api
+    ///   error:503            answer a synthetic 503 instead of forwarding
+    ///   error:503:0.5        the same with probability 0.5
+    ///   error:500:0.1:/api   10% 500s on URLs containing /api
+    ///
+    /// Durations are ms, s or a bare number of milliseconds. The URL is the full
+    /// http://host:port/path?query. Every matching delay adds up; the first error
+    /// that fires answers the request and no later rule runs.
+    #[arg(short, long = "fault", value_name = "SPEC", verbatim_doc_comment)]
     pub faults: Vec<String>,
     /// Seed the fault RNG for reproducible runs (each worker derives its own stream).
     #[arg(long, value_name = "N")]

@@ -21,7 +21,7 @@ use crate::{
     http::{self, BodyKind, MAX_HEADERS_CAP, ParseError, RequestHead, ResponseHead, Version},
     trace::{self, FaultHit, Outcome, TraceEvent},
     tunnel, upstream,
-    worker::{FAULT_BODY, OUTCOMES, Worker},
+    worker::{FAULT_BODY, Worker},
 };
 
 /// The `Via` we add to both directions (RFC 9110 §7.6.3).
@@ -526,13 +526,9 @@ impl<'w> Session<'w> {
         let stream = match upstream::connect(addr, deadline).await {
             Ok(stream) => stream,
             Err(e) => {
-                let timeout = connection::is_timeout(&e);
-                self.ex.outcome = if timeout {
-                    Outcome::UpstreamTimeout
-                } else {
-                    Outcome::UpstreamError
-                };
-                return self.answer_error(if timeout { 504 } else { 502 }).await;
+                let (outcome, status) = connect_failure(&e);
+                self.ex.outcome = outcome;
+                return self.answer_error(status).await;
             }
         };
         self.ex.ttfb = Some(self.ex.started.elapsed());
@@ -603,15 +599,9 @@ impl<'w> Session<'w> {
                 None => match upstream::connect(addr, deadline).await {
                     Ok(stream) => Conn::new(stream, self.w.bufs.borrow_mut().get(READ_BUF_BYTES)),
                     Err(e) => {
-                        let timeout = connection::is_timeout(&e);
-                        self.ex.outcome = if timeout {
-                            Outcome::UpstreamTimeout
-                        } else {
-                            Outcome::UpstreamError
-                        };
-                        return self
-                            .drain_then_error(facts, if timeout { 504 } else { 502 })
-                            .await;
+                        let (outcome, status) = connect_failure(&e);
+                        self.ex.outcome = outcome;
+                        return self.drain_then_error(facts, status).await;
                     }
                 },
             };
@@ -986,7 +976,7 @@ impl<'w> Session<'w> {
         {
             let mut stats = self.w.stats.borrow_mut();
             stats.requests += 1;
-            let slot = OUTCOMES
+            let slot = Outcome::ALL
                 .iter()
                 .position(|o| *o == self.ex.outcome)
                 .unwrap_or(0);
@@ -1111,6 +1101,15 @@ impl ResponseFacts {
             client_keep_alive: true,
             upstream_keep_alive: true,
         }
+    }
+}
+
+/// A failed connect: timed out is 504, anything else (refused, unreachable) 502.
+fn connect_failure(e: &std::io::Error) -> (Outcome, u16) {
+    if connection::is_timeout(e) {
+        (Outcome::UpstreamTimeout, 504)
+    } else {
+        (Outcome::UpstreamError, 502)
     }
 }
 

@@ -26,8 +26,8 @@ use crate::{
     fault::{FaultRule, RuleStats},
     proxy,
     timer::DelayTimer,
-    trace::{TraceConfig, TraceWriter},
-    worker::{Faults, OUTCOMES, Stats, Worker},
+    trace::{Outcome, TraceConfig, TraceWriter},
+    worker::{Faults, Stats, Worker},
 };
 
 /// Listen backlog per worker (monoio's default is 1024; bursts of new connections need more).
@@ -364,7 +364,7 @@ impl Summary {
     fn new(rules: &[FaultRule]) -> Summary {
         Summary {
             requests: 0,
-            outcomes: OUTCOMES.iter().map(|o| (o.as_str(), 0)).collect(),
+            outcomes: Outcome::ALL.iter().map(|o| (o.as_str(), 0)).collect(),
             rules: rules
                 .iter()
                 .map(|r| (r.to_string(), RuleStats::default()))

@@ -22,19 +22,9 @@ use crate::{
     fault::{FaultAction, FaultRule, FaultTable, RuleStats},
     http,
     timer::DelayTimer,
-    trace::{Outcome, TraceWriter},
+    trace::TraceWriter,
     upstream::{Pool, Resolver},
 };
-
-/// Every outcome, in `Stats::outcomes` order.
-pub(crate) const OUTCOMES: [Outcome; 6] = [
-    Outcome::Ok,
-    Outcome::Fault,
-    Outcome::BadRequest,
-    Outcome::UpstreamError,
-    Outcome::UpstreamTimeout,
-    Outcome::ClientClosed,
-];
 
 /// The fault table plus, per error rule, its synthetic responses prebuilt at startup.
 pub(crate) struct Faults {
@@ -88,7 +78,7 @@ pub(crate) const FAULT_BODY: &[u8] = br#"{"fault":"injected"}"#;
 pub(crate) struct Stats {
     /// Answered requests.
     pub(crate) requests: u64,
-    /// Per `OUTCOMES` entry.
+    /// Per `Outcome::ALL` entry.
     pub(crate) outcomes: [u64; 6],
     /// Per fault rule: matched / faulted.
     pub(crate) rules: Vec<RuleStats>,
