@@ -562,3 +562,40 @@ fn fault_error_head_request_no_body_keepalive_continues() {
     );
     assert_eq!(next.text(), "GET /after");
 }
+
+#[test]
+fn fault_shutdown_summary_counts_matched_and_faulted_per_rule() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(
+        origin.addr(),
+        &["--fault", "error:503:/api", "--fault", "delay:1ms"],
+    );
+    let mut c = proxy.connect();
+    for target in ["/api/1", "/web/1", "/api/2", "/web/2", "/api/3"] {
+        c.roundtrip(&get(target));
+    }
+    drop(c);
+
+    let (status, stderr) = proxy.stop();
+
+    assert!(status.success(), "exit {status}; stderr:\n{stderr}");
+    // The error rule short-circuits: the delay rule only sees the two /web requests.
+    let rule_line = |index: usize| {
+        stderr
+            .lines()
+            .find(|l| l.contains(&format!("fault[{index}]")) && l.contains("matched"))
+            .unwrap_or_else(|| panic!("no summary line for fault[{index}]; stderr:\n{stderr}"))
+            .to_owned()
+    };
+    let error_rule = rule_line(0);
+    let delay_rule = rule_line(1);
+    assert!(stderr.contains("5 requests"), "stderr:\n{stderr}");
+    assert!(
+        error_rule.contains("matched 3") && error_rule.contains("faulted 3"),
+        "{error_rule:?}"
+    );
+    assert!(
+        delay_rule.contains("matched 2") && delay_rule.contains("faulted 2"),
+        "{delay_rule:?}"
+    );
+}

@@ -585,3 +585,71 @@ fn request_header_obs_text_value_passed_through() {
 fn first_bytes(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned()
 }
+
+/// Writes `bytes` one at a time with a pause every `pause_every` bytes, so every parser state
+/// boundary falls between two reads.
+fn send_trickle(c: &mut Conn, bytes: &[u8], pause_every: usize) {
+    for (i, b) in bytes.iter().enumerate() {
+        if c.try_send(std::slice::from_ref(b)).is_err() {
+            return;
+        }
+        if i % pause_every == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+#[test]
+fn request_head_and_chunked_body_byte_by_byte_parsed() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+
+    send_trickle(&mut c, &post_chunked_hello(), 4);
+    let resp = c
+        .read_response()
+        .expect("a response to the trickled request");
+
+    assert_eq!(resp.text(), "hello world");
+    assert_eq!(
+        origin.requests()[0].request_line(),
+        "POST /chunked HTTP/1.1"
+    );
+}
+
+#[test]
+fn response_head_and_chunked_body_byte_by_byte_parsed() {
+    let origin = RawOrigin::start(|mut conn, _| {
+        while let Ok(Some(_)) = conn.read_request(false) {
+            let mut r = b"HTTP/1.1 200 OK\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            r.extend_from_slice(CHUNKED_HELLO);
+            send_trickle(&mut conn, &r, 4);
+        }
+    });
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+
+    let first = c.roundtrip(&get("/"));
+    let second = c.roundtrip(&get("/"));
+
+    assert_eq!(first.text(), "hello world");
+    assert_eq!(first.header("x-a"), Some("1"));
+    assert_eq!(second.text(), "hello world");
+}
+
+#[test]
+fn response_content_length_body_byte_by_byte_delivered() {
+    let origin = RawOrigin::start(|mut conn, _| {
+        while let Ok(Some(_)) = conn.read_request(false) {
+            send_trickle(&mut conn, &response("200 OK", &[], b"0123456789abcdef"), 3);
+        }
+    });
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+
+    let first = c.roundtrip(&get("/"));
+    let second = c.roundtrip(&get("/"));
+
+    assert_eq!(first.text(), "0123456789abcdef");
+    assert_eq!(second.text(), "0123456789abcdef");
+}

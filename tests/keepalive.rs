@@ -282,3 +282,125 @@ fn client_half_close_after_request_still_answered() {
     assert_eq!(resp.text(), "GET /half");
     assert_eq!(c.wait_closed(), Ok(()));
 }
+
+#[test]
+fn pipelined_200_requests_one_write_answered_in_order() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+    let mut burst = Vec::new();
+    for i in 0..200 {
+        if i % 3 == 0 {
+            burst.extend_from_slice(&request(
+                "POST",
+                "/p",
+                "t",
+                &[],
+                format!("body {i}").as_bytes(),
+            ));
+        } else {
+            burst.extend_from_slice(&get(&format!("/p/{i}")));
+        }
+    }
+
+    c.send(&burst);
+    let bodies: Vec<String> = (0..200)
+        .map(|i| {
+            c.read_response()
+                .unwrap_or_else(|e| panic!("pipelined response {i}: {e}"))
+                .text()
+        })
+        .collect();
+
+    for (i, body) in bodies.iter().enumerate() {
+        let want = if i % 3 == 0 {
+            format!("body {i}")
+        } else {
+            format!("GET /p/{i}")
+        };
+        assert_eq!(body, &want, "response {i} out of order");
+    }
+}
+
+/// An origin that answers the first request on each connection with `answer`, then keeps the
+/// socket open and silent: a proxy that wrongly reuses the connection waits for nothing.
+fn origin_answer_once_then_linger(answer: &'static [u8]) -> RawOrigin {
+    RawOrigin::start(move |mut conn, _| {
+        if let Ok(Some(_)) = conn.read_request(false) {
+            let _ = conn.try_send(answer);
+            thread::sleep(Duration::from_secs(3));
+        }
+    })
+}
+
+#[test]
+fn upstream_http10_response_connection_not_reused() {
+    // RFC 9112 §9.3: an HTTP/1.0 response without keep-alive ends the connection's reuse.
+    let origin = origin_answer_once_then_linger(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    let proxy = Proxy::reverse(origin.addr(), &["--upstream-timeout", "1s"]);
+    let mut c = proxy.connect();
+
+    let first = c.roundtrip(&get("/a"));
+    let second = c.roundtrip(&request("POST", "/b", "t", &[], b"x"));
+
+    assert_eq!(first.text(), "ok");
+    assert_eq!(
+        second.status,
+        200,
+        "head {:?}",
+        String::from_utf8_lossy(&second.head)
+    );
+    assert_eq!(origin.connections(), 2);
+}
+
+#[test]
+fn upstream_connection_close_response_not_reused_even_if_socket_lingers() {
+    let origin = origin_answer_once_then_linger(
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+    );
+    let proxy = Proxy::reverse(origin.addr(), &["--upstream-timeout", "1s"]);
+    let mut c = proxy.connect();
+
+    let first = c.roundtrip(&get("/a"));
+    let second = c.roundtrip(&request("POST", "/b", "t", &[], b"x"));
+
+    assert_eq!(first.text(), "ok");
+    assert_eq!(
+        second.status,
+        200,
+        "head {:?}",
+        String::from_utf8_lossy(&second.head)
+    );
+    assert_eq!(origin.connections(), 2);
+}
+
+#[test]
+fn upstream_connection_abandoned_mid_body_not_reused() {
+    let big = crate::support::pattern(4 * 1024 * 1024);
+    let big_answer = response("200 OK", &[], &big);
+    let origin = Origin::start(move |req: &Req| {
+        if req.target == "/big" {
+            big_answer.clone()
+        } else {
+            echo(req)
+        }
+    });
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+
+    {
+        let mut c = proxy.connect();
+        c.send(&get("/big"));
+        let _ = c.read_exact_bytes(64 * 1024);
+        // Dropped here with most of the 4 MiB body unread.
+    }
+    thread::sleep(Duration::from_millis(200));
+    let after = proxy.connect().roundtrip(&get("/small"));
+
+    assert_eq!(
+        after.status,
+        200,
+        "head {:?}",
+        String::from_utf8_lossy(&after.head)
+    );
+    assert_eq!(after.text(), "GET /small");
+}

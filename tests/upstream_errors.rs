@@ -172,3 +172,24 @@ fn upstream_content_length_not_a_number_502() {
 
     assert_proxy_error(&bad, 502);
 }
+
+#[test]
+fn upstream_truncated_body_client_connection_closed() {
+    // The head is already forwarded when the body falls short: the only honest signal left is
+    // closing the client connection before the promised length.
+    let origin = RawOrigin::start(|mut conn, _| {
+        if let Ok(Some(_)) = conn.read_request(false) {
+            let _ = conn.try_send(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly forty bytes of the hundred promised");
+        }
+    });
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+
+    c.send(&get("/"));
+    let result = c.read_response();
+
+    let err = result
+        .map(|r| r.text())
+        .expect_err("a full response from a truncated body");
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+}

@@ -73,7 +73,8 @@ pub fn reason_phrase(status: u16) -> &'static str {
 /// Writes `METHOD target HTTP/1.1` (a `target` that is empty or starts with `?` gets a leading
 /// `/`, RFC 9112 §3.2.1), then `Host: <host>` first when `host` is `Some` (replacing every
 /// `Host` line of `head`), then each header of `head` except hop-by-hop ones (see
-/// [`is_hop_by_hop`](super::is_hop_by_hop)) and `Content-Length`, then `extra` verbatim, then
+/// [`is_hop_by_hop`](super::is_hop_by_hop)), `Content-Length` and those `extra` replaces (see
+/// [`replaced_by_extra`]), then `extra` verbatim, then
 /// the framing for `body`:
 /// - `Length(n)`: `content-length: n`;
 /// - `Chunked`: the request's own `Transfer-Encoding` lines (validated to end in `chunked`, so
@@ -113,7 +114,7 @@ pub fn encode_request_head(
             }
             continue;
         }
-        if is_dropped(h.name, head.headers, has_connection) {
+        if is_dropped(h.name, head.headers, has_connection) || replaced_by_extra(h.name, extra) {
             continue;
         }
         push_header(out, h.name, h.value);
@@ -135,7 +136,8 @@ pub fn encode_request_head(
 ///
 /// Writes `HTTP/1.1 status reason` (HTTP/1.1 even to an HTTP/1.0 client, RFC 9110 §6.2; the
 /// upstream's reason, or [`reason_phrase`] when it sent none), each header of `head` except
-/// hop-by-hop ones and `Content-Length`, then `extra` verbatim, then the framing for `body`:
+/// hop-by-hop ones, `Content-Length` and those `extra` replaces (see [`replaced_by_extra`]), then
+/// `extra` verbatim, then the framing for `body`:
 /// - `Length(n)`: `content-length: n`;
 /// - `Chunked`: the upstream's `Transfer-Encoding` lines, or `transfer-encoding: chunked` if it
 ///   had none. Never pass `Chunked` for an HTTP/1.0 client (RFC 9112 §6.1): de-chunk and pass
@@ -164,7 +166,7 @@ pub fn encode_response_head(
     push_status_line(out, head.status, reason);
     let has_connection = has_connection_line(head.headers);
     for h in head.headers {
-        if is_dropped(h.name, head.headers, has_connection) {
+        if is_dropped(h.name, head.headers, has_connection) || replaced_by_extra(h.name, extra) {
             continue;
         }
         push_header(out, h.name, h.value);
@@ -305,6 +307,13 @@ fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(CRLF);
 }
 
+/// Whether an incoming header gives way to one of `extra`: a header the proxy sets (e.g. the
+/// `traceparent` naming its own span) replaces the sender's, except `Via`, a list every hop
+/// appends to (RFC 9110 §7.6.3), so the incoming lines stay and ours follows them.
+fn replaced_by_extra(name: &str, extra: &[(&str, &[u8])]) -> bool {
+    !name.eq_ignore_ascii_case("via") && extra.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+}
+
 fn push_extra(out: &mut Vec<u8>, extra: &[(&str, &[u8])]) {
     for (name, value) in extra {
         push_header(out, name, value);
@@ -401,6 +410,15 @@ mod tests {
                 BodyKind::Empty,
                 &[],
                 "GET /a HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n",
+            ),
+            (
+                "request_extra_traceparent_replaces_incoming_via_appends",
+                b"GET /a HTTP/1.1\r\nHost: h\r\ntraceparent: old\r\nVia: 1.1 edge\r\n\r\n",
+                "/a",
+                None,
+                BodyKind::Empty,
+                &[("via", b"1.1 phantom-fast"), ("traceparent", b"new")],
+                "GET /a HTTP/1.1\r\nHost: h\r\nVia: 1.1 edge\r\nvia: 1.1 phantom-fast\r\ntraceparent: new\r\n\r\n",
             ),
             (
                 "request_host_override_is_first",
