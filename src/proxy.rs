@@ -120,6 +120,8 @@ struct Session<'w> {
     /// Body bytes a trace keeps (0 when tracing is off).
     capture_limit: usize,
     shutdown_slot: usize,
+    /// Exchanges answered on this connection.
+    exchanges: u64,
     ex: Exchange,
 }
 
@@ -159,6 +161,7 @@ impl<'w> Session<'w> {
             response_body: bufs.get(capture_limit),
             capture_limit,
             shutdown_slot: w.shutdown.register(),
+            exchanges: 0,
             ex: Exchange::new(Instant::now()),
         };
         drop(bufs);
@@ -242,7 +245,14 @@ impl<'w> Session<'w> {
             if idle && self.w.shutdown.fired() {
                 return Err(None);
             }
-            let deadline = head_deadline.unwrap_or_else(|| Instant::now() + cfg.idle_timeout);
+            // A fresh connection gets `--header-timeout` for its first byte (a client that opens
+            // and never sends is dropped quickly); between requests, `--idle-timeout`.
+            let wait = if self.exchanges == 0 {
+                cfg.header_timeout
+            } else {
+                cfg.idle_timeout
+            };
+            let deadline = head_deadline.unwrap_or_else(|| Instant::now() + wait);
             let max = cfg.limits.max_head_bytes + 1;
             let read = if idle {
                 self.client
@@ -756,7 +766,9 @@ impl<'w> Session<'w> {
                     return Err((UpstreamFailure::ClientTimeout, false));
                 }
                 Err(RelayError::Source(false)) => return Err((UpstreamFailure::ClientGone, false)),
-                Err(RelayError::Destination) => return Err((UpstreamFailure::Error, false)),
+                // The upstream stopped taking the body: it may have answered early (413, 401…);
+                // that answer is relayed if it comes, and the connections close after it.
+                Err(RelayError::Destination) => early_response = true,
             }
         }
         self.ex.request_body_len = request.data_len;
@@ -971,6 +983,7 @@ impl<'w> Session<'w> {
 
     /// Counts the exchange and appends its trace record (after the response went out).
     fn record(&mut self) {
+        self.exchanges += 1;
         let duration = self.ex.started.elapsed();
         let decision = self.ex.decision;
         {
