@@ -927,11 +927,22 @@ impl<'w> Session<'w> {
         up: &Conn,
         facts: RequestFacts,
     ) -> Result<Option<ResponseFacts>, ()> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
-        let limit = self.w.config.limits.max_headers.min(MAX_HEADERS_CAP);
-        let headers = &mut headers[..limit];
-        let Some(head) = http::parse::parse_response(up.buffered(), headers, &self.w.config.limits)
-            .map_err(|_| ())?
+        if self.w.config.limits.max_headers <= SMALL_HEADERS {
+            self.parse_response_with::<SMALL_HEADERS>(up, facts)
+        } else {
+            self.parse_response_with::<MAX_HEADERS_CAP>(up, facts)
+        }
+    }
+
+    fn parse_response_with<const N: usize>(
+        &mut self,
+        up: &Conn,
+        facts: RequestFacts,
+    ) -> Result<Option<ResponseFacts>, ()> {
+        let mut headers = [httparse::EMPTY_HEADER; N];
+        let Some(head) =
+            http::parse::parse_response(up.buffered(), &mut headers, &self.w.config.limits)
+                .map_err(|_| ())?
         else {
             return Ok(None);
         };
