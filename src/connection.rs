@@ -399,31 +399,91 @@ pub(crate) async fn relay(
     }
 }
 
-/// A per-core pool of byte buffers, so connections that come and go reuse their memory.
+/// A per-core pool of byte buffers in power-of-two size classes, so connections that come and
+/// go reuse their memory and a 64-byte scratch never ties up a 16 KiB read buffer.
 #[derive(Default)]
 pub(crate) struct BufPool {
-    free: Vec<Vec<u8>>,
+    /// `classes[i]` holds buffers whose capacity is at least `MIN_CLASS_BYTES << i`.
+    classes: [Vec<Vec<u8>>; CLASSES],
 }
 
-/// Buffers kept per core; beyond this they are freed (10 000 idle buffers of 16 KiB = 160 MiB).
-const MAX_POOLED_BUFS: usize = 4096;
+/// The smallest class; smaller requests are rounded up to it.
+const MIN_CLASS_BYTES: usize = 64;
 
-/// Buffers grown past this (a huge head) are freed instead of pooled.
-const MAX_POOLED_BUF_BYTES: usize = 4 * READ_BUF_BYTES;
+/// Classes from 64 B to 64 KiB; buffers grown past that (a huge head) are freed, not pooled.
+const CLASSES: usize = 11;
+
+/// Buffers kept per class and core; beyond this they are freed.
+const MAX_POOLED_PER_CLASS: usize = 4096;
 
 impl BufPool {
-    /// An empty buffer of at least `min_capacity`.
+    /// An empty buffer of at least `min_capacity` (none allocated for 0).
     pub(crate) fn get(&mut self, min_capacity: usize) -> Vec<u8> {
-        let mut buf = self.free.pop().unwrap_or_default();
-        buf.clear();
-        buf.reserve(min_capacity);
-        buf
+        if min_capacity == 0 {
+            return Vec::new();
+        }
+        let class = Self::class_for(min_capacity);
+        match self.classes.get_mut(class).and_then(Vec::pop) {
+            Some(buf) => buf,
+            None => {
+                Vec::with_capacity((MIN_CLASS_BYTES << class.min(CLASSES - 1)).max(min_capacity))
+            }
+        }
     }
 
-    /// Returns a buffer for reuse.
-    pub(crate) fn put(&mut self, buf: Vec<u8>) {
-        if self.free.len() < MAX_POOLED_BUFS && buf.capacity() <= MAX_POOLED_BUF_BYTES {
-            self.free.push(buf);
+    /// Returns a buffer for reuse (emptied).
+    pub(crate) fn put(&mut self, mut buf: Vec<u8>) {
+        let capacity = buf.capacity();
+        if capacity < MIN_CLASS_BYTES {
+            return;
         }
+        // The largest class whose minimum this buffer meets.
+        let class = (capacity / MIN_CLASS_BYTES).ilog2() as usize;
+        if let Some(free) = self.classes.get_mut(class)
+            && free.len() < MAX_POOLED_PER_CLASS
+        {
+            buf.clear();
+            free.push(buf);
+        }
+    }
+
+    /// The class whose buffers all hold `n` bytes.
+    fn class_for(n: usize) -> usize {
+        n.div_ceil(MIN_CLASS_BYTES).next_power_of_two().ilog2() as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buf_pool_classes_never_hand_out_too_small_a_buffer() {
+        let mut pool = BufPool::default();
+        for cap in [64, 100, 4096, 5000, READ_BUF_BYTES, 40_000] {
+            pool.put(Vec::with_capacity(cap));
+        }
+        for want in [1, 64, 65, 4096, 4097, READ_BUF_BYTES, 60_000, 70_000] {
+            let buf = pool.get(want);
+            assert!(
+                buf.capacity() >= want,
+                "asked {want}, got {}",
+                buf.capacity()
+            );
+            assert!(buf.is_empty());
+        }
+        assert_eq!(pool.get(0).capacity(), 0, "zero asks for nothing");
+    }
+
+    #[test]
+    fn buf_pool_small_request_does_not_take_a_read_buffer() {
+        let mut pool = BufPool::default();
+        pool.put(Vec::with_capacity(READ_BUF_BYTES));
+        assert!(pool.get(64).capacity() < READ_BUF_BYTES);
+        assert_eq!(
+            pool.get(READ_BUF_BYTES).capacity(),
+            READ_BUF_BYTES,
+            "the pooled one"
+        );
     }
 }

@@ -152,13 +152,10 @@ impl<'w> Session<'w> {
             out: bufs.get(4096),
             url: bufs.get(256),
             scratch: bufs.get(64),
-            request_head: bufs.get(if capture_limit > 0 || w.config.trace.is_some() {
-                1024
-            } else {
-                0
-            }),
-            request_body: bufs.get(capture_limit),
-            response_body: bufs.get(capture_limit),
+            // Trace captures grow on first use and keep their capacity for the connection.
+            request_head: Vec::new(),
+            request_body: Vec::new(),
+            response_body: Vec::new(),
             capture_limit,
             shutdown_slot: w.shutdown.register(),
             exchanges: 0,
