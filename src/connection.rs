@@ -8,6 +8,7 @@
 use std::{
     future::Future,
     io,
+    os::fd::AsRawFd,
     pin::pin,
     time::{Duration, Instant},
 };
@@ -79,6 +80,30 @@ impl Conn {
     /// Hands the stream over (to a tunnel); the connection is unusable afterwards.
     pub(crate) fn take_stream(&mut self) -> Option<TcpStream> {
         self.stream.take()
+    }
+
+    /// Whether an idle connection can carry a new request: still open, nothing unread, and no
+    /// unsolicited bytes waiting in the socket (an upstream that wrote past its response would
+    /// otherwise have those bytes taken as the next response). One non-blocking `MSG_PEEK`.
+    pub(crate) fn is_idle_clean(&self) -> bool {
+        let Some(stream) = &self.stream else {
+            return false;
+        };
+        if !self.buffered().is_empty() {
+            return false;
+        }
+        let mut byte = 0u8;
+        // SAFETY: `byte` is a valid 1-byte buffer for the call; the fd is owned by `stream`,
+        // alive for the call; MSG_PEEK | MSG_DONTWAIT neither consumes data nor blocks.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 
     /// Bytes read and not yet consumed.
@@ -339,13 +364,23 @@ pub(crate) enum RelayError {
     Destination,
 }
 
+/// How long one read from the sender, and one write to the receiver, may take while a body
+/// streams: a silent sender and a receiver that stopped reading are different failures.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RelayTimeouts {
+    /// Each read from `src`.
+    pub(crate) read: Duration,
+    /// Each write to `dst`.
+    pub(crate) write: Duration,
+}
+
 /// Streams the rest of a body from `src` to `dst` until `body` is done. With `dechunk`, only
 /// the payload is written (staged through the given buffer); otherwise framing passes through.
 pub(crate) async fn relay(
     src: &mut Conn,
     dst: &mut Conn,
     body: &mut BodyReader,
-    read_timeout: Duration,
+    timeouts: RelayTimeouts,
     mut capture: impl FnMut(&[u8]),
     mut dechunk: Option<&mut Vec<u8>>,
 ) -> Result<(), RelayError> {
@@ -361,7 +396,7 @@ pub(crate) async fn relay(
                     .map_err(|_| RelayError::Framing)?;
                 if !staged.is_empty() {
                     let data = std::mem::take(staged);
-                    let (res, data) = dst.write_all(data, Instant::now() + read_timeout).await;
+                    let (res, data) = dst.write_all(data, Instant::now() + timeouts.write).await;
                     *staged = data;
                     res.map_err(|_| RelayError::Destination)?;
                 }
@@ -373,7 +408,7 @@ pub(crate) async fn relay(
                     .scan(src.buffered(), &mut capture)
                     .map_err(|_| RelayError::Source(false))?;
                 if n > 0 {
-                    src.relay_to(dst, n, Instant::now() + read_timeout)
+                    src.relay_to(dst, n, Instant::now() + timeouts.write)
                         .await
                         .map_err(|_| RelayError::Destination)?;
                 }
@@ -385,7 +420,7 @@ pub(crate) async fn relay(
             return Ok(());
         }
         match src
-            .fill(READ_BUF_BYTES, Instant::now() + read_timeout)
+            .fill(READ_BUF_BYTES, Instant::now() + timeouts.read)
             .await
         {
             Ok(0) if body.kind == BodyKind::CloseDelimited => {

@@ -16,7 +16,7 @@ use monoio::net::TcpStream;
 
 use crate::{
     config::{Config, Mode},
-    connection::{self, BodyReader, Conn, READ_BUF_BYTES, RelayError, relay},
+    connection::{self, BodyReader, Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, relay},
     fault::{Decision, FaultKind},
     http::{self, BodyKind, MAX_HEADERS_CAP, ParseError, RequestHead, ResponseHead, Version},
     trace::{self, FaultHit, Outcome, TraceEvent},
@@ -41,10 +41,10 @@ const BACKSTOP_SLACK: Duration = Duration::from_secs(1);
 /// Heads with at most this many headers parse with a small on-stack array (cheaper to clear).
 const SMALL_HEADERS: usize = 128;
 
-/// Serves one client connection until it closes, errs, times out or shutdown ends it.
+/// Serves one client connection until it closes, errs, times out or shutdown ends it. The
+/// accept loop counted it in `worker.active`; this uncounts it.
 pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    worker.active.set(worker.active.get() + 1);
     let mut session = Session::new(&worker, stream, peer);
     while session.exchange().await == Next::KeepAlive {}
     session.release();
@@ -598,7 +598,11 @@ impl<'w> Session<'w> {
         };
         self.ex.upstream_addr = Some(addr);
         let deadline = Instant::now() + self.w.config.upstream_timeout;
-        let mut attempt = self.w.pool.borrow_mut().checkout(addr);
+        let mut attempt = self
+            .w
+            .pool
+            .borrow_mut()
+            .checkout(addr, &mut self.w.bufs.borrow_mut());
         let mut reused = attempt.is_some();
         loop {
             let mut up = match attempt.take() {
@@ -747,11 +751,16 @@ impl<'w> Session<'w> {
         if !early_response && !request.done {
             let limit = self.capture_limit;
             let body = &mut self.request_body;
+            // The client has --idle-timeout per read; the upstream --upstream-timeout per write.
+            let timeouts = RelayTimeouts {
+                read: cfg.idle_timeout,
+                write: cfg.upstream_timeout,
+            };
             let relayed = relay(
                 &mut self.client,
                 up,
                 &mut request,
-                cfg.idle_timeout,
+                timeouts,
                 |d| capture(body, limit, d),
                 None,
             )
@@ -856,11 +865,17 @@ impl<'w> Session<'w> {
             } else {
                 None
             };
+            // The upstream has --upstream-timeout per read; a client that stops reading,
+            // --idle-timeout per write.
+            let timeouts = RelayTimeouts {
+                read: cfg.upstream_timeout,
+                write: cfg.idle_timeout,
+            };
             match relay(
                 up,
                 &mut self.client,
                 &mut response,
-                cfg.upstream_timeout,
+                timeouts,
                 |d| capture(body, limit, d),
                 scratch,
             )

@@ -334,6 +334,8 @@ async fn accept_loop(
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
+                // Counted here, before the next accept is armed, so the limit is exact.
+                worker.active.set(worker.active.get() + 1);
                 monoio::spawn(proxy::serve(Rc::clone(&worker), stream, peer));
             }
             Err(e) if e.raw_os_error() == Some(125) => return,

@@ -13,7 +13,7 @@ use std::{
 
 use monoio::net::TcpStream;
 
-use crate::connection::Conn;
+use crate::connection::{BufPool, Conn};
 
 /// Idle connections kept per destination; monoio-transports keeps 1024, nginx `keepalive 32..`.
 pub(crate) const MAX_IDLE_PER_DEST: usize = 256;
@@ -31,10 +31,18 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// An idle connection to `addr`, if any. It may have been closed by the upstream meanwhile:
-    /// the caller retries once on a fresh connection when that is safe.
-    pub(crate) fn checkout(&mut self, addr: SocketAddr) -> Option<Conn> {
-        self.idle.get_mut(&addr)?.pop()
+    /// A clean idle connection to `addr`, if any. Connections the upstream closed or wrote to
+    /// while idle are dropped, their buffers given to `bufs`. One may still die between this
+    /// check and its use: the caller retries once on a fresh connection when that is safe.
+    pub(crate) fn checkout(&mut self, addr: SocketAddr, bufs: &mut BufPool) -> Option<Conn> {
+        let idle = self.idle.get_mut(&addr)?;
+        while let Some(conn) = idle.pop() {
+            if conn.is_idle_clean() {
+                return Some(conn);
+            }
+            bufs.put(conn.into_buf());
+        }
+        None
     }
 
     /// Keeps `conn` for reuse; gives it back when the pool for `addr` is full.

@@ -7,6 +7,7 @@ mod drivers;
 mod faults;
 mod forward;
 mod framing;
+mod hostile;
 mod keepalive;
 mod rejects;
 mod support;

@@ -959,3 +959,134 @@ pub fn assert_proxy_error(resp: &Response, status: u16) {
         String::from_utf8_lossy(&resp.head)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Process probes and hostile-client tools (issue 6, `hostile`)
+// ---------------------------------------------------------------------------------------------
+
+/// Clock ticks per second of `/proc/<pid>/stat` times when `getconf CLK_TCK` cannot be asked.
+const DEFAULT_CLOCK_TICKS_PER_SEC: u64 = 100;
+
+impl Proxy {
+    /// The proxy's process id, for `/proc/<pid>/…` probes.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .expect("the child is present until stop or drop")
+            .id()
+    }
+
+    /// The proxy's resident set size in KiB (`VmRSS` of `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS line in {path}:\n{status}"))
+    }
+
+    /// User plus system CPU time the proxy has used so far (`/proc/<pid>/stat` utime + stime).
+    pub fn cpu_time(&self) -> Duration {
+        let path = format!("/proc/{}/stat", self.pid());
+        let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        // The command name may hold spaces and parentheses: fields are counted after the last ')'.
+        // There, field 3 (state) is index 0, so utime (14) and stime (15) are indices 11 and 12.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks = |i: usize| -> u64 {
+            fields
+                .get(i)
+                .and_then(|f| f.parse().ok())
+                .unwrap_or_else(|| panic!("no field {i} after the name in {path}: {stat:?}"))
+        };
+        let per_sec = clock_ticks_per_sec();
+        let total = ticks(11) + ticks(12);
+        Duration::from_millis(total * 1000 / per_sec)
+    }
+
+    /// How many file descriptors the proxy holds open (entries of `/proc/<pid>/fd`).
+    pub fn open_fds(&self) -> usize {
+        let path = format!("/proc/{}/fd", self.pid());
+        std::fs::read_dir(&path)
+            .unwrap_or_else(|e| panic!("listing {path}: {e}"))
+            .count()
+    }
+
+    /// `reverse`, with the open-file limit lowered to `max_fds` before the binary starts
+    /// (`sh -c 'ulimit -n MAX_FDS; exec BIN ARGS…'`, so the pid is the proxy's own).
+    pub fn reverse_with_fd_limit(upstream: SocketAddr, max_fds: u32, args: &[&str]) -> Proxy {
+        let upstream = upstream.to_string();
+        let mut all = vec!["--upstream", upstream.as_str()];
+        all.extend_from_slice(args);
+        let trace_dir = tempfile::tempdir().expect("creating a temp trace dir");
+        let plain = command(trace_dir.path(), &all);
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {max_fds} && exec \"$0\" \"$@\""))
+            .arg(BIN)
+            .args(plain.get_args())
+            .env("RUST_BACKTRACE", "1")
+            .env("XDG_DATA_HOME", trace_dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .expect("spawning sh for the fd-limited phantom-fast");
+        let pipe = child.stderr.take().expect("stderr was piped");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr_reader = {
+            let stderr = Arc::clone(&stderr);
+            thread::spawn(move || collect_stderr(pipe, &stderr, Some(tx)))
+        };
+        match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(addr) => Proxy {
+                child: Some(child),
+                addr,
+                stderr,
+                stderr_reader: Some(stderr_reader),
+                _trace_dir: trace_dir,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "phantom-fast under `ulimit -n {max_fds}` {all:?} did not listen; stderr:\n{}",
+                    snapshot(&stderr)
+                );
+            }
+        }
+    }
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(DEFAULT_CLOCK_TICKS_PER_SEC)
+}
+
+impl Conn {
+    /// A second handle on the socket, for writing from another thread while this one reads.
+    pub fn writer(&self) -> TcpStream {
+        self.stream.try_clone().expect("cloning a socket handle")
+    }
+
+    /// Closes with `SO_LINGER` 0, so the peer sees a reset (RST) instead of a FIN.
+    pub fn reset(self) {
+        reset(self.stream);
+    }
+}
+
+/// Closes `stream` with `SO_LINGER` 0: a reset (RST), no FIN and no TIME_WAIT on our side.
+pub fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
