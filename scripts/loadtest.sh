@@ -13,11 +13,11 @@
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo"
+helper="$repo/scripts/loadtest.py"
 
 for arg in "$@"; do
     case "$arg" in
-    -h | --help) exec python3 scripts/loadtest.py --help ;;
+    -h | --help) exec python3 "$helper" --help ;;
     esac
 done
 
@@ -50,7 +50,7 @@ if ! command -v oha >/dev/null; then
     cargo install --locked --quiet oha
 fi
 
-cargo build --release --locked --quiet
+(cd "$repo" && cargo build --release --locked --quiet)
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 
 # 10 000 client sockets in one load generator and 10 000 in the proxy: raise the soft limit to
@@ -72,7 +72,7 @@ trap 'exit 143' TERM
 
 # Bounded in time: the helper's own limits plus a hard stop well past the default run.
 timeout_s=900
-python3 scripts/loadtest.py --bin "$target_dir/release/phantom-fast" "$@" &
+python3 "$helper" --bin "$target_dir/release/phantom-fast" "$@" &
 helper_pid=$!
 deadline=$((SECONDS + timeout_s))
 while kill -0 "$helper_pid" 2>/dev/null; do
