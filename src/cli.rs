@@ -106,6 +106,9 @@ pub struct RunArgs {
     /// Connections served at once per worker; beyond it, accepting pauses.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Connections to each upstream per worker (idle and busy); beyond it, requests queue.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub max_upstream_connections: usize,
     /// Where the per-core trace rings live [default: $XDG_DATA_HOME/phantom-fast/traces].
     #[arg(long, value_name = "DIR")]
     pub trace_dir: Option<PathBuf>,
@@ -237,8 +240,10 @@ impl RunArgs {
             .ok_or_else(|| {
                 Error::Config("--max-header-bytes must be within 1KiB..=16MiB".into())
             })?;
-        if self.max_connections == 0 {
-            return Err(Error::Config("--max-connections must be at least 1".into()));
+        if self.max_connections == 0 || self.max_upstream_connections == 0 {
+            return Err(Error::Config(
+                "--max-connections and --max-upstream-connections must be at least 1".into(),
+            ));
         }
         let mode = match self.upstream {
             Some(authority) => {
@@ -292,6 +297,7 @@ impl RunArgs {
                 max_uri_bytes: MAX_URI_BYTES.min(max_head_bytes),
             },
             max_connections: self.max_connections,
+            max_upstream_connections: self.max_upstream_connections,
             trace,
         })
     }

@@ -78,6 +78,9 @@ pub struct Config {
     pub limits: Limits,
     /// Connections served at once per worker; beyond it, accepting pauses.
     pub max_connections: usize,
+    /// Connections per upstream destination per worker (idle and busy); beyond it, requests
+    /// queue for one to come free (until `upstream_timeout`).
+    pub max_upstream_connections: usize,
     /// Tracing, unless `--no-traces`.
     pub trace: Option<TraceSettings>,
 }

@@ -20,7 +20,8 @@ use crate::{
     fault::{Decision, FaultKind},
     http::{self, BodyKind, MAX_HEADERS_CAP, ParseError, RequestHead, ResponseHead, Version},
     trace::{self, FaultHit, Outcome, TraceEvent},
-    tunnel, upstream,
+    tunnel,
+    upstream::{self, Lease},
     worker::{FAULT_BODY, Worker},
 };
 
@@ -598,18 +599,23 @@ impl<'w> Session<'w> {
         };
         self.ex.upstream_addr = Some(addr);
         let deadline = Instant::now() + self.w.config.upstream_timeout;
-        let mut attempt = self
-            .w
-            .pool
-            .borrow_mut()
-            .checkout(addr, &mut self.w.bufs.borrow_mut());
-        let mut reused = attempt.is_some();
+        let Some(lease) = upstream::acquire(&self.w.pool, &self.w.bufs, addr, deadline).await
+        else {
+            // Every allowed connection stayed busy for --upstream-timeout.
+            self.ex.outcome = Outcome::UpstreamTimeout;
+            return self.drain_then_error(facts, 504).await;
+        };
+        let (mut attempt, mut reused) = match lease {
+            Lease::Idle(conn) => (Some(conn), true),
+            Lease::Connect => (None, false),
+        };
         loop {
             let mut up = match attempt.take() {
                 Some(conn) => conn,
                 None => match upstream::connect(addr, deadline).await {
                     Ok(stream) => Conn::new(stream, self.w.bufs.borrow_mut().get(READ_BUF_BYTES)),
                     Err(e) => {
+                        self.w.pool.borrow_mut().closed(addr);
                         let (outcome, status) = connect_failure(&e);
                         self.ex.outcome = outcome;
                         return self.drain_then_error(facts, status).await;
@@ -623,12 +629,14 @@ impl<'w> Session<'w> {
                 Ok(next) => {
                     return self.finish_upstream(up, addr, next);
                 }
+                // The slot stays ours: the fresh connection takes the dead one's place.
                 Err((UpstreamFailure::Stale, _)) if reused && facts.retryable => {
                     self.release_conn(up);
                     reused = false;
                 }
                 Err((failure, request_done)) => {
                     self.release_conn(up);
+                    self.w.pool.borrow_mut().closed(addr);
                     let (outcome, status) = match failure {
                         UpstreamFailure::Timeout => (Outcome::UpstreamTimeout, 504),
                         UpstreamFailure::Error | UpstreamFailure::Stale => {
@@ -663,6 +671,7 @@ impl<'w> Session<'w> {
         self.answer_error(status).await
     }
 
+    /// Closes a connection, keeping its buffer (pool slots are the caller's business).
     fn release_conn(&self, conn: Conn) {
         self.w.bufs.borrow_mut().put(conn.into_buf());
     }
@@ -670,11 +679,13 @@ impl<'w> Session<'w> {
     /// Puts a reusable upstream connection back and records the exchange.
     fn finish_upstream(&mut self, up: Conn, addr: SocketAddr, done: Relayed) -> Next {
         if done.upstream_reusable && up.buffered().is_empty() {
-            if let Some(extra) = self.w.pool.borrow_mut().checkin(addr, up) {
-                self.release_conn(extra);
-            }
+            self.w
+                .pool
+                .borrow_mut()
+                .checkin(addr, up, &mut self.w.bufs.borrow_mut());
         } else {
             self.release_conn(up);
+            self.w.pool.borrow_mut().closed(addr);
         }
         self.record();
         if done.client_keep_alive && !self.w.shutdown.fired() {

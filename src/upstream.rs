@@ -1,13 +1,17 @@
-//! The per-core pool of idle upstream connections, connecting with a deadline, and name
+//! The per-core pool of upstream connections (capped per destination, with a wait queue),
+//! connecting with a deadline, and name
 //! resolution for forward mode (cached per core; misses resolved off the worker thread).
 //!
 //! It speaks no HTTP: `proxy` decides whether a connection may go back to the pool.
 
 use std::{
     cell::RefCell,
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
+    future::Future,
     io,
     net::{IpAddr, SocketAddr, ToSocketAddrs},
+    pin::Pin,
+    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
@@ -24,40 +28,152 @@ const DNS_TTL: Duration = Duration::from_secs(60);
 /// Names cached per core before the cache is emptied (bounds memory under hostile input).
 const MAX_DNS_ENTRIES: usize = 4096;
 
-/// Idle upstream connections per destination, most recently used last (LIFO keeps them warm).
+/// One destination: its idle connections (most recently used last: LIFO keeps them warm), how
+/// many connections to it exist (idle and in use), and the exchanges waiting for one.
 #[derive(Default)]
+struct Dest {
+    idle: Vec<Conn>,
+    open: usize,
+    waiters: VecDeque<Waker>,
+}
+
+/// Per-core upstream connections, capped per destination. The cap matters when thousands of
+/// delayed requests come due at once: without it they would open thousands of connections
+/// (and overflow the upstream's listen queue into 1 s SYN retries) instead of queueing for a
+/// few hundred warm ones.
 pub(crate) struct Pool {
-    idle: HashMap<SocketAddr, Vec<Conn>>,
+    dests: HashMap<SocketAddr, Dest>,
+    max_per_dest: usize,
+}
+
+/// What [`acquire`] hands out.
+pub(crate) enum Lease {
+    /// A clean idle connection.
+    Idle(Conn),
+    /// A reserved slot: the caller connects, and reports the connection's end to
+    /// [`Pool::closed`] (or [`Pool::checkin`]).
+    Connect,
 }
 
 impl Pool {
-    /// A clean idle connection to `addr`, if any. Connections the upstream closed or wrote to
-    /// while idle are dropped, their buffers given to `bufs`. One may still die between this
-    /// check and its use: the caller retries once on a fresh connection when that is safe.
-    pub(crate) fn checkout(&mut self, addr: SocketAddr, bufs: &mut BufPool) -> Option<Conn> {
-        let idle = self.idle.get_mut(&addr)?;
-        while let Some(conn) = idle.pop() {
+    /// An empty pool allowing `max_per_dest` connections to each destination.
+    pub(crate) fn new(max_per_dest: usize) -> Pool {
+        Pool {
+            dests: HashMap::new(),
+            max_per_dest: max_per_dest.max(1),
+        }
+    }
+
+    /// A lease if one is free now. Idle connections the upstream closed or wrote to meanwhile
+    /// are dropped (their buffers to `bufs`, their slots freed) on the way.
+    fn try_acquire(&mut self, addr: SocketAddr, bufs: &mut BufPool) -> Option<Lease> {
+        let dest = self.dests.entry(addr).or_default();
+        while let Some(conn) = dest.idle.pop() {
             if conn.is_idle_clean() {
-                return Some(conn);
+                return Some(Lease::Idle(conn));
             }
             bufs.put(conn.into_buf());
+            dest.open -= 1;
+        }
+        if dest.open < self.max_per_dest {
+            dest.open += 1;
+            return Some(Lease::Connect);
         }
         None
     }
 
-    /// Keeps `conn` for reuse; gives it back when the pool for `addr` is full.
-    pub(crate) fn checkin(&mut self, addr: SocketAddr, conn: Conn) -> Option<Conn> {
-        let idle = self.idle.entry(addr).or_default();
-        if idle.len() >= MAX_IDLE_PER_DEST {
-            return Some(conn);
+    /// Keeps a reusable connection for the next exchange (or closes it when enough are idle).
+    pub(crate) fn checkin(&mut self, addr: SocketAddr, conn: Conn, bufs: &mut BufPool) {
+        let dest = self.dests.entry(addr).or_default();
+        if dest.idle.len() < MAX_IDLE_PER_DEST {
+            dest.idle.push(conn);
+        } else {
+            bufs.put(conn.into_buf());
+            dest.open = dest.open.saturating_sub(1);
         }
-        idle.push(conn);
-        None
+        wake_one(dest);
     }
 
-    /// Empties the pool (shutdown), handing back every connection.
+    /// A connection to `addr` (leased or reserved) is gone: its slot is free.
+    pub(crate) fn closed(&mut self, addr: SocketAddr) {
+        if let Some(dest) = self.dests.get_mut(&addr) {
+            dest.open = dest.open.saturating_sub(1);
+            wake_one(dest);
+        }
+    }
+
+    /// Empties the pool (shutdown), handing back every idle connection.
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = Conn> + '_ {
-        self.idle.drain().flat_map(|(_, conns)| conns)
+        self.dests.drain().flat_map(|(_, dest)| dest.idle)
+    }
+}
+
+fn wake_one(dest: &mut Dest) {
+    if let Some(waker) = dest.waiters.pop_front() {
+        waker.wake();
+    }
+}
+
+/// Waits for a lease on a connection to `addr` until `deadline`; `None` when none came free.
+pub(crate) async fn acquire(
+    pool: &RefCell<Pool>,
+    bufs: &RefCell<BufPool>,
+    addr: SocketAddr,
+    deadline: Instant,
+) -> Option<Lease> {
+    if let Some(lease) = pool.borrow_mut().try_acquire(addr, &mut bufs.borrow_mut()) {
+        return Some(lease);
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    let wait = Acquire {
+        pool,
+        bufs,
+        addr,
+        queued: false,
+    };
+    monoio::time::timeout(left, wait).await.ok()
+}
+
+/// A queued wait for a lease. Dropping it (timeout, client gone) passes any wake-up it may have
+/// consumed on to the next waiter, so a freed slot is never left unclaimed.
+struct Acquire<'a> {
+    pool: &'a RefCell<Pool>,
+    bufs: &'a RefCell<BufPool>,
+    addr: SocketAddr,
+    queued: bool,
+}
+
+impl Future for Acquire<'_> {
+    type Output = Lease;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Lease> {
+        let mut pool = self.pool.borrow_mut();
+        if let Some(lease) = pool.try_acquire(self.addr, &mut self.bufs.borrow_mut()) {
+            drop(pool);
+            self.queued = false;
+            return Poll::Ready(lease);
+        }
+        if let Some(dest) = pool.dests.get_mut(&self.addr) {
+            dest.waiters.push_back(cx.waker().clone());
+        }
+        drop(pool);
+        self.queued = true;
+        Poll::Pending
+    }
+}
+
+impl Drop for Acquire<'_> {
+    fn drop(&mut self) {
+        if self.queued
+            && let Ok(mut pool) = self.pool.try_borrow_mut()
+        {
+            let max = pool.max_per_dest;
+            if let Some(dest) = pool.dests.get_mut(&self.addr)
+                && (dest.open < max || !dest.idle.is_empty())
+            {
+                wake_one(dest);
+            }
+        }
     }
 }
 

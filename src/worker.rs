@@ -206,10 +206,11 @@ impl Worker {
             None => fastrand::Rng::new(),
         };
         let rules = faults.table.len();
+        let pool = Pool::new(config.max_upstream_connections);
         Worker {
             config,
             faults,
-            pool: RefCell::default(),
+            pool: RefCell::new(pool),
             bufs: RefCell::default(),
             resolver: RefCell::default(),
             rng: RefCell::new(rng),

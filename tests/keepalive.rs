@@ -404,3 +404,34 @@ fn upstream_connection_abandoned_mid_body_not_reused() {
     );
     assert_eq!(after.text(), "GET /small");
 }
+
+#[test]
+fn upstream_connections_capped_requests_queue_all_answered() {
+    // 12 clients at once against an origin that takes 100 ms per request, with at most 2
+    // upstream connections: the rest queue for a free one instead of opening their own.
+    let origin = Origin::start(|req: &Req| {
+        thread::sleep(Duration::from_millis(100));
+        response("200 OK", &[], req.target.as_bytes())
+    });
+    let proxy = Proxy::reverse(origin.addr(), &["--max-upstream-connections", "2"]);
+    let addr = proxy.addr();
+    let clients: Vec<_> = (0..12)
+        .map(|i| {
+            thread::spawn(move || {
+                let mut c = Conn::connect(addr);
+                c.roundtrip(&get(&format!("/queued/{i}"))).text()
+            })
+        })
+        .collect();
+    let mut bodies: Vec<String> = clients.into_iter().map(|t| t.join().unwrap()).collect();
+    bodies.sort();
+    let mut want: Vec<String> = (0..12).map(|i| format!("/queued/{i}")).collect();
+    want.sort();
+
+    assert_eq!(bodies, want);
+    assert!(
+        origin.connections() <= 2,
+        "origin saw {} connections",
+        origin.connections()
+    );
+}
