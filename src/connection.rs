@@ -448,8 +448,10 @@ const MIN_CLASS_BYTES: usize = 64;
 /// Classes from 64 B to 64 KiB; buffers grown past that (a huge head) are freed, not pooled.
 const CLASSES: usize = 11;
 
-/// Buffers kept per class and core; beyond this they are freed.
-const MAX_POOLED_PER_CLASS: usize = 4096;
+/// Bytes of idle buffers kept per class and core (a count per class follows from it: 128 Ki
+/// 64-byte buffers, 512 read buffers, 128 64 KiB ones); beyond it returned buffers are freed.
+/// What sets it: connection churn, where each closing connection returns its buffers.
+const MAX_POOLED_BYTES_PER_CLASS: usize = 8 << 20;
 
 impl BufPool {
     /// An empty buffer of at least `min_capacity` (none allocated for 0).
@@ -474,8 +476,9 @@ impl BufPool {
         }
         // The largest class whose minimum this buffer meets.
         let class = (capacity / MIN_CLASS_BYTES).ilog2() as usize;
+        let max_buffers = MAX_POOLED_BYTES_PER_CLASS / (MIN_CLASS_BYTES << class.min(CLASSES));
         if let Some(free) = self.classes.get_mut(class)
-            && free.len() < MAX_POOLED_PER_CLASS
+            && free.len() < max_buffers
         {
             buf.clear();
             free.push(buf);
@@ -508,6 +511,16 @@ mod tests {
             assert!(buf.is_empty());
         }
         assert_eq!(pool.get(0).capacity(), 0, "zero asks for nothing");
+    }
+
+    #[test]
+    fn buf_pool_class_is_bounded_in_bytes() {
+        let mut pool = BufPool::default();
+        for _ in 0..1000 {
+            pool.put(Vec::with_capacity(64 * 1024));
+        }
+        let kept: usize = pool.classes.iter().flatten().map(Vec::capacity).sum();
+        assert!(kept <= MAX_POOLED_BYTES_PER_CLASS, "{kept} bytes pooled");
     }
 
     #[test]

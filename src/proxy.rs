@@ -168,17 +168,11 @@ impl<'w> Session<'w> {
 
     fn release(self) {
         self.w.shutdown.release(self.shutdown_slot);
+        // Only what came from the pool goes back: the trace captures were grown here and are
+        // freed with the connection, so churn cannot fill the pool with them.
         let buf = self.client.into_buf();
         let mut bufs = self.w.bufs.borrow_mut();
-        for b in [
-            buf,
-            self.out,
-            self.url,
-            self.scratch,
-            self.request_head,
-            self.request_body,
-            self.response_body,
-        ] {
+        for b in [buf, self.out, self.url, self.scratch] {
             bufs.put(b);
         }
     }
@@ -407,8 +401,10 @@ impl<'w> Session<'w> {
         // The wheel deadline only backs up the precise one; it never ends the delay early.
         let backstop = deadline + BACKSTOP_SLACK;
         loop {
-            let room = self.client.buffered().len() + READ_BUF_BYTES;
-            if self.client.buffered().len() >= room - 1 {
+            // Bytes that arrive meanwhile are kept, up to one read buffer; past that the client
+            // waits on TCP backpressure like any other.
+            let room = READ_BUF_BYTES;
+            if self.client.buffered().len() >= room {
                 elapsed.await;
                 return true;
             }
