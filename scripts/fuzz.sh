@@ -41,10 +41,15 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 bin_dir=$fuzz_dir/target/$host/release
 
 # The grown corpora in $work are kept between local runs (CI starts without them).
-rm -rf "$work/tmp"
-mkdir -p "$work/tmp"
-# The ring target writes its scratch ring under $TMPDIR; keep it inside the work dir.
-export TMPDIR=$work/tmp
+mkdir -p "$work"
+# The ring target rewrites a 64 KiB ring file per input under $TMPDIR: on tmpfs that is ~4x faster.
+if [[ -d /dev/shm && -w /dev/shm ]]; then
+    scratch=$(mktemp -d /dev/shm/pf-fuzz.XXXXXX)
+else
+    scratch=$(mktemp -d "$work/tmp.XXXXXX")
+fi
+trap 'rm -rf "$scratch"' EXIT
+export TMPDIR=$scratch
 
 failed=()
 summary=()
@@ -85,10 +90,10 @@ for t in $targets; do
         echo "!! $t crashed (exit $status):"
         grep -E 'panicked at|^SUMMARY|Test unit written|deadly signal|timeout' "$work/$t.log" | head -n 10
         failed+=("$t")
-        summary+=("$(printf '%-11s %10s runs %8s execs/s  cov %5s  corpus %5s  CRASH' \
+        summary+=("$(printf '%-11s %10s runs %8s execs/s  cov %5s  files %6s  CRASH' \
             "$t" "${runs:-?}" "${rate:-?}" "${cov:-?}" "$corpus")")
     else
-        summary+=("$(printf '%-11s %10s runs %8s execs/s  cov %5s  corpus %5s  ok' \
+        summary+=("$(printf '%-11s %10s runs %8s execs/s  cov %5s  files %6s  ok' \
             "$t" "${runs:-?}" "${rate:-?}" "${cov:-?}" "$corpus")")
     fi
 done

@@ -67,7 +67,11 @@ fn decode_pieces(pieces: &[&[u8]]) -> (Vec<u8>, End) {
                 return (data, End::Done(offset));
             }
             // No progress without being done would loop forever in the proxy.
-            assert!(got.consumed > 0, "decode made no progress on {} bytes", input.len());
+            assert!(
+                got.consumed > 0,
+                "decode made no progress on {} bytes",
+                input.len()
+            );
         }
     }
     (data, End::Incomplete)

@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
             status,
             probability,
         } => {
-            assert!((100..=599).contains(&status), "status out of range: {rule:?}");
+            assert!(
+                (100..=599).contains(&status),
+                "status out of range: {rule:?}"
+            );
             assert!(
                 (0.0..=1.0).contains(&probability),
                 "probability out of range: {rule:?}"
@@ -43,6 +46,13 @@ fuzz_target!(|data: &[u8]| {
         Ok(again) => again,
         Err(err) => panic!("canonical text of {spec:?} does not parse: {err}"),
     };
-    assert_eq!(again, rule, "{spec:?} -> {canonical:?} parses to another rule");
-    assert_eq!(again.to_string(), canonical, "canonical text is not a fixed point");
+    assert_eq!(
+        again, rule,
+        "{spec:?} -> {canonical:?} parses to another rule"
+    );
+    assert_eq!(
+        again.to_string(),
+        canonical,
+        "canonical text is not a fixed point"
+    );
 });

@@ -14,8 +14,8 @@
 use httparse::EMPTY_HEADER;
 use libfuzzer_sys::fuzz_target;
 use phantom_fast::http::{
-    BodyKind, Limits, MAX_HEADERS_CAP, RequestHead, Version, encode_request_head,
-    is_hop_by_hop, parse_request, request_body_kind,
+    BodyKind, Limits, MAX_HEADERS_CAP, RequestHead, Version, encode_request_head, is_hop_by_hop,
+    parse_request, request_body_kind,
 };
 
 /// Host sent upstream for an HTTP/1.0 request without one, as the proxy does in reverse mode.
@@ -94,7 +94,11 @@ fn check_reencode(head: &RequestHead<'_, '_>, kind: BodyKind) {
             String::from_utf8_lossy(&out)
         ),
     };
-    assert_eq!(again.head_len, out.len(), "re-encoded head has trailing bytes");
+    assert_eq!(
+        again.head_len,
+        out.len(),
+        "re-encoded head has trailing bytes"
+    );
     assert_eq!(again.method, head.method, "method changed");
     // RFC 9112 §3.2.1: an empty path is sent as "/" (the encoder adds it before a bare query).
     let want_target = if head.target.starts_with('?') {
@@ -103,7 +107,11 @@ fn check_reencode(head: &RequestHead<'_, '_>, kind: BodyKind) {
         head.target.to_owned()
     };
     assert_eq!(again.target, want_target, "target changed");
-    assert_eq!(again.version, Version::Http11, "upstream requests are HTTP/1.1");
+    assert_eq!(
+        again.version,
+        Version::Http11,
+        "upstream requests are HTTP/1.1"
+    );
 
     let want: Vec<(String, &[u8])> = host
         .map(|h| ("Host".to_owned(), h))

@@ -18,8 +18,8 @@
 use httparse::EMPTY_HEADER;
 use libfuzzer_sys::fuzz_target;
 use phantom_fast::http::{
-    BodyKind, Limits, MAX_HEADERS_CAP, ResponseHead, Version, encode_response_head,
-    is_hop_by_hop, keep_alive, parse_response, response_body_kind,
+    BodyKind, Limits, MAX_HEADERS_CAP, ResponseHead, Version, encode_response_head, is_hop_by_hop,
+    keep_alive, parse_response, response_body_kind,
 };
 
 #[path = "chunked.rs"]
@@ -102,12 +102,20 @@ fn check_reencode(head: &ResponseHead<'_, '_>, kind: BodyKind, request_was_head:
             String::from_utf8_lossy(&out)
         ),
     };
-    assert_eq!(again.head_len, out.len(), "re-encoded head has trailing bytes");
+    assert_eq!(
+        again.head_len,
+        out.len(),
+        "re-encoded head has trailing bytes"
+    );
     assert_eq!(again.status, head.status, "status changed");
     if !head.reason.is_empty() {
         assert_eq!(again.reason, head.reason, "reason changed");
     }
-    assert_eq!(again.version, Version::Http11, "responses are sent as HTTP/1.1");
+    assert_eq!(
+        again.version,
+        Version::Http11,
+        "responses are sent as HTTP/1.1"
+    );
 
     let want: Vec<(String, &[u8])> = head
         .headers
