@@ -5,11 +5,10 @@
 //! nothing per request, so every allocation counted in the window is the proxy's.
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
     net::TcpStream,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     thread,
     time::Duration,
@@ -18,30 +17,8 @@ use std::{
 use clap::Parser;
 use phantom_fast::{cli::Cli, server::Server};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to `System` unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "counting/mod.rs"]
+mod counting;
 
 #[path = "fixed/mod.rs"]
 mod fixed;
@@ -88,11 +65,11 @@ fn allocations_per_request(extra_args: &[&str]) -> f64 {
         round_trip(&mut client, &mut buf);
     }
     const REQUESTS: u64 = 10_000;
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let before = counting::allocations();
     for _ in 0..REQUESTS {
         round_trip(&mut client, &mut buf);
     }
-    let after = ALLOCATIONS.load(Ordering::SeqCst);
+    let after = counting::allocations();
     drop(client);
     stop.store(true, Ordering::Relaxed);
     let summary = running.join().unwrap();

@@ -2,38 +2,12 @@
 //!
 //! Its own test binary because it installs a counting `#[global_allocator]`; it tests nothing else.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use phantom_fast::trace::{FaultHit, FaultKind, Outcome, TraceConfig, TraceEvent, TraceWriter};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to `System` unchanged; only counts allocations.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "counting/mod.rs"]
+mod counting;
 
 #[test]
 fn trace_writer_write_allocates_nothing_after_warm_up() {
@@ -93,13 +67,13 @@ fn trace_writer_write_allocates_nothing_after_warm_up() {
     for i in 0..1000 {
         writer.write(&event(i));
     }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = counting::allocations();
     assert!(before > 0, "the counting allocator is not installed");
     // 20_000 records of ~1.4 KiB through a 256 KiB ring: over 100 wrap-arounds.
     for i in 1000..21_000 {
         writer.write(&event(i));
     }
-    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    let after = counting::allocations();
     assert_eq!(
         after - before,
         0,
