@@ -320,6 +320,9 @@ fn plausible(snap: HeaderSnapshot, cap: u64) -> bool {
 pub struct Cursor {
     pos: u64,
     want: u64,
+    /// The header's next sequence number when last looked at: a header that goes backwards is
+    /// a ring recreated under us (`--trace-reset`), the one case where `want` may go back.
+    header_seq: u64,
     /// Records the reader could not return because they were overwritten or corrupt.
     pub skipped: u64,
 }
@@ -347,13 +350,16 @@ fn read_next(view: View, cur: &mut Cursor, out: &mut Vec<u8>) -> Option<u64> {
             _ => {}
         }
         let snap = view.snapshot();
-        if cur.want > snap.next_seq.saturating_add(1) {
-            // The ring was recreated under us (`--trace-reset`): start over at its oldest. (A
-            // header left stale by a killed writer lags its frames by one record at most.)
+        if snap.next_seq < cur.header_seq {
+            // The header went backwards: the ring was recreated under us (`--trace-reset`);
+            // start over at its oldest. Judging by the header alone keeps a static file, however
+            // corrupt, from sending the reader round in circles: its `want` only grows.
             cur.pos = snap.tail_pos;
             cur.want = snap.tail_seq;
+            cur.header_seq = snap.next_seq;
             continue;
         }
+        cur.header_seq = snap.next_seq;
         if cur.want >= snap.next_seq {
             return None; // caught up with the writer (or a torn tail after a crash)
         }
@@ -529,6 +535,7 @@ impl RingWriter {
         let mut cur = Cursor {
             pos: tail,
             want: tail_seq,
+            header_seq: snap.next_seq,
             skipped: 0,
         };
         let mut scratch = Vec::new();
@@ -736,6 +743,7 @@ impl RingReader {
         Cursor {
             pos: snap.tail_pos,
             want: snap.tail_seq.min(snap.next_seq),
+            header_seq: snap.next_seq,
             skipped: 0,
         }
     }
@@ -789,6 +797,30 @@ mod tests {
         for ((seq, bytes), len) in got.iter().zip(lens) {
             assert_eq!(*bytes, payload(*seq, len));
         }
+    }
+
+    // See: tests/fuzz/regressions/ring/header-behind-frames (found by the `ring` fuzz target).
+    #[test]
+    fn issue_6_header_behind_its_frames_reads_each_record_once_and_stops() {
+        let dir = TempDir::new("ring-header-behind");
+        let path = dir.path().join("core-0.ring");
+        let mut w = RingWriter::open(&path, CAP, false).expect("open");
+        for seq in 1..=3 {
+            assert_eq!(w.append(&payload(seq, 40)), Ok(seq));
+        }
+        drop(w);
+        // A header claiming only record 1 exists while frames 2 and 3 follow it: the reader used
+        // to take this for a recreated ring, start over, and cycle 1, 2, 3, 1, 2, 3… forever.
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[OFF_NEXT_SEQ..OFF_NEXT_SEQ + 8].copy_from_slice(&1u64.to_le_bytes());
+        std::fs::write(&path, bytes).expect("write");
+        let reader = RingReader::open(&path).expect("open reader");
+        let mut cur = reader.oldest();
+        let mut out = Vec::new();
+        let seqs: Vec<u64> = std::iter::from_fn(|| reader.next(&mut cur, &mut out))
+            .take(10)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
     }
 
     #[test]
