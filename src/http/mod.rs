@@ -1,6 +1,6 @@
 //! Pure HTTP/1.1 message handling: head parsing, body framing, hop-by-hop headers and encoding.
 //!
-//! Nothing here does I/O or knows about monoio; callers feed bytes in and get values or bytes out.
+//! Nothing here does I/O or knows about the runtime; callers feed bytes in and get values or bytes out.
 //!
 //! # Layout
 //! - [`parse`]: request and response heads via httparse, borrowed in place, `Ok(None)` when
