@@ -1031,7 +1031,6 @@ impl<'w> Session<'w> {
         }
         let mut trace = self.w.trace.borrow_mut();
         let Some(writer) = trace.as_mut() else {
-            self.ex = Exchange::new(Instant::now());
             return;
         };
         let fault = decision.rule.map(|rule| FaultHit {
@@ -1073,7 +1072,6 @@ impl<'w> Session<'w> {
         drop(trace);
         self.request_head.clear();
         self.url.clear();
-        self.ex = Exchange::new(Instant::now());
     }
 }
 

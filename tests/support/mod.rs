@@ -50,10 +50,15 @@ impl Proxy {
     /// Spawns the binary with the harness flags plus `args` and waits for `listening on ADDR`.
     pub fn start(args: &[&str]) -> Proxy {
         let trace_dir = tempfile::tempdir().expect("creating a temp trace dir");
-        let mut child = command(trace_dir.path(), args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning the phantom-fast binary");
+        let mut cmd = command(trace_dir.path(), args);
+        cmd.stderr(Stdio::piped());
+        Proxy::launch(cmd, trace_dir, &format!("{args:?}"))
+    }
+
+    /// Spawns `cmd` (stderr piped) and waits for its `listening on ADDR` line; `what` names the
+    /// run in panic messages.
+    fn launch(mut cmd: Command, trace_dir: tempfile::TempDir, what: &str) -> Proxy {
+        let mut child = cmd.spawn().expect("spawning the phantom-fast binary");
         let pipe = child.stderr.take().expect("stderr was piped");
         let stderr = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
@@ -77,7 +82,7 @@ impl Proxy {
                     if let Some(status) = child.try_wait().expect("polling the child") {
                         let _ = stderr_reader.join();
                         panic!(
-                            "phantom-fast {args:?} exited with {status} before listening; stderr:\n{}",
+                            "phantom-fast {what} exited with {status} before listening; stderr:\n{}",
                             snapshot(&stderr)
                         );
                     }
@@ -85,7 +90,7 @@ impl Proxy {
                         let _ = child.kill();
                         let _ = child.wait();
                         panic!(
-                            "phantom-fast {args:?} printed no `listening on` within {STARTUP_TIMEOUT:?}; stderr:\n{}",
+                            "phantom-fast {what} printed no `listening on` within {STARTUP_TIMEOUT:?}; stderr:\n{}",
                             snapshot(&stderr)
                         );
                     }
@@ -94,7 +99,7 @@ impl Proxy {
                     // stderr closed without the line: the process is exiting or exited.
                     let status = wait_deadline(&mut child, EXIT_TIMEOUT);
                     panic!(
-                        "phantom-fast {args:?} closed stderr before listening (status {status:?}); stderr:\n{}",
+                        "phantom-fast {what} closed stderr before listening (status {status:?}); stderr:\n{}",
                         snapshot(&stderr)
                     );
                 }
@@ -1033,33 +1038,11 @@ impl Proxy {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .expect("spawning sh for the fd-limited phantom-fast");
-        let pipe = child.stderr.take().expect("stderr was piped");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let stderr_reader = {
-            let stderr = Arc::clone(&stderr);
-            thread::spawn(move || collect_stderr(pipe, &stderr, Some(tx)))
-        };
-        match rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(addr) => Proxy {
-                child: Some(child),
-                addr,
-                stderr,
-                stderr_reader: Some(stderr_reader),
-                _trace_dir: trace_dir,
-            },
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "phantom-fast under `ulimit -n {max_fds}` {all:?} did not listen; stderr:\n{}",
-                    snapshot(&stderr)
-                );
-            }
-        }
+        Proxy::launch(
+            cmd,
+            trace_dir,
+            &format!("under `ulimit -n {max_fds}` {all:?}"),
+        )
     }
 }
 
