@@ -60,10 +60,11 @@ pub enum Error {
 impl Error {
     /// Whether the error is the user's input (exit status 2) rather than the environment (1).
     pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            Error::Config(_) | Error::Fault(_) | Error::Resolve { .. }
-        )
+        match self {
+            Error::Config(_) | Error::Fault(_) | Error::Resolve { .. } => true,
+            Error::Trace(e) => e.is_bad_input(),
+            _ => false,
+        }
     }
 }
 

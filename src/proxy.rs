@@ -19,7 +19,7 @@ use crate::{
     connection::{self, BodyReader, Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, relay},
     fault::{Decision, FaultKind},
     http::{self, BodyKind, MAX_HEADERS_CAP, ParseError, RequestHead, ResponseHead, Version},
-    trace::{self, FaultHit, Outcome, TraceEvent},
+    trace::{self, AppliedFault, Outcome, TraceEvent},
     tunnel,
     upstream::{self, Lease},
     worker::{FAULT_BODY, Worker},
@@ -1033,13 +1033,18 @@ impl<'w> Session<'w> {
         let Some(writer) = trace.as_mut() else {
             return;
         };
-        let fault = decision.rule.map(|rule| FaultHit {
-            rule: rule as u32,
-            kind: match self.w.faults.table().rules()[rule].kind() {
-                FaultKind::Delay => trace::FaultKind::Delay,
-                FaultKind::Error => trace::FaultKind::Error,
-            },
-            spec: &self.w.faults.specs[rule],
+        let fault = decision.rule.map(|rule| {
+            let (kind, value) = match self.w.faults.table().rules()[rule].kind() {
+                FaultKind::Delay => (trace::FaultKind::Delay, decision.delay.as_nanos() as u64),
+                FaultKind::Error => (trace::FaultKind::Error, u64::from(self.ex.status)),
+            };
+            AppliedFault {
+                kind,
+                rule: rule as u32,
+                rule_id: "",
+                spec: &self.w.faults.specs[rule],
+                value,
+            }
         });
         let method = self.request_head.get(..self.ex.method_len).unwrap_or(b"");
         let event = TraceEvent {
@@ -1048,12 +1053,16 @@ impl<'w> Session<'w> {
             parent_span_id: self.ex.parent_span_id,
             start_unix_ns: self.ex.start_unix_ns,
             duration_ns: u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
+            upstream_connect_ns: 0,
+            upstream_body_ns: 0,
+            generation: 0,
+            tls: None,
             upstream_ttfb_ns: self
                 .ex
                 .ttfb
                 .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
             injected_delay_ns: u64::try_from(decision.delay.as_nanos()).unwrap_or(u64::MAX),
-            fault,
+            faults: fault.as_slice(),
             method,
             url: &self.url,
             version: self.ex.version.as_str(),

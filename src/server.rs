@@ -26,7 +26,7 @@ use crate::{
     fault::{FaultRule, RuleStats},
     proxy,
     timer::DelayTimer,
-    trace::{Outcome, TraceConfig, TraceWriter},
+    trace::{self, Outcome, RingUsage, TraceConfig, TraceWriter},
     worker::{Faults, Stats, Worker},
 };
 
@@ -69,6 +69,8 @@ pub struct Server {
     faults: Arc<Faults>,
     listeners: Vec<std::net::TcpListener>,
     traces: Vec<Option<TraceWriter>>,
+    /// The rings' counters at startup: the summary reports what this run added.
+    trace_start: RingUsage,
     local_addr: SocketAddr,
     driver: UsedDriver,
 }
@@ -103,9 +105,10 @@ impl Server {
                     capacity_bytes: settings.capacity_bytes,
                     reset: settings.reset,
                 };
-                (0..config.workers)
-                    .map(|i| TraceWriter::open(&trace_config, i).map(Some))
-                    .collect::<Result<Vec<_>, _>>()?
+                TraceWriter::open_all(&trace_config, config.workers)?
+                    .into_iter()
+                    .map(Some)
+                    .collect()
             }
             None => (0..config.workers).map(|_| None).collect(),
         };
@@ -118,11 +121,15 @@ impl Server {
                 .map_err(|source| Error::Bind { addr, source })?;
             listeners.push(listener);
         }
+        let trace_start = config.trace.as_ref().map_or_else(RingUsage::default, |t| {
+            trace::ring_usage(&t.dir, config.workers)
+        });
         Ok(Server {
             config: Arc::new(config),
             faults,
             listeners,
             traces,
+            trace_start,
             local_addr: addr,
             driver,
         })
@@ -165,6 +172,7 @@ impl Server {
             faults,
             listeners,
             traces,
+            trace_start,
             driver,
             ..
         } = self;
@@ -212,6 +220,10 @@ impl Server {
             }
         }
         summary.elapsed = started.elapsed();
+        summary.traces = config
+            .trace
+            .as_ref()
+            .map(|t| trace::ring_usage(&t.dir, config.workers).since(trace_start));
         match first_error {
             Some(e) => Err(e),
             None => Ok(summary),
@@ -378,6 +390,9 @@ pub struct Summary {
     pub latency_us: Histogram<u64>,
     /// Wall time served.
     pub elapsed: Duration,
+    /// Trace records written, overwritten by wrapping and dropped in this run (`None`:
+    /// `--no-traces`).
+    pub traces: Option<RingUsage>,
 }
 
 impl Summary {
@@ -392,6 +407,7 @@ impl Summary {
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("static histogram bounds are valid"),
             elapsed: Duration::ZERO,
+            traces: None,
         }
     }
 
@@ -445,6 +461,9 @@ impl fmt::Display for Summary {
                 "  fault[{i}] {spec}: matched {}, faulted {}",
                 stats.matched, stats.faulted
             )?;
+        }
+        if let Some(traces) = &self.traces {
+            writeln!(f, "{}", traces.summary_line())?;
         }
         Ok(())
     }
