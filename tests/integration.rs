@@ -12,4 +12,6 @@ mod keepalive;
 mod rejects;
 mod support;
 mod trace;
+mod trace_query;
+mod trace_survival;
 mod upstream_errors;
