@@ -3,8 +3,18 @@
 //! microseconds such that `duration = injected + upstream + overhead` holds exactly.
 //!
 //! It reads records; it does not measure anything (the exchange fills the record's fields).
+//! [`LedgerSummary`] keeps the same split as histograms for the shutdown summary.
+
+use std::fmt;
+
+use hdrhistogram::Histogram;
 
 use super::{ArchivedTraceEvent, TraceEvent};
+
+/// Highest value the summary's histograms track, µs (an hour; larger values saturate).
+const MAX_TRACKED_US: u64 = 3_600_000_000;
+/// Significant decimal digits the summary's histograms keep.
+const SIGNIFICANT_DIGITS: u8 = 3;
 
 /// One exchange's time, split. Every field is whole µs (each ns field truncated once).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,6 +73,100 @@ impl Ledger {
             upstream_us: upstream,
             overhead_us: duration.saturating_sub(injected.saturating_add(upstream)),
         }
+    }
+}
+
+/// Injected, upstream and overhead histograms of one group of exchanges.
+#[derive(Clone, Debug)]
+struct Parts {
+    injected: Histogram<u64>,
+    upstream: Histogram<u64>,
+    overhead: Histogram<u64>,
+}
+
+impl Parts {
+    fn new() -> Parts {
+        let h = || {
+            Histogram::new_with_bounds(1, MAX_TRACKED_US, SIGNIFICANT_DIGITS)
+                .expect("static histogram bounds are valid")
+        };
+        Parts {
+            injected: h(),
+            upstream: h(),
+            overhead: h(),
+        }
+    }
+}
+
+/// The ledger of many exchanges, faulted and unfaulted apart, for the shutdown summary: one per
+/// worker, recorded on the request path (allocation-free), merged at shutdown.
+#[derive(Clone, Debug)]
+pub struct LedgerSummary {
+    faulted: Parts,
+    unfaulted: Parts,
+}
+
+impl Default for LedgerSummary {
+    fn default() -> LedgerSummary {
+        LedgerSummary::new()
+    }
+}
+
+impl LedgerSummary {
+    /// Empty histograms (allocates them: call at startup).
+    pub fn new() -> LedgerSummary {
+        LedgerSummary {
+            faulted: Parts::new(),
+            unfaulted: Parts::new(),
+        }
+    }
+
+    /// Counts one exchange's ledger; allocates nothing.
+    pub fn record(&mut self, ledger: &Ledger, faulted: bool) {
+        let parts = if faulted {
+            &mut self.faulted
+        } else {
+            &mut self.unfaulted
+        };
+        parts.injected.saturating_record(ledger.injected_us);
+        parts.upstream.saturating_record(ledger.upstream_us);
+        parts.overhead.saturating_record(ledger.overhead_us);
+    }
+
+    /// Adds another worker's counts.
+    pub fn merge(&mut self, other: &LedgerSummary) {
+        for (mine, theirs) in [
+            (&mut self.faulted, &other.faulted),
+            (&mut self.unfaulted, &other.unfaulted),
+        ] {
+            let _ = mine.injected.add(&theirs.injected);
+            let _ = mine.upstream.add(&theirs.upstream);
+            let _ = mine.overhead.add(&theirs.overhead);
+        }
+    }
+}
+
+impl fmt::Display for LedgerSummary {
+    /// Up to two lines per group with exchanges, e.g.
+    /// `  unfaulted µs p50/p90/p99/p99.9: injected 0/0/0/0  upstream 310/420/900/1200  overhead 40/55/90/130`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, parts) in [("faulted", &self.faulted), ("unfaulted", &self.unfaulted)] {
+            if parts.injected.is_empty() {
+                continue;
+            }
+            let q = |h: &Histogram<u64>| {
+                let v = |q: f64| h.value_at_quantile(q);
+                format!("{}/{}/{}/{}", v(0.5), v(0.9), v(0.99), v(0.999))
+            };
+            writeln!(
+                f,
+                "  {name} µs p50/p90/p99/p99.9: injected {}  upstream {}  overhead {}",
+                q(&parts.injected),
+                q(&parts.upstream),
+                q(&parts.overhead)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -137,5 +241,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn ledger_summary_splits_groups_and_merges() {
+        let mut a = LedgerSummary::new();
+        let mut b = LedgerSummary::new();
+        let delayed = Ledger {
+            injected_us: 50_000,
+            upstream_us: 300,
+            overhead_us: 40,
+            ..Ledger::default()
+        };
+        let plain = Ledger {
+            upstream_us: 200,
+            overhead_us: 30,
+            ..Ledger::default()
+        };
+        a.record(&delayed, true);
+        b.record(&plain, false);
+        assert!(!a.to_string().contains("unfaulted"), "{a}");
+        a.merge(&b);
+        let text = a.to_string();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(
+            text.contains("faulted µs p50/p90/p99/p99.9: injected 50015/"),
+            "{text}"
+        );
+        assert!(
+            text.contains("unfaulted µs p50/p90/p99/p99.9: injected 0/0/0/0  upstream 200/"),
+            "{text}"
+        );
     }
 }

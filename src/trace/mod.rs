@@ -31,7 +31,7 @@ mod render;
 mod ring;
 pub mod tail;
 
-pub use ledger::Ledger;
+pub use ledger::{Ledger, LedgerSummary};
 pub use query::{
     Filter, StatusFilter, TimeBound, clear_traces, write_record, write_stats, write_traces,
     write_traces_with,

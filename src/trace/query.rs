@@ -703,6 +703,68 @@ mod tests {
                 &[],
             ),
             (
+                "status_range",
+                Filter {
+                    status: Some(StatusFilter::Range {
+                        low: 404,
+                        high: 503,
+                    }),
+                    ..Filter::default()
+                },
+                &["3", "5", "7"],
+            ),
+            (
+                "methods_any_of",
+                Filter {
+                    methods: vec!["PUT".into(), "POST".into()],
+                    ..Filter::default()
+                },
+                &["4"],
+            ),
+            (
+                "until_absolute",
+                Filter {
+                    until: Some(TimeBound::At(BASE_NS + 2_000_000)),
+                    ..Filter::default()
+                },
+                &["0", "1", "2"],
+            ),
+            (
+                "since_and_until_absolute",
+                Filter {
+                    since: Some(TimeBound::At(BASE_NS + 4_000_000)),
+                    until: Some(TimeBound::At(BASE_NS + 5_000_000)),
+                    ..Filter::default()
+                },
+                &["4", "5"],
+            ),
+            (
+                "offset_then_limit_pages_back",
+                Filter {
+                    limit: Some(3),
+                    offset: 3,
+                    ..Filter::default()
+                },
+                &["4", "5", "6"],
+            ),
+            (
+                "reverse_newest_first",
+                Filter {
+                    limit: Some(3),
+                    reverse: true,
+                    ..Filter::default()
+                },
+                &["9", "8", "7"],
+            ),
+            (
+                "trace_id_none_match",
+                Filter {
+                    trace_id: Some(1),
+                    ..Filter::default()
+                },
+                &[],
+            ),
+            (
                 "since_includes_recent",
                 Filter {
                     since: Some(TimeBound::Ago(Duration::from_secs(100 * 365 * 86_400))),
@@ -767,6 +829,79 @@ mod tests {
         }
         let rps = v["requests_per_second"].as_f64().unwrap_or_default();
         assert!((rps - 10.0 / 0.019).abs() < 1e-6, "{rps}");
+    }
+
+    #[test]
+    fn write_stats_ledger_and_lost_known_traffic() {
+        let dir = TempDir::new("query-stats-ledger");
+        write_known_traffic(dir.path());
+        let mut out = Vec::new();
+        write_stats(dir.path(), &Filter::default(), &mut out).expect("stats");
+        let v: Value = serde_json::from_slice(&out).expect("json");
+        // full_event: injected 250 000 µs, upstream 123 + 456 + 78 µs; durations (i+1) ms are
+        // shorter than that, so overhead clamps to 0 and upstream is the same for every record.
+        let rows: &[(&str, &str, Value)] = &[
+            (
+                "faulted_count",
+                "/latency_us/faulted/injected/count",
+                json!(2),
+            ),
+            (
+                "faulted_injected",
+                "/latency_us/faulted/injected/p50",
+                json!(250_000),
+            ),
+            (
+                "unfaulted_upstream",
+                "/latency_us/unfaulted/upstream/p99.9",
+                json!(657),
+            ),
+            (
+                "unfaulted_overhead",
+                "/latency_us/unfaulted/overhead/max",
+                json!(0),
+            ),
+            ("kind_error", "/faults_by_kind/error", json!(2)),
+            ("written", "/lost/written", json!(10)),
+            ("overwritten", "/lost/overwritten", json!(0)),
+            ("dropped", "/lost/dropped", json!(0)),
+            ("no_hint", "/lost/hint", Value::Null),
+        ];
+        for (name, pointer, want) in rows {
+            assert_eq!(v.pointer(pointer), Some(want), "row {name}: {v:#}");
+        }
+    }
+
+    #[test]
+    fn write_record_and_clear() {
+        let dir = TempDir::new("query-get-clear");
+        write_known_traffic(dir.path());
+        let mut out = Vec::new();
+        let span = full_event().span_id;
+        write_record(
+            dir.path(),
+            span,
+            &RenderOptions::default(),
+            Format::Jsonl,
+            &mut out,
+        )
+        .expect("get");
+        let v: Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["url"], "http://h/item/9", "the newest of equal spans");
+        let err = write_record(
+            dir.path(),
+            7,
+            &RenderOptions::default(),
+            Format::Jsonl,
+            &mut out,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("0000000000000007"), "{err}");
+        assert!(clear_traces(dir.path(), false).is_err());
+        assert_eq!(clear_traces(dir.path(), true).expect("clear"), 2);
+        assert!(ring_paths(dir.path()).expect("list").is_empty());
     }
 
     #[test]
