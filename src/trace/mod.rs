@@ -42,9 +42,7 @@ pub use record::{
     encode_traceparent, parse_traceparent, random_span_id, random_trace_id,
 };
 pub use render::{DEFAULT_REDACTED_HEADERS, Format, RenderOptions};
-pub use ring::{
-    AppendError, Cursor, MIN_RING_BYTES, RingReader, RingUsage, RingWriter, remove_ring,
-};
+pub use ring::{AppendError, Cursor, MIN_RING_BYTES, RingLock, RingReader, RingUsage, RingWriter};
 pub use tail::{Start, Tail, TailRecord};
 
 /// Default `--trace-capacity`: bytes per ring file (one per worker).
@@ -232,6 +230,7 @@ impl TraceWriter {
             path: cfg.dir.clone(),
             source,
         })?;
+        ring::remove_stale_temp_rings(&cfg.dir);
         let no_space = |free| TraceError::NoSpace {
             dir: cfg.dir.clone(),
             rings: workers,

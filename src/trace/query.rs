@@ -15,9 +15,10 @@ use serde_json::{Value, json};
 
 use super::ledger::Ledger;
 use super::render::{Format, Output, RenderOptions};
+use super::ring::RingLock;
 use super::ring::RingUsage;
 use super::tail::{Start, Tail, TailRecord, ring_paths};
-use super::{ArchivedTraceEvent, FaultKind, Outcome, TraceError, access_record, remove_ring};
+use super::{ArchivedTraceEvent, FaultKind, Outcome, TraceError, access_record};
 
 /// How often `--follow` looks for new records (and new or replaced ring files).
 const FOLLOW_POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -328,8 +329,7 @@ pub fn write_record(
 }
 
 /// `traces clear`: deletes every ring of `dir` and returns how many. Refused without `yes`, and
-/// for a ring a running proxy writes (it holds the ring's lock); rings before it in worker
-/// order are deleted by then.
+/// when a running proxy writes any of them (it holds the ring's lock): then nothing is deleted.
 ///
 /// # Errors
 /// [`TraceError::Refused`] without `yes`; [`TraceError::Format`] naming the ring a proxy holds;
@@ -343,15 +343,22 @@ pub fn clear_traces(dir: &Path, yes: bool) -> Result<usize, TraceError> {
             dir.display()
         )));
     }
-    for (_, path) in &rings {
-        remove_ring(path).map_err(|e| match e {
-            TraceError::Format { path, .. } => TraceError::Refused(format!(
-                "{}: a running phantom-fast is writing this ring; stop it before clearing {}",
-                path.display(),
-                dir.display()
-            )),
-            other => other,
-        })?;
+    // Every ring locked first: a ring in use refuses the whole clear, and nothing is deleted.
+    let locks = rings
+        .iter()
+        .map(|(_, path)| {
+            RingLock::acquire(path).map_err(|e| match e {
+                TraceError::Format { path, .. } => TraceError::Refused(format!(
+                    "{}: a running phantom-fast is writing this ring; stop it before clearing {}",
+                    path.display(),
+                    dir.display()
+                )),
+                other => other,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for lock in locks {
+        lock.remove()?;
     }
     Ok(rings.len())
 }

@@ -926,24 +926,68 @@ pub(super) fn allocated_bytes(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.blocks().saturating_mul(512))
 }
 
-/// Deletes the ring at `path` unless a writer holds it (checked under the writer's lock, taken
-/// for the removal so no proxy can start writing it meanwhile).
-///
-/// # Errors
-/// [`TraceError::Format`] naming the ring when a running phantom-fast writes it;
-/// [`TraceError::Io`] when it cannot be opened or removed.
-pub fn remove_ring(path: &Path) -> Result<(), TraceError> {
-    let io = |source| TraceError::Io {
-        path: path.to_path_buf(),
-        source,
+/// A ring held under the writer's lock by someone who is not its writer (`traces clear`), so no
+/// proxy can start writing it meanwhile.
+pub struct RingLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl RingLock {
+    /// Takes the writer's lock on the ring at `path` without waiting.
+    ///
+    /// # Errors
+    /// [`TraceError::Format`] naming the ring when a running phantom-fast writes it;
+    /// [`TraceError::Io`] when it cannot be opened.
+    pub fn acquire(path: &Path) -> Result<RingLock, TraceError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| TraceError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        lock_writer(&file).map_err(|e| e.for_path(path))?;
+        Ok(RingLock {
+            path: path.to_path_buf(),
+            _file: file,
+        })
+    }
+
+    /// Deletes the ring (the lock goes with the handle).
+    ///
+    /// # Errors
+    /// [`TraceError::Io`] when it cannot be removed.
+    pub fn remove(self) -> Result<(), TraceError> {
+        std::fs::remove_file(&self.path).map_err(|source| TraceError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Removes temporary rings (`.core-<n>.ring.<pid>.new`) in `dir` left by a phantom-fast that died
+/// while creating them (its pid is gone): they hold reserved space.
+pub(super) fn remove_stale_temp_rings(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
     };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(io)?;
-    lock_writer(&file).map_err(|e| e.for_path(path))?;
-    std::fs::remove_file(path).map_err(io)
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .filter(|n| n.starts_with(".core-"))
+            .and_then(|n| n.strip_suffix(".new"))
+            .and_then(|n| n.rsplit('.').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The reading end of one ring file: a read-only shared mapping, safe to use while the owning
@@ -1185,16 +1229,34 @@ mod tests {
     }
 
     #[test]
-    fn remove_ring_refused_while_written() {
+    fn ring_lock_refused_while_written_and_keeps_writers_out() {
         let dir = TempDir::new("ring-remove");
         let path = dir.path().join("core-0.ring");
         let w = RingWriter::open(&path, CAP, false).expect("open");
-        let err = remove_ring(&path).err().map(|e| e.to_string());
+        let err = RingLock::acquire(&path).err().map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("another phantom-fast"));
-        assert!(path.exists());
         drop(w);
-        remove_ring(&path).expect("remove");
+        let lock = RingLock::acquire(&path).expect("lock");
+        assert!(
+            RingWriter::open(&path, CAP, false).is_err(),
+            "a writer got in"
+        );
+        lock.remove().expect("remove");
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn stale_temp_rings_of_dead_processes_are_removed() {
+        let dir = TempDir::new("ring-stale");
+        let dead = dir.path().join(".core-0.ring.999999999.new");
+        let mine = temp_path(&dir.path().join("core-1.ring"));
+        let other = dir.path().join("notes.new");
+        for p in [&dead, &mine, &other] {
+            std::fs::write(p, b"x").expect("write");
+        }
+        remove_stale_temp_rings(dir.path());
+        assert!(!dead.exists());
+        assert!(mine.exists() && other.exists());
     }
 
     #[test]
