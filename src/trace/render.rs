@@ -240,7 +240,14 @@ pub(super) fn encode_json(rec: &ArchivedTraceEvent<'_>, opts: &RenderOptions, ou
         let mut fault = JsonObject::start(obj.out);
         fault.string("kind", kind.as_str());
         fault.number("rule", u64::from(f.rule.to_native()));
-        fault.string("rule_id", f.rule_id.get());
+        // An exchange that names no id gets the contract's default, `r<index>`.
+        match f.rule_id.get() {
+            "" => {
+                fault.key("rule_id");
+                write!(fault.out, "\"r{}\"", f.rule.to_native()).ok();
+            }
+            id => fault.string("rule_id", id),
+        }
         fault.string("spec", f.spec.get());
         fault.number("value", f.value.to_native());
         fault.string("unit", kind.unit());
