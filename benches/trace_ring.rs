@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use phantom_fast::trace::{
-    AppliedFault, FaultKind, Filter, Format, Outcome, TraceConfig, TraceEvent, TraceWriter,
-    write_traces,
+    AppliedFault, FaultKind, Filter, Format, Outcome, RingReader, TraceConfig, TraceEvent,
+    TraceWriter, write_traces,
 };
 
 /// Records in the ring the export bench renders.
@@ -97,13 +97,13 @@ fn record_bytes(f: &Fixture) -> u64 {
     };
     let mut w = TraceWriter::open(&cfg, 0).expect("open ring");
     w.write(&event(f, 0));
+    let reader = RingReader::open(w.path()).expect("open reader");
+    let mut cur = reader.oldest();
+    let mut payload = Vec::new();
+    reader.next(&mut cur, &mut payload).expect("the record");
     drop(w);
-    // The ring header is 64 bytes and the frame header 16: the rest of the file up to the first
-    // zero frame is the record, padded to 16.
-    let bytes = std::fs::read(dir.join("core-0.ring")).expect("read ring");
-    let len = u32::from_le_bytes([bytes[72], bytes[73], bytes[74], bytes[75]]);
     let _ = std::fs::remove_dir_all(&dir);
-    u64::from(len)
+    payload.len() as u64
 }
 
 fn bench_append(c: &mut Criterion) {
