@@ -28,6 +28,7 @@
 pub mod cli;
 pub mod config;
 mod connection;
+pub mod control;
 pub mod error;
 pub mod fault;
 pub mod http;
