@@ -212,3 +212,121 @@ fn encode_response(response: &Response, head_only: bool, out: &mut Vec<u8>) {
         out.truncate(out.len() - response.body.len());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{
+        api::{CompileFn, Compiled},
+        client::{self, Call},
+        rules,
+    };
+
+    /// The admin loop on 127.0.0.1:0 with one acking worker; returns the address and the exit flag.
+    fn start(startup: &str) -> (String, Arc<AtomicBool>) {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let compile: CompileFn<usize> = Box::new(|c: Compiled<'_>| c.rules.len());
+        let (admin, publisher) = Admin::new(1, rules::parse_text(startup).unwrap(), compile, None);
+        let exit = Arc::new(AtomicBool::new(false));
+        let mut link = publisher.worker(0);
+        let flag = Arc::clone(&exit);
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Acquire) {
+                if link.poll().is_some() {
+                    link.ack();
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let flag = Arc::clone(&exit);
+        std::thread::spawn(move || serve(listener, admin, None, flag));
+        (addr, exit)
+    }
+
+    fn raw(addr: &str, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(request).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    #[test]
+    fn client_calls_round_trip_over_loopback() {
+        let (addr, exit) = start("id=a error:503:/api\n");
+        let (status, body) = client::send(&addr, None, &Call::add("id=b delay:5ms")).unwrap();
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+        let (status, body) = client::send(&addr, None, &Call::list()).unwrap();
+        assert_eq!(status, 200);
+        let listed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(listed["generation"], 2);
+        assert_eq!(listed["workers"], serde_json::json!([2]));
+        assert_eq!(listed["rules"][1]["spec"], "delay:5ms");
+        let (status, _) = client::send(&addr, None, &Call::rm(Some("zz"))).unwrap();
+        assert_eq!(status, 404);
+        let (status, _) = client::send(&addr, None, &Call::reset()).unwrap();
+        assert_eq!(status, 200);
+        exit.store(true, Ordering::Release);
+    }
+
+    #[test]
+    fn framing_continue_head_and_limits() {
+        let (addr, exit) = start("");
+        // curl's way: the head, then the body only after 100 Continue.
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        stream
+            .write_all(b"PUT /faults HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 10\r\n\r\n")
+            .unwrap();
+        let mut interim = [0u8; 25];
+        stream.read_exact(&mut interim).unwrap();
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        stream.write_all(b"error:503\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains("etag: \"2\"\r\n"), "{answer}");
+        let answer = raw(&addr, b"HEAD /live HTTP/1.1\r\nhost: x\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.contains("content-length: 5\r\n") && answer.ends_with("\r\n\r\n"),
+            "{answer}"
+        );
+        let answer = raw(&addr, b"GET /metrics?x=1 HTTP/1.1\r\nhost: x\r\n\r\n");
+        assert!(
+            answer.contains("phantom_fault_rules_generation 2\n"),
+            "{answer}"
+        );
+        let big = format!(
+            "PUT /faults HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            MAX_BODY_BYTES + 1
+        );
+        assert!(raw(&addr, big.as_bytes()).starts_with("HTTP/1.1 413 "));
+        let chunked =
+            b"PUT /faults HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert!(raw(&addr, chunked).starts_with("HTTP/1.1 411 "));
+        assert!(raw(&addr, b"GARBAGE\r\n\r\n").starts_with("HTTP/1.1 400 "));
+        let huge_head = format!(
+            "GET / HTTP/1.1\r\nhost: x\r\nx: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
+        assert!(raw(&addr, huge_head.as_bytes()).starts_with("HTTP/1.1 431 "));
+        exit.store(true, Ordering::Release);
+    }
+
+    #[test]
+    fn a_stalled_client_is_dropped_and_the_next_is_served() {
+        let (addr, exit) = start("");
+        let mut stalled = TcpStream::connect(&addr).unwrap();
+        stalled.write_all(b"GET /live HTTP/1.1\r\n").unwrap();
+        let started = Instant::now();
+        let answer = raw(&addr, b"GET /live HTTP/1.1\r\nhost: x\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"));
+        let waited = started.elapsed();
+        assert!(
+            waited < REQUEST_DEADLINE + Duration::from_secs(1),
+            "{waited:?}"
+        );
+        exit.store(true, Ordering::Release);
+    }
+}
