@@ -55,8 +55,9 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Serves admin requests until `exit` is set; moves ramps and reloads `file` between them.
+/// Without a listener (`--faults-file` alone) it only ticks.
 pub fn serve<T: Send + Sync>(
-    listener: TcpListener,
+    listener: Option<TcpListener>,
     mut admin: Admin<T>,
     mut file: Option<RulesFile>,
     exit: Arc<AtomicBool>,
@@ -64,7 +65,12 @@ pub fn serve<T: Send + Sync>(
     let mut next_tick = Instant::now();
     while !exit.load(Ordering::Acquire) {
         let wait = next_tick.saturating_duration_since(Instant::now());
-        if readable(&listener, wait) {
+        let Some(listener) = &listener else {
+            std::thread::sleep(wait);
+            tick(&mut admin, &mut file, &mut next_tick);
+            continue;
+        };
+        if readable(listener, wait) {
             match listener.accept() {
                 Ok((stream, _)) => {
                     // An error is a client that vanished or stalled: nothing left to answer.
@@ -76,14 +82,19 @@ pub fn serve<T: Send + Sync>(
                 }
             }
         }
-        let now = Instant::now();
-        if now >= next_tick {
-            admin.tick(now);
-            if let Some(file) = &mut file {
-                file.poll(&mut admin);
-            }
-            next_tick = now + TICK;
+        tick(&mut admin, &mut file, &mut next_tick);
+    }
+}
+
+/// Ramp steps and the file poll, when their time has come.
+fn tick<T: Send + Sync>(admin: &mut Admin<T>, file: &mut Option<RulesFile>, next: &mut Instant) {
+    let now = Instant::now();
+    if now >= *next {
+        admin.tick(now);
+        if let Some(file) = file {
+            file.poll(admin);
         }
+        *next = now + TICK;
     }
 }
 
@@ -240,7 +251,7 @@ mod tests {
             }
         });
         let flag = Arc::clone(&exit);
-        std::thread::spawn(move || serve(listener, admin, None, flag));
+        std::thread::spawn(move || serve(Some(listener), admin, None, flag));
         (addr, exit)
     }
 

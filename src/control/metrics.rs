@@ -95,6 +95,45 @@ pub struct RuleCounters {
     pub delay_ns: u64,
 }
 
+/// A worker's per-rule counters across table swaps: the counts of tables it no longer uses
+/// (retired, by id and kind) plus those of the live one. Lives in the worker (not `Send` needed);
+/// the tick hook writes [`RuleTally::fill`]'s result into its [`WorkerReport`].
+#[derive(Debug, Clone, Default)]
+pub struct RuleTally {
+    retired: Vec<RuleCounters>,
+}
+
+impl RuleTally {
+    /// Adds the final counts of a table being swapped out (or of any finished counting period).
+    pub fn retire(&mut self, counts: impl IntoIterator<Item = RuleCounters>) {
+        add_counters(&mut self.retired, counts);
+    }
+
+    /// Retired totals plus the live table's counts, into `out` (cleared first).
+    pub fn fill(&self, live: impl IntoIterator<Item = RuleCounters>, out: &mut Vec<RuleCounters>) {
+        out.clear();
+        out.extend(self.retired.iter().cloned());
+        add_counters(out, live);
+    }
+}
+
+/// Adds `counts` into `totals`, merging by (id, kind).
+fn add_counters(totals: &mut Vec<RuleCounters>, counts: impl IntoIterator<Item = RuleCounters>) {
+    for rule in counts {
+        match totals
+            .iter_mut()
+            .find(|r| r.id == rule.id && r.kind == rule.kind)
+        {
+            Some(total) => {
+                total.matched += rule.matched;
+                total.injected += rule.injected;
+                total.delay_ns = total.delay_ns.saturating_add(rule.delay_ns);
+            }
+            None => totals.push(rule),
+        }
+    }
+}
+
 /// What one worker reports on its tick; the admin thread sums them at scrape time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerReport {
@@ -126,20 +165,7 @@ impl WorkerReport {
         }
         self.request_duration.merge(&other.request_duration);
         self.upstream_duration.merge(&other.upstream_duration);
-        for rule in &other.rules {
-            match self
-                .rules
-                .iter_mut()
-                .find(|r| r.id == rule.id && r.kind == rule.kind)
-            {
-                Some(total) => {
-                    total.matched += rule.matched;
-                    total.injected += rule.injected;
-                    total.delay_ns = total.delay_ns.saturating_add(rule.delay_ns);
-                }
-                None => self.rules.push(rule.clone()),
-            }
-        }
+        add_counters(&mut self.rules, other.rules.iter().cloned());
         self.active_faults += other.active_faults;
         self.client_connections += other.client_connections;
         self.upstream_busy += other.upstream_busy;
@@ -592,6 +618,23 @@ mod tests {
         s.version = "1.0\"\n";
         encode_metrics(&s, &mut out);
         assert!(out.contains("phantom_build_info{version=\"1.0\\\"\\n\"} 1\n"));
+    }
+
+    #[test]
+    fn tally_keeps_counts_across_swaps_by_id() {
+        let counters = |id: &str, matched| RuleCounters {
+            id: id.into(),
+            kind: FaultKind::Error,
+            matched,
+            injected: matched,
+            delay_ns: 0,
+        };
+        let mut tally = RuleTally::default();
+        tally.retire([counters("a", 5), counters("b", 1)]);
+        let mut out = Vec::new();
+        // The new table dropped b and re-added a: a's series keeps counting from 5.
+        tally.fill([counters("a", 2), counters("c", 1)], &mut out);
+        assert_eq!(out, [counters("a", 7), counters("b", 1), counters("c", 1)]);
     }
 
     #[test]

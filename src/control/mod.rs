@@ -21,5 +21,5 @@ pub mod publish;
 pub mod rules;
 
 pub use api::{Admin, CompileFn, Compiled};
-pub use metrics::{DurationHistogram, RuleCounters, WorkerReport};
+pub use metrics::{DurationHistogram, RuleCounters, RuleTally, WorkerReport};
 pub use publish::{Publisher, WorkerLink};
