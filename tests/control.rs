@@ -161,17 +161,17 @@ fn control_metrics_equal_what_the_client_saw() {
     let rows: &[(&str, u64)] = &[
         ("phantom_requests_total{outcome=\"ok\"}", ok),
         ("phantom_requests_total{outcome=\"fault\"}", fail + half_500),
-        ("phantom_faults_matched_total{rule=\"r0\",kind=\"error\"}", 20),
-        ("phantom_faults_injected_total{rule=\"r0\",kind=\"error\"}", fail),
         ("phantom_faults_matched_total{rule=\"r1\",kind=\"error\"}", 20),
-        ("phantom_faults_injected_total{rule=\"r1\",kind=\"error\"}", half_500),
+        ("phantom_faults_injected_total{rule=\"r1\",kind=\"error\"}", fail),
+        ("phantom_faults_matched_total{rule=\"r2\",kind=\"error\"}", 20),
+        ("phantom_faults_injected_total{rule=\"r2\",kind=\"error\"}", half_500),
         ("phantom_request_duration_seconds_count", 60),
         ("phantom_fault_rules_generation", 1),
     ];
     for (series, want) in rows {
         assert_eq!(metric(&scrape, series), *want as f64, "{series}\n{scrape}");
     }
-    assert_eq!(metric(&scrape, "phantom_fault_probability_ratio{rule=\"r1\"}"), 0.5);
+    assert_eq!(metric(&scrape, "phantom_fault_probability_ratio{rule=\"r2\"}"), 0.5);
 }
 
 #[test]

@@ -427,7 +427,7 @@ impl<T: Send + Sync> Admin<T> {
                     Ok(rule) => rule,
                     Err(err) => return Response::json(400, &err.to_json()),
                 };
-                let given = rule.id != format!("r{position}");
+                let given = rule.id != rules::default_id(position);
                 if given && rule.id != id {
                     return Response::json(
                         400,
@@ -489,11 +489,11 @@ impl<T: Send + Sync> Admin<T> {
         }
     }
 
-    /// The lowest `r<n>` id not taken, as `n`.
+    /// The first position from the end of the set whose default id is not taken.
     fn free_index(&self) -> usize {
         (self.rules.len()..)
             .find(|n| {
-                let id = format!("r{n}");
+                let id = rules::default_id(*n);
                 !self.rules.iter().any(|a| a.rule.id == id)
             })
             .unwrap_or(self.rules.len())
@@ -670,7 +670,7 @@ mod tests {
                 &[],
                 "error:503:/api\n# c\nid=x delay:5ms\n",
                 200,
-                &["r0=error:503:/api", "x=delay:5ms"],
+                &["r1=error:503:/api", "x=delay:5ms"],
             ),
             (
                 "post_json",
@@ -679,7 +679,7 @@ mod tests {
                 &[("content-type", "application/json")],
                 r#"{"spec":"error:500:0.5"}"#,
                 201,
-                &["r0=error:503:/api", "x=delay:5ms", "r2=error:500:0.5"],
+                &["r1=error:503:/api", "x=delay:5ms", "r3=error:500:0.5"],
             ),
             (
                 "put_one",
@@ -688,16 +688,16 @@ mod tests {
                 &[],
                 "delay:7ms",
                 200,
-                &["r0=error:503:/api", "x=delay:7ms", "r2=error:500:0.5"],
+                &["r1=error:503:/api", "x=delay:7ms", "r3=error:500:0.5"],
             ),
             (
                 "delete_one",
                 "DELETE",
-                "/faults/r0",
+                "/faults/r1",
                 &[],
                 "",
                 200,
-                &["x=delay:7ms", "r2=error:500:0.5"],
+                &["x=delay:7ms", "r3=error:500:0.5"],
             ),
             (
                 "bad_put_changes_nothing",
@@ -706,7 +706,7 @@ mod tests {
                 &[],
                 "error:503\nerror:700\n",
                 400,
-                &["x=delay:7ms", "r2=error:500:0.5"],
+                &["x=delay:7ms", "r3=error:500:0.5"],
             ),
             (
                 "stale_if_match",
@@ -715,7 +715,7 @@ mod tests {
                 &[("if-match", "\"2\"")],
                 "",
                 412,
-                &["x=delay:7ms", "r2=error:500:0.5"],
+                &["x=delay:7ms", "r3=error:500:0.5"],
             ),
             (
                 "fresh_if_match",
@@ -826,7 +826,7 @@ mod tests {
                 &[("origin", "http://x")],
                 200,
             ),
-            ("get_cannot_delete", "GET", "/faults/r0", &[], 200),
+            ("get_cannot_delete", "GET", "/faults/r1", &[], 200),
             ("unknown_route", "GET", "/nope", &[], 404),
             (
                 "wrong_method",
@@ -866,12 +866,12 @@ mod tests {
         let (mut admin, publisher) = admin("error:503 ramp=0..1/200ms\n", None);
         let mut link = publisher.worker(0);
         let first = link.poll().unwrap().1;
-        assert_eq!(first.1, ["r0=error:503:0"]);
+        assert_eq!(first.1, ["r1=error:503:0"]);
         std::thread::sleep(Duration::from_millis(250));
         admin.tick(Instant::now());
         let (generation, settled) = link.poll().unwrap();
         assert_eq!(generation, 1, "a ramp step keeps the generation");
-        assert_eq!(settled.1, ["r0=error:503"]);
+        assert_eq!(settled.1, ["r1=error:503"]);
         admin.tick(Instant::now());
         assert!(link.poll().is_none(), "settled: nothing to publish");
     }

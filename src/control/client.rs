@@ -22,7 +22,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Call {
     /// The method.
     pub method: &'static str,
-    /// The path, e.g. `/faults/r0`.
+    /// The path, e.g. `/faults/r1`.
     pub path: String,
     /// A rules-file text body (sent as `text/plain`), if any.
     pub body: Option<String>,

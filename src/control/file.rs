@@ -42,7 +42,7 @@ pub struct RulesFile {
 
 impl RulesFile {
     /// Reads the file at startup; the returned set is `flags` followed by the file's rules (their
-    /// default ids continue `r<index>` after the flags').
+    /// default ids continue after the flags').
     ///
     /// # Errors
     /// A message naming the file and the bad line (startup fails with status 2).
@@ -143,7 +143,7 @@ mod tests {
         let flags = rules::parse_text("id=flag delay:1ms").unwrap();
         let (mut file, set) = RulesFile::load(&path, flags).unwrap();
         let ids: Vec<&str> = set.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, ["flag", "r1"]);
+        assert_eq!(ids, ["flag", "r2"]);
         let compile: CompileFn<usize> = Box::new(|c: Compiled<'_>| c.rules.len());
         let (mut admin, publisher) = Admin::new(1, set, compile, None);
         let mut link = publisher.worker(0);

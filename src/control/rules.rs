@@ -5,7 +5,7 @@
 //! ```text
 //! LINE   = [ "id=" ID ] SPEC [ "ramp=" RAMP ] [ "schedule=" SCHEDULE ]    (separated by spaces)
 //!        | "#" comment | empty
-//! ID     = 1*64 ( ALPHA / DIGIT / "-" / "_" / "." )          default: r<index>
+//! ID     = 1*64 ( ALPHA / DIGIT / "-" / "_" / "." )          default: r<position>, from r1
 //! SPEC   = the --fault grammar (fault::FaultRule)
 //! RAMP, SCHEDULE = see fault::schedule
 //! ```
@@ -170,6 +170,12 @@ impl LiveRule {
     }
 }
 
+/// The id of a rule given none: `r1` for the first rule of a set, `r2` for the second (as the
+/// fault table names them).
+pub fn default_id(index: usize) -> String {
+    format!("r{}", index + 1)
+}
+
 /// Checks an id: 1–64 bytes of letters, digits, `-`, `_` and `.`.
 ///
 /// # Errors
@@ -190,7 +196,7 @@ pub fn check_id(id: &str) -> Result<(), String> {
 }
 
 /// Reads rules-file text: one rule per line, `#` comments and blank lines skipped. Rules without
-/// an id get `r<index>` (their position among the rules).
+/// an id get [`default_id`] of their position among the rules (`r1` first).
 ///
 /// # Errors
 /// The first bad line, named `line N` (or by its id), with the CLI's reason; also duplicate ids and
@@ -200,7 +206,7 @@ pub fn parse_text(text: &str) -> Result<Vec<LiveRule>, RuleError> {
 }
 
 /// [`parse_text`] for rules that follow `first` others (the `--fault` rules before a rules
-/// file's): default ids start at `r<first>`.
+/// file's): default ids continue after them.
 ///
 /// # Errors
 /// As [`parse_text`].
@@ -235,7 +241,7 @@ pub fn parse_line(line: &str, index: usize, place: &str) -> Result<Option<LiveRu
             check_id(id).map_err(fail)?;
             (id.to_owned(), &words[1..])
         }
-        None => (format!("r{index}"), &words[..]),
+        None => (default_id(index), &words[..]),
     };
     let Some((spec, options)) = rest.split_first() else {
         return Err(fail(
@@ -329,7 +335,7 @@ pub fn parse_json_set(body: &Value) -> Result<Vec<LiveRule>, RuleError> {
 /// A [`RuleError`] naming the rule and what was expected.
 pub fn parse_json_rule(item: &Value, index: usize, place: &str) -> Result<LiveRule, RuleError> {
     if let Value::String(spec) = item {
-        return build(format!("r{index}"), spec, None, None)
+        return build(default_id(index), spec, None, None)
             .map_err(|(spec, reason)| RuleError::new(place, spec, reason));
     }
     let Value::Object(object) = item else {
@@ -367,7 +373,7 @@ pub fn parse_json_rule(item: &Value, index: usize, place: &str) -> Result<LiveRu
             check_id(id).map_err(|reason| RuleError::new(place, id, reason))?;
             id.to_owned()
         }
-        None => format!("r{index}"),
+        None => default_id(index),
     };
     let named = |reason: String, spec: &str| RuleError::new(id.clone(), spec, reason);
     let Some(spec) = text("spec")? else {
@@ -436,7 +442,7 @@ id=ramp error:500:/x ramp=0..0.5/60s schedule=0s+30s/1m
 ";
         let rules = parse_text(text).unwrap();
         let ids: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, ["r0", "slow", "ramp"]);
+        assert_eq!(ids, ["r1", "slow", "ramp"]);
         assert_eq!(rules[1].rule.to_string(), "delay:100ms-500ms");
         assert_eq!(rules[2].ramp.unwrap().to_string(), "0..0.5/1m");
         assert_eq!(rules[2].schedule.as_ref().unwrap().to_string(), "0s+30s/1m");
@@ -449,7 +455,7 @@ id=ramp error:500:/x ramp=0..0.5/60s schedule=0s+30s/1m
         let canonical = to_text(&rules);
         assert_eq!(
             canonical,
-            "id=r0 error:503:0.5\nid=b error:500:/a ramp=0..1/1m\nid=c delay:2000ms schedule=1s+2s\n"
+            "id=r1 error:503:0.5\nid=b error:500:/a ramp=0..1/1m\nid=c delay:2000ms schedule=1s+2s\n"
         );
         assert_eq!(parse_text(&canonical).unwrap(), rules);
     }
@@ -464,7 +470,7 @@ id=ramp error:500:/x ramp=0..0.5/60s schedule=0s+30s/1m
         let back = parse_json_set(&json!({ "rules": shown })).unwrap();
         assert_eq!(back, rules);
         let bare = parse_json_set(&json!(["error:503", {"spec": "delay:1ms", "id": "d"}])).unwrap();
-        assert_eq!(bare[0].id, "r0");
+        assert_eq!(bare[0].id, "r1");
         assert_eq!(bare[1].id, "d");
     }
 
@@ -498,8 +504,8 @@ id=ramp error:500:/x ramp=0..0.5/60s schedule=0s+30s/1m
             ),
             (
                 "duplicate_id",
-                parse_text("id=r1 error:503\nerror:500\n"),
-                "r1",
+                parse_text("id=r2 error:503\nerror:500\n"),
+                "r2",
                 "duplicate id",
             ),
             (
@@ -529,7 +535,7 @@ id=ramp error:500:/x ramp=0..0.5/60s schedule=0s+30s/1m
             (
                 "json_bad_ramp",
                 parse_json_set(&json!([{"spec": "error:503", "ramp": "1..2/1s"}])),
-                "r0",
+                "r1",
                 "out of range",
             ),
         ];
