@@ -32,7 +32,13 @@ impl Answer {
 }
 
 /// One request to the admin endpoint (it closes after answering).
-fn admin(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+fn admin(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
     let mut stream = TcpStream::connect(addr).expect("connecting to the admin endpoint");
     stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\n");
@@ -117,7 +123,13 @@ fn control_put_applies_to_the_very_next_request_and_delete_restores() {
     let (proxy, addr) = start(&origin, &[]);
     let mut conn = proxy.connect();
     assert_eq!(status_of(&mut conn, "/api/x"), 200);
-    let put = admin(addr, "PUT", "/faults", &[("content-type", "text/plain")], "error:503:/api\n");
+    let put = admin(
+        addr,
+        "PUT",
+        "/faults",
+        &[("content-type", "text/plain")],
+        "error:503:/api\n",
+    );
     assert_eq!(put.status, 200, "{}", put.body);
     assert_eq!(put.header("etag"), Some("\"2\""));
     // Same keep-alive connection, sent right after the 200: already the new rules.
@@ -137,12 +149,29 @@ fn control_metrics_equal_what_the_client_saw() {
     let origin = Origin::echo();
     let (proxy, addr) = start(
         &origin,
-        &["--seed", "7", "--fault", "error:503:/fail", "--fault", "error:500:0.5:/half"],
+        &[
+            "--seed",
+            "7",
+            "--fault",
+            "error:503:/fail",
+            "--fault",
+            "error:500:0.5:/half",
+        ],
     );
     let initial = admin(addr, "GET", "/metrics", &[], "").body;
-    for outcome in ["ok", "fault", "bad-request", "upstream-error", "upstream-timeout", "client-closed"] {
+    for outcome in [
+        "ok",
+        "fault",
+        "bad-request",
+        "upstream-error",
+        "upstream-timeout",
+        "client-closed",
+    ] {
         let series = format!("phantom_requests_total{{outcome=\"{outcome}\"}} 0");
-        assert!(initial.contains(&series), "{series} missing from the first scrape:\n{initial}");
+        assert!(
+            initial.contains(&series),
+            "{series} missing from the first scrape:\n{initial}"
+        );
     }
     let mut conn = proxy.connect();
     let (mut ok, mut fail, mut half_500) = (0u64, 0u64, 0u64);
@@ -156,34 +185,73 @@ fn control_metrics_equal_what_the_client_saw() {
         }
     }
     assert_eq!(fail, 20);
-    assert!(half_500 > 0 && half_500 < 20, "probability 0.5 over 20: {half_500}");
+    assert!(
+        half_500 > 0 && half_500 < 20,
+        "probability 0.5 over 20: {half_500}"
+    );
     let scrape = scrape_until(addr, "phantom_requests_total{outcome=\"ok\"}", ok as f64);
     let rows: &[(&str, u64)] = &[
         ("phantom_requests_total{outcome=\"ok\"}", ok),
         ("phantom_requests_total{outcome=\"fault\"}", fail + half_500),
-        ("phantom_faults_matched_total{rule=\"r1\",kind=\"error\"}", 20),
-        ("phantom_faults_injected_total{rule=\"r1\",kind=\"error\"}", fail),
-        ("phantom_faults_matched_total{rule=\"r2\",kind=\"error\"}", 20),
-        ("phantom_faults_injected_total{rule=\"r2\",kind=\"error\"}", half_500),
+        (
+            "phantom_faults_matched_total{rule=\"r1\",kind=\"error\"}",
+            20,
+        ),
+        (
+            "phantom_faults_injected_total{rule=\"r1\",kind=\"error\"}",
+            fail,
+        ),
+        (
+            "phantom_faults_matched_total{rule=\"r2\",kind=\"error\"}",
+            20,
+        ),
+        (
+            "phantom_faults_injected_total{rule=\"r2\",kind=\"error\"}",
+            half_500,
+        ),
         ("phantom_request_duration_seconds_count", 60),
         ("phantom_fault_rules_generation", 1),
     ];
     for (series, want) in rows {
         assert_eq!(metric(&scrape, series), *want as f64, "{series}\n{scrape}");
     }
-    assert_eq!(metric(&scrape, "phantom_fault_probability_ratio{rule=\"r2\"}"), 0.5);
+    assert_eq!(
+        metric(&scrape, "phantom_fault_probability_ratio{rule=\"r2\"}"),
+        0.5
+    );
 }
 
 #[test]
 fn control_refuses_browsers_and_missing_tokens() {
     let origin = Origin::echo();
-    let (_proxy, addr) = start(&origin, &["--admin-token", "s3cret", "--fault", "error:503:/x"]);
+    let (_proxy, addr) = start(
+        &origin,
+        &["--admin-token", "s3cret", "--fault", "error:503:/x"],
+    );
     let bearer = ("authorization", "Bearer s3cret");
     let rows: &[(&str, &str, &str, &[(&str, &str)], u16)] = &[
         ("no_token", "DELETE", "/faults", &[], 401),
-        ("wrong_token", "DELETE", "/faults", &[("authorization", "Bearer nope")], 401),
-        ("origin", "DELETE", "/faults", &[bearer, ("origin", "http://evil.example")], 403),
-        ("sec_fetch", "POST", "/faults/reset", &[bearer, ("sec-fetch-mode", "cors")], 403),
+        (
+            "wrong_token",
+            "DELETE",
+            "/faults",
+            &[("authorization", "Bearer nope")],
+            401,
+        ),
+        (
+            "origin",
+            "DELETE",
+            "/faults",
+            &[bearer, ("origin", "http://evil.example")],
+            403,
+        ),
+        (
+            "sec_fetch",
+            "POST",
+            "/faults/reset",
+            &[bearer, ("sec-fetch-mode", "cors")],
+            403,
+        ),
         ("get_needs_no_token", "GET", "/faults", &[], 200),
         ("metrics_needs_no_token", "GET", "/metrics", &[], 200),
     ];
@@ -192,7 +260,10 @@ fn control_refuses_browsers_and_missing_tokens() {
         assert_eq!(answer.status, *status, "{name}: {}", answer.body);
     }
     let listed = admin(addr, "GET", "/faults", &[], "").json();
-    assert_eq!(listed["generation"], 1, "no refused request changed anything");
+    assert_eq!(
+        listed["generation"], 1,
+        "no refused request changed anything"
+    );
     let delete = admin(addr, "DELETE", "/faults", &[bearer], "");
     assert_eq!(delete.status, 200, "{}", delete.body);
 }
@@ -205,11 +276,27 @@ fn control_bad_body_is_400_and_changes_nothing() {
     assert_eq!(answer.status, 400);
     let error = answer.json();
     assert_eq!(error["rule"], "line 2");
-    assert!(error["expected"].as_str().unwrap().contains("out of range 100–599"), "{error}");
-    let stale = admin(addr, "PUT", "/faults", &[("if-match", "\"9\"")], "error:502\n");
+    assert!(
+        error["expected"]
+            .as_str()
+            .unwrap()
+            .contains("out of range 100–599"),
+        "{error}"
+    );
+    let stale = admin(
+        addr,
+        "PUT",
+        "/faults",
+        &[("if-match", "\"9\"")],
+        "error:502\n",
+    );
     assert_eq!(stale.status, 412);
     let mut conn = proxy.connect();
-    assert_eq!(status_of(&mut conn, "/x"), 503, "the startup rule still answers");
+    assert_eq!(
+        status_of(&mut conn, "/x"),
+        503,
+        "the startup rule still answers"
+    );
 }
 
 #[test]
@@ -226,7 +313,10 @@ fn control_faults_file_edit_applies_within_a_second_and_a_bad_edit_keeps_the_rul
     std::fs::write(&path, "error:502:/a\n").unwrap();
     let edited = Instant::now();
     while status_of(&mut conn, "/a") != 502 {
-        assert!(edited.elapsed() < Duration::from_secs(1), "edit not applied within 1 s");
+        assert!(
+            edited.elapsed() < Duration::from_secs(1),
+            "edit not applied within 1 s"
+        );
         thread::sleep(Duration::from_millis(10));
     }
 
@@ -237,7 +327,11 @@ fn control_faults_file_edit_applies_within_a_second_and_a_bad_edit_keeps_the_rul
         proxy.stderr()
     );
     assert!(proxy.stderr().contains("line 2"), "{}", proxy.stderr());
-    assert_eq!(status_of(&mut conn, "/a"), 502, "the broken edit changed nothing");
+    assert_eq!(
+        status_of(&mut conn, "/a"),
+        502,
+        "the broken edit changed nothing"
+    );
 }
 
 #[test]
@@ -272,7 +366,9 @@ fn control_many_puts_under_load_lose_nothing() {
     }
     stop.store(true, Ordering::Relaxed);
     for client in clients {
-        client.join().expect("a client saw only the faults asked for");
+        client
+            .join()
+            .expect("a client saw only the faults asked for");
     }
     let listed = admin(addr, "GET", "/faults", &[], "").json();
     assert_eq!(listed["generation"], 201);

@@ -146,6 +146,11 @@ impl<T: Send + Sync> Admin<T> {
         (admin, publisher)
     }
 
+    /// Shutdown began: `/ready` answers 503 from now on.
+    pub fn set_draining(&self) {
+        self.publisher.set_draining();
+    }
+
     /// The live rule-set generation.
     pub fn generation(&self) -> u64 {
         self.generation

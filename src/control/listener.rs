@@ -55,15 +55,20 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Serves admin requests until `exit` is set; moves ramps and reloads `file` between them.
-/// Without a listener (`--faults-file` alone) it only ticks.
+/// Once `stop` is set (shutdown began) `/ready` answers 503 while the workers drain. Without a
+/// listener (`--faults-file` alone) it only ticks.
 pub fn serve<T: Send + Sync>(
     listener: Option<TcpListener>,
     mut admin: Admin<T>,
     mut file: Option<RulesFile>,
+    stop: Arc<AtomicBool>,
     exit: Arc<AtomicBool>,
 ) {
     let mut next_tick = Instant::now();
     while !exit.load(Ordering::Acquire) {
+        if stop.load(Ordering::Relaxed) {
+            admin.set_draining();
+        }
         let wait = next_tick.saturating_duration_since(Instant::now());
         let Some(listener) = &listener else {
             std::thread::sleep(wait);
@@ -251,7 +256,8 @@ mod tests {
             }
         });
         let flag = Arc::clone(&exit);
-        std::thread::spawn(move || serve(Some(listener), admin, None, flag));
+        let stop = Arc::new(AtomicBool::new(false));
+        std::thread::spawn(move || serve(Some(listener), admin, None, stop, flag));
         (addr, exit)
     }
 
