@@ -229,7 +229,9 @@ fn control_refuses_browsers_and_missing_tokens() {
         &["--admin-token", "s3cret", "--fault", "error:503:/x"],
     );
     let bearer = ("authorization", "Bearer s3cret");
-    let rows: &[(&str, &str, &str, &[(&str, &str)], u16)] = &[
+    // (name, method, path, headers, status)
+    type Row<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], u16);
+    let rows: &[Row<'_>] = &[
         ("no_token", "DELETE", "/faults", &[], 401),
         (
             "wrong_token",
