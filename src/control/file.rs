@@ -1,6 +1,6 @@
 //! `--faults-file`: the rules file, read at startup and reloaded when it changes (its size,
 //! modification time or inode, polled on the admin tick, so a Kubernetes ConfigMap's symlink swap
-//! counts) and on SIGHUP. A reload is validated whole and applied atomically; a bad edit keeps the
+//! counts; read once the change has held still for one tick) and on SIGHUP. A reload is validated whole and applied atomically; a bad edit keeps the
 //! live rules and says why on stderr. It does not watch with inotify: a 100 ms poll is enough.
 
 use std::{
@@ -36,6 +36,9 @@ struct Stamp {
 pub struct RulesFile {
     path: PathBuf,
     stamp: Option<Stamp>,
+    /// A change seen on the last poll, read once it holds still for one more poll (a writer
+    /// that truncates and then writes must not be caught halfway, e.g. reading an empty file).
+    settling: Option<Option<Stamp>>,
     /// `--fault` rules, kept ahead of the file's.
     flags: Vec<LiveRule>,
 }
@@ -50,6 +53,7 @@ impl RulesFile {
         let mut file = RulesFile {
             path: path.to_owned(),
             stamp: None,
+            settling: None,
             flags,
         };
         let set = file.read()?;
@@ -78,13 +82,22 @@ impl RulesFile {
         }
     }
 
-    /// On the admin tick: reloads when the file changed or SIGHUP came.
+    /// On the admin tick: reloads when SIGHUP came, or when the file changed and then held still
+    /// until this poll.
     pub fn poll<T: Send + Sync>(&mut self, admin: &mut Admin<T>) {
         let hangup = HANGUP.swap(false, Ordering::AcqRel);
         let stamp = stamp(&self.path);
-        if !hangup && stamp == self.stamp {
-            return;
+        if !hangup {
+            if stamp == self.stamp {
+                self.settling = None;
+                return;
+            }
+            if self.settling != Some(stamp) {
+                self.settling = Some(stamp);
+                return;
+            }
         }
+        self.settling = None;
         match self.read() {
             Ok(set) => {
                 let count = set.len();
@@ -164,10 +177,17 @@ mod tests {
         });
         fs::write(&path, "error:503:/api\nid=two error:500:0.5\n").unwrap();
         file.poll(&mut admin);
+        assert_eq!(
+            admin.generation(),
+            1,
+            "a change is read once it holds still"
+        );
+        file.poll(&mut admin);
         assert_eq!(admin.generation(), 2);
         assert_eq!(admin.rules().count(), 3);
 
         fs::write(&path, "error:503:/api\nerror:700\n# broken edit\n").unwrap();
+        file.poll(&mut admin);
         file.poll(&mut admin);
         assert_eq!(admin.generation(), 2, "a bad edit keeps the live rules");
         assert_eq!(admin.rules().count(), 3);
@@ -175,7 +195,7 @@ mod tests {
         HANGUP.store(true, Ordering::Release);
         fs::write(&path, "delay:5ms\n").unwrap();
         file.poll(&mut admin);
-        assert_eq!(admin.generation(), 3);
+        assert_eq!(admin.generation(), 3, "SIGHUP reads at once");
         ack.join().unwrap();
     }
 }
