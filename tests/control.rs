@@ -387,3 +387,41 @@ fn control_many_puts_under_load_lose_nothing() {
         "every request the clients saw answered is counted"
     );
 }
+
+#[test]
+fn control_ready_turns_503_while_draining_and_live_stays_200() {
+    let origin = Origin::echo();
+    let (proxy, addr) = start(&origin, &["--fault", "delay:1500ms:/slow", "--grace", "5s"]);
+    assert_eq!(admin(addr, "GET", "/live", &[], "").status, 200);
+    let proxy_addr = proxy.addr();
+    let in_flight = thread::spawn(move || {
+        let mut conn = Conn::connect(proxy_addr);
+        status_of(&mut conn, "/slow")
+    });
+    thread::sleep(Duration::from_millis(200));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let signalled = Instant::now();
+    while admin(addr, "GET", "/ready", &[], "").status != 503 {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(1),
+            "/ready still 200 while draining"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        admin(addr, "GET", "/live", &[], "").status,
+        200,
+        "alive while draining"
+    );
+    assert_eq!(
+        in_flight.join().unwrap(),
+        200,
+        "the in-flight request finished"
+    );
+    let (exit, _) = proxy.stop();
+    assert!(exit.success(), "{exit}");
+}
