@@ -426,12 +426,21 @@ fn run_worker(
             trace,
             timer,
         ));
+        let control = link.is_some();
         serve_worker(Rc::clone(&worker), listener, stop, link).await?;
         if let Some(trace) = worker.trace.borrow_mut().as_mut() {
             let _ = trace.flush();
         }
         let rules = worker.table.pin().table().len();
-        let stats = std::mem::replace(&mut *worker.stats.borrow_mut(), Stats::new(rules));
+        // With a control plane the rule set may have changed: the summary counts by id, as
+        // `/metrics` does.
+        let by_id = if control {
+            worker.rule_totals()
+        } else {
+            Vec::new()
+        };
+        let mut stats = std::mem::replace(&mut *worker.stats.borrow_mut(), Stats::new(rules));
+        stats.by_id = by_id;
         Ok::<Stats, std::io::Error>(stats)
     };
     match driver {

@@ -170,6 +170,17 @@ impl Worker {
         link.report(|report| self.fill_report(report));
     }
 
+    /// Per-rule counters by id over every table this worker used (for the shutdown summary).
+    pub(crate) fn rule_totals(&self) -> Vec<RuleCounters> {
+        let stats = self.stats.borrow();
+        let mut totals = Vec::new();
+        self.tally.borrow().fill(
+            rule_counters(&self.table.pin(), &stats.rules, &stats.delay_ns),
+            &mut totals,
+        );
+        totals
+    }
+
     /// This worker's counters as `/metrics` sums them.
     fn fill_report(&self, report: &mut WorkerReport) {
         let stats = self.stats.borrow();

@@ -386,6 +386,24 @@ fn control_many_puts_under_load_lose_nothing() {
         answered as f64,
         "every request the clients saw answered is counted"
     );
+    // The shutdown summary agrees with /metrics: requests, and the one rule id (r1) per kind.
+    let injected = metric(
+        &scrape,
+        "phantom_faults_injected_total{rule=\"r1\",kind=\"error\"}",
+    );
+    let matched = metric(
+        &scrape,
+        "phantom_faults_matched_total{rule=\"r1\",kind=\"error\"}",
+    );
+    assert!(injected > 0.0, "{scrape}");
+    let (exit, stderr) = proxy.stop();
+    assert!(exit.success(), "{exit}: {stderr}");
+    assert!(
+        stderr.contains(&format!("phantom-fast: {answered} requests in")),
+        "{stderr}"
+    );
+    let line = format!("  rule r1 (error): matched {matched}, faulted {injected}\n");
+    assert!(stderr.contains(&line), "{line:?} not in\n{stderr}");
 }
 
 #[test]

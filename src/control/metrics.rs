@@ -118,7 +118,10 @@ impl RuleTally {
 }
 
 /// Adds `counts` into `totals`, merging by (id, kind).
-fn add_counters(totals: &mut Vec<RuleCounters>, counts: impl IntoIterator<Item = RuleCounters>) {
+pub fn add_counters(
+    totals: &mut Vec<RuleCounters>,
+    counts: impl IntoIterator<Item = RuleCounters>,
+) {
     for rule in counts {
         match totals
             .iter_mut()

@@ -6,7 +6,7 @@
 use hdrhistogram::Histogram;
 
 use crate::{
-    control::DurationHistogram,
+    control::{DurationHistogram, RuleCounters},
     fault::{FaultKind, RuleStats},
     trace::{self, FaultHit, Outcome, TraceEvent},
 };
@@ -44,6 +44,9 @@ pub(crate) struct Stats {
     pub(crate) delay_ns: Vec<u64>,
     /// Trace records written.
     pub(crate) trace_records: u64,
+    /// At shutdown, with a control plane: per-rule counters by id over every table used
+    /// (`rules` then only covers the last one).
+    pub(crate) by_id: Vec<RuleCounters>,
 }
 
 impl Stats {
@@ -58,6 +61,7 @@ impl Stats {
             upstream_ttfb: DurationHistogram::default(),
             delay_ns: vec![0; rules],
             trace_records: 0,
+            by_id: Vec::new(),
         }
     }
 }
