@@ -340,6 +340,7 @@ fn control_faults_file_edit_applies_within_a_second_and_a_bad_edit_keeps_the_rul
 fn control_many_puts_under_load_lose_nothing() {
     let origin = Origin::echo();
     let (proxy, addr) = start(&origin, &[]);
+    let trace_dir = trace_dir(&proxy);
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
     let proxy_addr = proxy.addr();
@@ -386,6 +387,31 @@ fn control_many_puts_under_load_lose_nothing() {
         answered as f64,
         "every request the clients saw answered is counted"
     );
+    // Every trace record's fault is the one its status says: no request saw half of two tables.
+    let started = Instant::now();
+    let records = loop {
+        let records = traces(&trace_dir);
+        if records.len() as u64 >= answered || started.elapsed() > Duration::from_secs(5) {
+            break records;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        records.len() as u64,
+        answered,
+        "one record per answered request"
+    );
+    for record in &records {
+        let spec = record["fault"]["spec"].as_str();
+        let want = match record["status_code"].as_u64() {
+            Some(200) => None,
+            Some(503) => Some("error:503:/api"),
+            Some(500) => Some("error:500:/api"),
+            other => panic!("status {other:?} in {record}"),
+        };
+        assert_eq!(spec, want, "{record}");
+    }
+
     // The shutdown summary agrees with /metrics: requests, and the one rule id (r1) per kind.
     let injected = metric(
         &scrape,
@@ -404,6 +430,36 @@ fn control_many_puts_under_load_lose_nothing() {
     );
     let line = format!("  rule r1 (error): matched {matched}, faulted {injected}\n");
     assert!(stderr.contains(&line), "{line:?} not in\n{stderr}");
+}
+
+/// The trace dir the harness proxy announced (`  traces → DIR`).
+fn trace_dir(proxy: &Proxy) -> std::path::PathBuf {
+    assert!(proxy.wait_for_stderr("traces → ", Duration::from_secs(10)));
+    let stderr = proxy.stderr();
+    stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("traces → "))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("no traces line:\n{stderr}"))
+}
+
+/// Every record of `phantom-fast traces --trace-dir DIR`, as JSON.
+fn traces(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phantom-fast"))
+        .arg("traces")
+        .arg("--trace-dir")
+        .arg(dir)
+        .output()
+        .expect("running phantom-fast traces");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
 }
 
 #[test]
