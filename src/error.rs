@@ -5,7 +5,7 @@
 
 use std::{fmt, io, net::SocketAddr, path::PathBuf};
 
-use crate::{fault::SpecError, trace::TraceError};
+use crate::{ca::CaError, fault::SpecError, net::tls::TlsFileError, trace::TraceError};
 
 /// Everything that stops the process before or while it serves.
 ///
@@ -48,6 +48,10 @@ pub enum Error {
     },
     /// A worker thread panicked: always a bug.
     WorkerPanicked(usize),
+    /// A `--tls-cert`, `--tls-key` or `--upstream-ca` file that cannot be used.
+    TlsFile(TlsFileError),
+    /// The MITM CA could not be loaded or created.
+    Ca(CaError),
     /// The trace directory could not be created.
     TraceDir {
         /// The directory.
@@ -62,7 +66,11 @@ impl Error {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Error::Config(_) | Error::Fault(_) | Error::Resolve { .. }
+            Error::Config(_)
+                | Error::Fault(_)
+                | Error::Resolve { .. }
+                | Error::TlsFile(_)
+                | Error::Ca(CaError::Invalid { .. })
         )
     }
 }
@@ -83,6 +91,8 @@ impl fmt::Display for Error {
             Error::TraceDir { path, .. } => {
                 write!(f, "cannot create the trace directory {}", path.display())
             }
+            Error::TlsFile(e) => write!(f, "{e}"),
+            Error::Ca(e) => write!(f, "{e}"),
         }
     }
 }
@@ -97,6 +107,8 @@ impl std::error::Error for Error {
             | Error::TraceDir { source, .. } => Some(source),
             Error::Fault(e) => Some(e),
             Error::Trace(e) => Some(e),
+            Error::TlsFile(e) => Some(e),
+            Error::Ca(e) => Some(e),
             Error::Config(_) | Error::WorkerPanicked(_) => None,
         }
     }
@@ -111,5 +123,17 @@ impl From<SpecError> for Error {
 impl From<TraceError> for Error {
     fn from(e: TraceError) -> Self {
         Error::Trace(e)
+    }
+}
+
+impl From<TlsFileError> for Error {
+    fn from(e: TlsFileError) -> Self {
+        Error::TlsFile(e)
+    }
+}
+
+impl From<CaError> for Error {
+    fn from(e: CaError) -> Self {
+        Error::Ca(e)
     }
 }

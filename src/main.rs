@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             let mut out = std::io::stdout().lock();
             trace::write_stats(&dir, &filter, &mut out).map_err(Error::from)
         }
+        Some(Command::Ca(args)) => args.run(&mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
