@@ -11,5 +11,6 @@ mod hostile;
 mod keepalive;
 mod rejects;
 mod support;
+mod tls;
 mod trace;
 mod upstream_errors;

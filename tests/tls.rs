@@ -1,0 +1,463 @@
+//! TLS end to end: startup validation of the TLS flags, the MITM CA and `phantom-fast ca`, with
+//! openssl as the independent judge of what we produce.
+//!
+//! Test certificates are made at test time with rcgen (a CA, leaves: good, wrong name, expired,
+//! self-signed); nothing is checked in.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use crate::support::Proxy;
+
+const BIN: &str = env!("CARGO_BIN_EXE_phantom-fast");
+
+/// A throwaway PKI in a temp dir: `ca.pem`, and per leaf `<name>.pem` + `<name>-key.pem`.
+pub struct TestPki {
+    dir: tempfile::TempDir,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "phantom-fast test CA");
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+        let issuer = rcgen::Issuer::new(params, key);
+        TestPki { dir, issuer }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// Writes leaf `file` for `names` (signed by the test CA, or self-signed), optionally
+    /// expired; returns (cert path, key path).
+    pub fn leaf(&self, file: &str, names: &[&str], how: Leaf) -> (PathBuf, PathBuf) {
+        if how == Leaf::Rsa {
+            return self.rsa_leaf(file, names);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        if how == Leaf::Expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let cert = match how {
+            Leaf::SelfSigned => params.self_signed(&key).unwrap(),
+            _ => params.signed_by(&key, &self.issuer).unwrap(),
+        };
+        let (cert_path, key_path) = (
+            self.path(&format!("{file}.pem")),
+            self.path(&format!("{file}-key.pem")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+}
+
+impl TestPki {
+    /// An RSA leaf, self-signed by openssl (ring, behind rcgen, cannot generate RSA keys).
+    fn rsa_leaf(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let (cert, key) = (
+            self.path(&format!("{file}.pem")),
+            self.path(&format!("{file}-key.pem")),
+        );
+        let san = names
+            .iter()
+            .map(|n| format!("DNS:{n}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let out = openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=rsa-test",
+            "-addext",
+            &format!("subjectAltName={san}"),
+            "-keyout",
+            s(&key),
+            "-out",
+            s(&cert),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (cert, key)
+    }
+}
+
+/// How a test leaf is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaf {
+    Good,
+    /// RSA 2048, self-signed (openssl).
+    Rsa,
+    Expired,
+    SelfSigned,
+}
+
+fn openssl(args: &[&str]) -> Output {
+    Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl (scripts/tls-deps.sh installs it)")
+}
+
+fn ca_subcommand(xdg: &Path, extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("ca")
+        .args(extra)
+        .env("XDG_DATA_HOME", xdg)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running phantom-fast ca")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn bad_tls_files_exit_2_before_binding_naming_the_file() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.leaf("good", &["localhost"], Leaf::Good);
+    let (_, other_key) = pki.leaf("other", &["localhost"], Leaf::Good);
+    let garbage = pki.path("garbage.pem");
+    std::fs::write(&garbage, "not pem at all\n").unwrap();
+    let missing = pki.path("missing.pem");
+    let rows: &[(&str, Vec<&str>, &Path, &str)] = &[
+        (
+            "missing_cert",
+            vec!["--tls-cert", s(&missing), "--tls-key", s(&key)],
+            &missing,
+            "cannot read it",
+        ),
+        (
+            "missing_key",
+            vec!["--tls-cert", s(&cert), "--tls-key", s(&missing)],
+            &missing,
+            "cannot read it",
+        ),
+        (
+            "cert_not_pem",
+            vec!["--tls-cert", s(&garbage), "--tls-key", s(&key)],
+            &garbage,
+            "no PEM CERTIFICATE",
+        ),
+        (
+            "key_not_pem",
+            vec!["--tls-cert", s(&cert), "--tls-key", s(&garbage)],
+            &garbage,
+            "no PEM PRIVATE KEY",
+        ),
+        (
+            "key_mismatch",
+            vec!["--tls-cert", s(&cert), "--tls-key", s(&other_key)],
+            &other_key,
+            "does not match the certificate",
+        ),
+        (
+            "upstream_ca_not_pem",
+            vec![
+                "--upstream",
+                "https://localhost:1",
+                "--upstream-ca",
+                s(&garbage),
+            ],
+            &garbage,
+            "no PEM CERTIFICATE",
+        ),
+    ];
+    for (name, args, path, problem) in rows {
+        let (status, stderr) = Proxy::run_expect_exit(args);
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.contains(s(path)) && stderr.contains(problem),
+            "{name}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("listening on"),
+            "{name}: bound anyway: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn tls_flag_combinations_are_checked() {
+    let rows: &[(&str, &[&str], &str)] = &[
+        ("cert_without_key", &["--tls-cert", "x.pem"], "--tls-key"),
+        (
+            "insecure_with_plain_upstream",
+            &["--upstream", "127.0.0.1:1", "--insecure"],
+            "--insecure",
+        ),
+        (
+            "mitm_with_upstream",
+            &["--upstream", "127.0.0.1:1", "--mitm"],
+            "--mitm",
+        ),
+        (
+            "upstream_path",
+            &["--upstream", "https://h/api"],
+            "--upstream",
+        ),
+    ];
+    for (name, args, needle) in rows {
+        let (status, stderr) = Proxy::run_expect_exit(args);
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(needle), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn rsa_and_ecdsa_listener_certificates_load() {
+    let pki = TestPki::new();
+    for how in [Leaf::Good, Leaf::Rsa] {
+        let (cert, key) = pki.leaf(&format!("{how:?}"), &["localhost"], how);
+        let proxy = Proxy::start(&["--tls-cert", s(&cert), "--tls-key", s(&key)]);
+        drop(proxy);
+    }
+}
+
+#[test]
+fn ca_subcommand_creates_once_and_explains_how_to_trust() {
+    let xdg = tempfile::tempdir().unwrap();
+    let first = ca_subcommand(xdg.path(), &[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let text = String::from_utf8(first.stdout).unwrap();
+    let ca_dir = xdg.path().join("phantom-fast/ca");
+    let ca_pem = ca_dir.join("ca.pem");
+    assert!(
+        text.contains(&format!("CA certificate: {}", ca_pem.display())),
+        "{text}"
+    );
+    assert!(text.contains("-----BEGIN CERTIFICATE-----"), "{text}");
+    for line in [
+        "curl --cacert ",
+        "SSL_CERT_FILE=",
+        "REQUESTS_CA_BUNDLE=",
+        "NODE_EXTRA_CA_CERTS=",
+    ] {
+        assert!(
+            text.contains(&format!("{line}{}", ca_pem.display())),
+            "{line}: {text}"
+        );
+    }
+    let mode = std::fs::metadata(ca_dir.join("ca-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let second = ca_subcommand(xdg.path(), &[]);
+    assert_eq!(
+        String::from_utf8(second.stdout).unwrap(),
+        text,
+        "the same CA on a second run"
+    );
+
+    // openssl's reading: an ECDSA P-256 CA valid ten years.
+    let dump = openssl(&["x509", "-in", s(&ca_pem), "-noout", "-text"]);
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains("CA:TRUE"), "{dump}");
+    assert!(
+        dump.contains("prime256v1") || dump.contains("P-256"),
+        "{dump}"
+    );
+    let years = openssl(&[
+        "x509",
+        "-in",
+        s(&ca_pem),
+        "-noout",
+        "-checkend",
+        &(9 * 365 * 86400).to_string(),
+    ]);
+    assert!(years.status.success(), "valid for at least nine more years");
+}
+
+#[test]
+fn ca_dir_flag_and_a_broken_ca_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ca_subcommand(dir.path(), &["--ca-dir", s(&dir.path().join("mine"))]);
+    assert!(out.status.success());
+    assert!(dir.path().join("mine/ca.pem").exists());
+    std::fs::write(dir.path().join("mine/ca-key.pem"), "garbage\n").unwrap();
+    let out = ca_subcommand(dir.path(), &["--ca-dir", s(&dir.path().join("mine"))]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ca-key.pem"), "{stderr}");
+}
+
+#[test]
+fn mitm_leaves_pass_openssl_verify_against_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = phantom_fast::ca::Ca::load_or_create(dir.path(), phantom_fast::net::tls::provider())
+        .unwrap();
+    for name in ["api.example.test", "127.0.0.1"] {
+        let leaf = ca.sign_leaf(name).unwrap();
+        let leaf_path = dir.path().join(format!("{name}.pem"));
+        std::fs::write(&leaf_path, leaf.pem()).unwrap();
+        let check = if name.parse::<std::net::IpAddr>().is_ok() {
+            "-verify_ip"
+        } else {
+            "-verify_hostname"
+        };
+        let out = openssl(&[
+            "verify",
+            "-CAfile",
+            s(ca.cert_path()),
+            "-purpose",
+            "sslserver",
+            check,
+            name,
+            s(&leaf_path),
+        ]);
+        assert!(
+            out.status.success(),
+            "{name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// `openssl s_server` on 127.0.0.1:0 with `cert`/`key` and `extra` flags; killed on drop.
+struct SServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl SServer {
+    fn start(cert: &Path, key: &Path, extra: &[&str]) -> SServer {
+        use std::io::BufRead;
+        let mut child = Command::new("openssl")
+            .args([
+                "s_server",
+                "-accept",
+                "127.0.0.1:0",
+                "-www",
+                "-cert",
+                s(cert),
+                "-key",
+                s(key),
+            ])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl (scripts/tls-deps.sh installs it)");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = loop {
+            let line = lines.next().expect("s_server printed ACCEPT").unwrap();
+            if let Some(addr) = line.strip_prefix("ACCEPT ") {
+                break addr.rsplit(':').next().unwrap().parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        SServer { child, port }
+    }
+}
+
+impl Drop for SServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Our TLS client (`net::tls`) against `openssl s_server`: versions, and each handshake failure
+/// named as the trace record will name it.
+#[test]
+fn tls_client_against_openssl_server_rows() {
+    use phantom_fast::net::tls::{self, TlsStream, failure_reason};
+    use std::time::{Duration, Instant};
+
+    let pki = TestPki::new();
+    let good = pki.leaf("good", &["localhost"], Leaf::Good);
+    let wrong = pki.leaf("wrong", &["other.test"], Leaf::Good);
+    let expired = pki.leaf("expired", &["localhost"], Leaf::Expired);
+    let selfsigned = pki.leaf("self", &["localhost"], Leaf::SelfSigned);
+    let (config, _) =
+        tls::load_client_config(Some(&pki.path("ca.pem")), false, tls::provider()).unwrap();
+    type Row<'a> = (
+        &'a str,
+        &'a (PathBuf, PathBuf),
+        &'a [&'a str],
+        Result<&'a str, &'a str>,
+    );
+    let rows: &[Row] = &[
+        ("tls13", &good, &["-tls1_3"], Ok("TLSv1_3")),
+        ("tls12", &good, &["-tls1_2"], Ok("TLSv1_2")),
+        (
+            "wrong_name",
+            &wrong,
+            &[],
+            Err("certificate not valid for name"),
+        ),
+        ("expired", &expired, &[], Err("certificate expired")),
+        ("self_signed", &selfsigned, &[], Err("unknown issuer")),
+        (
+            "no_common_cipher",
+            &good,
+            &["-tls1_2", "-cipher", "AES128-SHA"],
+            Err("peer alert: handshake failure"),
+        ),
+    ];
+    for (name, (cert, key), flags, want) in rows {
+        let server = SServer::start(cert, key, flags);
+        let config = std::sync::Arc::clone(&config);
+        let got = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let tcp = monoio::net::TcpStream::connect(("127.0.0.1", server.port))
+                    .await
+                    .unwrap();
+                let mut tls =
+                    TlsStream::client(tcp, config, "localhost", false, Vec::new(), Vec::new())
+                        .unwrap();
+                if let Err(e) = tls.handshake(deadline).await {
+                    return Err(failure_reason(&e).unwrap_or("not a TLS failure").to_owned());
+                }
+                tls.write_all(b"GET / HTTP/1.0\r\n\r\n", deadline)
+                    .await
+                    .unwrap();
+                let mut page = Vec::new();
+                while !page.starts_with(b"HTTP/1.0 200") {
+                    let n = tls
+                        .read(&mut page, 4096, deadline, std::future::pending())
+                        .await
+                        .unwrap();
+                    assert!(n > 0, "s_server closed before its page");
+                }
+                Ok(tls.facts().version.unwrap().to_owned())
+            });
+        assert_eq!(got.as_deref().map_err(String::as_str), *want, "{name}");
+    }
+}
