@@ -26,7 +26,7 @@ use rustls::{
     server::Acceptor,
 };
 
-use crate::connection::{Cancel, until, write_all};
+use super::transport::{Cancel, until, write_all};
 
 /// The only application protocol offered and accepted (ALPN): phantom-fast speaks HTTP/1.1.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
