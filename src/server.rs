@@ -155,6 +155,11 @@ impl Server {
             Some(t) => text.push_str(&format!("\n  traces → {}", t.dir.display())),
             None => text.push_str("\n  traces off"),
         }
+        let forward = matches!(self.config.mode, Mode::Forward);
+        for line in self.config.tls.banner_lines(forward) {
+            text.push_str("\n  ");
+            text.push_str(&line);
+        }
         text
     }
 

@@ -12,7 +12,8 @@ use std::{
 };
 
 use crate::{
-    config::Config,
+    ca::{LEAF_CACHE_ENTRIES, LeafCache},
+    config::{Config, Mode},
     exchange::{Faults, Stats},
     net::{BufPool, timer::DelayTimer},
     shutdown::Shutdown,
@@ -68,6 +69,11 @@ pub(crate) struct Worker {
     /// Connections being served.
     pub(crate) active: Cell<usize>,
     pub(crate) shutdown: Shutdown,
+    /// The reverse-mode upstream's TLS server name (`--upstream https://…`), shared by every
+    /// pool key so keying allocates nothing.
+    pub(crate) upstream_name: Option<Rc<str>>,
+    /// `--mitm` leaves signed so far, by name (a repeat host costs no signature).
+    pub(crate) leaves: RefCell<LeafCache>,
 }
 
 impl Worker {
@@ -86,6 +92,10 @@ impl Worker {
         };
         let rules = faults.table().len();
         let pool = Pool::new(config.max_upstream_connections);
+        let upstream_name = match &config.mode {
+            Mode::Reverse(up) => up.tls.as_ref().map(|t| Rc::from(t.server_name.as_str())),
+            Mode::Forward => None,
+        };
         Worker {
             config,
             table: TableSlot::new(faults),
@@ -99,6 +109,8 @@ impl Worker {
             trace: RefCell::new(trace),
             active: Cell::new(0),
             shutdown: Shutdown::default(),
+            upstream_name,
+            leaves: RefCell::new(LeafCache::new(LEAF_CACHE_ENTRIES)),
         }
     }
 

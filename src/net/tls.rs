@@ -501,15 +501,63 @@ impl TlsStream {
         if max == 0 {
             return Ok(0);
         }
+        self.read_plain(deadline, stop, |plain| {
+            let n = plain.len().min(max);
+            out.extend_from_slice(&plain[..n]);
+            n
+        })
+        .await
+    }
+
+    /// [`TlsStream::read`] into a rent buffer (the transport's form): plaintext is written from
+    /// `buf.write_ptr()`, at most `buf.bytes_total()` bytes, and `buf`'s initialised length set.
+    ///
+    /// # Errors
+    /// As [`TlsStream::read`].
+    ///
+    /// # Cancel safety
+    /// As [`TlsStream::read`].
+    pub async fn read_buf<T: IoBufMut>(
+        &mut self,
+        mut buf: T,
+        deadline: Instant,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> (io::Result<usize>, T) {
+        let room = buf.bytes_total();
+        if room == 0 {
+            return (Ok(0), buf);
+        }
+        let dst = buf.write_ptr();
+        let res = self
+            .read_plain(deadline, stop, |plain| {
+                let n = plain.len().min(room);
+                // SAFETY: `dst` is valid for `room` bytes of writes (IoBufMut's contract) and
+                // `buf` is not touched while this closure runs; `n <= room`; rustls' buffer and
+                // ours never overlap.
+                unsafe { std::ptr::copy_nonoverlapping(plain.as_ptr(), dst, n) };
+                n
+            })
+            .await;
+        if let Ok(n) = res {
+            // SAFETY: the first `n` bytes from `write_ptr` were just written.
+            unsafe { buf.set_init(n) };
+        }
+        (res, buf)
+    }
+
+    /// The read loop: plaintext first, then buffered ciphertext, then the socket. `take` copies
+    /// from the plaintext it is shown and says how much it took (0 only for end of stream).
+    async fn read_plain(
+        &mut self,
+        deadline: Instant,
+        stop: impl std::future::Future<Output = ()>,
+        mut take: impl FnMut(&[u8]) -> usize,
+    ) -> io::Result<usize> {
         let mut stop = std::pin::pin!(stop);
         loop {
             let mut reader = self.session.reader();
             let taken = match reader.fill_buf() {
-                Ok(plain) => {
-                    let n = plain.len().min(max);
-                    out.extend_from_slice(&plain[..n]);
-                    Some(n)
-                }
+                Ok(plain) => Some(take(plain)),
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Some(0),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
                 Err(e) => return Err(e),
@@ -534,6 +582,14 @@ impl TlsStream {
                 self.session.read_tls(&mut &[][..])?;
             }
         }
+    }
+
+    /// Turns Nagle off on the TCP stream.
+    ///
+    /// # Errors
+    /// As `setsockopt`.
+    pub fn set_nodelay(&self) -> io::Result<()> {
+        self.tcp.set_nodelay(true)
     }
 
     /// Encrypts and writes all of `data` before `deadline`.
