@@ -7,6 +7,10 @@
 //! its own `Vec` (`ChunkVecBuffer`), so every record costs one allocation each way, whatever
 //! buffers we hand it. A request-response exchange is one record each way, hence the bound of
 //! [`MAX_ALLOCATIONS_PER_EXCHANGE`] per side. The plain-HTTP path stays at 0 (`tests/alloc.rs`).
+//!
+//! The last two tests run the whole proxy in this process, as `tests/alloc.rs` does, with TLS on
+//! one side and the peer on that side in Python: the https listener, and an https upstream. The
+//! bound per request is the same two allocations, all of them rustls' record queues.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -16,16 +20,28 @@ use std::{
     time::{Duration, Instant},
 };
 
+use clap::Parser;
 use monoio::net::{TcpListener, TcpStream};
-use phantom_fast::net::tls::{self, TlsStream};
+use phantom_fast::{
+    cli::Cli,
+    net::tls::{self, TlsStream},
+    server::Server,
+};
 
 #[path = "counting/mod.rs"]
 mod counting;
+
+#[path = "fixed/mod.rs"]
+mod fixed;
 
 /// One record encrypted + one record decrypted, one `Vec` each (see the module doc).
 const MAX_ALLOCATIONS_PER_EXCHANGE: f64 = 2.0;
 const WARM_UP: usize = 200;
 const MEASURED: usize = 2_000;
+/// Through the whole proxy, as `tests/alloc.rs` warms up: pools, the ring's first pages, the
+/// timer wheel reach steady state.
+const PROXY_WARM_UP: usize = 2_000;
+const PROXY_MEASURED: usize = 5_000;
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
 const IO: Duration = Duration::from_secs(10);
 /// The count is process-wide: the two tests take turns.
@@ -223,5 +239,150 @@ fn keep_alive_tls_exchange_allocation_bound_as_server() {
     assert!(
         per_exchange <= MAX_ALLOCATIONS_PER_EXCHANGE,
         "{per_exchange:.2} allocations per exchange (bound {MAX_ALLOCATIONS_PER_EXCHANGE})"
+    );
+}
+
+/// The proxy in this process with `args`; returns its address and a stopper.
+fn start_proxy(args: &[&str]) -> (std::net::SocketAddr, impl FnOnce() + use<>) {
+    let trace_dir = tempfile::tempdir().unwrap();
+    let mut all = vec![
+        "phantom-fast",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--trace-capacity",
+        "4MiB",
+        "--trace-dir",
+        trace_dir.path().to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let config = Cli::try_parse_from(all).unwrap().run.into_config().unwrap();
+    let server = Server::bind(config).unwrap();
+    let addr = server.local_addr();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || server.run(stop).unwrap())
+    };
+    let stopper = move || {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        running.join().unwrap();
+        drop(trace_dir);
+    };
+    (addr, stopper)
+}
+
+/// A Python https client: `warm` keep-alive requests, prints `warm`, waits for a line on stdin,
+/// `measured` more, prints `done`.
+const STEPPED_CLIENT: &str = r#"
+import socket, ssl, sys
+port, ca, warm, measured = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+ctx = ssl.create_default_context(cafile=ca)
+req = b"GET /api/items?id=7 HTTP/1.1\r\nhost: example.test\r\n\r\n"
+with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost") as s:
+    def one():
+        s.sendall(req)
+        got = b""
+        while not got.endswith(b"hello, world\n"):
+            data = s.recv(65536)
+            assert data, got
+            got += data
+    for _ in range(warm):
+        one()
+    print("warm", flush=True)
+    sys.stdin.readline()
+    for _ in range(measured):
+        one()
+    print("done", flush=True)
+"#;
+
+#[test]
+fn proxy_https_listener_keep_alive_allocation_bound() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let certs = Certs::new();
+    let origin = fixed::origin().to_string();
+    let (cert, key) = (certs.path("leaf.pem"), certs.path("leaf-key.pem"));
+    let (addr, stop) = start_proxy(&[
+        "--upstream",
+        &origin,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let mut client = Command::new("python3")
+        .args(["-c", STEPPED_CLIENT, &addr.port().to_string()])
+        .arg(certs.path("ca.pem"))
+        .args([PROXY_WARM_UP.to_string(), PROXY_MEASURED.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/tls-deps.sh installs it)");
+    let mut lines = BufReader::new(client.stdout.take().unwrap());
+    // Read into a buffer reserved up front: reading "done" inside the window allocates nothing.
+    let mut line = String::with_capacity(64);
+    lines.read_line(&mut line).unwrap();
+    assert_eq!(line, "warm\n");
+    line.clear();
+    let before = counting::allocations();
+    client.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    lines.read_line(&mut line).unwrap();
+    let after = counting::allocations();
+    assert_eq!(line, "done\n");
+    assert!(client.wait().unwrap().success());
+    stop();
+    let per_request = (after - before) as f64 / PROXY_MEASURED as f64;
+    println!("proxy, https listener: {per_request:.4} allocations per keep-alive request");
+    assert!(
+        per_request <= MAX_ALLOCATIONS_PER_EXCHANGE,
+        "{per_request:.4} allocations per request (bound {MAX_ALLOCATIONS_PER_EXCHANGE})"
+    );
+}
+
+#[test]
+fn proxy_https_upstream_keep_alive_allocation_bound() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let certs = Certs::new();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls_peers/origin.py");
+    let (cert, key) = (certs.path("leaf.pem"), certs.path("leaf-key.pem"));
+    let (mut origin, port) = python(
+        &script,
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--fixed",
+        ],
+    );
+    let upstream = format!("https://localhost:{port}");
+    let ca = certs.path("ca.pem");
+    let (addr, stop) = start_proxy(&[
+        "--upstream",
+        &upstream,
+        "--upstream-ca",
+        ca.to_str().unwrap(),
+    ]);
+    let mut client = std::net::TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(IO)).unwrap();
+    let mut buf = vec![0u8; 8192];
+    for _ in 0..PROXY_WARM_UP {
+        fixed::round_trip(&mut client, &mut buf);
+    }
+    let before = counting::allocations();
+    for _ in 0..PROXY_MEASURED {
+        fixed::round_trip(&mut client, &mut buf);
+    }
+    let after = counting::allocations();
+    drop(client);
+    stop();
+    drop(origin.stdin.take());
+    let _ = origin.wait();
+    let per_request = (after - before) as f64 / PROXY_MEASURED as f64;
+    println!("proxy, https upstream: {per_request:.4} allocations per keep-alive request");
+    assert!(
+        per_request <= MAX_ALLOCATIONS_PER_EXCHANGE,
+        "{per_request:.4} allocations per request (bound {MAX_ALLOCATIONS_PER_EXCHANGE})"
     );
 }

@@ -4,7 +4,8 @@
 Prints `listening PORT` on stdout once bound (127.0.0.1, port 0). Each response carries
 `X-Conn` (the connection's number, from 1), `X-Sni` (the SNI name the client sent, or -),
 `X-Tls` (the negotiated version) and echoes the request line in the body. `GET /stats` answers
-`connections=N sni=a,b,...`. It stops when stdin closes, so it never outlives its test.
+`connections=N sni=a,b,...`; `--fixed` answers every request with `tests/fixed`'s response
+instead (for the allocation proof). It stops when stdin closes, so it never outlives its test.
 """
 import argparse
 import socket
@@ -12,11 +13,14 @@ import ssl
 import sys
 import threading
 
+FIXED = b"HTTP/1.1 200 OK\r\ncontent-length: 13\r\ncontent-type: text/plain\r\n\r\nhello, world\n"
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cert", required=True)
     ap.add_argument("--key", required=True)
     ap.add_argument("--max-version", choices=["1.2", "1.3"], default="1.3")
+    ap.add_argument("--fixed", action="store_true", help="answer every request with tests/fixed's RESPONSE")
     args = ap.parse_args()
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -69,6 +73,9 @@ def main():
                         return
                     buf += data
                 buf = buf[length:]
+                if args.fixed:
+                    conn.sendall(FIXED)
+                    continue
                 if lines[0].startswith(b"GET /stats "):
                     with lock:
                         body = f"connections={state['connections']} sni={','.join(state['sni'])}".encode()
