@@ -940,3 +940,43 @@ fn mitm_non_tls_after_connect_stays_an_opaque_tunnel() {
     tcp.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"not tls at all");
 }
+
+#[test]
+fn https_upstream_reconnect_resumes_the_session() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.leaf("origin", &["localhost"], Leaf::Good);
+    let origin = PyOrigin::start(&cert, &key, &[]);
+    let up = https_upstream(&origin.authority());
+    let proxy = Proxy::start(&["--upstream", &up, "--upstream-ca", s(&pki.path("ca.pem"))]);
+    let mut client = proxy.connect();
+    let first = client.roundtrip(&get("/close"));
+    assert_eq!((first.status, first.header("x-resumed")), (200, Some("0")));
+    let mut client = proxy.connect();
+    let second = client.roundtrip(&get("/after"));
+    assert_eq!(
+        second.header("x-conn"),
+        Some("2"),
+        "a new upstream connection"
+    );
+    assert_eq!(
+        second.header("x-resumed"),
+        Some("1"),
+        "its TLS session was resumed"
+    );
+}
+
+#[test]
+fn forward_absolute_https_request_goes_out_over_tls() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.leaf("origin", &["localhost"], Leaf::Good);
+    let origin = PyOrigin::start(&cert, &key, &[]);
+    let proxy = Proxy::start(&["--upstream-ca", s(&pki.path("ca.pem"))]);
+    let url = format!("https://{}/abs", origin.authority());
+    let req = format!("GET {url} HTTP/1.1\r\nHost: {}\r\n\r\n", origin.authority());
+    let resp = proxy.connect().roundtrip(req.as_bytes());
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-sni"), Some("localhost"));
+    assert_eq!(resp.text(), "GET /abs HTTP/1.1\n");
+    let recs = records(&proxy, 1);
+    assert_eq!(recs[0]["url"], url.as_str());
+}

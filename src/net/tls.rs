@@ -268,6 +268,10 @@ pub struct TlsFacts<'a> {
     pub verification: Verification,
     /// Whether the session was resumed rather than fully negotiated.
     pub resumed: bool,
+    /// The version as on the wire (`0x0304` for TLS 1.3); 0 before the handshake.
+    pub version_code: u16,
+    /// The cipher suite's IANA code point; 0 before the handshake.
+    pub cipher_suite_code: u16,
 }
 
 /// Why a handshake failed, in the few words a trace record keeps; `None` when `err` is not a
@@ -441,6 +445,11 @@ impl TlsStream {
             server_name,
             verification: self.verification,
             resumed: self.session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            version_code: self.session.protocol_version().map_or(0, u16::from),
+            cipher_suite_code: self
+                .session
+                .negotiated_cipher_suite()
+                .map_or(0, |s| u16::from(s.suite())),
         }
     }
 

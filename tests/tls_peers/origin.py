@@ -3,7 +3,7 @@
 
 Prints `listening PORT` on stdout once bound (127.0.0.1, port 0). Each response carries
 `X-Conn` (the connection's number, from 1), `X-Sni` (the SNI name the client sent, or -),
-`X-Tls` (the negotiated version) and echoes the request line in the body. `GET /stats` answers
+`X-Tls` (the negotiated version), `X-Resumed` (1 when the session was resumed) and echoes the request line in the body. `GET /close…` answers and closes the connection; `GET /stats` answers
 `connections=N sni=a,b,...`; `--fixed` answers every request with `tests/fixed`'s response
 instead (for the allocation proof). It stops when stdin closes, so it never outlives its test.
 """
@@ -81,11 +81,15 @@ def main():
                         body = f"connections={state['connections']} sni={','.join(state['sni'])}".encode()
                 else:
                     body = lines[0] + b"\n"
+                close = lines[0].startswith(b"GET /close ")
                 conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Conn: %d\r\nX-Sni: %s\r\nX-Tls: %s\r\n\r\n"
-                    % (len(body), number, sni.encode(), conn.version().encode())
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Conn: %d\r\nX-Sni: %s\r\nX-Tls: %s\r\nX-Resumed: %d\r\n%s\r\n"
+                    % (len(body), number, sni.encode(), conn.version().encode(), conn.session_reused,
+                       b"Connection: close\r\n" if close else b"")
                     + body
                 )
+                if close:
+                    return
         except (ssl.SSLError, OSError):
             pass
         finally:

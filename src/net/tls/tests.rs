@@ -108,6 +108,8 @@ async fn tls13_round_trip_reports_facts_and_ends_with_close_notify() {
     }
     let facts = tls.facts();
     assert_eq!(facts.version, Some("TLSv1_3"));
+    assert_eq!(facts.version_code, 0x0304);
+    assert_ne!(facts.cipher_suite_code, 0);
     assert!(
         facts.cipher_suite.is_some_and(|s| s.starts_with("TLS13_")),
         "{facts:?}"
