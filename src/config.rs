@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use crate::{fault::FaultRule, http::Limits};
+use crate::{export::ExportSettings, fault::FaultRule, http::Limits};
 
 /// Which I/O driver each worker's runtime uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +83,8 @@ pub struct Config {
     pub max_upstream_connections: usize,
     /// Tracing, unless `--no-traces`.
     pub trace: Option<TraceSettings>,
+    /// OTLP export on its own thread (`--otlp-endpoint` or `OTEL_EXPORTER_OTLP_*ENDPOINT`).
+    pub export: Option<ExportSettings>,
 }
 
 /// Parses `250ms`, `3s`, `2m` or `1h` (a bare number is rejected: units are not guessed).

@@ -15,6 +15,7 @@
 //! - `worker`: the per-core state exchanges share (pools, RNGs, counters, ring, shutdown).
 //! - `proxy`: one client connection's exchanges: decide → delay → answer or forward → record.
 //! - `tunnel`: `CONNECT` tunnels.
+//! - [`export`]: OTLP export of the rings' records as spans, on its own thread or as `export`.
 //! - [`server`]: threads, runtimes, listeners, the accept loop, shutdown and the summary.
 //!
 //! # Threading model
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod config;
 mod connection;
 pub mod error;
+pub mod export;
 pub mod fault;
 pub mod http;
 mod proxy;

@@ -6,7 +6,7 @@ use clap::Parser;
 use phantom_fast::{
     cli::{Cli, Command},
     error::Error,
-    server, trace,
+    export, server, trace,
 };
 
 #[global_allocator]
@@ -27,6 +27,9 @@ fn main() -> ExitCode {
             let mut out = std::io::stdout().lock();
             trace::write_stats(&dir, &filter, &mut out).map_err(Error::from)
         }
+        Some(Command::Export(args)) => args
+            .into_parts()
+            .and_then(|(settings, dir, start)| export::run_until_signal(settings, &dir, start)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,6 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::{
     config::{Config, Driver, Mode},
     error::Error,
+    export::{ExportThread, Start},
     fault::{FaultRule, RuleStats},
     proxy,
     timer::DelayTimer,
@@ -152,6 +153,9 @@ impl Server {
             Some(t) => text.push_str(&format!("\n  traces → {}", t.dir.display())),
             None => text.push_str("\n  traces off"),
         }
+        if let Some(export) = &self.config.export {
+            text.push_str(&format!("\n  otlp → {}", export.endpoint.url));
+        }
         text
     }
 
@@ -174,6 +178,15 @@ impl Server {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let pin = config.workers >= cores;
         let started = Instant::now();
+        // The exporter reads the rings on its own thread, from what this run writes on.
+        let exporter = match (&config.export, &config.trace) {
+            (Some(export), Some(trace)) => Some(ExportThread::spawn(
+                export.clone(),
+                &trace.dir,
+                Start::Newest,
+            )?),
+            _ => None,
+        };
         let handles: Vec<_> = listeners
             .into_iter()
             .zip(traces)
@@ -212,6 +225,9 @@ impl Server {
             }
         }
         summary.elapsed = started.elapsed();
+        if let Some(exporter) = exporter {
+            eprintln!("phantom-fast {}", exporter.finish().summary());
+        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(summary),
