@@ -4,12 +4,14 @@
 //! Each area is a module; `support` holds the proxy process, origins and the raw client.
 
 mod drivers;
+mod export;
 mod faults;
 mod forward;
 mod framing;
 mod hostile;
 mod keepalive;
 mod rejects;
+mod seccomp;
 mod support;
 mod trace;
 mod upstream_errors;
