@@ -31,6 +31,18 @@ fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// Waits until `collector` received `n` export requests.
+fn collector_wait(collector: &Collector, n: usize) {
+    let started = Instant::now();
+    while collector.exports().len() < n {
+        assert!(
+            started.elapsed() < SPAN_WAIT,
+            "the exporter did not reach the collector"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The span whose `url.path` is `path`.
 fn by_path<'s>(spans: &'s [Span], path: &str) -> &'s Span {
     spans
@@ -399,6 +411,11 @@ fn a_hanging_collector_does_not_slow_the_proxy() {
             "1",
         ],
     );
+    // A first exchange, whose export request then hangs: the exporter is stuck in it from here.
+    proxy
+        .connect()
+        .roundtrip(&request("GET", "/hang/first", "test.local", &[], b""));
+    collector_wait(&hanging, 1);
     let started = Instant::now();
     let mut slowest = Duration::ZERO;
     for i in 0..50 {
@@ -414,10 +431,6 @@ fn a_hanging_collector_does_not_slow_the_proxy() {
         );
         slowest = slowest.max(one.elapsed());
     }
-    assert!(
-        !hanging.exports().is_empty(),
-        "the exporter did reach the collector"
-    );
     // One export request hangs for the whole 10 s OTLP timeout; a request path that waited on
     // it would take that long.
     assert!(
@@ -471,4 +484,67 @@ fn export_without_an_endpoint_is_bad_input() {
     let (status, stderr) = Proxy::run_expect_exit(&["--otlp-endpoint", "grpc://x:4317"]);
     assert_eq!(status.and_then(|s| s.code()), Some(2), "{stderr}");
     assert!(stderr.contains("http://"), "{stderr}");
+}
+
+/// The exit summary's numbers: (exported, lost in the rings).
+fn exported_and_lost(stderr: &str) -> (u64, u64) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("export: ") && l.contains("spans exported"))
+        .unwrap_or_else(|| panic!("no export summary in {stderr}"));
+    let number_before = |what: &str| -> u64 {
+        let end = line
+            .find(what)
+            .unwrap_or_else(|| panic!("{what:?} in {line}"));
+        line[..end]
+            .split_whitespace()
+            .last()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a number before {what:?} in {line}"))
+    };
+    (
+        number_before(" spans exported"),
+        number_before(" records lost"),
+    )
+}
+
+#[test]
+fn records_the_ring_overwrote_while_the_collector_was_down_are_counted() {
+    let origin = Origin::echo();
+    let collector_addr = closed_port();
+    let url = format!("http://{collector_addr}");
+    let mut flags = otlp_flags(&url);
+    // The smallest ring: a few hundred requests wrap it many times.
+    flags.extend(["--trace-capacity", "64KiB"].map(str::to_owned));
+    let proxy = Proxy::reverse(origin.addr(), &args(&flags));
+    let total = 600u64;
+    let mut conn = proxy.connect();
+    for i in 0..total {
+        let target = format!("/lapped/{i}");
+        let resp = conn.roundtrip(&request("GET", &target, "test.local", &[], b""));
+        assert!(
+            resp.status_line().contains(" 200 "),
+            "{}",
+            resp.status_line()
+        );
+    }
+    let collector = Collector::start_on(collector_addr);
+    assert!(
+        proxy.wait_for_stderr("overwritten in the rings", SPAN_WAIT),
+        "the loss is reported: {}",
+        proxy.stderr()
+    );
+    let (status, stderr) = proxy.stop();
+    assert!(status.success(), "{stderr}");
+    let (exported, lost) = exported_and_lost(&stderr);
+    assert!(lost > 0 && exported > 0, "{stderr}");
+    assert_eq!(
+        exported + lost,
+        total,
+        "every record exported or counted: {stderr}"
+    );
+    let spans = collector.spans();
+    let ids: BTreeSet<String> = spans.iter().map(|s| hex(&s.span_id)).collect();
+    assert_eq!(ids.len() as u64, exported, "{stderr}");
+    assert!(ids.is_subset(&forwarded_span_ids(&origin)));
 }
