@@ -125,8 +125,8 @@ need(svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["lab
 http = [p for p in svc["spec"]["ports"] if p["name"] == "http"]
 need(http and http[0]["targetPort"] in ("proxy", 8080), "the Service targets phantom-fast's port")
 grace = seconds(args.get("grace", "5s"))
-need(pod.get("terminationGracePeriodSeconds", 30) >= grace + 5 + 1,
-     "terminationGracePeriodSeconds above --grace plus the exporter's 5 s flush")
+need(pod.get("terminationGracePeriodSeconds", 30) >= grace + 10 + 5 + 1,
+     "terminationGracePeriodSeconds above --grace plus the exporter's flush (10 s request + 5 s)")
 volumes = {v["name"]: v for v in pod["volumes"]}
 mounts = {m["name"]: m for m in pf["volumeMounts"]}
 traces = volumes.get("traces", {}).get("emptyDir")
