@@ -10,6 +10,7 @@ mod forward;
 mod framing;
 mod hostile;
 mod keepalive;
+mod regression;
 mod rejects;
 mod seccomp;
 mod support;
