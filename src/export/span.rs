@@ -160,7 +160,11 @@ fn fault_attributes(rec: &ArchivedTraceEvent<'_>, start: u64, span: &mut Span) {
             [
                 (
                     "phantom.fault.rule_id",
-                    Value::StringValue(fault.rule_id.get().to_owned()),
+                    Value::StringValue(match fault.rule_id.get() {
+                        // No id recorded: the default id, `r<position>` (1-based).
+                        "" => format!("r{}", u64::from(fault.rule.to_native()) + 1),
+                        id => id.to_owned(),
+                    }),
                 ),
                 (
                     "phantom.fault.kind",
