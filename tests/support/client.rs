@@ -150,6 +150,11 @@ pub fn assert_proxy_error(resp: &Response, status: u16) {
         "proxy error content-type {content_type:?}; head {:?}",
         String::from_utf8_lossy(&resp.head)
     );
+    assert!(
+        has_token(&resp.headers, "connection", "close"),
+        "proxy error without `connection: close`; head {:?}",
+        String::from_utf8_lossy(&resp.head)
+    );
     assert_eq!(
         resp.header("content-length"),
         Some(resp.body.len().to_string().as_str()),
