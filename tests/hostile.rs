@@ -19,10 +19,11 @@ use crate::support::{
 /// debug build idles at a few MiB; the point is "bounded", not "small").
 const MAX_RSS_KIB: u64 = 200 * 1024;
 
-/// How much a stalled 50 MB download may grow the proxy's RSS: it holds one 16 KiB buffer per
-/// direction (measured: 16–28 KiB of growth on a debug build), so a few hundred KiB leaves room
-/// for allocator noise while a relay that buffers what the client does not read (even one 1 MiB
-/// read) fails it.
+/// How much a stalled 50 MB download may grow the proxy's anonymous RSS (heap, not code pages
+/// or the ring; transparent huge pages off, or one 2 MiB page is the whole reading): it holds one
+/// 16 KiB buffer per direction (measured: 16–28 KiB of growth on a debug build), so a few
+/// hundred KiB leaves room for allocator noise while a relay that buffers what the client does
+/// not read (even one 1 MiB read) fails it.
 const MAX_STALL_RSS_GROWTH_KIB: u64 = 256;
 
 /// How long a hostile-peer test waits for something the proxy must do by itself (close a
@@ -214,9 +215,9 @@ fn client_stops_reading_50mb_backpressure_rss_bounded_closed_after_idle_timeout(
             }
         })
     };
-    let proxy = Proxy::reverse(origin.addr(), &["--idle-timeout", "1s"]);
+    let proxy = Proxy::reverse_without_thp(origin.addr(), &["--idle-timeout", "1s"]);
     assert_serving(&proxy, "warm-up");
-    let baseline_kib = proxy.rss_kib();
+    let baseline_kib = proxy.rss_anon_kib();
 
     let mut stalled = proxy.connect();
     stalled.send(&get("/big"));
@@ -230,9 +231,9 @@ fn client_stops_reading_50mb_backpressure_rss_bounded_closed_after_idle_timeout(
         still
     });
     let in_flight = seen.written.load(Ordering::SeqCst);
-    let stalled_kib = proxy.rss_kib();
+    let stalled_kib = proxy.rss_anon_kib();
     eprintln!(
-        "stalled download: {in_flight} bytes in flight, RSS {baseline_kib} → {stalled_kib} KiB"
+        "stalled download: {in_flight} bytes in flight, anon RSS {baseline_kib} → {stalled_kib} KiB"
     );
     assert_serving(&proxy, "beside-stalled-download");
 
@@ -243,7 +244,7 @@ fn client_stops_reading_50mb_backpressure_rss_bounded_closed_after_idle_timeout(
     );
     assert!(
         stalled_kib.saturating_sub(baseline_kib) < MAX_STALL_RSS_GROWTH_KIB,
-        "proxy RSS grew {baseline_kib} → {stalled_kib} KiB with {in_flight} bytes in flight"
+        "proxy anon RSS grew {baseline_kib} → {stalled_kib} KiB with {in_flight} bytes in flight"
     );
     assert!(
         wait_until(PROXY_ACTION_DEADLINE, || seen

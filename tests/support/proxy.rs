@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -266,14 +267,25 @@ impl Proxy {
 
     /// The proxy's resident set size in KiB (`VmRSS` of `/proc/<pid>/status`).
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The anonymous part of the resident set in KiB (`RssAnon`: heap and stacks, not the
+    /// binary's code pages or the mmapped trace ring, which page in as new code paths run).
+    pub fn rss_anon_kib(&self) -> u64 {
+        self.status_kib("RssAnon:")
+    }
+
+    /// A `kB` field of `/proc/<pid>/status`.
+    fn status_kib(&self, field: &str) -> u64 {
         let path = format!("/proc/{}/status", self.pid());
         let status =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmRSS line in {path}:\n{status}"))
+            .unwrap_or_else(|| panic!("no {field} line in {path}:\n{status}"))
     }
 
     /// User plus system CPU time the proxy has used so far (`/proc/<pid>/stat` utime + stime).
@@ -301,6 +313,29 @@ impl Proxy {
         std::fs::read_dir(&path)
             .unwrap_or_else(|e| panic!("listing {path}: {e}"))
             .count()
+    }
+
+    /// `reverse`, with transparent huge pages disabled for the process (`PR_SET_THP_DISABLE`,
+    /// kept across exec): mimalloc asks for THP, and one 2 MiB huge page faulting in at a random
+    /// moment would swamp a memory bound of a few hundred KiB.
+    pub fn reverse_without_thp(upstream: SocketAddr, args: &[&str]) -> Proxy {
+        let upstream = upstream.to_string();
+        let mut all = vec!["--upstream", upstream.as_str()];
+        all.extend_from_slice(args);
+        let trace_dir = tempfile::tempdir().expect("creating a temp trace dir");
+        let mut cmd = command(trace_dir.path(), &all);
+        cmd.stderr(Stdio::piped());
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+        // which is async-signal-safe; it touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Proxy::launch(cmd, trace_dir, &format!("without THP {all:?}"))
     }
 
     /// `reverse`, with the open-file limit lowered to `max_fds` before the binary starts
