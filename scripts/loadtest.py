@@ -559,8 +559,9 @@ class Paired:
     hi: float
     rounds: int
 
-    def text(self, scale: float = 1.0, offset: float = 0.0, spec: str = ".3f") -> str:
-        f = lambda v: format((v + offset) * scale, spec)  # noqa: E731
+    def text(self, scale: float = 1.0, offset: float = 0.0, spec: str = ".3f",
+             unit: str = "") -> str:
+        f = lambda v: format((v + offset) * scale, spec) + unit  # noqa: E731
         return f"{f(self.median)} (rounds {f(self.lo)} … {f(self.hi)}, n={self.rounds})"
 
 
@@ -586,35 +587,35 @@ def checks(summary: dict, targets: dict[str, Target]) -> list[dict]:
     ng, on = summary["nginx"], summary["pf-trace"]
     out = []
 
-    def add(name, value, limit, status, unit=""):
+    def add(name, value, limit, status):
         out.append({"target": name, "value": value, "limit": limit, "status": status,
-                    "met": status == "MET", "unit": unit})
+                    "met": status == "MET"})
 
     c = paired(targets["pf-trace"], targets["nginx"], "proxy_cpu_us_per_req")
     if c:
-        add("CPU/request, phantom-fast (tracing on) vs nginx, paired by round", c.text(),
-            "≤ 0.75", verdict(c, lambda v: v <= 0.75), "×")
+        add("CPU/request, phantom-fast (tracing on) vs nginx, paired by round",
+            c.text(unit="×"), "≤ 0.75×", verdict(c, lambda v: v <= 0.75))
     if on["proxy_cpu_us_per_req"] and ng["proxy_cpu_us_per_req"]:
         m = on["proxy_cpu_us_per_req"] / ng["proxy_cpu_us_per_req"]
-        add("CPU/request, phantom-fast (tracing on) vs nginx, ratio of medians", f"{m:.3f}",
-            "≤ 0.75", "MET" if m <= 0.75 else "NOT MET", "×")
+        add("CPU/request, phantom-fast (tracing on) vs nginx, ratio of medians", f"{m:.3f}×",
+            "≤ 0.75×", "MET" if m <= 0.75 else "NOT MET")
     if on.get("added_p50_us") is not None and ng.get("added_p50_us") is not None:
         add("added p50 at fixed rate, phantom-fast (tracing on) vs nginx",
-            f"{on['added_p50_us']:+.0f} vs {ng['added_p50_us']:+.0f}", "≤ nginx",
-            "MET" if on["added_p50_us"] <= ng["added_p50_us"] else "NOT MET", " µs")
+            f"{on['added_p50_us']:+.0f} µs vs {ng['added_p50_us']:+.0f} µs", "≤ nginx",
+            "MET" if on["added_p50_us"] <= ng["added_p50_us"] else "NOT MET")
     base = targets["pf-notrace"]
     for name, what, limit in (("pf-16rules", "16 non-matching rules vs none", 0.03),
                               ("pf-trace", "tracing on vs off", 0.05)):
         r = paired(targets[name], base, "rps")
         if r:
             add(f"req/s, {what}, paired ratio by round (median, spread)",
-                r.text(100, -1, "+.1f"), f"≥ -{limit * 100:g}",
-                verdict(r, lambda v, lim=limit: v - 1 >= -lim), "%")
+                r.text(100, -1, "+.1f", "%"), f"≥ -{limit * 100:g}%",
+                verdict(r, lambda v, lim=limit: v - 1 >= -lim))
         c = paired(targets[name], base, "proxy_cpu_us_per_req")
         if c:
             add(f"(also) CPU/request, {what}, paired ratio by round (median, spread)",
-                c.text(100, -1, "+.1f"), f"≤ +{limit * 100:g}",
-                verdict(c, lambda v, lim=limit: v - 1 <= lim), "%")
+                c.text(100, -1, "+.1f", "%"), f"≤ +{limit * 100:g}%",
+                verdict(c, lambda v, lim=limit: v - 1 <= lim))
     return out
 
 
@@ -1229,8 +1230,7 @@ def main(argv: list[str]) -> int:
               f" -z {args.fixed_duration:g}s --latency-correction, latency added over direct")
         print_table(report["summary"], args.rate)
         for c in report["checks"]:
-            print(f"target: {c['target']}: {c['value']}{c['unit']} (want {c['limit']}"
-                  f"{c['unit']}) → {c['status']}")
+            print(f"target: {c['target']}: {c['value']} (want {c['limit']}) → {c['status']}")
     la = report["load_after"]
     print(f"\nelapsed {report['elapsed_s']:.0f}s; load average before {report['load_before'][0]:.2f}"
           f", after {la[0]:.2f} (the run's own load)" +
