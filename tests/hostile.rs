@@ -368,8 +368,14 @@ fn client_resets_mid_upload_origin_connection_closed_not_reused_others_served() 
 /// Connection attempts in the burst, and the threads making them.
 const BURST_CONNECTIONS: usize = 50_000;
 const BURST_THREADS: usize = 4;
-/// A connect that takes this long counts as failed (a full backlog drops SYNs for a while).
-const BURST_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A connect that takes this long counts as failed. The burst clients close at once, so while
+/// the proxy gets no CPU (a loaded 2-core machine) its accept queue fills with closed connections
+/// and the kernel drops SYNs; Linux resends a SYN after 1, 3 and 7 s. 10 s rides out a few
+/// seconds of starvation, while a proxy that stops accepting (or accepts slowly) still fails
+/// every connect past its 4096-deep backlog, far over the 1% allowed.
+const BURST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connect slower than this needed a SYN resend: counted and printed, not failed.
+const BURST_CONNECT_SLOW: Duration = Duration::from_secs(1);
 /// The proxy may keep this many more descriptors after the burst than before it (pooled
 /// upstream connections, lazily opened files).
 const FD_SLACK: usize = 8;
@@ -383,15 +389,22 @@ fn connect_burst_50000_then_normal_request_served_fds_return() {
     let addr = proxy.addr();
     let started = Instant::now();
     let failed = Arc::new(AtomicUsize::new(0));
+    let slow = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
 
     let threads: Vec<_> = (0..BURST_THREADS)
         .map(|t| {
             let failed = Arc::clone(&failed);
+            let slow = Arc::clone(&slow);
             let done = Arc::clone(&done);
             thread::spawn(move || {
                 for i in 0..BURST_CONNECTIONS / BURST_THREADS {
-                    match TcpStream::connect_timeout(&addr, BURST_CONNECT_TIMEOUT) {
+                    let connecting = Instant::now();
+                    let connected = TcpStream::connect_timeout(&addr, BURST_CONNECT_TIMEOUT);
+                    if connecting.elapsed() > BURST_CONNECT_SLOW {
+                        slow.fetch_add(1, Ordering::SeqCst);
+                    }
+                    match connected {
                         // Half close with a FIN, half with a reset: both must be shrugged off.
                         Ok(s) if (i + t) % 2 == 0 => reset(s),
                         Ok(s) => drop(s),
@@ -415,9 +428,10 @@ fn connect_burst_50000_then_normal_request_served_fds_return() {
     }
     let burst = started.elapsed();
     let failed = failed.load(Ordering::SeqCst);
+    let slow = slow.load(Ordering::SeqCst);
     eprintln!(
-        "burst: {BURST_CONNECTIONS} connects in {burst:?}, {failed} failed, \
-         {served_meanwhile} normal requests served meanwhile"
+        "burst: {BURST_CONNECTIONS} connects in {burst:?}, {failed} failed, {slow} over \
+         {BURST_CONNECT_SLOW:?}, {served_meanwhile} normal requests served meanwhile"
     );
 
     assert!(
