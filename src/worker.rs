@@ -1,184 +1,97 @@
-//! The per-core state every exchange of one worker shares: the compiled faults with their
-//! prebuilt responses, the upstream and buffer pools, RNGs, counters, the trace ring, the delay
-//! timer and the shutdown signal.
+//! The per-core state every exchange of one worker shares: the fault-table slot, the upstream
+//! and buffer pools, the name cache, the RNGs, counters, the trace ring, the delay timer and the
+//! shutdown signal.
 //!
 //! Built by `server` on the worker's own thread and kept in an `Rc`: nothing here is `Send`, and
-//! nothing here performs an exchange (that is `proxy`).
+//! nothing here performs an exchange (that is `exchange`).
 
 use std::{
     cell::{Cell, RefCell},
-    future::Future,
-    pin::Pin,
     rc::Rc,
     sync::Arc,
-    task::{Context, Poll, Waker},
 };
-
-use hdrhistogram::Histogram;
 
 use crate::{
     config::Config,
-    connection::BufPool,
-    fault::{FaultAction, FaultRule, FaultTable, RuleStats},
-    http,
-    timer::DelayTimer,
+    control::{RuleCounters, RuleTally, WorkerLink, WorkerReport},
+    exchange::{Faults, Stats},
+    net::{BufPool, timer::DelayTimer},
+    shutdown::Shutdown,
     trace::TraceWriter,
     upstream::{Pool, Resolver},
 };
 
-/// The fault table plus, per error rule, its synthetic responses prebuilt at startup.
-pub(crate) struct Faults {
-    table: FaultTable,
-    /// Canonical spec text per rule (for traces).
-    pub(crate) specs: Vec<String>,
-    /// Per rule: the response for a keep-alive client and for a closing one (empty for delays).
-    pub(crate) synthetic: Vec<[Vec<u8>; 2]>,
-}
+/// A fault snapshot as an exchange holds it: an `Rc` around the shared `Arc`, so pinning one
+/// costs a non-atomic increment.
+pub(crate) type Pinned = Rc<Arc<Faults>>;
 
-impl Faults {
-    /// Compiles the rules and prebuilds each error rule's response bytes.
-    pub(crate) fn compile(rules: &[FaultRule]) -> Faults {
-        let table = FaultTable::compile(rules);
-        let specs = rules.iter().map(ToString::to_string).collect();
-        let synthetic = rules
-            .iter()
-            .map(|rule| match rule.action {
-                FaultAction::Error { status, .. } => [true, false].map(|keep_alive| {
-                    let mut out = Vec::new();
-                    http::encode::encode_simple_response(
-                        status,
-                        "application/json",
-                        &[("x-fault-injected", b"phantom")],
-                        FAULT_BODY,
-                        keep_alive,
-                        &mut out,
-                    );
-                    out
-                }),
-                FaultAction::Delay { .. } => [Vec::new(), Vec::new()],
-            })
-            .collect();
-        Faults {
-            table,
-            specs,
-            synthetic,
+/// The worker's current fault snapshot. Replaced only on the worker's tick (between exchanges'
+/// synchronous steps, never during one); each exchange pins the one it started with.
+pub(crate) struct TableSlot(RefCell<Pinned>);
+
+impl TableSlot {
+    fn new(faults: Arc<Faults>) -> TableSlot {
+        TableSlot(RefCell::new(Rc::new(faults)))
+    }
+
+    /// The current snapshot, for one exchange to keep to its end.
+    pub(crate) fn pin(&self) -> Pinned {
+        Rc::clone(&self.0.borrow())
+    }
+
+    /// Swaps in `latest` unless it is the current snapshot already; `true` if it did. (A ramp
+    /// step publishes a new snapshot of the same generation, so identity decides, not the
+    /// generation.) Exchanges already running keep the snapshot they pinned.
+    fn refresh(&self, latest: &Arc<Faults>) -> bool {
+        if Arc::ptr_eq(&self.0.borrow(), latest) {
+            return false;
         }
+        *self.0.borrow_mut() = Rc::new(Arc::clone(latest));
+        true
     }
 
-    /// The compiled table.
-    pub(crate) fn table(&self) -> &FaultTable {
-        &self.table
-    }
-}
-
-/// The body of every synthetic fault response.
-pub(crate) const FAULT_BODY: &[u8] = br#"{"fault":"injected"}"#;
-
-/// Counters one worker keeps; merged by `server` into the shutdown summary.
-pub(crate) struct Stats {
-    /// Answered requests.
-    pub(crate) requests: u64,
-    /// Per `Outcome::ALL` entry.
-    pub(crate) outcomes: [u64; 6],
-    /// Per fault rule: matched / faulted.
-    pub(crate) rules: Vec<RuleStats>,
-    /// Total exchange duration in microseconds.
-    pub(crate) latency_us: Histogram<u64>,
-}
-
-impl Stats {
-    pub(crate) fn new(rules: usize) -> Stats {
-        Stats {
-            requests: 0,
-            outcomes: [0; 6],
-            rules: vec![RuleStats::default(); rules],
-            // 1 µs .. 1 h at 3 significant digits: allocated once, recording never allocates.
-            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .expect("static histogram bounds are valid"),
-        }
+    /// Whether `pinned` is still the current snapshot (per-rule counters follow the current
+    /// table only).
+    pub(crate) fn is_current(&self, pinned: &Pinned) -> bool {
+        Rc::ptr_eq(&self.0.borrow(), pinned)
     }
 }
 
-/// Cooperative shutdown of one worker: idle connections waiting for their next request are woken
-/// (their read cancelled and awaited), in-flight exchanges finish.
+/// Requests inside a fault now (waiting out a delay), for `phantom_active_faults`.
 #[derive(Default)]
-pub(crate) struct Shutdown {
-    fired: Cell<bool>,
-    /// One slot per live connection (reused), holding the waker of an idle wait.
-    wakers: RefCell<Vec<Option<Waker>>>,
-    free: RefCell<Vec<usize>>,
-}
+pub(crate) struct ActiveFaults(Cell<u64>);
 
-impl Shutdown {
-    /// Whether shutdown began.
-    pub(crate) fn fired(&self) -> bool {
-        self.fired.get()
+impl ActiveFaults {
+    /// Counts one request in until the guard drops.
+    pub(crate) fn enter(&self) -> ActiveFault<'_> {
+        self.0.set(self.0.get() + 1);
+        ActiveFault(self)
     }
 
-    /// Begins shutdown and wakes every idle connection.
-    pub(crate) fn fire(&self) {
-        self.fired.set(true);
-        let wakers: Vec<Waker> = self
-            .wakers
-            .borrow_mut()
-            .iter_mut()
-            .filter_map(Option::take)
-            .collect();
-        wakers.into_iter().for_each(Waker::wake);
-    }
-
-    pub(crate) fn register(&self) -> usize {
-        if let Some(slot) = self.free.borrow_mut().pop() {
-            return slot;
-        }
-        let mut wakers = self.wakers.borrow_mut();
-        wakers.push(None);
-        wakers.len() - 1
-    }
-
-    pub(crate) fn release(&self, slot: usize) {
-        self.wakers.borrow_mut()[slot] = None;
-        self.free.borrow_mut().push(slot);
-    }
-
-    pub(crate) fn wait(&self, slot: usize) -> ShutdownWait<'_> {
-        ShutdownWait {
-            shutdown: self,
-            slot,
-        }
+    /// How many there are now.
+    pub(crate) fn get(&self) -> u64 {
+        self.0.get()
     }
 }
 
-/// Completes when shutdown begins.
-pub(crate) struct ShutdownWait<'a> {
-    shutdown: &'a Shutdown,
-    slot: usize,
-}
+/// One request inside a fault; leaves on drop (also when its exchange is cancelled).
+pub(crate) struct ActiveFault<'a>(&'a ActiveFaults);
 
-impl Future for ShutdownWait<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.shutdown.fired.get() {
-            return Poll::Ready(());
-        }
-        let mut wakers = self.shutdown.wakers.borrow_mut();
-        let slot = &mut wakers[self.slot];
-        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *slot = Some(cx.waker().clone());
-        }
-        Poll::Pending
+impl Drop for ActiveFault<'_> {
+    fn drop(&mut self) {
+        self.0.0.set(self.0.0.get() - 1);
     }
 }
 
 /// Everything one worker's exchanges share. `!Send`: it lives in one thread's `Rc`.
 pub(crate) struct Worker {
     pub(crate) config: Arc<Config>,
-    pub(crate) faults: Arc<Faults>,
+    /// The fault snapshot new exchanges pin.
+    pub(crate) table: TableSlot,
     pub(crate) pool: RefCell<Pool>,
     pub(crate) bufs: RefCell<BufPool>,
     pub(crate) resolver: RefCell<Resolver>,
-    /// Fault decisions (seeded by `--seed`).
+    /// Fault decisions (seeded by `--seed`), and nothing else.
     pub(crate) rng: RefCell<fastrand::Rng>,
     /// Trace and span ids: never seeded, so runs sharing a trace directory never collide.
     pub(crate) id_rng: RefCell<fastrand::Rng>,
@@ -188,6 +101,10 @@ pub(crate) struct Worker {
     pub(crate) trace: RefCell<Option<TraceWriter>>,
     /// Connections being served.
     pub(crate) active: Cell<usize>,
+    /// Requests inside a fault now.
+    pub(crate) active_faults: ActiveFaults,
+    /// Per-rule counters of tables swapped out, for `/metrics`.
+    tally: RefCell<RuleTally>,
     pub(crate) shutdown: Shutdown,
 }
 
@@ -205,11 +122,11 @@ impl Worker {
             Some(seed) => fastrand::Rng::with_seed(seed.wrapping_add(index as u64)),
             None => fastrand::Rng::new(),
         };
-        let rules = faults.table.len();
+        let rules = faults.table().len();
         let pool = Pool::new(config.max_upstream_connections);
         Worker {
             config,
-            faults,
+            table: TableSlot::new(faults),
             pool: RefCell::new(pool),
             bufs: RefCell::default(),
             resolver: RefCell::default(),
@@ -219,7 +136,117 @@ impl Worker {
             stats: RefCell::new(Stats::new(rules)),
             trace: RefCell::new(trace),
             active: Cell::new(0),
+            active_faults: ActiveFaults::default(),
+            tally: RefCell::default(),
             shutdown: Shutdown::default(),
         }
+    }
+
+    /// The worker's periodic step (the server runs it on its stop-poll tick) when a control
+    /// plane publishes: swaps in a newer snapshot and acks it, then copies the counters into the
+    /// worker's board slot. Not on the request path.
+    pub(crate) fn tick(&self, link: &mut WorkerLink<Faults>) {
+        if let Some((generation, latest)) = link.poll() {
+            debug_assert_eq!(
+                latest.generation, generation,
+                "published with its own generation"
+            );
+            let outgoing = self.table.pin();
+            if self.table.refresh(&latest) {
+                let mut stats = self.stats.borrow_mut();
+                self.tally.borrow_mut().retire(rule_counters(
+                    &outgoing,
+                    &stats.rules,
+                    &stats.delay_ns,
+                ));
+                let rules = latest.table().len();
+                // Positions mean the new table's rules from now on; the summary keeps the
+                // totals by position of the startup table, `/metrics` by id (the tally).
+                stats.rules = vec![Default::default(); rules];
+                stats.delay_ns = vec![0; rules];
+            }
+            link.ack();
+        }
+        link.report(|report| self.fill_report(report));
+    }
+
+    /// Per-rule counters by id over every table this worker used (for the shutdown summary).
+    pub(crate) fn rule_totals(&self) -> Vec<RuleCounters> {
+        let stats = self.stats.borrow();
+        let mut totals = Vec::new();
+        self.tally.borrow().fill(
+            rule_counters(&self.table.pin(), &stats.rules, &stats.delay_ns),
+            &mut totals,
+        );
+        totals
+    }
+
+    /// This worker's counters as `/metrics` sums them.
+    fn fill_report(&self, report: &mut WorkerReport) {
+        let stats = self.stats.borrow();
+        let current = self.table.pin();
+        report.outcomes = stats.outcomes;
+        report.request_duration = stats.durations;
+        report.upstream_duration = stats.upstream_ttfb;
+        self.tally.borrow().fill(
+            rule_counters(&current, &stats.rules, &stats.delay_ns),
+            &mut report.rules,
+        );
+        report.active_faults = self.active_faults.get();
+        report.client_connections = self.active.get() as u64;
+        let (busy, idle) = self.pool.borrow().counts();
+        report.upstream_busy = busy as u64;
+        report.upstream_idle = idle as u64;
+        report.trace_records = stats.trace_records;
+    }
+}
+
+/// One table's per-position counters as per-id ones.
+fn rule_counters<'a>(
+    faults: &'a Faults,
+    rules: &'a [crate::fault::RuleStats],
+    delay_ns: &'a [u64],
+) -> impl Iterator<Item = RuleCounters> + 'a {
+    faults
+        .table()
+        .rules()
+        .iter()
+        .zip(&faults.ids)
+        .zip(rules.iter().zip(delay_ns))
+        .map(|((rule, id), (stats, delay))| RuleCounters {
+            id: Arc::clone(id),
+            kind: rule.kind(),
+            matched: stats.matched,
+            injected: stats.faulted,
+            delay_ns: *delay,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fault::FaultRule;
+
+    fn snapshot(specs: &[&str], generation: u64) -> Arc<Faults> {
+        let rules: Vec<FaultRule> = specs.iter().map(|s| s.parse().unwrap()).collect();
+        Arc::new(Faults::compile(&rules, generation))
+    }
+
+    #[test]
+    fn table_slot_pinned_snapshot_survives_a_swap() {
+        let first = snapshot(&["error:503"], 0);
+        let slot = TableSlot::new(Arc::clone(&first));
+        let pinned = slot.pin();
+
+        assert!(!slot.refresh(&first), "the same snapshot swaps nothing");
+        assert!(
+            slot.refresh(&snapshot(&[], 1)),
+            "a new snapshot is swapped in"
+        );
+
+        assert_eq!(pinned.generation, 0, "the pinned snapshot is unchanged");
+        assert_eq!(pinned.table().len(), 1);
+        assert_eq!(slot.pin().generation, 1);
+        assert!(slot.pin().table().is_empty());
     }
 }

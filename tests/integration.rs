@@ -3,13 +3,17 @@
 //!
 //! Each area is a module; `support` holds the proxy process, origins and the raw client.
 
+mod control;
 mod drivers;
 mod faults;
 mod forward;
 mod framing;
 mod hostile;
 mod keepalive;
+mod regression;
 mod rejects;
 mod support;
 mod trace;
+mod trace_query;
+mod trace_survival;
 mod upstream_errors;
