@@ -973,19 +973,18 @@ fn valid_ring() -> (Vec<u8>, Vec<Value>) {
     (bytes, records)
 }
 
-/// Where the frames of a ring file start: the data area after the 64-byte header.
-const RING_DATA_OFFSET: usize = 64;
+/// Where a ring file states its header size (`header bytes u32` at offset 12, little-endian):
+/// the frames start right after the header.
+const RING_HEADER_BYTES_AT: usize = 12;
 /// A frame's own header: `seq u64 | len u32 | crc32 u32`, then the payload padded to 16.
 const FRAME_HEADER_BYTES: usize = 16;
 
 /// The file offsets of the first two frames' payloads, as (start, len), read off the ring's
-/// own framing (see `src/trace/ring.rs`).
+/// own header and framing (see `src/trace/ring.rs`).
 fn frame_payloads(ring: &[u8]) -> [(usize, usize); 2] {
-    let payload = |frame: usize| {
-        let len = u32::from_le_bytes(ring[frame + 8..frame + 12].try_into().expect("4 bytes"));
-        (frame + FRAME_HEADER_BYTES, len as usize)
-    };
-    let first = payload(RING_DATA_OFFSET);
+    let u32_at = |at: usize| u32::from_le_bytes(ring[at..at + 4].try_into().expect("4 bytes"));
+    let payload = |frame: usize| (frame + FRAME_HEADER_BYTES, u32_at(frame + 8) as usize);
+    let first = payload(u32_at(RING_HEADER_BYTES_AT) as usize);
     let second = payload(first.0 + first.1.div_ceil(16) * 16);
     [first, second]
 }
@@ -1031,7 +1030,7 @@ fn trace_corrupted_ring_clear_error_or_exact_good_records_no_panic() {
         ("short_garbage", pattern(100), vec![]),
         (
             "both_records_bit_flipped",
-            flip(RING_DATA_OFFSET..second.0 + second.1),
+            flip(first.0 - FRAME_HEADER_BYTES..second.0 + second.1),
             vec![],
         ),
         (
