@@ -15,7 +15,7 @@
 //! - `upstream`: the per-core pool keyed by destination identity (`Dest`), connect, resolve.
 //! - `exchange`: one client connection's exchanges, a file per phase: `request` → `decide`
 //!   (snapshot pinning, delay) → `answer` | `forward` → `response` → `record`; `tunnel` for
-//!   `CONNECT`.
+//!   `CONNECT` and WebSocket after a `101`.
 //! - `worker`: per-core state: the fault-table slot, pools, RNGs, counters, ring, timer.
 //! - `shutdown`: one worker's shutdown signal.
 //! - [`server`]: threads, runtimes, listeners, the accept loop and the tick, shutdown.

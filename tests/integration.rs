@@ -14,3 +14,4 @@ mod rejects;
 mod support;
 mod trace;
 mod upstream_errors;
+mod websocket;

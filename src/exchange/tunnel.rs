@@ -1,7 +1,8 @@
-//! `CONNECT` tunnels: the proxy connects, answers 200, then bytes go both ways between the
-//! client and the upstream until both sides close (or neither speaks for `--idle-timeout`).
+//! Tunnels: `CONNECT` (the proxy connects and answers 200) and WebSocket after the upstream's
+//! `101`; then bytes go both ways between the client and the upstream until both sides close
+//! (or neither speaks for `--idle-timeout`).
 //!
-//! After the 200 it knows no HTTP: the tunnel carries whatever the client speaks.
+//! After the 200 or 101 it knows no HTTP: the tunnel carries whatever the peers speak.
 
 use std::{
     cell::Cell,
@@ -23,7 +24,12 @@ use crate::{
     upstream,
 };
 
-use super::{Next, Session, forward::connect_failure, request::RequestFacts, request::Target};
+use super::{
+    Next, Session,
+    forward::connect_failure,
+    request::{RequestFacts, Target},
+    response::Relayed,
+};
 
 impl Session<'_> {
     /// `CONNECT`: connects, answers 200 and splices bytes both ways until either side closes.
@@ -66,19 +72,39 @@ impl Session<'_> {
         Next::Close
     }
 
-    /// Moves the bytes: first those the client sent right behind its `CONNECT` head (they
-    /// belong to the tunnel), then both directions until the tunnel ends.
+    /// After a `101` to WebSocket (its head in `self.out`): sends it, then tunnels until
+    /// either side closes. Neither connection carries HTTP again.
+    pub(super) async fn upgraded(&mut self, up: &mut Conn) -> Relayed {
+        if !self.write_out_to_client().await {
+            self.ex.outcome = Outcome::ClientClosed;
+            return Relayed::CLOSED;
+        }
+        self.pump_tunnel(up).await;
+        Relayed::CLOSED
+    }
+
+    /// Moves the bytes: first those already read on either side (behind the client's head,
+    /// behind the upstream's `101`), then both directions until the tunnel ends.
     async fn pump_tunnel(&mut self, up: &mut Conn) {
         let w = self.w;
         let idle = w.config.idle_timeout;
         let early = self.client.buffered().len();
-        let relayed = early == 0
-            || self
+        let early_back = up.buffered().len();
+        if early > 0
+            && self
                 .client
                 .relay_to(up, early, Instant::now() + idle)
                 .await
-                .is_ok();
-        if !relayed {
+                .is_err()
+        {
+            return;
+        }
+        if early_back > 0
+            && up
+                .relay_to(&mut self.client, early_back, Instant::now() + idle)
+                .await
+                .is_err()
+        {
             return;
         }
         let (Some(Transport::Plain(client)), Some(Transport::Plain(upstream))) =
@@ -92,7 +118,7 @@ impl Session<'_> {
         };
         let spliced = splice(client, upstream, bufs, idle).await;
         self.ex.request_body_len = spliced.sent + early as u64;
-        self.ex.response_body_len = spliced.received;
+        self.ex.response_body_len = spliced.received + early_back as u64;
         let mut pool = w.bufs.borrow_mut();
         spliced.bufs.into_iter().for_each(|b| pool.put(b));
     }

@@ -143,6 +143,11 @@ impl Proxy {
         self.addr
     }
 
+    /// The proxy's private trace directory (for `traces --trace-dir`).
+    pub fn trace_dir(&self) -> &Path {
+        self._trace_dir.path()
+    }
+
     /// A fresh client connection to the proxy.
     pub fn connect(&self) -> Conn {
         Conn::connect(self.addr)
