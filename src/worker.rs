@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::{
-    config::Config,
+    config::{Config, Mode},
     exchange::{Faults, Stats},
     net::{BufPool, timer::DelayTimer},
     shutdown::Shutdown,
@@ -86,12 +86,16 @@ impl Worker {
         };
         let rules = faults.table().len();
         let pool = Pool::new(config.max_upstream_connections);
+        let mut resolver = Resolver::default();
+        if let Mode::Reverse(up) = &config.mode {
+            resolver.seed(&up.authority, &up.addrs);
+        }
         Worker {
             config,
             table: TableSlot::new(faults),
             pool: RefCell::new(pool),
             bufs: RefCell::default(),
-            resolver: RefCell::default(),
+            resolver: RefCell::new(resolver),
             rng: RefCell::new(rng),
             id_rng: RefCell::new(fastrand::Rng::new()),
             timer,

@@ -14,4 +14,5 @@ mod rejects;
 mod support;
 mod trace;
 mod upstream_errors;
+mod upstreams;
 mod websocket;

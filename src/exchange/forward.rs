@@ -5,6 +5,7 @@
 //! The response side is `response`'s.
 
 use std::{
+    io,
     net::SocketAddr,
     time::{Duration, Instant},
 };
@@ -14,7 +15,7 @@ use crate::{
     http::body::BodyReader,
     net::{Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, is_timeout, relay},
     trace::Outcome,
-    upstream::{self, Dest, Lease},
+    upstream::{self, Dest, Lease, Pick},
 };
 
 use super::{
@@ -73,12 +74,34 @@ pub(super) fn connect_failure(e: &std::io::Error) -> (Outcome, u16) {
 }
 
 impl Session<'_> {
-    /// Forwards the request upstream and relays the response.
+    /// Forwards the request upstream and relays the response. A connect that fails moves on
+    /// to the name's next address; only when each was tried is it a 502 (or 504).
     pub(super) async fn forward(&mut self, facts: RequestFacts) -> Next {
-        let addr = match self.destination(facts).await {
-            Ok(addr) => addr,
+        let mut pick = match self.destination(facts).await {
+            Ok(pick) => pick,
             Err(next) => return next,
         };
+        let mut tried = 1;
+        loop {
+            let refused = match self.forward_to(facts, pick.addr).await {
+                Ok(next) => return next,
+                Err(e) => e,
+            };
+            let authority = self.authority(facts.target);
+            let next = self.w.resolver.borrow().next_after(authority, pick, tried);
+            let Some(next) = next else {
+                let (outcome, status) = connect_failure(&refused);
+                self.ex.outcome = outcome;
+                return self.drain_then_error(facts, status).await;
+            };
+            pick = next;
+            tried += 1;
+        }
+    }
+
+    /// Forwards to one address. `Err` with the connect error when no connection could be
+    /// opened (its pool slot is free again); every other ending is answered here.
+    async fn forward_to(&mut self, facts: RequestFacts, addr: SocketAddr) -> io::Result<Next> {
         self.ex.upstream_addr = Some(addr);
         let dest = Dest::plain(addr);
         let w = self.w;
@@ -86,7 +109,7 @@ impl Session<'_> {
         let Some(lease) = upstream::acquire(&w.pool, &w.bufs, dest, deadline).await else {
             // Every allowed connection stayed busy for --upstream-timeout.
             self.ex.outcome = Outcome::UpstreamTimeout;
-            return self.drain_then_error(facts, 504).await;
+            return Ok(self.drain_then_error(facts, 504).await);
         };
         let (mut attempt, mut reused) = match lease {
             Lease::Idle(conn) => (Some(conn), true),
@@ -97,14 +120,17 @@ impl Session<'_> {
                 Some(conn) => conn,
                 None => match upstream::connect(addr, deadline).await {
                     Ok(transport) => Conn::new(transport, w.bufs.borrow_mut().get(READ_BUF_BYTES)),
-                    Err(e) => return self.connect_failed(facts, dest, &e).await,
+                    Err(e) => {
+                        w.pool.borrow_mut().closed(dest);
+                        return Err(e);
+                    }
                 },
             };
             match self
                 .exchange_upstream(&mut up, facts, deadline, reused)
                 .await
             {
-                Ok(relayed) => return self.finish_upstream(up, dest, relayed),
+                Ok(relayed) => return Ok(self.finish_upstream(up, dest, relayed)),
                 // The slot stays ours: the fresh connection takes the dead one's place.
                 Err(failed)
                     if failed.why == UpstreamFailure::Stale && reused && facts.retryable =>
@@ -115,39 +141,35 @@ impl Session<'_> {
                 Err(failed) => {
                     self.release_conn(up);
                     w.pool.borrow_mut().closed(dest);
-                    return self.answer_failure(facts, failed).await;
+                    return Ok(self.answer_failure(facts, failed).await);
                 }
             }
         }
     }
 
-    /// A connect failed: its slot is free again, and the client gets 502 or 504.
-    async fn connect_failed(
-        &mut self,
-        facts: RequestFacts,
-        dest: Dest,
-        e: &std::io::Error,
-    ) -> Next {
-        self.w.pool.borrow_mut().closed(dest);
-        let (outcome, status) = connect_failure(e);
-        self.ex.outcome = outcome;
-        self.drain_then_error(facts, status).await
+    /// The name this request's destination resolves from: the reverse-mode upstream, or the
+    /// authority of the URL.
+    pub(super) fn authority(&self, target: Target) -> &str {
+        match (target, &self.w.config.mode) {
+            (Target::Authority { from, to }, _) => {
+                std::str::from_utf8(&self.url[from..to]).unwrap_or("")
+            }
+            (Target::Upstream, Mode::Reverse(up)) => &up.authority,
+            (Target::Upstream, Mode::Forward) => "",
+        }
     }
 
-    /// The address the request goes to; `Err` with the exchange already answered.
-    async fn destination(&mut self, facts: RequestFacts) -> Result<SocketAddr, Next> {
-        match (facts.target, &self.w.config.mode) {
-            (Target::Upstream, Mode::Reverse(up)) => Ok(up.addrs[0]),
-            (Target::Upstream, Mode::Forward) => Err(self.answer_error(400).await),
-            (Target::Authority { from, to }, _) => {
-                let authority = std::str::from_utf8(&self.url[from..to]).unwrap_or("");
-                match upstream::resolve(&self.w.resolver, authority).await {
-                    Ok(addr) => Ok(addr),
-                    Err(_) => {
-                        self.ex.outcome = Outcome::UpstreamError;
-                        Err(self.drain_then_error(facts, 502).await)
-                    }
-                }
+    /// The address the request goes to first; `Err` with the exchange already answered.
+    async fn destination(&mut self, facts: RequestFacts) -> Result<Pick, Next> {
+        if let (Target::Upstream, Mode::Forward) = (facts.target, &self.w.config.mode) {
+            return Err(self.answer_error(400).await);
+        }
+        let w = self.w;
+        match upstream::resolve(&w.resolver, self.authority(facts.target)).await {
+            Ok(pick) => Ok(pick),
+            Err(_) => {
+                self.ex.outcome = Outcome::UpstreamError;
+                Err(self.drain_then_error(facts, 502).await)
             }
         }
     }

@@ -39,7 +39,8 @@ impl Session<'_> {
         };
         let w = self.w;
         let authority = std::str::from_utf8(&self.url[from..to]).unwrap_or("");
-        let Ok(addr) = upstream::resolve(&w.resolver, authority).await else {
+        let Ok(upstream::Pick { addr, .. }) = upstream::resolve(&w.resolver, authority).await
+        else {
             self.ex.outcome = Outcome::UpstreamError;
             return self.answer_error(502).await;
         };
