@@ -75,6 +75,13 @@ impl Resolver {
         Some(entry.pick())
     }
 
+    /// Marks an expired name as being refreshed: it counts as fresh until the lookup returns.
+    fn begin_refresh(&mut self, authority: &str, now: Instant) {
+        if let Some(entry) = self.cache.get_mut(authority) {
+            entry.at = now;
+        }
+    }
+
     /// Any cached name's next address, fresh or not.
     fn pick_any(&mut self, authority: &str) -> Option<Pick> {
         self.cache.get_mut(authority).map(Entry::pick)
@@ -148,8 +155,14 @@ pub(crate) async fn resolve(resolver: &RefCell<Resolver>, authority: &str) -> io
     {
         return Ok(literal(SocketAddr::new(ip, port)));
     }
-    if let Some(pick) = resolver.borrow_mut().pick_fresh(authority, Instant::now()) {
-        return Ok(pick);
+    {
+        let mut resolver = resolver.borrow_mut();
+        let now = Instant::now();
+        if let Some(pick) = resolver.pick_fresh(authority, now) {
+            return Ok(pick);
+        }
+        // This request refreshes the name; the ones behind it keep the last addresses meanwhile.
+        resolver.begin_refresh(authority, now);
     }
     let name = host.to_owned();
     let looked_up = monoio::spawn_blocking(move || {
