@@ -3,6 +3,7 @@
 //!
 //! Each area is a module; `support` holds the proxy process, origins and the raw client.
 
+mod control;
 mod drivers;
 mod faults;
 mod forward;
@@ -12,7 +13,10 @@ mod keepalive;
 mod regression;
 mod rejects;
 mod support;
+mod tls;
 mod trace;
+mod trace_query;
+mod trace_survival;
 mod upstream_errors;
 mod upstreams;
 mod websocket;

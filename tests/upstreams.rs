@@ -52,6 +52,7 @@ impl InProcess {
             authority: NAME.to_owned(),
             addrs,
             host_override: None,
+            tls: None,
         });
         let server = Server::bind(config).expect("binding 127.0.0.1:0");
         let addr = server.local_addr();

@@ -6,14 +6,14 @@
 
 use std::{
     io,
-    net::SocketAddr,
+    rc::Rc,
     time::{Duration, Instant},
 };
 
 use crate::{
     config::Mode,
     http::body::BodyReader,
-    net::{Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, is_timeout, relay},
+    net::{Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, is_timeout, relay, tls},
     trace::Outcome,
     upstream::{self, Dest, Lease, Pick},
 };
@@ -64,7 +64,8 @@ impl Failed {
     }
 }
 
-/// A failed connect: timed out is 504, anything else (refused, unreachable) 502.
+/// A failed connect: timed out is 504, anything else (refused, unreachable, a failed TLS
+/// handshake) 502.
 pub(super) fn connect_failure(e: &std::io::Error) -> (Outcome, u16) {
     if is_timeout(e) {
         (Outcome::UpstreamTimeout, 504)
@@ -73,23 +74,47 @@ pub(super) fn connect_failure(e: &std::io::Error) -> (Outcome, u16) {
     }
 }
 
+/// Why a TLS connect failed, for the answer and the trace: the handshake's reason, or the
+/// upstream closing during it. `None` for plain TCP failures and timeouts.
+pub(super) fn tls_failure(dest: &Dest, e: &std::io::Error) -> Option<&'static str> {
+    dest.tls.as_ref()?;
+    tls::failure_reason(e).or(match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => Some("upstream closed during the TLS handshake"),
+        _ => None,
+    })
+}
+
+/// The host of `host[:port]` or `[v6][:port]`, for SNI and certificate names.
+pub(super) fn host_of(authority: &str) -> &str {
+    let host = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => &authority[..i],
+        _ => authority,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 impl Session<'_> {
     /// Forwards the request upstream and relays the response. A connect that fails moves on
     /// to the name's next address; only when each was tried is it a 502 (or 504).
     pub(super) async fn forward(&mut self, facts: RequestFacts) -> Next {
-        let mut pick = match self.destination(facts).await {
-            Ok(pick) => pick,
+        let (mut pick, tls_name) = match self.destination(facts).await {
+            Ok(route) => route,
             Err(next) => return next,
         };
         let mut tried = 1;
         loop {
-            let refused = match self.forward_to(facts, pick.addr).await {
+            let dest = match &tls_name {
+                Some(name) => Dest::tls(pick.addr, Rc::clone(name)),
+                None => Dest::plain(pick.addr),
+            };
+            let refused = match self.forward_to(facts, dest.clone()).await {
                 Ok(next) => return next,
                 Err(e) => e,
             };
             let authority = self.authority(facts.target);
             let next = self.w.resolver.borrow().next_after(authority, pick, tried);
             let Some(next) = next else {
+                self.ex.error_reason = tls_failure(&dest, &refused);
                 let (outcome, status) = connect_failure(&refused);
                 self.ex.outcome = outcome;
                 return self.drain_then_error(facts, status).await;
@@ -99,14 +124,13 @@ impl Session<'_> {
         }
     }
 
-    /// Forwards to one address. `Err` with the connect error when no connection could be
+    /// Forwards to one destination. `Err` with the connect error when no connection could be
     /// opened (its pool slot is free again); every other ending is answered here.
-    async fn forward_to(&mut self, facts: RequestFacts, addr: SocketAddr) -> io::Result<Next> {
-        self.ex.upstream_addr = Some(addr);
-        let dest = Dest::plain(addr);
+    async fn forward_to(&mut self, facts: RequestFacts, dest: Dest) -> io::Result<Next> {
+        self.ex.upstream_addr = Some(dest.addr);
         let w = self.w;
         let deadline = Instant::now() + w.config.upstream_timeout;
-        let Some(lease) = upstream::acquire(&w.pool, &w.bufs, dest, deadline).await else {
+        let Some(lease) = upstream::acquire(&w.pool, &w.bufs, dest.clone(), deadline).await else {
             // Every allowed connection stayed busy for --upstream-timeout.
             self.ex.outcome = Outcome::UpstreamTimeout;
             return Ok(self.drain_then_error(facts, 504).await);
@@ -118,7 +142,7 @@ impl Session<'_> {
         loop {
             let mut up = match attempt.take() {
                 Some(conn) => conn,
-                None => match upstream::connect(addr, deadline).await {
+                None => match upstream::connect_dest(&dest, &w.config.tls, deadline).await {
                     Ok(transport) => Conn::new(transport, w.bufs.borrow_mut().get(READ_BUF_BYTES)),
                     Err(e) => {
                         w.pool.borrow_mut().closed(dest);
@@ -147,26 +171,46 @@ impl Session<'_> {
         }
     }
 
-    /// The name this request's destination resolves from: the reverse-mode upstream, or the
-    /// authority of the URL.
+    /// The name this request's destination resolves from (the failover looks up its other
+    /// addresses under it): the reverse-mode upstream, or the authority of the URL.
     pub(super) fn authority(&self, target: Target) -> &str {
         match (target, &self.w.config.mode) {
-            (Target::Authority { from, to }, _) => {
+            (Target::Authority { from, to, .. }, _) => {
                 std::str::from_utf8(&self.url[from..to]).unwrap_or("")
             }
             (Target::Upstream, Mode::Reverse(up)) => &up.authority,
-            (Target::Upstream, Mode::Forward) => "",
+            (Target::Upstream, Mode::Forward) | (Target::Mitm, _) => "",
         }
     }
 
-    /// The address the request goes to first; `Err` with the exchange already answered.
-    async fn destination(&mut self, facts: RequestFacts) -> Result<Pick, Next> {
-        if let (Target::Upstream, Mode::Forward) = (facts.target, &self.w.config.mode) {
-            return Err(self.answer_error(400).await);
-        }
+    /// The address the request goes to first, and the TLS server name when it goes over TLS;
+    /// `Err` with the exchange already answered.
+    async fn destination(&mut self, facts: RequestFacts) -> Result<(Pick, Option<Rc<str>>), Next> {
         let w = self.w;
-        match upstream::resolve(&w.resolver, self.authority(facts.target)).await {
-            Ok(pick) => Ok(pick),
+        let (resolved, tls_name) = match (facts.target, &w.config.mode) {
+            (Target::Upstream, Mode::Forward) => return Err(self.answer_error(400).await),
+            (Target::Mitm, _) => match &self.mitm {
+                Some(mitm) => return Ok((Pick::literal(mitm.addr), Some(Rc::clone(&mitm.name)))),
+                None => return Err(self.answer_error(400).await),
+            },
+            (Target::Upstream, Mode::Reverse(up)) => (
+                upstream::resolve(&w.resolver, &up.authority).await,
+                w.upstream_name.clone(),
+            ),
+            (Target::Authority { from, to, tls }, _) => {
+                let authority = std::str::from_utf8(&self.url[from..to]).unwrap_or("");
+                let resolved = if tls && host_of(authority).len() == authority.len() {
+                    // `https://host/…`: the default port is 443 (RFC 9110 §4.2.2).
+                    let with_port = format!("{authority}:443");
+                    upstream::resolve(&w.resolver, &with_port).await
+                } else {
+                    upstream::resolve(&w.resolver, authority).await
+                };
+                (resolved, tls.then(|| Rc::from(host_of(authority))))
+            }
+        };
+        match resolved {
+            Ok(pick) => Ok((pick, tls_name)),
             Err(_) => {
                 self.ex.outcome = Outcome::UpstreamError;
                 Err(self.drain_then_error(facts, 502).await)

@@ -44,6 +44,13 @@ pub(crate) struct Pick {
     index: usize,
 }
 
+impl Pick {
+    /// A fixed address (an IP literal, a MITM destination): it has no other to fail over to.
+    pub(crate) fn literal(addr: SocketAddr) -> Pick {
+        Pick { addr, index: 0 }
+    }
+}
+
 impl Resolver {
     /// Caches the addresses the main thread resolved at startup, so the first requests need no
     /// lookup.
@@ -143,7 +150,7 @@ impl Entry {
 /// `InvalidInput` for a malformed authority, `NotFound` when the name has no address (and
 /// never had one).
 pub(crate) async fn resolve(resolver: &RefCell<Resolver>, authority: &str) -> io::Result<Pick> {
-    let literal = |addr| Pick { addr, index: 0 };
+    let literal = Pick::literal;
     if let Ok(addr) = authority.parse::<SocketAddr>() {
         return Ok(literal(addr));
     }
