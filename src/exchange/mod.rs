@@ -11,7 +11,7 @@
 //! - `answer`: synthetic fault answers and proxy errors.
 //! - `forward`: sending upstream, 100-continue, the stale-connection retry.
 //! - `response`: the response head, 1xx, de-chunking, relaying the body back.
-//! - `tunnel`: `CONNECT`.
+//! - `tunnel`: `CONNECT`, and WebSocket after the upstream's `101`.
 //! - `record`: the exchange → counters and its trace record.
 
 mod answer;
