@@ -12,7 +12,8 @@ use std::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    config::{self, Config, Driver, Mode, TraceSettings, Upstream},
+    config::{self, Config, ControlSettings, Driver, Mode, TraceSettings, Upstream},
+    control::client::{self, Call},
     error::Error,
     fault::FaultRule,
     http::{self, Limits, MAX_HEADERS_CAP},
@@ -25,7 +26,8 @@ Examples:
   phantom-fast                      # forward proxy on 127.0.0.1:8080 (HTTP_PROXY=http://127.0.0.1:8080)
   phantom-fast traces --status 5xx --since 10m
   phantom-fast traces get 00f067aa0ba902b7
-  phantom-fast stats";
+  phantom-fast stats
+  phantom-fast --upstream 127.0.0.1:3000 --admin 127.0.0.1:9901   # then: phantom-fast faults list --admin 127.0.0.1:9901";
 
 /// A high-throughput HTTP/1.1 proxy for fault injection under load.
 #[derive(Debug, Parser)]
@@ -46,6 +48,8 @@ pub enum Command {
     Traces(TracesArgs),
     /// Print one JSON object of statistics over the trace records.
     Stats(QueryArgs),
+    /// Read or change the live faults of a running proxy through its --admin endpoint.
+    Faults(FaultsArgs),
 }
 
 /// Options of the proxy itself.
@@ -123,6 +127,176 @@ pub struct RunArgs {
     /// Bytes of each request and response body kept in its trace record (0: none).
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub trace_body_bytes: usize,
+    /// Serve the admin endpoint here: /metrics, /ready, /live and the /faults API (port 0
+    /// picks a free port; the banner prints it). Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Every admin request that changes faults must carry `Authorization: Bearer TOKEN`
+    /// [default: $PHANTOM_ADMIN_TOKEN].
+    #[arg(long, value_name = "TOKEN", requires = "admin")]
+    pub admin_token: Option<String>,
+    /// Fault rules, one per line (`#` comments; `id=ID SPEC ramp=.. schedule=..`), after any
+    /// --fault; reloaded when the file changes and on SIGHUP. A bad edit keeps the live rules.
+    #[arg(long, value_name = "FILE")]
+    pub faults_file: Option<PathBuf>,
+}
+
+/// `faults` options: which operation (each takes the endpoint options).
+#[derive(Debug, Args)]
+pub struct FaultsArgs {
+    /// The operation.
+    #[command(subcommand)]
+    pub op: FaultsOp,
+}
+
+/// Where the admin endpoint of the running proxy is.
+#[derive(Debug, Args)]
+pub struct Endpoint {
+    /// The proxy's --admin address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+    pub admin: String,
+    /// Bearer token for changes [default: $PHANTOM_ADMIN_TOKEN].
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+}
+
+/// `faults` operations; each prints what the server answered.
+#[derive(Debug, Subcommand)]
+pub enum FaultsOp {
+    /// Print the live rules as JSON (generation, workers' applied generations, rules).
+    List {
+        /// Endpoint.
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Replace every rule: specs as arguments, or rules-file lines from --file (`-`: stdin).
+    Set {
+        /// Fault specs, one rule each.
+        #[arg(value_name = "SPEC")]
+        specs: Vec<String>,
+        /// A rules file to send instead.
+        #[arg(long, value_name = "FILE", conflicts_with = "specs")]
+        file: Option<PathBuf>,
+        /// Endpoint.
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Add one rule.
+    Add {
+        /// The fault spec, e.g. error:503:0.1:/api.
+        #[arg(value_name = "SPEC")]
+        spec: String,
+        /// Its id [default: the next free r<N>].
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// Probability ramp FROM..TO/DURATION, e.g. 0..0.5/60s.
+        #[arg(long, value_name = "RAMP")]
+        ramp: Option<String>,
+        /// Active windows START+LENGTH[,..][/PERIOD], e.g. 0s+10s/1m.
+        #[arg(long, value_name = "SCHEDULE")]
+        schedule: Option<String>,
+        /// Endpoint.
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Remove one rule by id, or every rule with --all.
+    Rm {
+        /// The rule's id.
+        #[arg(value_name = "ID", required_unless_present = "all")]
+        id: Option<String>,
+        /// Remove every rule.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        /// Endpoint.
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Go back to the rules the proxy started with.
+    Reset {
+        /// Endpoint.
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+}
+
+impl FaultsArgs {
+    /// Sends the operation to the admin endpoint and prints the answer's body on stdout.
+    ///
+    /// # Errors
+    /// `Config` (exit 2) when the server refused the request (4xx) or --file cannot be read,
+    /// `Admin` when the endpoint cannot be reached or failed.
+    pub fn run(self, out: &mut impl std::io::Write) -> Result<(), Error> {
+        let (call, endpoint) = match self.op {
+            FaultsOp::List { endpoint } => (Call::list(), endpoint),
+            FaultsOp::Set {
+                specs,
+                file: None,
+                endpoint,
+            } => (Call::set(&lines(&specs)), endpoint),
+            FaultsOp::Set {
+                file: Some(path),
+                endpoint,
+                ..
+            } => {
+                let text = if path.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin())
+                } else {
+                    std::fs::read_to_string(&path)
+                }
+                .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+                (Call::set(&text), endpoint)
+            }
+            FaultsOp::Add {
+                spec,
+                id,
+                ramp,
+                schedule,
+                endpoint,
+            } => {
+                let mut line = id
+                    .as_ref()
+                    .map(|id| format!("id={id} "))
+                    .unwrap_or_default();
+                line.push_str(&spec);
+                for (key, value) in [("ramp", ramp), ("schedule", schedule)] {
+                    if let Some(value) = value {
+                        line.push_str(&format!(" {key}={value}"));
+                    }
+                }
+                (Call::add(&line), endpoint)
+            }
+            FaultsOp::Rm { id, endpoint, .. } => (Call::rm(id.as_deref()), endpoint),
+            FaultsOp::Reset { endpoint } => (Call::reset(), endpoint),
+        };
+        let token = endpoint
+            .admin_token
+            .or_else(|| std::env::var("PHANTOM_ADMIN_TOKEN").ok());
+        let (status, body) =
+            client::send(&endpoint.admin, token.as_deref(), &call).map_err(|e| {
+                Error::Admin(format!(
+                    "cannot reach the admin endpoint {}: {e}",
+                    endpoint.admin
+                ))
+            })?;
+        out.write_all(&body).map_err(|source| Error::Output {
+            what: "the admin answer",
+            source,
+        })?;
+        match status {
+            200..=299 => Ok(()),
+            400..=499 => Err(Error::Config(format!(
+                "the admin endpoint refused the request ({status})"
+            ))),
+            _ => Err(Error::Admin(format!(
+                "the admin endpoint answered {status}"
+            ))),
+        }
+    }
+}
+
+/// One rules-file line per spec.
+fn lines(specs: &[String]) -> String {
+    specs.iter().map(|spec| format!("{spec}\n")).collect()
 }
 
 /// `--driver` values.
@@ -445,6 +619,14 @@ impl RunArgs {
             max_connections: self.max_connections,
             max_upstream_connections: self.max_upstream_connections,
             trace,
+            control: ControlSettings {
+                admin: self.admin,
+                admin_token: self
+                    .admin_token
+                    .or_else(|| std::env::var("PHANTOM_ADMIN_TOKEN").ok())
+                    .filter(|token| !token.is_empty()),
+                faults_file: self.faults_file,
+            },
         })
     }
 }

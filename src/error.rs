@@ -46,6 +46,8 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
+    /// The admin endpoint of a running proxy could not be reached or failed (`faults`).
+    Admin(String),
     /// A worker thread panicked: always a bug.
     WorkerPanicked(usize),
     /// The trace directory could not be created.
@@ -71,7 +73,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Config(msg) => f.write_str(msg),
+            Error::Config(msg) | Error::Admin(msg) => f.write_str(msg),
             Error::Fault(e) => write!(f, "{e}"),
             Error::Resolve { authority, .. } => write!(f, "cannot resolve upstream {authority:?}"),
             Error::Bind { addr, .. } => write!(f, "cannot listen on {addr}"),
@@ -98,7 +100,7 @@ impl std::error::Error for Error {
             | Error::TraceDir { source, .. } => Some(source),
             Error::Fault(e) => Some(e),
             Error::Trace(e) => Some(e),
-            Error::Config(_) | Error::WorkerPanicked(_) => None,
+            Error::Config(_) | Error::Admin(_) | Error::WorkerPanicked(_) => None,
         }
     }
 }

@@ -34,6 +34,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod error;
 mod exchange;
 pub mod fault;

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         None => cli.run.into_config().and_then(server::run_until_signal),
         Some(Command::Traces(args)) => args.run(&mut std::io::stdout().lock()),
         Some(Command::Stats(args)) => args.run_stats(&mut std::io::stdout().lock()),
+        Some(Command::Faults(args)) => args.run(&mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

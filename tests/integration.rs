@@ -3,6 +3,7 @@
 //!
 //! Each area is a module; `support` holds the proxy process, origins and the raw client.
 
+mod control;
 mod drivers;
 mod faults;
 mod forward;
