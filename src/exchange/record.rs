@@ -97,7 +97,7 @@ impl Session<'_> {
             AppliedFault {
                 kind,
                 rule: rule as u32,
-                rule_id: "",
+                rule_id: &self.faults.ids[rule],
                 spec: &self.faults.specs[rule],
                 value,
             }
