@@ -6,17 +6,23 @@
 use std::{
     net::{SocketAddr, ToSocketAddrs},
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    config::{self, Config, ControlSettings, Driver, Mode, TraceSettings, Upstream},
+    ca::{self, Ca},
+    config::{
+        self, Config, ControlSettings, Driver, Mode, TlsSettings, TraceSettings, Upstream,
+        UpstreamTls,
+    },
     control::client::{self, Call},
     error::Error,
     fault::FaultRule,
     http::{self, Limits, MAX_HEADERS_CAP},
+    net::tls,
     trace::{self, Filter, Format, MIN_RING_BYTES, RenderOptions, StatusFilter, TimeBound},
 };
 
@@ -24,6 +30,8 @@ const AFTER_HELP: &str = "\
 Examples:
   phantom-fast --upstream 127.0.0.1:3000 --fault delay:100ms-500ms --fault error:503:0.1:/api
   phantom-fast                      # forward proxy on 127.0.0.1:8080 (HTTP_PROXY=http://127.0.0.1:8080)
+  phantom-fast --upstream https://api.internal:8443 --upstream-ca internal-ca.pem
+  phantom-fast --mitm --fault error:503:/api   # HTTPS_PROXY=http://127.0.0.1:8080; see `phantom-fast ca`
   phantom-fast traces --status 5xx --since 10m
   phantom-fast traces get 00f067aa0ba902b7
   phantom-fast stats
@@ -50,6 +58,32 @@ pub enum Command {
     Stats(QueryArgs),
     /// Read or change the live faults of a running proxy through its --admin endpoint.
     Faults(FaultsArgs),
+    /// Print the MITM CA certificate (creating it on first use) and how to trust it.
+    Ca(CaArgs),
+}
+
+/// `ca` options.
+#[derive(Debug, Args)]
+pub struct CaArgs {
+    /// Directory of ca.pem and ca-key.pem [default: $XDG_DATA_HOME/phantom-fast/ca].
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+}
+
+impl CaArgs {
+    /// Loads or creates the CA and describes it: path, PEM, one line per way of trusting it.
+    ///
+    /// # Errors
+    /// `Error::Ca` when the CA cannot be read or created; `Error::Output` when writing fails.
+    pub fn run(self, out: &mut impl std::io::Write) -> Result<(), Error> {
+        let dir = self.ca_dir.unwrap_or_else(ca::default_ca_dir);
+        let ca = Ca::load_or_create(&dir, tls::provider())?;
+        out.write_all(ca::describe(&ca).as_bytes())
+            .map_err(|source| Error::Output {
+                what: "the CA",
+                source,
+            })
+    }
 }
 
 /// Options of the proxy itself.
@@ -59,7 +93,10 @@ pub struct RunArgs {
     #[arg(short, long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Reverse-proxy to this upstream; without it phantom-fast is a forward proxy (HTTP_PROXY).
-    #[arg(short, long, value_name = "HOST:PORT")]
+    ///
+    /// HOST:PORT or http://HOST[:PORT] is plain HTTP; https://HOST[:PORT] (port 443 by default)
+    /// is TLS with SNI HOST, verified against the system roots or --upstream-ca.
+    #[arg(short, long, value_name = "URL")]
     pub upstream: Option<String>,
     /// Host header sent upstream in reverse mode (default: the client's Host).
     #[arg(long, value_name = "HOST", requires = "upstream")]
@@ -139,6 +176,102 @@ pub struct RunArgs {
     /// --fault; reloaded when the file changes and on SIGHUP. A bad edit keeps the live rules.
     #[arg(long, value_name = "FILE")]
     pub faults_file: Option<PathBuf>,
+    /// Serve https: the certificate chain (PEM, leaf first; RSA or ECDSA). Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Verify TLS upstreams against these CA certificates (PEM, one or more) instead of the
+    /// system roots.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Do not verify TLS upstreams' certificates (testing only: anyone can impersonate them).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Forward mode: open CONNECT tunnels that start TLS, with a certificate from phantom-fast's
+    /// CA, so faults and traces reach each HTTPS request (`phantom-fast ca` shows how to trust
+    /// the CA). Without it, CONNECT is an opaque tunnel.
+    #[arg(long, conflicts_with = "upstream")]
+    pub mitm: bool,
+    /// Directory of the MITM CA (ca.pem, ca-key.pem) [default: $XDG_DATA_HOME/phantom-fast/ca].
+    #[arg(long, value_name = "DIR", requires = "mitm")]
+    pub ca_dir: Option<PathBuf>,
+}
+
+/// An `--upstream` value, split: whether it speaks TLS, the host and the port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// `https://`.
+    pub tls: bool,
+    /// The host as written (brackets removed from an IPv6 address).
+    pub host: String,
+    /// The port, 443 or 80 by default for https:// and http://.
+    pub port: u16,
+}
+
+impl UpstreamUrl {
+    /// `host:port` (IPv6 in brackets), as resolved and shown in URLs and traces.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Parses `--upstream`: `HOST:PORT`, `http://HOST[:PORT]` or `https://HOST[:PORT]` (the scheme
+/// case-insensitive, one trailing `/` allowed, no path, no userinfo).
+///
+/// # Errors
+/// A message saying what was expected.
+pub fn parse_upstream(s: &str) -> Result<UpstreamUrl, String> {
+    let bad = |why: &str| format!("invalid --upstream {s:?}: {why}");
+    let lower = s.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
+    let (tls, rest, default_port) = if lower.starts_with("https://") {
+        (true, &s[8..], Some(443))
+    } else if lower.starts_with("http://") {
+        (false, &s[7..], Some(80))
+    } else if s.contains("://") {
+        return Err(bad("only http:// and https:// are supported"));
+    } else {
+        (false, s, None)
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '@', '?', '#']) {
+        return Err(bad(
+            "expected HOST:PORT or a scheme with HOST[:PORT], nothing after it",
+        ));
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    let port = match (port, default_port) {
+        (Some(p), _) => p
+            .parse::<u16>()
+            .map_err(|_| bad("the port is not a number within 0..=65535"))?,
+        (None, Some(p)) => p,
+        (None, None) => {
+            return Err(bad(
+                "expected HOST:PORT (or http:// / https:// before the host)",
+            ));
+        }
+    };
+    Ok(UpstreamUrl {
+        tls,
+        host: host.to_owned(),
+        port,
+    })
 }
 
 /// `faults` options: which operation (each takes the endpoint options).
@@ -565,8 +698,43 @@ impl RunArgs {
                 "--max-connections and --max-upstream-connections must be at least 1".into(),
             ));
         }
-        let mode = match self.upstream {
-            Some(authority) => {
+        let provider = tls::provider();
+        let listener = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::load_server_config(cert, key, provider.clone())?),
+            _ => None,
+        };
+        let upstream = self
+            .upstream
+            .as_deref()
+            .map(parse_upstream)
+            .transpose()
+            .map_err(Error::Config)?;
+        let wants_client_tls = upstream.as_ref().is_none_or(|up| up.tls);
+        if !wants_client_tls && (self.insecure || self.upstream_ca.is_some()) {
+            return Err(Error::Config(
+                "--insecure and --upstream-ca apply to TLS upstreams: use --upstream https://..."
+                    .into(),
+            ));
+        }
+        let (client, roots) = if wants_client_tls {
+            let (client, roots) = tls::load_client_config(
+                self.upstream_ca.as_deref(),
+                self.insecure,
+                provider.clone(),
+            )?;
+            (Some(client), Some(roots))
+        } else {
+            (None, None)
+        };
+        let mitm = if self.mitm {
+            let dir = self.ca_dir.unwrap_or_else(ca::default_ca_dir);
+            Some(Arc::new(Ca::load_or_create(&dir, provider)?))
+        } else {
+            None
+        };
+        let mode = match upstream {
+            Some(url) => {
+                let authority = url.authority();
                 let addrs: Vec<SocketAddr> = authority
                     .to_socket_addrs()
                     .map_err(|source| Error::Resolve {
@@ -582,6 +750,9 @@ impl RunArgs {
                     authority,
                     addrs,
                     host_override: self.upstream_host,
+                    tls: url.tls.then(|| UpstreamTls {
+                        server_name: url.host.clone(),
+                    }),
                 })
             }
             None => Mode::Forward,
@@ -626,6 +797,13 @@ impl RunArgs {
                     .or_else(|| std::env::var("PHANTOM_ADMIN_TOKEN").ok())
                     .filter(|token| !token.is_empty()),
                 faults_file: self.faults_file,
+            },
+            tls: TlsSettings {
+                listener,
+                client,
+                roots,
+                insecure: self.insecure,
+                mitm,
             },
         })
     }
@@ -894,6 +1072,65 @@ pub fn parse_header_name(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_rows() {
+        let ok = |tls, host: &str, port| {
+            Ok(UpstreamUrl {
+                tls,
+                host: host.into(),
+                port,
+            })
+        };
+        let rows: &[(&str, &str, Result<UpstreamUrl, ()>)] = &[
+            (
+                "bare_host_port_is_plain",
+                "127.0.0.1:3000",
+                ok(false, "127.0.0.1", 3000),
+            ),
+            (
+                "http_with_port",
+                "http://origin:8080",
+                ok(false, "origin", 8080),
+            ),
+            (
+                "http_default_port",
+                "http://origin",
+                ok(false, "origin", 80),
+            ),
+            (
+                "https_default_port",
+                "https://api.example.com",
+                ok(true, "api.example.com", 443),
+            ),
+            (
+                "https_with_port",
+                "https://api.example.com:8443",
+                ok(true, "api.example.com", 8443),
+            ),
+            (
+                "https_trailing_slash",
+                "https://api.example.com/",
+                ok(true, "api.example.com", 443),
+            ),
+            ("scheme_case_insensitive", "HTTPS://h:1", ok(true, "h", 1)),
+            ("ipv6_https", "https://[::1]:8443", ok(true, "::1", 8443)),
+            ("ipv6_default_port", "https://[::1]", ok(true, "::1", 443)),
+            ("bare_host_needs_port", "origin", Err(())),
+            ("path_rejected", "https://h/api", Err(())),
+            ("userinfo_rejected", "https://u@h", Err(())),
+            ("other_scheme_rejected", "ftp://h:21", Err(())),
+            ("bad_port_rejected", "https://h:99999", Err(())),
+            ("empty_host_rejected", "https://:443", Err(())),
+        ];
+        for (name, input, want) in rows {
+            assert_eq!(parse_upstream(input).map_err(|_| ()), *want, "{name}");
+        }
+        assert_eq!(
+            parse_upstream("https://[::1]").unwrap().authority(),
+            "[::1]:443"
+        );
+    }
     use crate::trace::DEFAULT_CAPACITY_BYTES;
 
     #[test]

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Some(Command::Traces(args)) => args.run(&mut std::io::stdout().lock()),
         Some(Command::Stats(args)) => args.run_stats(&mut std::io::stdout().lock()),
         Some(Command::Faults(args)) => args.run(&mut std::io::stdout().lock()),
+        Some(Command::Ca(args)) => args.run(&mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -217,6 +217,11 @@ impl Server {
                 path.display()
             ));
         }
+        let forward = matches!(self.config.mode, Mode::Forward);
+        for line in self.config.tls.banner_lines(forward) {
+            text.push_str("\n  ");
+            text.push_str(&line);
+        }
         text
     }
 

@@ -13,6 +13,7 @@ mod keepalive;
 mod regression;
 mod rejects;
 mod support;
+mod tls;
 mod trace;
 mod trace_query;
 mod trace_survival;
