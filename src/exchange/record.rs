@@ -44,6 +44,8 @@ pub(crate) struct Stats {
     pub(crate) delay_ns: Vec<u64>,
     /// Trace records written.
     pub(crate) trace_records: u64,
+    /// The latency ledger (injected, upstream, overhead), faulted and unfaulted apart.
+    pub(crate) ledger: trace::LedgerSummary,
     /// At shutdown, with a control plane: per-rule counters by id over every table used
     /// (`rules` then only covers the last one).
     pub(crate) by_id: Vec<RuleCounters>,
@@ -61,6 +63,7 @@ impl Stats {
             upstream_ttfb: DurationHistogram::default(),
             delay_ns: vec![0; rules],
             trace_records: 0,
+            ledger: trace::LedgerSummary::new(),
             by_id: Vec::new(),
         }
     }
@@ -97,7 +100,7 @@ impl Session<'_> {
             AppliedFault {
                 kind,
                 rule: rule as u32,
-                rule_id: "",
+                rule_id: &self.faults.ids[rule],
                 spec: &self.faults.specs[rule],
                 value,
             }
@@ -115,7 +118,8 @@ impl Session<'_> {
             injected_delay_ns: nanos(decision.delay),
             generation: self.faults.generation,
             faults: fault.as_slice(),
-            tls: None,
+            client_tls: None,
+            upstream_tls: None,
             method,
             url: &self.url,
             version: self.ex.version.as_str(),
@@ -154,10 +158,18 @@ impl Session<'_> {
         if let Some(ttfb) = self.ex.ttfb {
             stats.upstream_ttfb.record(ttfb);
         }
+        let decision = self.ex.decision;
+        let ledger = trace::Ledger::from_parts(
+            nanos(duration),
+            nanos(decision.delay),
+            0,
+            self.ex.ttfb.map_or(0, nanos),
+            0,
+        );
+        stats.ledger.record(&ledger, decision.rule.is_some());
         // The delay is the decision's total; it goes to the rule the decision names when that
         // is a delay rule, and only while this exchange's table is still the worker's (the
         // per-rule slices follow the current table).
-        let decision = self.ex.decision;
         if let Some(rule) = decision.rule
             && !decision.delay.is_zero()
             && self.w.table.is_current(&self.faults)
