@@ -361,3 +361,22 @@ impl Session<'_> {
         Err(Failed::new(why, false))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_of_rows() {
+        let rows: &[(&str, &str, &str)] = &[
+            ("name_and_port", "api.example.test:8443", "api.example.test"),
+            ("name_alone", "api.example.test", "api.example.test"),
+            ("ipv4_and_port", "127.0.0.1:443", "127.0.0.1"),
+            ("ipv6_and_port", "[::1]:443", "::1"),
+            ("ipv6_alone", "[::1]", "::1"),
+        ];
+        for (name, authority, want) in rows {
+            assert_eq!(host_of(authority), *want, "{name}");
+        }
+    }
+}
