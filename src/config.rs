@@ -120,6 +120,17 @@ pub struct TraceSettings {
     pub body_bytes: usize,
 }
 
+/// The control plane's settings (`--admin`, `--admin-token`, `--faults-file`); all off by default.
+#[derive(Debug, Clone, Default)]
+pub struct ControlSettings {
+    /// Where the admin endpoint listens (port 0 picks one; the banner prints it).
+    pub admin: Option<SocketAddr>,
+    /// Bearer token every mutation must carry (`--admin-token` or `PHANTOM_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// The rules file, reloaded when it changes and on SIGHUP.
+    pub faults_file: Option<PathBuf>,
+}
+
 /// Everything a worker needs to know, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -152,6 +163,8 @@ pub struct Config {
     pub max_upstream_connections: usize,
     /// Tracing, unless `--no-traces`.
     pub trace: Option<TraceSettings>,
+    /// The admin endpoint and the rules file.
+    pub control: ControlSettings,
     /// TLS material: listener, upstream verification, the MITM CA.
     pub tls: TlsSettings,
 }

@@ -46,6 +46,8 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
+    /// The admin endpoint of a running proxy could not be reached or failed (`faults`).
+    Admin(String),
     /// A worker thread panicked: always a bug.
     WorkerPanicked(usize),
     /// A `--tls-cert`, `--tls-key` or `--upstream-ca` file that cannot be used.
@@ -64,21 +66,22 @@ pub enum Error {
 impl Error {
     /// Whether the error is the user's input (exit status 2) rather than the environment (1).
     pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Error::Config(_)
-                | Error::Fault(_)
-                | Error::Resolve { .. }
-                | Error::TlsFile(_)
-                | Error::Ca(CaError::Invalid { .. })
-        )
+            | Error::Fault(_)
+            | Error::Resolve { .. }
+            | Error::TlsFile(_)
+            | Error::Ca(CaError::Invalid { .. }) => true,
+            Error::Trace(e) => e.is_bad_input(),
+            _ => false,
+        }
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Config(msg) => f.write_str(msg),
+            Error::Config(msg) | Error::Admin(msg) => f.write_str(msg),
             Error::Fault(e) => write!(f, "{e}"),
             Error::Resolve { authority, .. } => write!(f, "cannot resolve upstream {authority:?}"),
             Error::Bind { addr, .. } => write!(f, "cannot listen on {addr}"),
@@ -109,7 +112,7 @@ impl std::error::Error for Error {
             Error::Trace(e) => Some(e),
             Error::TlsFile(e) => Some(e),
             Error::Ca(e) => Some(e),
-            Error::Config(_) | Error::WorkerPanicked(_) => None,
+            Error::Config(_) | Error::Admin(_) | Error::WorkerPanicked(_) => None,
         }
     }
 }

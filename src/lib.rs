@@ -36,6 +36,7 @@
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod error;
 mod exchange;
 pub mod fault;

@@ -3,6 +3,7 @@
 //!
 //! Each area is a module; `support` holds the proxy process, origins and the raw client.
 
+mod control;
 mod drivers;
 mod faults;
 mod forward;
@@ -14,4 +15,6 @@ mod rejects;
 mod support;
 mod tls;
 mod trace;
+mod trace_query;
+mod trace_survival;
 mod upstream_errors;

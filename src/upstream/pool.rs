@@ -77,6 +77,17 @@ impl Pool {
         None
     }
 
+    /// Connections now carrying an exchange and connections idle in the pool, over every
+    /// destination (for `/metrics`).
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        self.dests.values().fold((0, 0), |(busy, idle), slots| {
+            (
+                busy + slots.open - slots.idle.len(),
+                idle + slots.idle.len(),
+            )
+        })
+    }
+
     /// Keeps a reusable connection for the next exchange (or closes it when enough are idle).
     pub(crate) fn checkin(&mut self, dest: Dest, conn: Conn, bufs: &mut BufPool) {
         let dest = self.dests.entry(dest).or_default();
