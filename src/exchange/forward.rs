@@ -100,6 +100,7 @@ impl Session<'_> {
             Err(next) => return next,
         };
         self.ex.upstream_addr = Some(dest.addr);
+        self.ex.upstream_sni = dest.tls.clone();
         let w = self.w;
         let deadline = Instant::now() + w.config.upstream_timeout;
         let Some(lease) = upstream::acquire(&w.pool, &w.bufs, dest.clone(), deadline).await else {
@@ -213,6 +214,10 @@ impl Session<'_> {
 
     /// Puts a reusable upstream connection back and records the exchange.
     fn finish_upstream(&mut self, up: Conn, dest: Dest, done: Relayed) -> Next {
+        if let Some(tls) = up.transport().and_then(|t| t.tls()) {
+            let facts = tls.facts();
+            self.ex.upstream_tls = Some((facts.version_code, facts.cipher_suite_code));
+        }
         if done.upstream_reusable && up.buffered().is_empty() {
             self.w
                 .pool

@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use crate::{
     control::{DurationHistogram, RuleCounters},
     fault::{FaultKind, RuleStats},
-    trace::{self, AppliedFault, Outcome, TraceEvent},
+    trace::{self, AppliedFault, Outcome, TlsFacts, TraceEvent},
 };
 
 use super::Session;
@@ -103,6 +103,7 @@ impl Session<'_> {
             }
         });
         let method = self.request_head.get(..self.ex.method_len).unwrap_or(b"");
+        let tls = self.tls_facts();
         let event = TraceEvent {
             trace_id: self.ex.trace_id,
             span_id: self.ex.span_id,
@@ -115,7 +116,7 @@ impl Session<'_> {
             injected_delay_ns: nanos(decision.delay),
             generation: self.faults.generation,
             faults: fault.as_slice(),
-            tls: None,
+            tls,
             method,
             url: &self.url,
             version: self.ex.version.as_str(),
@@ -135,6 +136,33 @@ impl Session<'_> {
         self.w.stats.borrow_mut().trace_records += 1;
         self.request_head.clear();
         self.url.clear();
+    }
+
+    /// The TLS facts of the exchange: the client's session when it spoke TLS to us (the https
+    /// listener, an intercepted tunnel), else the upstream's when we spoke TLS to it.
+    fn tls_facts(&self) -> Option<TlsFacts<'_>> {
+        let upstream_tls = self.ex.upstream_sni.is_some();
+        if let Some(client) = self.client.transport().and_then(|t| t.tls()) {
+            let facts = client.facts();
+            return Some(TlsFacts {
+                server_name: facts.server_name.unwrap_or(""),
+                version: facts.version_code,
+                cipher_suite: facts.cipher_suite_code,
+                alpn: client.alpn().unwrap_or(b""),
+                mitm: self.mitm.is_some(),
+                upstream_tls,
+            });
+        }
+        let name = self.ex.upstream_sni.as_deref()?;
+        let (version, cipher_suite) = self.ex.upstream_tls.unwrap_or((0, 0));
+        Some(TlsFacts {
+            server_name: name,
+            version,
+            cipher_suite,
+            alpn: b"",
+            mitm: false,
+            upstream_tls,
+        })
     }
 
     /// The worker's counters for one exchange.
