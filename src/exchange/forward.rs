@@ -128,6 +128,7 @@ impl Session<'_> {
     /// opened (its pool slot is free again); every other ending is answered here.
     async fn forward_to(&mut self, facts: RequestFacts, dest: Dest) -> io::Result<Next> {
         self.ex.upstream_addr = Some(dest.addr);
+        self.ex.upstream_sni = dest.tls.clone();
         let w = self.w;
         let deadline = Instant::now() + w.config.upstream_timeout;
         let Some(lease) = upstream::acquire(&w.pool, &w.bufs, dest.clone(), deadline).await else {
@@ -243,6 +244,13 @@ impl Session<'_> {
 
     /// Puts a reusable upstream connection back and records the exchange.
     fn finish_upstream(&mut self, up: Conn, dest: Dest, done: Relayed) -> Next {
+        if let Some(tls) = up.transport().and_then(|t| t.tls()) {
+            let facts = tls.facts();
+            self.ex.upstream_tls = Some(tls::TlsFacts {
+                server_name: None,
+                ..facts
+            });
+        }
         if done.upstream_reusable && up.buffered().is_empty() {
             self.w
                 .pool
@@ -389,5 +397,24 @@ impl Session<'_> {
             Err(RelayError::Source { timed_out: false }) => UpstreamFailure::ClientGone,
         };
         Err(Failed::new(why, false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_of_rows() {
+        let rows: &[(&str, &str, &str)] = &[
+            ("name_and_port", "api.example.test:8443", "api.example.test"),
+            ("name_alone", "api.example.test", "api.example.test"),
+            ("ipv4_and_port", "127.0.0.1:443", "127.0.0.1"),
+            ("ipv6_and_port", "[::1]:443", "::1"),
+            ("ipv6_alone", "[::1]", "::1"),
+        ];
+        for (name, authority, want) in rows {
+            assert_eq!(host_of(authority), *want, "{name}");
+        }
     }
 }
