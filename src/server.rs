@@ -32,7 +32,7 @@ use crate::{
     exchange::{self, Faults, Stats},
     net::{timer::DelayTimer, transport::ECANCELED},
     summary::Summary,
-    trace::{TraceConfig, TraceWriter},
+    trace::{self, RingUsage, TraceConfig, TraceWriter},
     worker::Worker,
 };
 
@@ -94,6 +94,8 @@ pub struct Server {
     admin_addr: Option<SocketAddr>,
     listeners: Vec<std::net::TcpListener>,
     traces: Vec<Option<TraceWriter>>,
+    /// The rings' counters at startup: the summary reports what this run added.
+    trace_start: RingUsage,
     local_addr: SocketAddr,
     driver: UsedDriver,
 }
@@ -143,9 +145,10 @@ impl Server {
                     capacity_bytes: settings.capacity_bytes,
                     reset: settings.reset,
                 };
-                (0..config.workers)
-                    .map(|i| TraceWriter::open(&trace_config, i).map(Some))
-                    .collect::<Result<Vec<_>, _>>()?
+                TraceWriter::open_all(&trace_config, config.workers)?
+                    .into_iter()
+                    .map(Some)
+                    .collect()
             }
             None => (0..config.workers).map(|_| None).collect(),
         };
@@ -158,6 +161,9 @@ impl Server {
                 .map_err(|source| Error::Bind { addr, source })?;
             listeners.push(listener);
         }
+        let trace_start = config.trace.as_ref().map_or_else(RingUsage::default, |t| {
+            trace::ring_usage(&t.dir, config.workers)
+        });
         Ok(Server {
             config: Arc::new(config),
             faults,
@@ -165,6 +171,7 @@ impl Server {
             admin_addr,
             listeners,
             traces,
+            trace_start,
             local_addr: addr,
             driver,
         })
@@ -210,6 +217,11 @@ impl Server {
                 path.display()
             ));
         }
+        let forward = matches!(self.config.mode, Mode::Forward);
+        for line in self.config.tls.banner_lines(forward) {
+            text.push_str("\n  ");
+            text.push_str(&line);
+        }
         text
     }
 
@@ -224,6 +236,7 @@ impl Server {
             control,
             listeners,
             traces,
+            trace_start,
             driver,
             ..
         } = self;
@@ -307,6 +320,10 @@ impl Server {
         {
             eprintln!("phantom-fast: the admin thread panicked (a bug: please report it)");
         }
+        summary.traces = config
+            .trace
+            .as_ref()
+            .map(|t| trace::ring_usage(&t.dir, config.workers).since(trace_start));
         match first_error {
             Some(e) => Err(e),
             None => Ok(summary),

@@ -11,7 +11,7 @@ use crate::{
     control::{RuleCounters, metrics::add_counters},
     exchange::{Stats, latency_histogram},
     fault::{FaultRule, RuleStats},
-    trace::Outcome,
+    trace::{Outcome, RingUsage},
 };
 
 /// What all workers did, printed at shutdown.
@@ -29,6 +29,9 @@ pub struct Summary {
     pub latency_us: Histogram<u64>,
     /// Wall time served.
     pub elapsed: Duration,
+    /// Trace records written, overwritten by wrapping and dropped in this run (`None`:
+    /// `--no-traces`).
+    pub traces: Option<RingUsage>,
 }
 
 impl Summary {
@@ -44,6 +47,7 @@ impl Summary {
             by_id: Vec::new(),
             latency_us: latency_histogram(),
             elapsed: Duration::ZERO,
+            traces: None,
         }
     }
 
@@ -109,6 +113,9 @@ impl fmt::Display for Summary {
                 "  fault[{i}] {spec}: matched {}, faulted {}",
                 stats.matched, stats.faulted
             )?;
+        }
+        if let Some(traces) = &self.traces {
+            writeln!(f, "{}", traces.summary_line())?;
         }
         Ok(())
     }

@@ -12,7 +12,8 @@ use std::{
 };
 
 use crate::{
-    config::Config,
+    ca::{LEAF_CACHE_ENTRIES, LeafCache},
+    config::{Config, Mode},
     control::{RuleCounters, RuleTally, WorkerLink, WorkerReport},
     exchange::{Faults, Stats},
     net::{BufPool, timer::DelayTimer},
@@ -106,6 +107,11 @@ pub(crate) struct Worker {
     /// Per-rule counters of tables swapped out, for `/metrics`.
     tally: RefCell<RuleTally>,
     pub(crate) shutdown: Shutdown,
+    /// The reverse-mode upstream's TLS server name (`--upstream https://…`), shared by every
+    /// pool key so keying allocates nothing.
+    pub(crate) upstream_name: Option<Rc<str>>,
+    /// `--mitm` leaves signed so far, by name (a repeat host costs no signature).
+    pub(crate) leaves: RefCell<LeafCache>,
 }
 
 impl Worker {
@@ -124,6 +130,10 @@ impl Worker {
         };
         let rules = faults.table().len();
         let pool = Pool::new(config.max_upstream_connections);
+        let upstream_name = match &config.mode {
+            Mode::Reverse(up) => up.tls.as_ref().map(|t| Rc::from(t.server_name.as_str())),
+            Mode::Forward => None,
+        };
         Worker {
             config,
             table: TableSlot::new(faults),
@@ -139,6 +149,8 @@ impl Worker {
             active_faults: ActiveFaults::default(),
             tally: RefCell::default(),
             shutdown: Shutdown::default(),
+            upstream_name,
+            leaves: RefCell::new(LeafCache::new(LEAF_CACHE_ENTRIES)),
         }
     }
 

@@ -13,5 +13,8 @@ mod keepalive;
 mod regression;
 mod rejects;
 mod support;
+mod tls;
 mod trace;
+mod trace_query;
+mod trace_survival;
 mod upstream_errors;

@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use crate::{
     control::{DurationHistogram, RuleCounters},
     fault::{FaultKind, RuleStats},
-    trace::{self, FaultHit, Outcome, TraceEvent},
+    trace::{self, AppliedFault, Outcome, TraceEvent},
 };
 
 use super::Session;
@@ -89,13 +89,18 @@ impl Session<'_> {
         };
         let decision = self.ex.decision;
         // The rule index is read against the snapshot this exchange pinned.
-        let fault = decision.rule.map(|rule| FaultHit {
-            rule: rule as u32,
-            kind: match self.faults.table().rules()[rule].kind() {
-                FaultKind::Delay => trace::FaultKind::Delay,
-                FaultKind::Error => trace::FaultKind::Error,
-            },
-            spec: &self.faults.specs[rule],
+        let fault = decision.rule.map(|rule| {
+            let (kind, value) = match self.faults.table().rules()[rule].kind() {
+                FaultKind::Delay => (trace::FaultKind::Delay, nanos(decision.delay)),
+                FaultKind::Error => (trace::FaultKind::Error, u64::from(self.ex.status)),
+            };
+            AppliedFault {
+                kind,
+                rule: rule as u32,
+                rule_id: "",
+                spec: &self.faults.specs[rule],
+                value,
+            }
         });
         let method = self.request_head.get(..self.ex.method_len).unwrap_or(b"");
         let event = TraceEvent {
@@ -104,9 +109,13 @@ impl Session<'_> {
             parent_span_id: self.ex.parent_span_id,
             start_unix_ns: self.ex.start_unix_ns,
             duration_ns: nanos(duration),
+            upstream_connect_ns: 0,
             upstream_ttfb_ns: self.ex.ttfb.map(nanos),
+            upstream_body_ns: 0,
             injected_delay_ns: nanos(decision.delay),
-            fault,
+            generation: self.faults.generation,
+            faults: fault.as_slice(),
+            tls: None,
             method,
             url: &self.url,
             version: self.ex.version.as_str(),
