@@ -23,6 +23,7 @@
 //!   fault API, and the publisher workers take new fault snapshots from on their tick.
 //! - [`server`]: threads, runtimes, listeners, the accept loop and the tick, shutdown.
 //! - [`summary`]: the shutdown summary.
+//! - [`export`]: OTLP export of the rings' records as spans, on its own thread or as `export`.
 //!
 //! # Threading model
 //! The main thread parses the command line, compiles the fault table (with its synthetic
@@ -44,6 +45,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 mod exchange;
+pub mod export;
 pub mod fault;
 pub mod http;
 pub mod net;

@@ -30,6 +30,7 @@ use crate::{
     },
     error::Error,
     exchange::{self, Faults, Stats},
+    export::{ExportThread, Start},
     net::{timer::DelayTimer, transport::ECANCELED},
     summary::Summary,
     trace::{self, RingUsage, TraceConfig, TraceWriter},
@@ -222,6 +223,9 @@ impl Server {
             text.push_str("\n  ");
             text.push_str(&line);
         }
+        if let Some(export) = &self.config.export {
+            text.push_str(&format!("\n  otlp → {}", export.endpoint.url));
+        }
         text
     }
 
@@ -270,6 +274,15 @@ impl Server {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let pin = config.workers >= cores;
         let started = Instant::now();
+        // The exporter reads the rings on its own thread, from what this run writes on.
+        let exporter = match (&config.export, &config.trace) {
+            (Some(export), Some(trace)) => Some(ExportThread::spawn(
+                export.clone(),
+                &trace.dir,
+                Start::Newest,
+            )?),
+            _ => None,
+        };
         let handles: Vec<_> = listeners
             .into_iter()
             .zip(traces)
@@ -324,6 +337,9 @@ impl Server {
             .trace
             .as_ref()
             .map(|t| trace::ring_usage(&t.dir, config.workers).since(trace_start));
+        if let Some(exporter) = exporter {
+            eprintln!("phantom-fast {}", exporter.finish().summary());
+        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(summary),

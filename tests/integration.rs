@@ -5,6 +5,7 @@
 
 mod control;
 mod drivers;
+mod export;
 mod faults;
 mod forward;
 mod framing;
@@ -12,6 +13,7 @@ mod hostile;
 mod keepalive;
 mod regression;
 mod rejects;
+mod seccomp;
 mod support;
 mod tls;
 mod trace;
