@@ -405,13 +405,14 @@ fn bind_control(config: &Config) -> Result<Option<ControlPlane>, Error> {
         None => (None, flags),
     };
     let compile: CompileFn<Faults> =
-        Box::new(|c: Compiled<'_>| Faults::compile_with_ids(c.rules, c.ids, c.generation));
+        Box::new(|c: Compiled<'_>| Ok(Faults::compile_with_ids(c.rules, c.ids, c.generation)));
     let (admin, publisher) = Admin::new(
         config.workers,
         startup,
         compile,
         settings.admin_token.clone(),
-    );
+    )
+    .map_err(Error::Config)?;
     let listener = settings
         .admin
         .map(|addr| listener::bind(addr).map_err(|source| Error::Bind { addr, source }))
