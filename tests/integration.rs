@@ -3,6 +3,7 @@
 //!
 //! Each area is a module; `support` holds the proxy process, origins and the raw client.
 
+mod control;
 mod drivers;
 mod export;
 mod faults;
@@ -14,5 +15,8 @@ mod regression;
 mod rejects;
 mod seccomp;
 mod support;
+mod tls;
 mod trace;
+mod trace_query;
+mod trace_survival;
 mod upstream_errors;

@@ -5,6 +5,7 @@
 
 use std::{
     pin::pin,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -29,16 +30,31 @@ pub(crate) struct Faults {
     pub(super) synthetic: Synthetic,
     /// Which rule set this is; a replacement gets a different one.
     pub(crate) generation: u64,
+    /// Each rule's stable id (the `rule` label in `/metrics`), same order as the table.
+    pub(crate) ids: Vec<Arc<str>>,
 }
 
 impl Faults {
     /// Compiles the rules and prebuilds each error rule's answers.
     pub(crate) fn compile(rules: &[FaultRule], generation: u64) -> Faults {
+        let ids: Vec<Arc<str>> = (0..rules.len())
+            .map(|i| Arc::from(crate::control::rules::default_id(i)))
+            .collect();
+        Faults::compile_with_ids(rules, &ids, generation)
+    }
+
+    /// [`Faults::compile`] with the control plane's rule ids (`ids.len() == rules.len()`).
+    pub(crate) fn compile_with_ids(
+        rules: &[FaultRule],
+        ids: &[Arc<str>],
+        generation: u64,
+    ) -> Faults {
         Faults {
             table: FaultTable::compile(rules),
             specs: rules.iter().map(ToString::to_string).collect(),
             synthetic: Synthetic::compile(rules),
             generation,
+            ids: ids.to_vec(),
         }
     }
 
@@ -65,6 +81,8 @@ impl Session<'_> {
     /// Sleeps for an injected delay while watching the client: `false` when it hung up.
     /// Bytes it sends meanwhile (a body, a pipelined request) are kept.
     pub(super) async fn delay(&mut self, delay: Duration) -> bool {
+        // Counted as "inside a fault" (`phantom_active_faults`) for the whole wait.
+        let _active = self.w.active_faults.enter();
         let deadline = Instant::now() + delay;
         let mut elapsed = pin!(self.w.timer.sleep_until(deadline));
         // The wheel deadline only backs up the precise one; it never ends the delay early.

@@ -6,8 +6,9 @@
 use hdrhistogram::Histogram;
 
 use crate::{
+    control::{DurationHistogram, RuleCounters},
     fault::{FaultKind, RuleStats},
-    trace::{self, FaultHit, Outcome, TraceEvent},
+    trace::{self, AppliedFault, Outcome, TraceEvent},
 };
 
 use super::Session;
@@ -35,6 +36,17 @@ pub(crate) struct Stats {
     pub(crate) rules: Vec<RuleStats>,
     /// Total exchange duration in microseconds.
     pub(crate) latency_us: Histogram<u64>,
+    /// The same durations in `/metrics`' fixed buckets.
+    pub(crate) durations: DurationHistogram,
+    /// Upstream time to first byte, in `/metrics`' fixed buckets.
+    pub(crate) upstream_ttfb: DurationHistogram,
+    /// Injected delay per rule of the current table, nanoseconds (same order as `rules`).
+    pub(crate) delay_ns: Vec<u64>,
+    /// Trace records written.
+    pub(crate) trace_records: u64,
+    /// At shutdown, with a control plane: per-rule counters by id over every table used
+    /// (`rules` then only covers the last one).
+    pub(crate) by_id: Vec<RuleCounters>,
 }
 
 impl Stats {
@@ -45,6 +57,11 @@ impl Stats {
             outcomes: [0; Outcome::ALL.len()],
             rules: vec![RuleStats::default(); rules],
             latency_us: latency_histogram(),
+            durations: DurationHistogram::default(),
+            upstream_ttfb: DurationHistogram::default(),
+            delay_ns: vec![0; rules],
+            trace_records: 0,
+            by_id: Vec::new(),
         }
     }
 }
@@ -72,13 +89,18 @@ impl Session<'_> {
         };
         let decision = self.ex.decision;
         // The rule index is read against the snapshot this exchange pinned.
-        let fault = decision.rule.map(|rule| FaultHit {
-            rule: rule as u32,
-            kind: match self.faults.table().rules()[rule].kind() {
-                FaultKind::Delay => trace::FaultKind::Delay,
-                FaultKind::Error => trace::FaultKind::Error,
-            },
-            spec: &self.faults.specs[rule],
+        let fault = decision.rule.map(|rule| {
+            let (kind, value) = match self.faults.table().rules()[rule].kind() {
+                FaultKind::Delay => (trace::FaultKind::Delay, nanos(decision.delay)),
+                FaultKind::Error => (trace::FaultKind::Error, u64::from(self.ex.status)),
+            };
+            AppliedFault {
+                kind,
+                rule: rule as u32,
+                rule_id: "",
+                spec: &self.faults.specs[rule],
+                value,
+            }
         });
         let method = self.request_head.get(..self.ex.method_len).unwrap_or(b"");
         let event = TraceEvent {
@@ -87,9 +109,13 @@ impl Session<'_> {
             parent_span_id: self.ex.parent_span_id,
             start_unix_ns: self.ex.start_unix_ns,
             duration_ns: nanos(duration),
+            upstream_connect_ns: 0,
             upstream_ttfb_ns: self.ex.ttfb.map(nanos),
+            upstream_body_ns: 0,
             injected_delay_ns: nanos(decision.delay),
-            fault,
+            generation: self.faults.generation,
+            faults: fault.as_slice(),
+            tls: None,
             method,
             url: &self.url,
             version: self.ex.version.as_str(),
@@ -106,6 +132,7 @@ impl Session<'_> {
         };
         writer.write(&event);
         drop(trace);
+        self.w.stats.borrow_mut().trace_records += 1;
         self.request_head.clear();
         self.url.clear();
     }
@@ -123,5 +150,21 @@ impl Session<'_> {
             .unwrap_or(u64::MAX)
             .max(1);
         stats.latency_us.saturating_record(micros);
+        stats.durations.record(duration);
+        if let Some(ttfb) = self.ex.ttfb {
+            stats.upstream_ttfb.record(ttfb);
+        }
+        // The delay is the decision's total; it goes to the rule the decision names when that
+        // is a delay rule, and only while this exchange's table is still the worker's (the
+        // per-rule slices follow the current table).
+        let decision = self.ex.decision;
+        if let Some(rule) = decision.rule
+            && !decision.delay.is_zero()
+            && self.w.table.is_current(&self.faults)
+            && self.faults.table().rules()[rule].kind() == FaultKind::Delay
+            && let Some(slot) = stats.delay_ns.get_mut(rule)
+        {
+            *slot = slot.saturating_add(nanos(decision.delay));
+        }
     }
 }

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::{
     },
 };
 
-use crate::trace::{ArchivedTraceEvent, FaultKind, Outcome, parse_traceparent};
+use crate::trace::{ArchivedTraceEvent, Outcome, parse_traceparent};
 
 /// Trace flags the proxy forwards when it starts a trace itself (W3C `sampled`).
 const FLAGS_WHEN_ROOT: u8 = 0x01;
@@ -145,46 +145,59 @@ fn phantom_attributes(rec: &ArchivedTraceEvent<'_>, out: &mut Vec<KeyValue>) {
 }
 
 /// Each applied fault: one element of each `phantom.fault.*` array attribute (in the order the
-/// faults were applied) and one `phantom.fault` event with the same facts as scalars.
-///
-/// The sampled value is the injected delay in ns for a delay, the status code for an error.
+/// faults were applied) and one `phantom.fault` event with the same facts as scalars. The value
+/// is the one sampled for the fault, in `phantom.fault.unit` (`ns` for delays, `status` for an
+/// error, …).
 fn fault_attributes(rec: &ArchivedTraceEvent<'_>, start: u64, span: &mut Span) {
-    let Some(fault) = rec.fault.as_ref() else {
+    let faults = rec.faults.get();
+    span.attributes.push(int(
+        "phantom.fault_table.generation",
+        clamp(rec.generation.to_native()),
+    ));
+    if faults.is_empty() {
         return;
-    };
-    let kind = fault.kind.get();
-    let rule_id = format!("r{}", fault.rule.to_native());
-    let spec = fault.spec.get();
-    let value = match kind {
-        FaultKind::Delay => clamp(rec.injected_delay_ns.to_native()),
-        FaultKind::Error => i64::from(rec.status.to_native()),
-    };
-    let facts = [
-        ("phantom.fault.rule_id", Value::StringValue(rule_id)),
-        (
-            "phantom.fault.kind",
-            Value::StringValue(kind.as_str().to_owned()),
-        ),
-        ("phantom.fault.spec", Value::StringValue(spec.to_owned())),
-        ("phantom.fault.value", Value::IntValue(value)),
+    }
+    let mut columns: [(&str, Vec<AnyValue>); 5] = [
+        ("phantom.fault.rule_id", Vec::new()),
+        ("phantom.fault.kind", Vec::new()),
+        ("phantom.fault.spec", Vec::new()),
+        ("phantom.fault.value", Vec::new()),
+        ("phantom.fault.unit", Vec::new()),
     ];
-    span.attributes.push(int("phantom.fault.count", 1));
-    for (key, value) in &facts {
-        let values = vec![AnyValue {
-            value: Some(value.clone()),
-        }];
+    for fault in faults {
+        let kind = fault.kind.get();
+        // A rule without an id of its own has the default one, `r<index>`.
+        let rule_id = match fault.rule_id.get() {
+            "" => format!("r{}", fault.rule.to_native()),
+            id => id.to_owned(),
+        };
+        let facts = [
+            Value::StringValue(rule_id),
+            Value::StringValue(kind.as_str().to_owned()),
+            Value::StringValue(fault.spec.get().to_owned()),
+            Value::IntValue(clamp(fault.value.to_native())),
+            Value::StringValue(kind.unit().to_owned()),
+        ];
+        span.events.push(Event {
+            time_unix_nano: start,
+            name: FAULT_EVENT.to_owned(),
+            attributes: columns
+                .iter()
+                .zip(&facts)
+                .map(|((key, _), value)| key_value(key, value.clone()))
+                .collect(),
+            dropped_attributes_count: 0,
+        });
+        for ((_, column), value) in columns.iter_mut().zip(facts) {
+            column.push(AnyValue { value: Some(value) });
+        }
+    }
+    span.attributes
+        .push(int("phantom.fault.count", faults.len() as i64));
+    for (key, values) in columns {
         span.attributes
             .push(key_value(key, Value::ArrayValue(ArrayValue { values })));
     }
-    span.events.push(Event {
-        time_unix_nano: start,
-        name: FAULT_EVENT.to_owned(),
-        attributes: facts
-            .into_iter()
-            .map(|(key, value)| key_value(key, value))
-            .collect(),
-        dropped_attributes_count: 0,
-    });
 }
 
 /// Error for a 5xx and for upstream errors, upstream timeouts and client aborts, with
@@ -323,17 +336,23 @@ fn int(key: &str, value: i64) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::tests::full_event;
-    use crate::trace::{TraceEvent, access_record};
-    use rkyv::util::AlignedVec;
+    use crate::trace::tests::{TempDir, full_event};
+    use crate::trace::{MIN_RING_BYTES, TraceConfig, TraceEvent, TraceWriter};
 
-    fn archived(ev: &TraceEvent<'_>) -> AlignedVec {
-        rkyv::to_bytes::<rkyv::rancor::Error>(ev).expect("serialise")
-    }
-
+    /// The span of `ev` as the exporter sees it: written by a real `TraceWriter`, read back from
+    /// its ring.
     fn span(ev: &TraceEvent<'_>) -> Span {
-        let bytes = archived(ev);
-        span_of(access_record(&bytes).expect("valid record"))
+        let dir = TempDir::new("export-span");
+        let cfg = TraceConfig {
+            dir: dir.path().to_path_buf(),
+            capacity_bytes: MIN_RING_BYTES,
+            reset: false,
+        };
+        let mut writer = TraceWriter::open(&cfg, 0).expect("open writer");
+        writer.write(ev);
+        let mut source = super::super::RingSource::open(dir.path(), super::super::Start::Oldest)
+            .expect("open source");
+        span_of(source.next_record().expect("the record"))
     }
 
     fn attr<'s>(span: &'s Span, key: &str) -> Option<&'s Value> {
@@ -398,7 +417,7 @@ mod tests {
             ("http.request.body.size", 11),
             ("http.response.body.size", 20),
             ("phantom.upstream.ttfb_ns", 456_789),
-            ("phantom.fault.count", 1),
+            ("phantom.fault.count", 2),
         ];
         for (key, want) in ints {
             assert_eq!(number(&s, key), Some(*want), "attribute {key}");
@@ -408,53 +427,84 @@ mod tests {
     }
 
     #[test]
-    fn fault_is_array_attributes_and_one_event() {
+    fn each_fault_is_an_array_element_and_an_event() {
         let s = span(&full_event());
-        let first = |key: &str| match attr(&s, key) {
-            Some(Value::ArrayValue(a)) if a.values.len() == 1 => a.values[0].value.clone(),
+        let column = |key: &str| match attr(&s, key) {
+            Some(Value::ArrayValue(a)) => a
+                .values
+                .iter()
+                .map(|v| v.value.clone().expect("a value"))
+                .collect::<Vec<_>>(),
             other => panic!("{key}: {other:?}"),
         };
+        let strings = |v: &[&str]| {
+            v.iter()
+                .map(|s| Value::StringValue((*s).to_owned()))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
-            first("phantom.fault.rule_id"),
-            Some(Value::StringValue("r2".into()))
+            column("phantom.fault.rule_id"),
+            strings(&["r1", "refuse-items"])
+        );
+        assert_eq!(column("phantom.fault.kind"), strings(&["delay", "error"]));
+        assert_eq!(
+            column("phantom.fault.spec"),
+            strings(&["delay:250ms", "error:503:0.5"])
         );
         assert_eq!(
-            first("phantom.fault.kind"),
-            Some(Value::StringValue("error".into()))
+            column("phantom.fault.value"),
+            [Value::IntValue(250_000_000), Value::IntValue(503)]
         );
-        assert_eq!(
-            first("phantom.fault.spec"),
-            Some(Value::StringValue("error:503:0.5".into()))
-        );
-        assert_eq!(first("phantom.fault.value"), Some(Value::IntValue(503)));
-        assert_eq!(s.events.len(), 1);
-        let event = &s.events[0];
-        assert_eq!(event.name, FAULT_EVENT);
-        assert_eq!(event.attributes.len(), 4);
+        assert_eq!(column("phantom.fault.unit"), strings(&["ns", "status"]));
+        assert_eq!(number(&s, "phantom.fault.count"), Some(2));
+        assert_eq!(s.events.len(), 2);
+        for (event, kind) in s.events.iter().zip(["delay", "error"]) {
+            assert_eq!(event.name, FAULT_EVENT);
+            assert_eq!(event.attributes.len(), 5);
+            let got = event
+                .attributes
+                .iter()
+                .find(|kv| kv.key == "phantom.fault.kind")
+                .and_then(|kv| kv.value.clone())
+                .and_then(|v| v.value);
+            assert_eq!(got, Some(Value::StringValue(kind.into())));
+        }
     }
 
     #[test]
-    fn delay_fault_value_is_the_injected_delay() {
+    fn empty_rule_id_is_the_default_id() {
+        let faults = [crate::trace::AppliedFault {
+            rule_id: "",
+            ..crate::trace::tests::FULL_FAULTS[1]
+        }];
         let ev = TraceEvent {
-            fault: Some(crate::trace::FaultHit {
-                rule: 0,
-                kind: FaultKind::Delay,
-                spec: "delay:250ms",
-            }),
+            faults: &faults,
+            ..full_event()
+        };
+        let s = span(&ev);
+        let id = match attr(&s, "phantom.fault.rule_id") {
+            Some(Value::ArrayValue(a)) => a.values[0].value.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(id, Some(Value::StringValue("r2".into())));
+    }
+
+    #[test]
+    fn no_fault_no_fault_attributes_but_the_generation() {
+        let ev = TraceEvent {
+            faults: &[],
             status: 200,
             outcome: Outcome::Ok,
             ..full_event()
         };
         let s = span(&ev);
-        assert_eq!(s.events[0].attributes[3].key, "phantom.fault.value");
+        assert!(s.events.is_empty());
+        assert_eq!(attr(&s, "phantom.fault.kind"), None);
         assert_eq!(
-            s.events[0].attributes[3]
-                .value
-                .as_ref()
-                .and_then(|v| v.value.clone()),
-            Some(Value::IntValue(250_000_000))
+            number(&s, "phantom.fault_table.generation"),
+            Some(i64::try_from(ev.generation).expect("small"))
         );
-        assert!(s.status.is_none(), "a delayed 200 is not an error");
+        assert!(s.status.is_none(), "a 200 is not an error");
     }
 
     #[test]
@@ -488,7 +538,7 @@ mod tests {
             let ev = TraceEvent {
                 status: *status,
                 outcome: *outcome,
-                fault: None,
+                faults: &[],
                 ..full_event()
             };
             let s = span(&ev);

@@ -7,6 +7,7 @@
 //! read-only across workers behind an `Arc`. Per-rule counters ([`RuleStats`]) are owned by each
 //! worker, so the request path takes no lock, touches no atomic and allocates nothing.
 
+pub mod schedule;
 mod spec;
 mod table;
 
