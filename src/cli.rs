@@ -36,8 +36,8 @@ Examples:
   phantom-fast traces --status 5xx --since 10m
   phantom-fast traces get 00f067aa0ba902b7
   phantom-fast stats
-  phantom-fast --upstream 127.0.0.1:3000 --admin 127.0.0.1:9901   # then: phantom-fast faults list --admin 127.0.0.1:9901
-  phantom-fast --upstream 127.0.0.1:3000 --otlp-endpoint http://127.0.0.1:4318";
+  phantom-fast --upstream 127.0.0.1:3000 --otlp-endpoint http://127.0.0.1:4318
+  phantom-fast --upstream 127.0.0.1:3000 --admin 127.0.0.1:9901   # then: phantom-fast faults list --admin 127.0.0.1:9901";
 
 /// A high-throughput HTTP/1.1 proxy for fault injection under load.
 #[derive(Debug, Parser)]
@@ -205,6 +205,75 @@ pub struct RunArgs {
     /// OTLP export from the proxy's own thread.
     #[command(flatten)]
     pub otlp: OtlpArgs,
+}
+
+/// OTLP export options, shared by the proxy and `export`.
+#[derive(Debug, Args)]
+pub struct OtlpArgs {
+    /// Send a span per exchange to this OpenTelemetry collector (OTLP/HTTP base URL;
+    /// /v1/traces is appended) [default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as is, else
+    /// $OTEL_EXPORTER_OTLP_ENDPOINT]. OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT,
+    /// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are honoured.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Spans per OTLP export request at most.
+    #[arg(long, value_name = "N", default_value_t = export::DEFAULT_BATCH_SPANS)]
+    pub otlp_batch_size: usize,
+    /// A batch that is not full is sent after this long.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = config::parse_duration)]
+    pub otlp_batch_delay: Duration,
+}
+
+impl OtlpArgs {
+    /// The export settings from these flags and the `OTEL_*` variables; `None` when no
+    /// endpoint is set.
+    ///
+    /// # Errors
+    /// `Error::Config` naming the unusable flag or variable (exit status 2).
+    pub fn settings(&self) -> Result<Option<ExportSettings>, Error> {
+        ExportSettings::resolve(
+            self.otlp_endpoint.as_deref(),
+            self.otlp_batch_size,
+            self.otlp_batch_delay,
+            &|name| std::env::var(name).ok(),
+        )
+        .map_err(Error::Config)
+    }
+}
+
+/// `export` options.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Directory of the rings [default: $XDG_DATA_HOME/phantom-fast/traces].
+    #[arg(long, value_name = "DIR")]
+    pub trace_dir: Option<PathBuf>,
+    /// Export only records written from now on, not what the rings already hold.
+    #[arg(long)]
+    pub skip_backlog: bool,
+    /// Where and how.
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
+}
+
+impl ExportArgs {
+    /// The settings (an endpoint is required), the trace directory and where to start.
+    ///
+    /// # Errors
+    /// `Error::Config` when no endpoint is set or a setting is unusable.
+    pub fn into_parts(self) -> Result<(ExportSettings, PathBuf, Start), Error> {
+        let settings = self.otlp.settings()?.ok_or_else(|| {
+            Error::Config(
+                "export needs --otlp-endpoint URL (or OTEL_EXPORTER_OTLP_ENDPOINT)".into(),
+            )
+        })?;
+        let dir = self.trace_dir.unwrap_or_else(trace::default_trace_dir);
+        let start = if self.skip_backlog {
+            Start::Newest
+        } else {
+            Start::Oldest
+        };
+        Ok((settings, dir, start))
+    }
 }
 
 /// An `--upstream` value, split: whether it speaks TLS, the host and the port.
@@ -438,75 +507,6 @@ impl FaultsArgs {
 /// One rules-file line per spec.
 fn lines(specs: &[String]) -> String {
     specs.iter().map(|spec| format!("{spec}\n")).collect()
-}
-
-/// OTLP export options, shared by the proxy and `export`.
-#[derive(Debug, Args)]
-pub struct OtlpArgs {
-    /// Send a span per exchange to this OpenTelemetry collector (OTLP/HTTP base URL;
-    /// /v1/traces is appended) [default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as is, else
-    /// $OTEL_EXPORTER_OTLP_ENDPOINT]. OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT,
-    /// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are honoured.
-    #[arg(long, value_name = "URL")]
-    pub otlp_endpoint: Option<String>,
-    /// Spans per OTLP export request at most.
-    #[arg(long, value_name = "N", default_value_t = export::DEFAULT_BATCH_SPANS)]
-    pub otlp_batch_size: usize,
-    /// A batch that is not full is sent after this long.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = config::parse_duration)]
-    pub otlp_batch_delay: Duration,
-}
-
-impl OtlpArgs {
-    /// The export settings from these flags and the `OTEL_*` variables; `None` when no
-    /// endpoint is set.
-    ///
-    /// # Errors
-    /// `Error::Config` naming the unusable flag or variable (exit status 2).
-    pub fn settings(&self) -> Result<Option<ExportSettings>, Error> {
-        ExportSettings::resolve(
-            self.otlp_endpoint.as_deref(),
-            self.otlp_batch_size,
-            self.otlp_batch_delay,
-            &|name| std::env::var(name).ok(),
-        )
-        .map_err(Error::Config)
-    }
-}
-
-/// `export` options.
-#[derive(Debug, Args)]
-pub struct ExportArgs {
-    /// Directory of the rings [default: $XDG_DATA_HOME/phantom-fast/traces].
-    #[arg(long, value_name = "DIR")]
-    pub trace_dir: Option<PathBuf>,
-    /// Export only records written from now on, not what the rings already hold.
-    #[arg(long)]
-    pub skip_backlog: bool,
-    /// Where and how.
-    #[command(flatten)]
-    pub otlp: OtlpArgs,
-}
-
-impl ExportArgs {
-    /// The settings (an endpoint is required), the trace directory and where to start.
-    ///
-    /// # Errors
-    /// `Error::Config` when no endpoint is set or a setting is unusable.
-    pub fn into_parts(self) -> Result<(ExportSettings, PathBuf, Start), Error> {
-        let settings = self.otlp.settings()?.ok_or_else(|| {
-            Error::Config(
-                "export needs --otlp-endpoint URL (or OTEL_EXPORTER_OTLP_ENDPOINT)".into(),
-            )
-        })?;
-        let dir = self.trace_dir.unwrap_or_else(trace::default_trace_dir);
-        let start = if self.skip_backlog {
-            Start::Newest
-        } else {
-            Start::Oldest
-        };
-        Ok((settings, dir, start))
-    }
 }
 
 /// `--driver` values.
@@ -881,7 +881,6 @@ impl RunArgs {
                     .filter(|token| !token.is_empty()),
                 faults_file: self.faults_file,
             },
-            export,
             tls: TlsSettings {
                 listener,
                 client,
@@ -889,6 +888,7 @@ impl RunArgs {
                 insecure: self.insecure,
                 mitm,
             },
+            export,
         })
     }
 }

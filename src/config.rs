@@ -165,12 +165,12 @@ pub struct Config {
     pub max_upstream_connections: usize,
     /// Tracing, unless `--no-traces`.
     pub trace: Option<TraceSettings>,
-    /// OTLP export on its own thread (`--otlp-endpoint` or `OTEL_EXPORTER_OTLP_*ENDPOINT`).
-    pub export: Option<ExportSettings>,
     /// The admin endpoint and the rules file.
     pub control: ControlSettings,
     /// TLS material: listener, upstream verification, the MITM CA.
     pub tls: TlsSettings,
+    /// OTLP export on its own thread (`--otlp-endpoint` or `OTEL_EXPORTER_OTLP_*ENDPOINT`).
+    pub export: Option<ExportSettings>,
 }
 
 /// Parses `250ms`, `3s`, `2m` or `1h` (a bare number is rejected: units are not guessed).

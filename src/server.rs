@@ -207,9 +207,6 @@ impl Server {
             Some(t) => text.push_str(&format!("\n  traces → {}", t.dir.display())),
             None => text.push_str("\n  traces off"),
         }
-        if let Some(export) = &self.config.export {
-            text.push_str(&format!("\n  otlp → {}", export.endpoint.url));
-        }
         if let Some(addr) = self.admin_addr {
             text.push_str(&format!(
                 "\n  admin on http://{addr} (/metrics /ready /live /faults)"
@@ -225,6 +222,9 @@ impl Server {
         for line in self.config.tls.banner_lines(forward) {
             text.push_str("\n  ");
             text.push_str(&line);
+        }
+        if let Some(export) = &self.config.export {
+            text.push_str(&format!("\n  otlp → {}", export.endpoint.url));
         }
         text
     }

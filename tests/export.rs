@@ -226,7 +226,7 @@ fn proxy_exports_forwarded_faulted_and_failed_exchanges() {
     );
     assert_eq!(
         first(boom, "phantom.fault.rule_id"),
-        Some(Value::StringValue("r0".into()))
+        Some(Value::StringValue("r1".into()))
     );
     assert_eq!(
         first(boom, "phantom.fault.kind"),
@@ -258,7 +258,7 @@ fn proxy_exports_forwarded_faulted_and_failed_exchanges() {
     );
     assert_eq!(
         first(slow, "phantom.fault.rule_id"),
-        Some(Value::StringValue("r1".into()))
+        Some(Value::StringValue("r2".into()))
     );
     assert_eq!(
         first(slow, "phantom.fault.value"),

@@ -166,9 +166,9 @@ fn fault_attributes(rec: &ArchivedTraceEvent<'_>, start: u64, span: &mut Span) {
     ];
     for fault in faults {
         let kind = fault.kind.get();
-        // A rule without an id of its own has the default one, `r<index>`.
+        // No id recorded: the default id, `r<position>` (1-based, as the fault table names it).
         let rule_id = match fault.rule_id.get() {
-            "" => format!("r{}", fault.rule.to_native()),
+            "" => format!("r{}", u64::from(fault.rule.to_native()) + 1),
             id => id.to_owned(),
         };
         let facts = [
@@ -336,23 +336,13 @@ fn int(key: &str, value: i64) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::tests::{TempDir, full_event};
-    use crate::trace::{MIN_RING_BYTES, TraceConfig, TraceEvent, TraceWriter};
+    use crate::trace::tests::{full_event, stored_bytes};
+    use crate::trace::{TraceEvent, access_record};
 
-    /// The span of `ev` as the exporter sees it: written by a real `TraceWriter`, read back from
-    /// its ring.
+    /// The span of `ev`, read back from the bytes a writer stores.
     fn span(ev: &TraceEvent<'_>) -> Span {
-        let dir = TempDir::new("export-span");
-        let cfg = TraceConfig {
-            dir: dir.path().to_path_buf(),
-            capacity_bytes: MIN_RING_BYTES,
-            reset: false,
-        };
-        let mut writer = TraceWriter::open(&cfg, 0).expect("open writer");
-        writer.write(ev);
-        let mut source = super::super::RingSource::open(dir.path(), super::super::Start::Oldest)
-            .expect("open source");
-        span_of(source.next_record().expect("the record"))
+        let bytes = stored_bytes(ev);
+        span_of(access_record(&bytes).expect("valid record"))
     }
 
     fn attr<'s>(span: &'s Span, key: &str) -> Option<&'s Value> {
@@ -486,7 +476,11 @@ mod tests {
             Some(Value::ArrayValue(a)) => a.values[0].value.clone(),
             other => panic!("{other:?}"),
         };
-        assert_eq!(id, Some(Value::StringValue("r2".into())));
+        assert_eq!(
+            id,
+            Some(Value::StringValue("r3".into())),
+            "rule 2 is the third"
+        );
     }
 
     #[test]

@@ -435,6 +435,19 @@ pub(crate) mod tests {
         },
     ];
 
+    /// `ev` serialised as the writer stores it (schema-stamped), for tests that read records.
+    pub(crate) fn stored_bytes(ev: &TraceEvent<'_>) -> AlignedVec<16> {
+        rkyv::api::low::to_bytes_in_with_alloc::<_, _, Failure>(
+            &record::Stored {
+                schema: RECORD_SCHEMA,
+                event: ev,
+            },
+            AlignedVec::<16>::new(),
+            Arena::new().acquire(),
+        )
+        .expect("serialise")
+    }
+
     /// A record with every field set to a distinct, non-default value.
     pub(crate) fn full_event() -> TraceEvent<'static> {
         TraceEvent {

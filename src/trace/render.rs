@@ -240,11 +240,12 @@ pub(super) fn encode_json(rec: &ArchivedTraceEvent<'_>, opts: &RenderOptions, ou
         let mut fault = JsonObject::start(obj.out);
         fault.string("kind", kind.as_str());
         fault.number("rule", u64::from(f.rule.to_native()));
-        // An exchange that names no id gets the contract's default, `r<index>`.
+        // An exchange that names no id gets the default id, `r<position>` (1-based, as the
+        // fault table and the control plane name rules).
         match f.rule_id.get() {
             "" => {
                 fault.key("rule_id");
-                write!(fault.out, "\"r{}\"", f.rule.to_native()).ok();
+                write!(fault.out, "\"r{}\"", u64::from(f.rule.to_native()) + 1).ok();
             }
             id => fault.string("rule_id", id),
         }

@@ -17,9 +17,8 @@ use prost::Message;
 
 use std::process::{Child, Command, ExitStatus, Stdio};
 
-use super::{
-    BIN, Conn, EXIT_TIMEOUT, Proxy, Req, collect_stderr, response, signal, snapshot, wait_deadline,
-};
+use super::proxy::{BIN, EXIT_TIMEOUT, collect_stderr, signal, snapshot, wait_deadline};
+use super::{Conn, Proxy, Req, response};
 
 /// How often `wait_for_spans` looks again.
 const POLL: Duration = Duration::from_millis(20);
