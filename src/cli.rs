@@ -571,7 +571,7 @@ pub struct RenderArgs {
     /// Show at most N bytes of each body.
     #[arg(long, value_name = "N", value_parser = parse_size)]
     pub max_body: Option<u64>,
-    /// Show this header's values as [redacted]; repeatable. authorization, cookie, set-cookie
+    /// Redact this header's values in the output; repeatable. authorization, cookie, set-cookie
     /// and proxy-authorization are redacted unless --no-redact.
     #[arg(long = "redact-header", value_name = "NAME", value_parser = parse_header_name)]
     pub redact_headers: Vec<String>,

@@ -2,7 +2,7 @@
 //!
 //! Everything blocking (binding, opening trace rings) happens in [`Server::bind`] on the calling
 //! thread; workers only accept and hand connections to `exchange`. The summary they add up to at
-//! shutdown is [`Summary`](crate::summary::Summary).
+//! shutdown is [`Summary`].
 
 use std::{
     fmt,

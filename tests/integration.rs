@@ -21,3 +21,5 @@ mod trace;
 mod trace_query;
 mod trace_survival;
 mod upstream_errors;
+mod upstreams;
+mod websocket;

@@ -30,7 +30,7 @@ pub struct Proxy {
     addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
     stderr_reader: Option<thread::JoinHandle<()>>,
-    pub(super) _trace_dir: tempfile::TempDir,
+    trace_dir: tempfile::TempDir,
 }
 
 impl Proxy {
@@ -62,7 +62,7 @@ impl Proxy {
                         addr,
                         stderr,
                         stderr_reader: Some(stderr_reader),
-                        _trace_dir: trace_dir,
+                        trace_dir,
                     };
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -128,6 +128,11 @@ impl Proxy {
     /// The address the proxy listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The proxy's private trace directory (for `traces --trace-dir`).
+    pub fn trace_dir(&self) -> &Path {
+        self.trace_dir.path()
     }
 
     /// A fresh client connection to the proxy.
