@@ -244,6 +244,15 @@ impl Server {
             driver,
             ..
         } = self;
+        // The exporter reads the rings on its own thread, from what this run writes on.
+        let exporter = match (&config.export, &config.trace) {
+            (Some(export), Some(trace)) => Some(ExportThread::spawn(
+                export.clone(),
+                &trace.dir,
+                Start::Newest,
+            )?),
+            _ => None,
+        };
         let admin_exit = Arc::new(AtomicBool::new(false));
         let (links, admin_thread) = match control {
             Some(control) => {
@@ -252,11 +261,14 @@ impl Server {
                     .collect();
                 let (stop, exit) = (Arc::clone(&stop), Arc::clone(&admin_exit));
                 let ControlPlane {
-                    admin,
+                    mut admin,
                     listener,
                     file,
                     ..
                 } = control;
+                if let Some(exporter) = &exporter {
+                    admin.set_export_stats(Arc::clone(exporter.stats()));
+                }
                 let thread = std::thread::Builder::new()
                     .name("pf-admin".into())
                     .spawn(move || listener::serve(listener, admin, file, stop, exit))
@@ -274,15 +286,6 @@ impl Server {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let pin = config.workers >= cores;
         let started = Instant::now();
-        // The exporter reads the rings on its own thread, from what this run writes on.
-        let exporter = match (&config.export, &config.trace) {
-            (Some(export), Some(trace)) => Some(ExportThread::spawn(
-                export.clone(),
-                &trace.dir,
-                Start::Newest,
-            )?),
-            _ => None,
-        };
         let handles: Vec<_> = listeners
             .into_iter()
             .zip(traces)

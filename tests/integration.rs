@@ -4,6 +4,7 @@
 //! Each area is a module; `support` holds the proxy process, origins and the raw client.
 
 mod control;
+mod deploy;
 mod drivers;
 mod export;
 mod faults;
