@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use phantom_fast::fault::{FaultRule, FaultTable, RuleStats};
+use phantom_fast::fault::{FaultRule, FaultTable, RequestView, RuleStats};
 
 /// Table sizes measured.
 const RULE_COUNTS: [usize; 3] = [1, 8, 64];
@@ -32,7 +32,7 @@ fn bench_decide(c: &mut Criterion) {
     let mut group = c.benchmark_group("fault_match");
     group.throughput(Throughput::Elements(1));
     for count in RULE_COUNTS {
-        let table = FaultTable::compile(&rules(count));
+        let table = FaultTable::compile(&rules(count)).expect("bench rules have unique ids");
         let mut stats = vec![RuleStats::default(); table.len()];
         let mut rng = fastrand::Rng::with_seed(42);
         let urls = [
@@ -50,7 +50,12 @@ fn bench_decide(c: &mut Criterion) {
             group.bench_with_input(
                 BenchmarkId::new(format!("{count}_rules"), position),
                 url.as_bytes(),
-                |b, url| b.iter(|| table.decide(black_box(url), &mut rng, &mut stats)),
+                |b, url| {
+                    b.iter(|| {
+                        let view = RequestView::from_url(black_box(url));
+                        table.decide(&view, &mut rng, &mut stats)
+                    })
+                },
             );
         }
     }

@@ -17,7 +17,7 @@ use monoio::net::TcpStream;
 use crate::{
     config::{Config, Mode},
     connection::{self, BodyReader, Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, relay},
-    fault::{Decision, FaultKind},
+    fault::{FaultKind, FaultPlan, RequestView},
     http::{self, BodyKind, MAX_HEADERS_CAP, ParseError, RequestHead, ResponseHead, Version},
     trace::{self, FaultHit, Outcome, TraceEvent},
     tunnel,
@@ -96,7 +96,7 @@ struct Exchange {
     outcome: Outcome,
     upstream_addr: Option<SocketAddr>,
     ttfb: Option<Duration>,
-    decision: Decision,
+    decision: FaultPlan,
     request_body_len: u64,
     response_body_len: u64,
     /// `out[..response_head_len]` is the response head as sent (0: none).
@@ -194,19 +194,23 @@ impl<'w> Session<'w> {
         let decision = {
             let mut stats = self.w.stats.borrow_mut();
             let mut rng = self.w.rng.borrow_mut();
-            self.w
-                .faults
-                .table()
-                .decide(&self.url, &mut rng, &mut stats.rules)
+            self.w.faults.table().decide(
+                &RequestView::from_url(&self.url),
+                &mut rng,
+                &mut stats.rules,
+            )
         };
         self.ex.decision = decision;
-        if !decision.delay.is_zero() && !self.delay(decision.delay).await {
+        if decision.forward_delay_ns > 0 && !self.delay(decision.forward_delay()).await {
             self.ex.outcome = Outcome::ClientClosed;
             self.ex.status = 0;
             self.record();
             return Next::Close;
         }
-        if let Some(rule) = decision.rule.filter(|_| decision.error.is_some()) {
+        if let Some(rule) = decision
+            .primary_rule()
+            .filter(|_| decision.synthetic_status().is_some())
+        {
             return self.answer_fault(rule, facts).await;
         }
         if facts.is_connect {
@@ -447,7 +451,7 @@ impl<'w> Session<'w> {
         capture(&mut self.response_body, self.capture_limit, body);
         self.ex.response_body_len = body.len() as u64;
         self.ex.response_head_len = head_len;
-        self.ex.status = self.ex.decision.error.unwrap_or(0);
+        self.ex.status = self.ex.decision.synthetic_status().unwrap_or(0);
         self.ex.outcome = Outcome::Fault;
         let sent = self.write_out_to_client().await;
         self.record();
@@ -1033,11 +1037,11 @@ impl<'w> Session<'w> {
         let Some(writer) = trace.as_mut() else {
             return;
         };
-        let fault = decision.rule.map(|rule| FaultHit {
+        let fault = decision.primary_rule().map(|rule| FaultHit {
             rule: rule as u32,
             kind: match self.w.faults.table().rules()[rule].kind() {
-                FaultKind::Delay => trace::FaultKind::Delay,
                 FaultKind::Error => trace::FaultKind::Error,
+                _ => trace::FaultKind::Delay,
             },
             spec: &self.w.faults.specs[rule],
         });
@@ -1052,7 +1056,7 @@ impl<'w> Session<'w> {
                 .ex
                 .ttfb
                 .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
-            injected_delay_ns: u64::try_from(decision.delay.as_nanos()).unwrap_or(u64::MAX),
+            injected_delay_ns: decision.forward_delay_ns,
             fault,
             method,
             url: &self.url,
@@ -1183,7 +1187,7 @@ impl Exchange {
             outcome: Outcome::Ok,
             upstream_addr: None,
             ttfb: None,
-            decision: Decision::NONE,
+            decision: FaultPlan::NONE,
             request_body_len: 0,
             response_body_len: 0,
             response_head_len: 0,

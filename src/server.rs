@@ -95,7 +95,7 @@ impl Server {
                 UsedDriver::Epoll
             }
         };
-        let faults = Arc::new(Faults::compile(&config.faults));
+        let faults = Arc::new(Faults::compile(&config.faults)?);
         let traces = match &config.trace {
             Some(settings) => {
                 let trace_config = TraceConfig {

@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use crate::{
     config::Config,
     connection::BufPool,
-    fault::{FaultAction, FaultRule, FaultTable, RuleStats},
+    fault::{FaultAction, FaultRule, FaultTable, RuleStats, SpecError},
     http,
     timer::DelayTimer,
     trace::TraceWriter,
@@ -37,8 +37,8 @@ pub(crate) struct Faults {
 
 impl Faults {
     /// Compiles the rules and prebuilds each error rule's response bytes.
-    pub(crate) fn compile(rules: &[FaultRule]) -> Faults {
-        let table = FaultTable::compile(rules);
+    pub(crate) fn compile(rules: &[FaultRule]) -> Result<Faults, SpecError> {
+        let table = FaultTable::compile(rules)?;
         let specs = rules.iter().map(ToString::to_string).collect();
         let synthetic = rules
             .iter()
@@ -58,11 +58,11 @@ impl Faults {
                 FaultAction::Delay { .. } => [Vec::new(), Vec::new()],
             })
             .collect();
-        Faults {
+        Ok(Faults {
             table,
             specs,
             synthetic,
-        }
+        })
     }
 
     /// The compiled table.

@@ -4,7 +4,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use phantom_fast::fault::{FaultRule, FaultTable, RuleStats};
+use phantom_fast::fault::{FaultRule, FaultTable, RequestView, RuleStats};
 
 /// Decisions measured; the issue asks for 100 000.
 const CALLS: usize = 100_000;
@@ -72,7 +72,7 @@ fn decide_mixed_rules_allocates_nothing() {
         "error:504:0.1",
     ];
     let rules: Vec<FaultRule> = specs.iter().map(|spec| spec.parse().unwrap()).collect();
-    let table = FaultTable::compile(&rules);
+    let table = FaultTable::compile(&rules).unwrap();
     let mut stats = vec![RuleStats::default(); table.len()];
     let mut rng = fastrand::Rng::with_seed(7);
     let urls: [&[u8]; 5] = [
@@ -92,8 +92,8 @@ fn decide_mixed_rules_allocates_nothing() {
     let before = allocations();
     for call in 0..CALLS {
         let url = std::hint::black_box(urls[call % urls.len()]);
-        let decision = table.decide(url, &mut rng, &mut stats);
-        errors += usize::from(decision.error.is_some());
+        let plan = table.decide(&RequestView::from_url(url), &mut rng, &mut stats);
+        errors += usize::from(plan.synthetic_status().is_some());
     }
     let allocated = allocations() - before;
 

@@ -21,6 +21,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::rule::{FaultAction, FaultRule};
+
 /// Longest delay one bound may name: a day is beyond every client and upstream timeout, so a larger
 /// value is a typo (`delay:99999999999999999999ms` is rejected, not wrapped).
 const MAX_DELAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -35,97 +37,6 @@ const GRAMMAR: &str =
 /// Shown after a malformed duration.
 const DURATION_EXAMPLES: &str = "expected a whole number of ms or s, e.g. 100ms, 2s or 250";
 
-/// Which of the two fault families a rule belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FaultKind {
-    /// Hold the request before forwarding (or before a later error rule answers it).
-    Delay,
-    /// Answer with a synthetic status instead of forwarding.
-    Error,
-}
-
-impl fmt::Display for FaultKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FaultKind::Delay => "delay",
-            FaultKind::Error => "error",
-        })
-    }
-}
-
-/// What a rule does when its URL filter matches.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum FaultAction {
-    /// Delay drawn uniformly from `min..=max` (equal for a fixed delay).
-    Delay {
-        /// Shortest delay, inclusive.
-        min: Duration,
-        /// Longest delay, inclusive; `min <= max` for every parsed rule.
-        max: Duration,
-    },
-    /// Synthetic answer with `status`, fired with `probability`.
-    Error {
-        /// Status code of the synthetic answer, 100–599.
-        status: u16,
-        /// Chance in `0.0..=1.0` that a matching request is answered; 1.0 when the spec omits it.
-        probability: f64,
-    },
-}
-
-/// One validated `--fault` rule, in the order the user gave it.
-///
-/// Built by [`str::parse`]; its [`Display`](fmt::Display) is the canonical spec, and parsing that
-/// text yields an equal rule.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FaultRule {
-    /// What happens to a matching request.
-    pub action: FaultAction,
-    /// Substring the full request URL must contain (always starts with `/`); `None` matches all.
-    pub url_filter: Option<String>,
-}
-
-impl FaultRule {
-    /// The rule's family, for traces and the shutdown summary.
-    pub fn kind(&self) -> FaultKind {
-        match self.action {
-            FaultAction::Delay { .. } => FaultKind::Delay,
-            FaultAction::Error { .. } => FaultKind::Error,
-        }
-    }
-}
-
-/// Prints the canonical spec: durations always in whole milliseconds, a fixed delay as one value,
-/// probability omitted when it is 1.0, e.g. `delay:2000ms`, `delay:100ms-500ms:/api`, `error:503`,
-/// `error:500:0.1:/api`. Sub-millisecond parts of a hand-built `Duration` are truncated; the grammar
-/// cannot produce them.
-impl fmt::Display for FaultRule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.action {
-            FaultAction::Delay { min, max } => {
-                write!(f, "delay:{}ms", min.as_millis())?;
-                if max != min {
-                    write!(f, "-{}ms", max.as_millis())?;
-                }
-            }
-            FaultAction::Error {
-                status,
-                probability,
-            } => {
-                write!(f, "error:{status}")?;
-                // f64 Display is the shortest text that parses back to the same value, and never
-                // uses an exponent, so it stays inside the PROBABILITY grammar.
-                if probability != 1.0 {
-                    write!(f, ":{probability}")?;
-                }
-            }
-        }
-        if let Some(filter) = &self.url_filter {
-            write!(f, ":{filter}")?;
-        }
-        Ok(())
-    }
-}
-
 /// A `--fault` spec that does not follow the grammar.
 ///
 /// Displays exactly as `invalid fault spec "<spec>": <reason>`; the caller exits with status 2.
@@ -136,7 +47,7 @@ pub struct SpecError {
 }
 
 impl SpecError {
-    fn new(spec: &str, reason: impl Into<String>) -> SpecError {
+    pub(super) fn new(spec: &str, reason: impl Into<String>) -> SpecError {
         SpecError {
             spec: spec.to_owned(),
             reason: reason.into(),
@@ -208,7 +119,11 @@ fn parse_rule(spec: &str) -> Result<FaultRule, String> {
             ));
         }
     };
-    Ok(FaultRule { action, url_filter })
+    Ok(FaultRule {
+        id: None,
+        action,
+        url_filter,
+    })
 }
 
 /// `DURATION[-DURATION]`, then nothing but the filter (already split off).
@@ -378,6 +293,7 @@ fn parse_digits(text: &str) -> Digits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fault::FaultKind;
 
     fn delay(min_ms: u64, max_ms: u64, filter: Option<&str>) -> FaultRule {
         FaultRule {
@@ -386,6 +302,7 @@ mod tests {
                 max: Duration::from_millis(max_ms),
             },
             url_filter: filter.map(str::to_owned),
+            id: None,
         }
     }
 
@@ -396,6 +313,7 @@ mod tests {
                 probability,
             },
             url_filter: filter.map(str::to_owned),
+            id: None,
         }
     }
 

@@ -1,6 +1,7 @@
-//! The compiled fault table: validated rules turned, once at startup, into owned substring finders,
-//! integer probability thresholds and nanosecond delay ranges, and the per-request [`Decision`].
-//! It does not parse specs (`spec.rs`), sleep, or answer requests: the proxy applies the decision.
+//! The compiled fault table: validated rules turned, once per table, into owned substring finders,
+//! integer probability thresholds and nanosecond delay ranges, stamped with a generation, and the
+//! per-request [`FaultPlan`]. It does not parse specs (`spec.rs`), sleep, or answer requests: the
+//! exchange carries the plan out.
 //!
 //! Semantics (issue 3): rules run in the order given, once per request. Every delay rule whose
 //! filter matches adds a delay drawn from its range (delays accumulate); the first error rule whose
@@ -11,7 +12,10 @@ use std::time::Duration;
 
 use memchr::memmem::Finder;
 
-use super::spec::{FaultAction, FaultRule};
+use super::matcher::RequestView;
+use super::plan::{Answer, AppliedFault, FaultPlan, FaultSource};
+use super::rule::{FaultAction, FaultKind, FaultRule};
+use super::spec::SpecError;
 
 /// Bits of a random `u64` compared against a probability threshold. 53 is the f64 mantissa width,
 /// so `p * 2^53` keeps every bit of precision a parsed probability has.
@@ -36,33 +40,6 @@ impl std::ops::AddAssign for RuleStats {
     fn add_assign(&mut self, other: RuleStats) {
         self.matched += other.matched;
         self.faulted += other.faulted;
-    }
-}
-
-/// What the proxy must do with one request; a `Copy` value, so deciding allocates nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Decision {
-    /// Total delay to wait before answering or forwarding (sum of every matching delay rule).
-    pub delay: Duration,
-    /// Status of the synthetic answer, when an error rule fired; `None` means forward.
-    pub error: Option<u16>,
-    /// Index into [`FaultTable::rules`] of the error rule that fired, else of the first delay rule
-    /// that matched, else `None` (the request is not faulted).
-    pub rule: Option<usize>,
-}
-
-impl Decision {
-    /// No delay, no error, no rule: forward untouched.
-    pub const NONE: Decision = Decision {
-        delay: Duration::ZERO,
-        error: None,
-        rule: None,
-    };
-}
-
-impl Default for Decision {
-    fn default() -> Decision {
-        Decision::NONE
     }
 }
 
@@ -118,55 +95,76 @@ struct CompiledRule {
     action: Action,
 }
 
-/// The rules of `--fault`, compiled once at startup and shared read-only by every worker (`Send +
-/// Sync`, put it behind an `Arc`).
+/// Longest explicit or default rule id.
+pub const MAX_RULE_ID_BYTES: usize = 64;
+
+/// Most rules one table holds: a rule index must fit the plan's `u16`.
+pub const MAX_RULES: usize = 4096;
+
+/// The rules of one rule set, compiled once and shared read-only by every worker (`Send + Sync`,
+/// put it behind an `Arc`), stamped with the generation it was published as.
 #[derive(Debug, Clone)]
 pub struct FaultTable {
     /// The rules as given, for the banner, the summary and traces.
     rules: Vec<FaultRule>,
+    /// Effective id per rule: the explicit one, else `r<position>` (1-based).
+    ids: Vec<String>,
     /// Same order and length as `rules`.
     compiled: Vec<CompiledRule>,
+    /// Which publication of the rule set this is: 1 for the startup table, raised by each
+    /// replacement (the control plane stamps it with [`FaultTable::with_generation`]).
+    generation: u64,
 }
 
 impl FaultTable {
-    /// Compiles validated rules, keeping their order.
+    /// Compiles validated rules, keeping their order, as generation 1.
     ///
-    /// Never fails: every rule [`str::parse`] produces compiles as written. Values a hand-built rule
-    /// could carry outside the grammar are clamped: a probability above 1 always fires, one at or
-    /// below 0 or NaN never does, `min > max` is treated as `max..=min`, and a delay beyond
-    /// `u64::MAX` nanoseconds (584 years) saturates.
-    pub fn compile(rules: &[FaultRule]) -> FaultTable {
-        let compiled = rules
-            .iter()
-            .map(|rule| CompiledRule {
-                // memmem picks its searcher once, here; `into_owned` makes it 'static so the
-                // table carries no lifetime.
-                filter: rule
-                    .url_filter
-                    .as_deref()
-                    .map(|filter| Finder::new(filter.as_bytes()).into_owned()),
-                action: match rule.action {
-                    FaultAction::Delay { min, max } => {
-                        let (low, high) = (nanos(min.min(max)), nanos(min.max(max)));
-                        Action::Delay {
-                            min_ns: low,
-                            span_ns: high - low,
-                        }
-                    }
-                    FaultAction::Error {
-                        status,
-                        probability,
-                    } => Action::Error {
-                        status,
-                        chance: Chance::from_probability(probability),
-                    },
-                },
-            })
-            .collect();
-        FaultTable {
-            rules: rules.to_vec(),
-            compiled,
+    /// Values a hand-built rule could carry outside the grammar are clamped: a probability above 1
+    /// always fires, one at or below 0 or NaN never does, `min > max` is treated as `max..=min`,
+    /// and a delay beyond `u64::MAX` nanoseconds (584 years) saturates.
+    ///
+    /// # Errors
+    ///
+    /// [`SpecError`] naming the rule when two rules share an id (explicit, or explicit and a
+    /// position's default), or when there are more than [`MAX_RULES`] rules.
+    pub fn compile(rules: &[FaultRule]) -> Result<FaultTable, SpecError> {
+        if rules.len() > MAX_RULES {
+            return Err(SpecError::new(
+                "",
+                format!("{} rules; at most {MAX_RULES} fit one table", rules.len()),
+            ));
         }
+        let ids: Vec<String> = rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| rule.id.clone().unwrap_or_else(|| default_id(index)))
+            .collect();
+        for (index, id) in ids.iter().enumerate() {
+            if let Some(first) = ids[..index].iter().position(|other| other == id) {
+                return Err(SpecError::new(
+                    &rules[index].to_string(),
+                    format!("rule id {id:?} is already taken by rule {}", first + 1),
+                ));
+            }
+        }
+        let compiled = rules.iter().map(CompiledRule::new).collect();
+        Ok(FaultTable {
+            rules: rules.to_vec(),
+            ids,
+            compiled,
+            generation: 1,
+        })
+    }
+
+    /// The same table stamped with `generation`.
+    pub fn with_generation(mut self, generation: u64) -> FaultTable {
+        self.generation = generation;
+        self
+    }
+
+    /// The generation this table was published as (1 at startup).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Number of rules.
@@ -174,7 +172,7 @@ impl FaultTable {
         self.rules.len()
     }
 
-    /// True when there are no rules: every decision is [`Decision::NONE`].
+    /// True when there are no rules: every plan is [`FaultPlan::NONE`].
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
@@ -184,29 +182,64 @@ impl FaultTable {
         &self.rules
     }
 
-    /// Decides what happens to one request. Hot path: no allocation, no lock, no atomic, no float.
+    /// The stable id of rule `index`: explicit (`id=NAME`), else `r1` for the first rule, `r2`
+    /// for the second, and so on.
     ///
-    /// `url` is the full URL bytes (`http://host:port/path?query`; the authority for CONNECT).
-    /// `stats` is the calling worker's slice, `stats.len() == self.len()`: for each evaluated rule
-    /// whose filter matches, `matched += 1`; for a matched delay rule and for an error rule that
-    /// fires, `faulted += 1`. A delay range is drawn uniformly at nanosecond resolution, both ends
-    /// inclusive. Draws from `rng` only for ranges and for probabilities strictly between 0 and 1.
+    /// # Panics
+    ///
+    /// When `index >= self.len()`.
+    pub fn rule_id(&self, index: usize) -> &str {
+        &self.ids[index]
+    }
+
+    /// The index of the rule with this id.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.ids.iter().position(|other| other == id)
+    }
+
+    /// Counters for this table carried over from `previous`'s: a rule whose id was in the old
+    /// table keeps its counts (so they stay monotonic per id across replacements), a new id
+    /// starts at zero. Off the request path; allocates the new slice.
+    pub fn carry_stats(&self, previous: &FaultTable, stats: &[RuleStats]) -> Vec<RuleStats> {
+        self.ids
+            .iter()
+            .map(|id| {
+                previous
+                    .position(id)
+                    .and_then(|old| stats.get(old).copied())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Decides what happens to one request. Hot path: no allocation, no lock, no atomic.
+    ///
+    /// `stats` is the calling worker's slice for this table, `stats.len() == self.len()`: for
+    /// each evaluated rule whose matchers all match, `matched += 1`; for a rule that applies,
+    /// `faulted += 1`. Rules run in order; delays add up, the first firing answer ends the
+    /// evaluation (see the README's "Fault grammar" for the full semantics). Draws from `rng`
+    /// only for ranges and for probabilities strictly between 0 and 1.
     ///
     /// # Panics
     ///
     /// In debug builds only, when `stats.len() != self.len()`; release builds never panic and
     /// leave rules beyond the end of `stats` uncounted.
-    pub fn decide(&self, url: &[u8], rng: &mut fastrand::Rng, stats: &mut [RuleStats]) -> Decision {
+    pub fn decide(
+        &self,
+        request: &RequestView<'_>,
+        rng: &mut fastrand::Rng,
+        stats: &mut [RuleStats],
+    ) -> FaultPlan {
         debug_assert_eq!(stats.len(), self.compiled.len(), "one RuleStats per rule");
-        let mut delay_ns: u64 = 0;
-        let mut first_delay = None;
+        let mut plan = FaultPlan::NONE;
         for (index, rule) in self.compiled.iter().enumerate() {
             if let Some(filter) = &rule.filter
-                && filter.find(url).is_none()
+                && filter.find(request.url).is_none()
             {
                 continue;
             }
-            let faulted = match rule.action {
+            let source = FaultSource::Rule(index as u16);
+            let applied = match rule.action {
                 Action::Delay { min_ns, span_ns } => {
                     let drawn = if span_ns == 0 {
                         min_ns
@@ -214,30 +247,74 @@ impl FaultTable {
                         // min_ns + span_ns is the rule's max, so this cannot overflow.
                         min_ns + rng.u64(0..=span_ns)
                     };
-                    delay_ns = delay_ns.saturating_add(drawn);
-                    first_delay.get_or_insert(index);
+                    plan.forward_delay_ns = plan.forward_delay_ns.saturating_add(drawn);
+                    plan.applied.push(AppliedFault {
+                        source,
+                        kind: FaultKind::Delay,
+                        value: drawn,
+                    });
                     true
                 }
-                Action::Error { chance, .. } => chance.fires(rng),
+                Action::Error { status, chance } => {
+                    let fires = chance.fires(rng);
+                    if fires {
+                        plan.answer = Answer::Synthetic {
+                            status,
+                            rule: Some(index as u16),
+                        };
+                        plan.applied.push(AppliedFault {
+                            source,
+                            kind: FaultKind::Error,
+                            value: u64::from(status),
+                        });
+                    }
+                    fires
+                }
             };
             if let Some(stat) = stats.get_mut(index) {
                 stat.matched += 1;
-                stat.faulted += u64::from(faulted);
+                stat.faulted += u64::from(applied);
             }
-            if let (Action::Error { status, .. }, true) = (rule.action, faulted) {
-                return Decision {
-                    delay: Duration::from_nanos(delay_ns),
-                    error: Some(status),
-                    rule: Some(index),
-                };
+            if plan.answer != Answer::Forward {
+                break;
             }
         }
-        Decision {
-            delay: Duration::from_nanos(delay_ns),
-            error: None,
-            rule: first_delay,
+        plan
+    }
+}
+
+impl CompiledRule {
+    fn new(rule: &FaultRule) -> CompiledRule {
+        CompiledRule {
+            // memmem picks its searcher once, here; `into_owned` makes it 'static so the
+            // table carries no lifetime.
+            filter: rule
+                .url_filter
+                .as_deref()
+                .map(|filter| Finder::new(filter.as_bytes()).into_owned()),
+            action: match rule.action {
+                FaultAction::Delay { min, max } => {
+                    let (low, high) = (nanos(min.min(max)), nanos(min.max(max)));
+                    Action::Delay {
+                        min_ns: low,
+                        span_ns: high - low,
+                    }
+                }
+                FaultAction::Error {
+                    status,
+                    probability,
+                } => Action::Error {
+                    status,
+                    chance: Chance::from_probability(probability),
+                },
+            },
         }
     }
+}
+
+/// The default id of the rule at `index` (0-based): `r1` for the first.
+fn default_id(index: usize) -> String {
+    format!("r{}", index + 1)
 }
 
 /// A duration in whole nanoseconds, saturating at `u64::MAX` (584 years).
@@ -249,13 +326,43 @@ fn nanos(duration: Duration) -> u64 {
 mod tests {
     use super::*;
 
+    /// The seed's three facts of a decision, to keep its tables readable.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Decision {
+        delay: Duration,
+        error: Option<u16>,
+        rule: Option<usize>,
+    }
+
+    impl Decision {
+        const NONE: Decision = Decision {
+            delay: Duration::ZERO,
+            error: None,
+            rule: None,
+        };
+    }
+
+    fn decide(
+        table: &FaultTable,
+        url: &[u8],
+        rng: &mut fastrand::Rng,
+        stats: &mut [RuleStats],
+    ) -> Decision {
+        let plan = table.decide(&RequestView::from_url(url), rng, stats);
+        Decision {
+            delay: plan.forward_delay(),
+            error: plan.synthetic_status(),
+            rule: plan.primary_rule(),
+        }
+    }
+
     const URL_API: &[u8] = b"http://127.0.0.1:8080/api/users?id=7";
     const URL_HOME: &[u8] = b"http://127.0.0.1:8080/home";
     const SEED: u64 = 0x5eed;
 
     fn table(specs: &[&str]) -> FaultTable {
         let rules: Vec<FaultRule> = specs.iter().map(|spec| spec.parse().unwrap()).collect();
-        FaultTable::compile(&rules)
+        FaultTable::compile(&rules).unwrap()
     }
 
     fn ms(millis: u64) -> Duration {
@@ -359,7 +466,7 @@ mod tests {
             let table = table(specs);
             let mut stats = vec![RuleStats::default(); table.len()];
             let mut rng = fastrand::Rng::with_seed(SEED);
-            assert_eq!(table.decide(url, &mut rng, &mut stats), *want, "{name}");
+            assert_eq!(decide(&table, url, &mut rng, &mut stats), *want, "{name}");
             assert_eq!(stats, *want_stats, "{name}");
         }
     }
@@ -400,7 +507,7 @@ mod tests {
             let table = table(&[&format!("error:503:{filter}")]);
             let mut stats = [RuleStats::default()];
             let mut rng = fastrand::Rng::with_seed(SEED);
-            let got = table.decide(url, &mut rng, &mut stats).error.is_some();
+            let got = decide(&table, url, &mut rng, &mut stats).error.is_some();
             assert_eq!(got, *want, "{name}");
         }
     }
@@ -421,7 +528,7 @@ mod tests {
             let mut stats = [RuleStats::default()];
             let mut rng = fastrand::Rng::with_seed(SEED);
             for _ in 0..DRAWS {
-                table.decide(URL_API, &mut rng, &mut stats);
+                decide(&table, URL_API, &mut rng, &mut stats);
             }
             assert_eq!(stats[0].matched, DRAWS, "{name}");
             let observed = stats[0].faulted as f64 / DRAWS as f64;
@@ -476,14 +583,15 @@ mod tests {
                     max: *max,
                 },
                 url_filter: None,
+                id: None,
             };
-            let table = FaultTable::compile(&[rule]);
+            let table = FaultTable::compile(&[rule]).unwrap();
             let (low, high) = ((*min).min(*max), (*min).max(*max));
             let mut stats = [RuleStats::default()];
             let mut rng = fastrand::Rng::with_seed(SEED);
             let (mut seen_low, mut seen_high) = (false, false);
             for _ in 0..DRAWS {
-                let delay = table.decide(URL_API, &mut rng, &mut stats).delay;
+                let delay = decide(&table, URL_API, &mut rng, &mut stats).delay;
                 assert!(low <= delay && delay <= high, "{name}: {delay:?}");
                 seen_low |= delay == low;
                 seen_high |= delay == high;
@@ -500,7 +608,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(SEED);
         let mut total = Duration::ZERO;
         for _ in 0..DRAWS {
-            let delay = table.decide(URL_API, &mut rng, &mut stats).delay;
+            let delay = decide(&table, URL_API, &mut rng, &mut stats).delay;
             assert!(ms(100) <= delay && delay <= ms(200), "{delay:?}");
             total += delay;
         }
@@ -514,7 +622,7 @@ mod tests {
         let table = table(&specs);
         assert_eq!(table.len(), 3);
         assert!(!table.is_empty());
-        assert!(FaultTable::compile(&[]).is_empty());
+        assert!(FaultTable::compile(&[]).unwrap().is_empty());
         let shown: Vec<String> = table.rules().iter().map(ToString::to_string).collect();
         assert_eq!(
             shown,
@@ -534,8 +642,49 @@ mod tests {
         fn assert_send_sync<T: Send + Sync + 'static>() {}
         fn assert_copy<T: Copy>() {}
         assert_send_sync::<FaultTable>();
-        assert_copy::<Decision>();
+        assert_copy::<FaultPlan>();
         assert_copy::<RuleStats>();
-        assert_eq!(Decision::default(), Decision::NONE);
+        assert_eq!(FaultPlan::default(), FaultPlan::NONE);
+    }
+
+    #[test]
+    fn rule_ids_default_to_position_and_must_be_unique() {
+        let mut rules: Vec<FaultRule> = ["delay:1ms", "error:503", "error:500"]
+            .iter()
+            .map(|spec| spec.parse().unwrap())
+            .collect();
+        rules[1].id = Some("checkout".to_owned());
+        let table = FaultTable::compile(&rules).unwrap();
+        assert_eq!(
+            (table.rule_id(0), table.rule_id(1), table.rule_id(2)),
+            ("r1", "checkout", "r3")
+        );
+        assert_eq!(table.position("r3"), Some(2));
+        assert_eq!(table.generation(), 1);
+        assert_eq!(table.clone().with_generation(7).generation(), 7);
+        rules[1].id = Some("r3".to_owned());
+        let err = FaultTable::compile(&rules).unwrap_err();
+        assert!(
+            err.reason().contains("\"r3\" is already taken by rule 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn carry_stats_keeps_counts_per_id_across_tables() {
+        let parse = |specs: &[(&str, Option<&str>)]| -> FaultTable {
+            let rules: Vec<FaultRule> = specs
+                .iter()
+                .map(|(spec, id)| FaultRule {
+                    id: id.map(str::to_owned),
+                    ..spec.parse().unwrap()
+                })
+                .collect();
+            FaultTable::compile(&rules).unwrap()
+        };
+        let old = parse(&[("delay:1ms", Some("slow")), ("error:503", None)]);
+        let new = parse(&[("error:500", Some("fresh")), ("delay:2ms", Some("slow"))]);
+        let carried = new.carry_stats(&old, &[stat(5, 4), stat(9, 9)]);
+        assert_eq!(carried, [stat(0, 0), stat(5, 4)]);
     }
 }
