@@ -22,7 +22,7 @@ use crate::{
     trace::{self, FaultHit, Outcome, TraceEvent},
     tunnel,
     upstream::{self, Lease},
-    worker::{FAULT_BODY, Worker},
+    worker::Worker,
 };
 
 /// The `Via` we add to both directions (RFC 9110 §7.6.3).
@@ -443,7 +443,11 @@ impl<'w> Session<'w> {
         let bytes = &w.faults.synthetic[rule][usize::from(!keep_alive)];
         let head_len = head_len(bytes);
         // RFC 9110 §9.3.2: the answer to HEAD is the head alone.
-        let body = if facts.is_head { &[][..] } else { FAULT_BODY };
+        let body = if facts.is_head {
+            &[][..]
+        } else {
+            &bytes[head_len..]
+        };
         self.out.clear();
         self.out.extend_from_slice(&bytes[..head_len]);
         self.out.extend_from_slice(body);

@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use crate::{
     config::Config,
     connection::BufPool,
-    fault::{FaultAction, FaultRule, FaultTable, RuleStats, SpecError},
+    fault::{FaultRule, FaultTable, RuleStats, SpecError},
     http,
     timer::DelayTimer,
     trace::TraceWriter,
@@ -40,22 +40,26 @@ impl Faults {
     pub(crate) fn compile(rules: &[FaultRule]) -> Result<Faults, SpecError> {
         let table = FaultTable::compile(rules)?;
         let specs = rules.iter().map(ToString::to_string).collect();
-        let synthetic = rules
-            .iter()
-            .map(|rule| match rule.action {
-                FaultAction::Error { status, .. } => [true, false].map(|keep_alive| {
+        let synthetic = (0..table.len())
+            .map(|index| match table.synthetic(index) {
+                Some(answer) => [true, false].map(|keep_alive| {
+                    let headers: Vec<(&str, &[u8])> = answer
+                        .headers
+                        .iter()
+                        .map(|(name, value)| (name.as_str(), value.as_slice()))
+                        .collect();
                     let mut out = Vec::new();
                     http::encode::encode_simple_response(
-                        status,
-                        "application/json",
-                        &[("x-fault-injected", b"phantom")],
-                        FAULT_BODY,
+                        answer.status,
+                        &answer.content_type,
+                        &headers,
+                        &answer.body,
                         keep_alive,
                         &mut out,
                     );
                     out
                 }),
-                FaultAction::Delay { .. } => [Vec::new(), Vec::new()],
+                None => [Vec::new(), Vec::new()],
             })
             .collect();
         Ok(Faults {
@@ -70,9 +74,6 @@ impl Faults {
         &self.table
     }
 }
-
-/// The body of every synthetic fault response.
-pub(crate) const FAULT_BODY: &[u8] = br#"{"fault":"injected"}"#;
 
 /// Counters one worker keeps; merged by `server` into the shutdown summary.
 pub(crate) struct Stats {

@@ -3,6 +3,9 @@
 //! it without allocating. It parses no spec text (`spec.rs`) and decides no fault (`table.rs`).
 
 use httparse::Header;
+use memchr::memmem::Finder;
+
+use super::rule::{Field, Matcher, Test};
 
 /// One request as the fault table sees it; every field borrows the connection's read buffer.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +101,155 @@ impl<'a> RequestView<'a> {
     }
 }
 
+/// A header name's bit in a request's 64-bit name filter: built from the length and the first
+/// and last bytes, lowercased, so one pass over the headers tells most absent names apart
+/// without comparing them.
+fn name_bit(name: &[u8]) -> u64 {
+    let (Some(first), Some(last)) = (name.first(), name.last()) else {
+        return 1;
+    };
+    let key = (name.len() as u64) << 16
+        | u64::from(first.to_ascii_lowercase()) << 8
+        | u64::from(last.to_ascii_lowercase());
+    1 << (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58)
+}
+
+/// Per-decision state the matchers share: the request's header-name filter, built on first use.
+#[derive(Debug, Default)]
+pub(super) struct Probe {
+    names: Option<u64>,
+}
+
+impl Probe {
+    fn names(&mut self, view: &RequestView<'_>) -> u64 {
+        *self.names.get_or_insert_with(|| {
+            view.headers
+                .iter()
+                .fold(0, |bits, h| bits | name_bit(h.name.as_bytes()))
+        })
+    }
+}
+
+/// Where a compiled matcher looks.
+#[derive(Debug, Clone)]
+enum Target {
+    Method,
+    Host,
+    Path,
+    Query(Box<[u8]>),
+    Header { name: Box<str>, bit: u64 },
+}
+
+/// How a compiled matcher compares; host comparisons fold ASCII case.
+#[derive(Debug, Clone)]
+enum Check {
+    Present,
+    Equal(Box<[u8]>),
+    Prefix(Box<[u8]>),
+    Suffix(Box<[u8]>),
+    Contains(Box<Finder<'static>>),
+    /// Case-folded contains, for hosts (short, so a window scan).
+    ContainsFold(Box<[u8]>),
+}
+
+impl Check {
+    #[inline]
+    fn holds(&self, value: &[u8], fold: bool) -> bool {
+        let eq = |a: &[u8], b: &[u8]| {
+            if fold {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        match self {
+            Check::Present => true,
+            Check::Equal(want) => eq(value, want),
+            Check::Prefix(want) => value.len() >= want.len() && eq(&value[..want.len()], want),
+            Check::Suffix(want) => {
+                value.len() >= want.len() && eq(&value[value.len() - want.len()..], want)
+            }
+            Check::Contains(finder) => finder.find(value).is_some(),
+            Check::ContainsFold(want) => {
+                want.is_empty()
+                    || value
+                        .windows(want.len())
+                        .any(|w| w.eq_ignore_ascii_case(want))
+            }
+        }
+    }
+}
+
+/// One matcher in hot-path form: names lowercased and finders built once, at compile time.
+#[derive(Debug, Clone)]
+pub(super) struct CompiledMatcher {
+    target: Target,
+    check: Check,
+}
+
+impl CompiledMatcher {
+    /// Compiles `matcher`.
+    pub(super) fn new(matcher: &Matcher) -> CompiledMatcher {
+        let fold = matcher.field == Field::Host;
+        let check = match &matcher.test {
+            Test::Present => Check::Present,
+            Test::Equal(v) => Check::Equal(v.clone().into()),
+            Test::Prefix(v) => Check::Prefix(v.clone().into()),
+            Test::Suffix(v) => Check::Suffix(v.clone().into()),
+            Test::Contains(v) if fold => Check::ContainsFold(v.clone().into()),
+            Test::Contains(v) => Check::Contains(Box::new(Finder::new(v).into_owned())),
+        };
+        let target = match &matcher.field {
+            Field::Method => Target::Method,
+            Field::Host => Target::Host,
+            Field::Path => Target::Path,
+            Field::Query(name) => Target::Query(name.as_bytes().into()),
+            Field::Header(name) => Target::Header {
+                name: name.to_ascii_lowercase().into(),
+                bit: name_bit(name.as_bytes()),
+            },
+        };
+        CompiledMatcher { target, check }
+    }
+
+    /// Cheapest first: the table sorts a rule's matchers by this before evaluating them.
+    pub(super) fn cost(&self) -> u8 {
+        match (&self.target, &self.check) {
+            (Target::Method, _) => 0,
+            (Target::Path, Check::Contains(_)) => 3,
+            (Target::Path, _) => 1,
+            (Target::Host, _) => 2,
+            (Target::Query(_), _) => 4,
+            (Target::Header { .. }, _) => 5,
+        }
+    }
+
+    /// Whether the request passes this matcher.
+    #[inline]
+    pub(super) fn matches(&self, view: &RequestView<'_>, probe: &mut Probe) -> bool {
+        match &self.target {
+            Target::Method => self.check.holds(view.method, false),
+            Target::Host => self.check.holds(view.hostname(), true),
+            Target::Path => self.check.holds(view.path(), false),
+            Target::Query(name) => view.query().is_some_and(|query| {
+                query.split(|&b| b == b'&').any(|pair| {
+                    let (key, value) = match memchr::memchr(b'=', pair) {
+                        Some(at) => (&pair[..at], &pair[at + 1..]),
+                        None => (pair, &pair[pair.len()..]),
+                    };
+                    key == &name[..] && self.check.holds(value, false)
+                })
+            }),
+            Target::Header { name, bit } => {
+                probe.names(view) & bit != 0
+                    && view.headers.iter().any(|h| {
+                        h.name.eq_ignore_ascii_case(name) && self.check.holds(h.value, false)
+                    })
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +336,114 @@ mod tests {
         let all: Vec<&[u8]> = view.headers_named("x-tenant").collect();
         assert_eq!(all, [&b"a"[..], &b"b"[..]]);
         assert_eq!(view.header("missing"), None);
+    }
+
+    fn compiled(spec: &str) -> Vec<CompiledMatcher> {
+        let rule: crate::fault::FaultRule = spec.parse().unwrap();
+        rule.matchers.iter().map(CompiledMatcher::new).collect()
+    }
+
+    #[test]
+    fn matchers_table() {
+        let headers = [
+            Header {
+                name: "Host",
+                value: b"API.Example.com:8443",
+            },
+            Header {
+                name: "X-Tenant",
+                value: b"acme-prod",
+            },
+            Header {
+                name: "x-tenant",
+                value: b"globex",
+            },
+            Header {
+                name: "Accept",
+                value: b"application/json",
+            },
+        ];
+        let view =
+            RequestView::from_url(b"http://API.Example.com:8443/api/users/7?id=42&debug&q=a%3Ab")
+                .with_method(b"POST")
+                .with_headers(&headers);
+        let rows: &[(&str, &str, bool)] = &[
+            ("method_equal", "error:503:method=POST", true),
+            ("method_case_sensitive", "error:503:method=post", false),
+            ("method_other", "error:503:method=GET", false),
+            (
+                "host_equal_folds_case",
+                "error:503:host=api.example.com",
+                true,
+            ),
+            (
+                "host_ignores_port",
+                "error:503:host=api.example.com%3A8443",
+                false,
+            ),
+            ("host_suffix", "error:503:host$=.EXAMPLE.com", true),
+            ("host_prefix", "error:503:host^=api.", true),
+            ("host_contains", "error:503:host*=example", true),
+            ("host_other", "error:503:host=example.com", false),
+            ("path_exact", "error:503:path=/api/users/7", true),
+            ("path_exact_not_prefix", "error:503:path=/api", false),
+            ("path_prefix", "error:503:path^=/api/", true),
+            ("path_prefix_miss", "error:503:path^=/v1", false),
+            ("path_suffix", "error:503:path$=/7", true),
+            ("path_contains", "error:503:path*=users", true),
+            ("path_excludes_query", "error:503:path*=id=42", false),
+            ("query_equal", "error:503:query.id=42", true),
+            ("query_equal_miss", "error:503:query.id=4", false),
+            ("query_present_bare", "error:503:query.debug", true),
+            ("query_present_valued", "error:503:query.id", true),
+            ("query_absent", "error:503:query.missing", false),
+            ("query_raw_not_decoded", "error:503:query.q=a%253Ab", true),
+            ("query_prefix", "error:503:query.id^=4", true),
+            ("header_present", "error:503:header.accept", true),
+            (
+                "header_present_name_case",
+                "error:503:header.X-TENANT",
+                true,
+            ),
+            ("header_absent", "error:503:header.x-missing", false),
+            (
+                "header_equal_second_line",
+                "error:503:header.x-tenant=globex",
+                true,
+            ),
+            (
+                "header_equal_case_sensitive",
+                "error:503:header.x-tenant=ACME-prod",
+                false,
+            ),
+            ("header_contains", "error:503:header.accept*=json", true),
+            ("header_prefix", "error:503:header.x-tenant^=acme", true),
+            (
+                "and_all_hold",
+                "error:503:method=POST:path^=/api:header.x-tenant=globex",
+                true,
+            ),
+            (
+                "and_one_fails",
+                "error:503:method=POST:path^=/api:header.x-tenant=initech",
+                false,
+            ),
+        ];
+        for (name, spec, want) in rows {
+            let mut probe = Probe::default();
+            let got = compiled(spec).iter().all(|m| m.matches(&view, &mut probe));
+            assert_eq!(got, *want, "{name}: {spec}");
+        }
+    }
+
+    #[test]
+    fn name_filter_sees_every_header_name() {
+        let headers = [Header {
+            name: "X-Request-Id",
+            value: b"1",
+        }];
+        let view = RequestView::from_url(b"http://h/").with_headers(&headers);
+        let mut probe = Probe::default();
+        assert_ne!(probe.names(&view) & name_bit(b"x-request-id"), 0);
     }
 }

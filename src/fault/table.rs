@@ -1,21 +1,22 @@
-//! The compiled fault table: validated rules turned, once per table, into owned substring finders,
-//! integer probability thresholds and nanosecond delay ranges, stamped with a generation, and the
-//! per-request [`FaultPlan`]. It does not parse specs (`spec.rs`), sleep, or answer requests: the
-//! exchange carries the plan out.
+//! The compiled fault table: validated rules turned, once per table, into owned matchers and
+//! finders, integer probability thresholds, samplers and prebuilt synthetic answers, stamped with
+//! a generation, and the per-request [`FaultPlan`]. It does not parse specs (`spec.rs`), sleep, or
+//! answer requests: the exchange carries the plan out.
 //!
-//! Semantics (issue 3): rules run in the order given, once per request. Every delay rule whose
-//! filter matches adds a delay drawn from its range (delays accumulate); the first error rule whose
-//! filter matches and whose probability fires answers the request, and no later rule runs or is
-//! counted. The delay accumulated up to that point still applies before the synthetic answer.
-
-use std::time::Duration;
+//! Semantics: rules run in the order given, once per request. A rule applies when its URL filter
+//! and every matcher hold and its rate fires. Delays add up per placement. Every other fault fills
+//! a slot (the answer; response pace, cut and slow head; request pace and cut): the first rule
+//! that fires for a slot takes it, a later one for a taken slot counts as matched, not faulted.
+//! An answer (error, reset, close, hang, garbage) ends the evaluation: no later rule runs or is
+//! counted, and the delays gathered so far still apply before it.
 
 use memchr::memmem::Finder;
 
-use super::matcher::RequestView;
-use super::plan::{Answer, AppliedFault, FaultPlan, FaultSource};
-use super::rule::{FaultAction, FaultKind, FaultRule};
-use super::spec::SpecError;
+use super::dist::Sampler;
+use super::matcher::{CompiledMatcher, Probe, RequestView};
+use super::plan::{Answer, AppliedFault, Cut, FaultPlan, FaultSource, Limit, Pace};
+use super::rule::{Body, DelayAt, FaultAction, FaultKind, FaultRule, Rate, Side};
+use super::spec::{HeaderFault, SpecError};
 
 /// Bits of a random `u64` compared against a probability threshold. 53 is the f64 mantissa width,
 /// so `p * 2^53` keeps every bit of precision a parsed probability has.
@@ -24,15 +25,27 @@ const PROBABILITY_BITS: u32 = 53;
 /// Threshold of probability 1.0: every 53-bit draw is below it.
 const PROBABILITY_ONE: u64 = 1 << PROBABILITY_BITS;
 
-/// One rule's counters for the shutdown summary. Each worker owns a slice of these (one per rule),
-/// so counting needs no atomics; the summary adds the workers' slices with `+=`.
+/// Longest explicit or default rule id.
+pub const MAX_RULE_ID_BYTES: usize = 64;
+
+/// Most rules one table holds: a rule index must fit the plan's `u16`.
+pub const MAX_RULES: usize = 4096;
+
+/// Largest `body=@PATH` file a synthetic answer may carry.
+pub const MAX_SYNTHETIC_BODY_BYTES: u64 = 1 << 20;
+
+/// The seed's synthetic body, sent when a rule names none.
+pub const DEFAULT_BODY: &[u8] = br#"{"fault":"injected"}"#;
+
+/// One rule's counters. Each worker owns a slice of these (one per rule of its current table),
+/// so counting needs no atomics; totals add the workers' slices with `+=`, and a replacement
+/// table carries them over by rule id ([`FaultTable::carry_stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RuleStats {
-    /// Requests whose URL matched the rule's filter (and were evaluated, i.e. not cut short by an
-    /// earlier error rule).
+    /// Requests the rule's matchers and filter accepted (and were evaluated, i.e. not cut short
+    /// by an earlier answer).
     pub matched: u64,
-    /// Matched requests the rule acted on: every matched request for a delay rule, the requests
-    /// whose probability fired for an error rule.
+    /// Matched requests the rule acted on (its rate fired and its slot was free).
     pub faulted: u64,
 }
 
@@ -43,7 +56,7 @@ impl std::ops::AddAssign for RuleStats {
     }
 }
 
-/// Whether an error rule fires, precomputed from its probability.
+/// Whether a rule fires, precomputed from its rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chance {
     /// Probability 0 (or NaN from a hand-built rule): never fires, draws nothing.
@@ -52,9 +65,23 @@ enum Chance {
     Always,
     /// Fires when the top [`PROBABILITY_BITS`] of a random `u64` are below this threshold.
     Below(u64),
+    /// Fires for `hits` of every `every` matches, spread evenly by the match count; no draw.
+    Ratio { hits: u64, every: u64 },
 }
 
 impl Chance {
+    fn from_rate(rate: Rate) -> Chance {
+        match rate {
+            Rate::Always => Chance::Always,
+            Rate::Probability(p) => Chance::from_probability(p),
+            Rate::Ratio { hits, every } if every > 0 && hits > 0 => Chance::Ratio {
+                hits: u64::from(hits.min(every)),
+                every: u64::from(every),
+            },
+            Rate::Ratio { .. } => Chance::Never,
+        }
+    }
+
     fn from_probability(probability: f64) -> Chance {
         if probability >= 1.0 {
             Chance::Always
@@ -66,23 +93,193 @@ impl Chance {
         }
     }
 
+    /// `seen` is how many times the rule matched before this request (per worker).
     #[inline]
-    fn fires(self, rng: &mut fastrand::Rng) -> bool {
+    fn fires(self, rng: &mut fastrand::Rng, seen: u64) -> bool {
         match self {
             Chance::Never => false,
             Chance::Always => true,
             Chance::Below(threshold) => (rng.u64(..) >> (u64::BITS - PROBABILITY_BITS)) < threshold,
+            // Bresenham: the j-th match of a block fires when floor((j+1)k/n) > floor(jk/n), so
+            // 1in10 fires on the 10th, 3in10 on the 4th, 7th and 10th.
+            Chance::Ratio { hits, every } => {
+                let j = seen % every;
+                (j + 1) * hits / every > j * hits / every
+            }
         }
     }
 }
 
 /// A rule's action in hot-path form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Action {
-    /// Uniform delay in `min_ns..=min_ns + span_ns`.
-    Delay { min_ns: u64, span_ns: u64 },
-    /// Synthetic answer with `status` when `chance` fires.
-    Error { status: u16, chance: Chance },
+    Delay {
+        sampler: Sampler,
+        at: DelayAt,
+    },
+    Error {
+        status: u16,
+    },
+    Bandwidth {
+        bytes_per_sec: u64,
+        side: Side,
+    },
+    Dribble {
+        pieces: u32,
+        total_ns: u64,
+        side: Side,
+    },
+    Truncate {
+        limit: Limit,
+        side: Side,
+    },
+    ResetAfter {
+        bytes: u64,
+    },
+    Answer(Answer),
+    SlowHead {
+        ns: u64,
+    },
+}
+
+impl Action {
+    fn new(action: FaultAction) -> Action {
+        match action {
+            FaultAction::Delay { dist, max, at } => Action::Delay {
+                sampler: Sampler::new(dist, max),
+                at,
+            },
+            FaultAction::Error { status } => Action::Error { status },
+            FaultAction::Bandwidth {
+                bytes_per_sec,
+                side,
+            } => Action::Bandwidth {
+                bytes_per_sec: bytes_per_sec.max(1),
+                side,
+            },
+            FaultAction::Dribble { pieces, over, side } => Action::Dribble {
+                pieces: pieces.max(1),
+                total_ns: nanos(over),
+                side,
+            },
+            FaultAction::Truncate { limit, side } => Action::Truncate { limit, side },
+            FaultAction::Reset { after: Some(bytes) } => Action::ResetAfter { bytes },
+            FaultAction::Reset { after: None } => Action::Answer(Answer::Reset),
+            FaultAction::Close => Action::Answer(Answer::Close),
+            FaultAction::Hang => Action::Answer(Answer::Hang),
+            FaultAction::Garbage => Action::Answer(Answer::Garbage),
+            FaultAction::SlowHead { over } => Action::SlowHead { ns: nanos(over) },
+        }
+    }
+
+    /// Puts the action into `plan` if its slot is free; says whether it applied.
+    #[inline]
+    fn apply(self, plan: &mut FaultPlan, source: FaultSource, rng: &mut fastrand::Rng) -> bool {
+        let (kind, value) = match self {
+            Action::Delay { sampler, at } => {
+                let ns = sampler.sample(rng);
+                let slot = match at {
+                    DelayAt::Forward => &mut plan.forward_delay_ns,
+                    DelayAt::Head => &mut plan.head_delay_ns,
+                    DelayAt::Body => &mut plan.chunk_delay_ns,
+                };
+                *slot = slot.saturating_add(ns);
+                (FaultKind::Delay, ns)
+            }
+            Action::Error { status } => {
+                if plan.answer != Answer::Forward {
+                    return false;
+                }
+                let rule = match source {
+                    FaultSource::Rule(index) => Some(index),
+                    FaultSource::Header => None,
+                };
+                plan.answer = Answer::Synthetic { status, rule };
+                (FaultKind::Error, u64::from(status))
+            }
+            Action::Answer(answer) => {
+                if plan.answer != Answer::Forward {
+                    return false;
+                }
+                plan.answer = answer;
+                let kind = match answer {
+                    Answer::Reset => FaultKind::Reset,
+                    Answer::Close => FaultKind::Close,
+                    Answer::Hang => FaultKind::Hang,
+                    _ => FaultKind::Garbage,
+                };
+                (kind, 0)
+            }
+            Action::Bandwidth {
+                bytes_per_sec,
+                side,
+            } => {
+                let slot = pace_slot(plan, side);
+                if *slot != Pace::Full {
+                    return false;
+                }
+                *slot = Pace::Bandwidth { bytes_per_sec };
+                (FaultKind::Bandwidth, bytes_per_sec)
+            }
+            Action::Dribble {
+                pieces,
+                total_ns,
+                side,
+            } => {
+                let slot = pace_slot(plan, side);
+                if *slot != Pace::Full {
+                    return false;
+                }
+                *slot = Pace::Dribble { pieces, total_ns };
+                (FaultKind::Dribble, total_ns)
+            }
+            Action::Truncate { limit, side } => {
+                let value = match limit {
+                    Limit::Bytes(n) => n,
+                    Limit::PartsPerMillion(ppm) => u64::from(ppm),
+                };
+                match side {
+                    Side::Response if plan.response_cut == Cut::None => {
+                        plan.response_cut = Cut::Truncate(limit);
+                    }
+                    Side::Request if plan.request_cut.is_none() => plan.request_cut = Some(limit),
+                    _ => return false,
+                }
+                (FaultKind::Truncate, value)
+            }
+            Action::ResetAfter { bytes } => {
+                if plan.response_cut != Cut::None {
+                    return false;
+                }
+                plan.response_cut = Cut::Reset(bytes);
+                (FaultKind::Reset, bytes)
+            }
+            Action::SlowHead { ns } => {
+                if plan.slow_head_ns != 0 {
+                    return false;
+                }
+                plan.slow_head_ns = ns;
+                (FaultKind::SlowHead, ns)
+            }
+        };
+        plan.applied.push(AppliedFault {
+            source,
+            kind,
+            value,
+        });
+        true
+    }
+
+    fn is_answer(self) -> bool {
+        matches!(self, Action::Error { .. } | Action::Answer(_))
+    }
+}
+
+fn pace_slot(plan: &mut FaultPlan, side: Side) -> &mut Pace {
+    match side {
+        Side::Response => &mut plan.response_pace,
+        Side::Request => &mut plan.request_pace,
+    }
 }
 
 /// One rule in hot-path form.
@@ -92,14 +289,25 @@ struct CompiledRule {
     /// against anchoring filters at the URL's `/` positions and won at 1, 8 and 64 rules
     /// (about 6 ns per filter on a 40-byte URL).
     filter: Option<Finder<'static>>,
+    /// All must hold; cheapest first.
+    matchers: Box<[CompiledMatcher]>,
+    chance: Chance,
     action: Action,
 }
 
-/// Longest explicit or default rule id.
-pub const MAX_RULE_ID_BYTES: usize = 64;
-
-/// Most rules one table holds: a rule index must fit the plan's `u16`.
-pub const MAX_RULES: usize = 4096;
+/// A synthetic answer's parts, resolved at compile time (files read once, here): the exchange
+/// encodes them into its prebuilt responses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synthetic {
+    /// Status code, 100–599.
+    pub status: u16,
+    /// `content-type` (`application/json` unless the rule sets one).
+    pub content_type: String,
+    /// Further headers in order, `x-fault-injected: phantom` first; never framing headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body; the proxy frames it with its true `content-length`.
+    pub body: Vec<u8>,
+}
 
 /// The rules of one rule set, compiled once and shared read-only by every worker (`Send + Sync`,
 /// put it behind an `Arc`), stamped with the generation it was published as.
@@ -111,13 +319,16 @@ pub struct FaultTable {
     ids: Vec<String>,
     /// Same order and length as `rules`.
     compiled: Vec<CompiledRule>,
+    /// Per rule: the synthetic answer of an `error` rule.
+    synthetic: Vec<Option<Synthetic>>,
     /// Which publication of the rule set this is: 1 for the startup table, raised by each
     /// replacement (the control plane stamps it with [`FaultTable::with_generation`]).
     generation: u64,
 }
 
 impl FaultTable {
-    /// Compiles validated rules, keeping their order, as generation 1.
+    /// Compiles validated rules, keeping their order, as generation 1; reads every `body=@PATH`
+    /// file once.
     ///
     /// Values a hand-built rule could carry outside the grammar are clamped: a probability above 1
     /// always fires, one at or below 0 or NaN never does, `min > max` is treated as `max..=min`,
@@ -126,7 +337,8 @@ impl FaultTable {
     /// # Errors
     ///
     /// [`SpecError`] naming the rule when two rules share an id (explicit, or explicit and a
-    /// position's default), or when there are more than [`MAX_RULES`] rules.
+    /// position's default), when a body file cannot be read or is over
+    /// [`MAX_SYNTHETIC_BODY_BYTES`], or when there are more than [`MAX_RULES`] rules.
     pub fn compile(rules: &[FaultRule]) -> Result<FaultTable, SpecError> {
         if rules.len() > MAX_RULES {
             return Err(SpecError::new(
@@ -147,11 +359,16 @@ impl FaultTable {
                 ));
             }
         }
+        let synthetic = rules
+            .iter()
+            .map(synthetic_of)
+            .collect::<Result<Vec<_>, _>>()?;
         let compiled = rules.iter().map(CompiledRule::new).collect();
         Ok(FaultTable {
             rules: rules.to_vec(),
             ids,
             compiled,
+            synthetic,
             generation: 1,
         })
     }
@@ -197,6 +414,11 @@ impl FaultTable {
         self.ids.iter().position(|other| other == id)
     }
 
+    /// The synthetic answer of rule `index`, when it is an `error` rule.
+    pub fn synthetic(&self, index: usize) -> Option<&Synthetic> {
+        self.synthetic.get(index).and_then(Option::as_ref)
+    }
+
     /// Counters for this table carried over from `previous`'s: a rule whose id was in the old
     /// table keeps its counts (so they stay monotonic per id across replacements), a new id
     /// starts at zero. Off the request path; allocates the new slice.
@@ -215,10 +437,9 @@ impl FaultTable {
     /// Decides what happens to one request. Hot path: no allocation, no lock, no atomic.
     ///
     /// `stats` is the calling worker's slice for this table, `stats.len() == self.len()`: for
-    /// each evaluated rule whose matchers all match, `matched += 1`; for a rule that applies,
-    /// `faulted += 1`. Rules run in order; delays add up, the first firing answer ends the
-    /// evaluation (see the README's "Fault grammar" for the full semantics). Draws from `rng`
-    /// only for ranges and for probabilities strictly between 0 and 1.
+    /// each evaluated rule whose filter and matchers all hold, `matched += 1`; for a rule that
+    /// applies, `faulted += 1`. See the module docs for the order and the slots. Draws from `rng`
+    /// only for probabilities strictly between 0 and 1 and for delays that are not fixed.
     ///
     /// # Panics
     ///
@@ -232,50 +453,27 @@ impl FaultTable {
     ) -> FaultPlan {
         debug_assert_eq!(stats.len(), self.compiled.len(), "one RuleStats per rule");
         let mut plan = FaultPlan::NONE;
+        let mut probe = Probe::default();
         for (index, rule) in self.compiled.iter().enumerate() {
             if let Some(filter) = &rule.filter
                 && filter.find(request.url).is_none()
             {
                 continue;
             }
-            let source = FaultSource::Rule(index as u16);
-            let applied = match rule.action {
-                Action::Delay { min_ns, span_ns } => {
-                    let drawn = if span_ns == 0 {
-                        min_ns
-                    } else {
-                        // min_ns + span_ns is the rule's max, so this cannot overflow.
-                        min_ns + rng.u64(0..=span_ns)
-                    };
-                    plan.forward_delay_ns = plan.forward_delay_ns.saturating_add(drawn);
-                    plan.applied.push(AppliedFault {
-                        source,
-                        kind: FaultKind::Delay,
-                        value: drawn,
-                    });
-                    true
-                }
-                Action::Error { status, chance } => {
-                    let fires = chance.fires(rng);
-                    if fires {
-                        plan.answer = Answer::Synthetic {
-                            status,
-                            rule: Some(index as u16),
-                        };
-                        plan.applied.push(AppliedFault {
-                            source,
-                            kind: FaultKind::Error,
-                            value: u64::from(status),
-                        });
-                    }
-                    fires
-                }
-            };
-            if let Some(stat) = stats.get_mut(index) {
+            if !rule.matchers.iter().all(|m| m.matches(request, &mut probe)) {
+                continue;
+            }
+            let stat = stats.get_mut(index);
+            let seen = stat.as_ref().map_or(0, |s| s.matched);
+            let applied = rule.chance.fires(rng, seen)
+                && rule
+                    .action
+                    .apply(&mut plan, FaultSource::Rule(index as u16), rng);
+            if let Some(stat) = stat {
                 stat.matched += 1;
                 stat.faulted += u64::from(applied);
             }
-            if plan.answer != Answer::Forward {
+            if applied && rule.action.is_answer() {
                 break;
             }
         }
@@ -283,8 +481,21 @@ impl FaultTable {
     }
 }
 
+impl FaultPlan {
+    /// Adds a fault from an `x-phantom-fault` header to a plan the table decided, as if it were a
+    /// rule after the table's last (its slot must be free; an answer already decided wins).
+    /// Allocates nothing; draws from `rng` as a rule would.
+    pub fn apply_header(&mut self, fault: HeaderFault, rng: &mut fastrand::Rng) -> bool {
+        Chance::from_rate(fault.rate).fires(rng, 0)
+            && Action::new(fault.action).apply(self, FaultSource::Header, rng)
+    }
+}
+
 impl CompiledRule {
     fn new(rule: &FaultRule) -> CompiledRule {
+        let mut matchers: Vec<CompiledMatcher> =
+            rule.matchers.iter().map(CompiledMatcher::new).collect();
+        matchers.sort_by_key(CompiledMatcher::cost);
         CompiledRule {
             // memmem picks its searcher once, here; `into_owned` makes it 'static so the
             // table carries no lifetime.
@@ -292,24 +503,55 @@ impl CompiledRule {
                 .url_filter
                 .as_deref()
                 .map(|filter| Finder::new(filter.as_bytes()).into_owned()),
-            action: match rule.action {
-                FaultAction::Delay { min, max } => {
-                    let (low, high) = (nanos(min.min(max)), nanos(min.max(max)));
-                    Action::Delay {
-                        min_ns: low,
-                        span_ns: high - low,
-                    }
-                }
-                FaultAction::Error {
-                    status,
-                    probability,
-                } => Action::Error {
-                    status,
-                    chance: Chance::from_probability(probability),
-                },
-            },
+            matchers: matchers.into(),
+            chance: Chance::from_rate(rule.rate),
+            action: Action::new(rule.action),
         }
     }
+}
+
+/// The synthetic answer of an `error` rule, its body file read.
+fn synthetic_of(rule: &FaultRule) -> Result<Option<Synthetic>, SpecError> {
+    let FaultAction::Error { status } = rule.action else {
+        return Ok(None);
+    };
+    let body = match &rule.body {
+        None => DEFAULT_BODY.to_vec(),
+        Some(Body::Inline(bytes)) => bytes.clone(),
+        Some(Body::File(path)) => read_body(path).map_err(|reason| {
+            SpecError::new(&rule.to_string(), format!("body file {path:?}: {reason}"))
+        })?,
+    };
+    let mut content_type = "application/json".to_owned();
+    let mut headers = vec![("x-fault-injected".to_owned(), b"phantom".to_vec())];
+    for (name, value) in &rule.headers {
+        if name == "content-type" {
+            content_type = String::from_utf8_lossy(value).into_owned();
+        } else {
+            headers.push((name.clone(), value.clone()));
+        }
+    }
+    Ok(Some(Synthetic {
+        status,
+        content_type,
+        headers,
+        body,
+    }))
+}
+
+/// Reads a body file of at most [`MAX_SYNTHETIC_BODY_BYTES`].
+fn read_body(path: &str) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    if meta.len() > MAX_SYNTHETIC_BODY_BYTES {
+        return Err(format!(
+            "{} bytes; at most {MAX_SYNTHETIC_BODY_BYTES} are allowed",
+            meta.len()
+        ));
+    }
+    std::fs::read(path).map_err(|e| e.to_string())
 }
 
 /// The default id of the rule at `index` (0-based): `r1` for the first.
@@ -318,13 +560,14 @@ fn default_id(index: usize) -> String {
 }
 
 /// A duration in whole nanoseconds, saturating at `u64::MAX` (584 years).
-fn nanos(duration: Duration) -> u64 {
+fn nanos(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// The seed's three facts of a decision, to keep its tables readable.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -577,14 +820,14 @@ mod tests {
             ),
         ];
         for (name, min, max) in rows {
-            let rule = FaultRule {
-                action: FaultAction::Delay {
+            let rule = FaultRule::new(FaultAction::Delay {
+                dist: crate::fault::Dist::Uniform {
                     min: *min,
                     max: *max,
                 },
-                url_filter: None,
-                id: None,
-            };
+                max: None,
+                at: DelayAt::Forward,
+            });
             let table = FaultTable::compile(&[rule]).unwrap();
             let (low, high) = ((*min).min(*max), (*min).max(*max));
             let mut stats = [RuleStats::default()];
