@@ -1707,4 +1707,506 @@ mod tests {
             assert_eq!(rule.kind().to_string(), *text, "{name}");
         }
     }
+
+    #[test]
+    fn new_forms_parse_to_canonical_text_and_round_trip() {
+        let cases: &[(&str, &str, &str)] = &[
+            // Probability and exact rate on every kind.
+            ("delay_probability", "delay:100ms:0.25", "delay:100ms:0.25"),
+            (
+                "delay_range_probability_filter",
+                "delay:100ms-500ms:0.25:/api",
+                "delay:100ms-500ms:0.25:/api",
+            ),
+            ("delay_probability_one", "delay:1s:1", "delay:1000ms"),
+            ("error_ratio", "error:503:1in10", "error:503:1in10"),
+            ("delay_ratio", "delay:5ms:3in100:/x", "delay:5ms:3in100:/x"),
+            // Distributions.
+            (
+                "normal",
+                "delay:normal(100ms,20ms)",
+                "delay:normal(100ms,20ms)",
+            ),
+            (
+                "lognormal_max",
+                "delay:lognormal(20ms,400ms):max=2s",
+                "delay:lognormal(20ms,400ms):max=2000ms",
+            ),
+            (
+                "pareto",
+                "delay:pareto(10ms,1.50)",
+                "delay:pareto(10ms,1.5)",
+            ),
+            ("exp", "delay:exp(50)", "delay:exp(50ms)"),
+            // Placement.
+            ("at_head", "delay:200ms:at=head", "delay:200ms:at=head"),
+            ("at_body", "delay:10ms:at=body", "delay:10ms:at=body"),
+            (
+                "at_forward_is_default",
+                "delay:10ms:at=forward",
+                "delay:10ms",
+            ),
+            (
+                "options_any_order",
+                "delay:1s:at=head:max=3s",
+                "delay:1000ms:max=3000ms:at=head",
+            ),
+            // Body shaping.
+            ("bandwidth", "bandwidth:64KiB/s", "bandwidth:64KiB/s"),
+            ("bandwidth_bytes", "bandwidth:65536", "bandwidth:64KiB/s"),
+            ("bandwidth_odd", "bandwidth:1000/s", "bandwidth:1000/s"),
+            (
+                "bandwidth_request",
+                "bandwidth:1MiB/s:side=request",
+                "bandwidth:1MiB/s:side=request",
+            ),
+            ("dribble", "dribble:10,2s", "dribble:10,2000ms"),
+            ("truncate_bytes", "truncate:1024", "truncate:1KiB"),
+            ("truncate_percent", "truncate:50%", "truncate:50%"),
+            (
+                "truncate_fraction_percent",
+                "truncate:12.50%",
+                "truncate:12.5%",
+            ),
+            ("truncate_zero", "truncate:0", "truncate:0"),
+            (
+                "truncate_request",
+                "truncate:100B:side=request",
+                "truncate:100:side=request",
+            ),
+            // Connection faults.
+            ("reset", "reset", "reset"),
+            ("reset_after", "reset:after=1KiB", "reset:after=1KiB"),
+            (
+                "reset_probability",
+                "reset:0.1:after=0",
+                "reset:0.1:after=0",
+            ),
+            ("close", "close:/api", "close:/api"),
+            ("hang", "hang:0.01", "hang:0.01"),
+            ("garbage", "garbage", "garbage"),
+            ("slow_head", "slow-head:2s", "slow-head:2000ms"),
+            // Synthetic answers.
+            (
+                "error_body_headers",
+                "error:429:body=slow%20down:set.Retry-After=2",
+                "error:429:body=slow%20down:set.retry-after=2",
+            ),
+            (
+                "error_body_file",
+                "error:503:body=@/tmp/x.json",
+                "error:503:body=@/tmp/x.json",
+            ),
+            (
+                "error_body_at_sign_inline",
+                "error:503:body=%40x",
+                "error:503:body=%40x",
+            ),
+            ("error_empty_body", "error:204:body=", "error:204:body="),
+            (
+                "error_body_colon_escaped",
+                "error:500:body=a%3ab",
+                "error:500:body=a%3Ab",
+            ),
+            // Matchers, in order, after the action's options; the id last but the filter.
+            (
+                "matchers",
+                "error:503:0.5:method=POST:host$=.Example.com:path^=/api:query.id=7:header.X-Tenant*=acme:header.x-debug:/v1",
+                "error:503:0.5:method=POST:host$=.example.com:path^=/api:query.id=7:header.x-tenant*=acme:header.x-debug:/v1",
+            ),
+            ("id", "delay:1ms:id=slow-db", "delay:1ms:id=slow-db"),
+            (
+                "id_goes_last",
+                "error:500:id=e1:method=GET",
+                "error:500:method=GET:id=e1",
+            ),
+        ];
+        for (name, spec, canonical) in cases {
+            let rule: FaultRule = match spec.parse() {
+                Ok(rule) => rule,
+                Err(err) => panic!("{name}: {err}"),
+            };
+            assert_eq!(rule.to_string(), *canonical, "{name}");
+            let again: FaultRule = canonical.parse().unwrap();
+            assert_eq!(again, rule, "{name}: round trip");
+        }
+    }
+
+    #[test]
+    fn new_forms_parse_to_model() {
+        let rule: FaultRule =
+            "error:429:1in4:body=%7B%7D:set.retry-after=2:method=GET:header.x-t=a:id=x:/api"
+                .parse()
+                .unwrap();
+        assert_eq!(rule.action, FaultAction::Error { status: 429 });
+        assert_eq!(rule.rate, Rate::Ratio { hits: 1, every: 4 });
+        assert_eq!(rule.body, Some(Body::Inline(b"{}".to_vec())));
+        assert_eq!(rule.headers, [("retry-after".to_owned(), b"2".to_vec())]);
+        assert_eq!(
+            rule.matchers,
+            [
+                Matcher {
+                    field: Field::Method,
+                    test: Test::Equal(b"GET".to_vec()),
+                },
+                Matcher {
+                    field: Field::Header("x-t".to_owned()),
+                    test: Test::Equal(b"a".to_vec()),
+                },
+            ]
+        );
+        assert_eq!(rule.id.as_deref(), Some("x"));
+        assert_eq!(rule.url_filter.as_deref(), Some("/api"));
+        let shaped: FaultRule = "truncate:25%:side=request".parse().unwrap();
+        assert_eq!(
+            shaped.action,
+            FaultAction::Truncate {
+                limit: Limit::PartsPerMillion(250_000),
+                side: Side::Request,
+            }
+        );
+    }
+
+    #[test]
+    fn new_forms_malformed_are_rejected_with_reason() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "dist_unknown",
+                "delay:gamma(1ms,2ms)",
+                "distribution \"gamma(1ms,2ms)\" is not valid",
+            ),
+            ("dist_unclosed", "delay:normal(1ms,2ms", "is not valid"),
+            (
+                "dist_three_args",
+                "delay:normal(1ms,2ms,3ms)",
+                "is not valid",
+            ),
+            (
+                "dist_bad_unit",
+                "delay:exp(5us)",
+                "duration \"5us\" is not valid",
+            ),
+            (
+                "lognormal_reversed",
+                "delay:lognormal(400ms,20ms)",
+                "expected 0 < P50 < P99",
+            ),
+            (
+                "lognormal_zero",
+                "delay:lognormal(0ms,20ms)",
+                "expected 0 < P50 < P99",
+            ),
+            ("pareto_zero_shape", "delay:pareto(10ms,0)", "SCALE > 0"),
+            ("pareto_exponent", "delay:pareto(10ms,1e3)", "SCALE > 0"),
+            (
+                "ratio_zero",
+                "error:503:0in10",
+                "rate \"0in10\" is not valid",
+            ),
+            (
+                "ratio_above",
+                "error:503:11in10",
+                "rate \"11in10\" is not valid",
+            ),
+            (
+                "ratio_zero_every",
+                "delay:1ms:1in0",
+                "rate \"1in0\" is not valid",
+            ),
+            (
+                "delay_probability_above_one",
+                "delay:1ms:1.5",
+                "probability 1.5 is out of range",
+            ),
+            (
+                "rate_after_option",
+                "error:503:method=GET:0.5",
+                "unexpected segment \"0.5\" after the options",
+            ),
+            (
+                "unknown_option",
+                "error:503:speed=9",
+                "option \"speed\" is not one \"error\" takes",
+            ),
+            (
+                "option_wrong_kind",
+                "error:503:max=1s",
+                "option \"max\" is not one \"error\" takes",
+            ),
+            (
+                "at_wrong_kind",
+                "bandwidth:1KiB/s:at=head",
+                "option \"at\" is not one",
+            ),
+            (
+                "at_bad_value",
+                "delay:1ms:at=later",
+                "at \"later\" is not valid",
+            ),
+            (
+                "side_bad_value",
+                "truncate:1:side=both",
+                "side \"both\" is not valid",
+            ),
+            (
+                "duplicate_option",
+                "delay:1ms:max=2ms:max=3ms",
+                "option \"max\" is given twice",
+            ),
+            (
+                "duplicate_id",
+                "delay:1ms:id=a:id=b",
+                "option \"id\" is given twice",
+            ),
+            ("bad_id", "delay:1ms:id=a/b", "id \"a/b\" is not valid"),
+            ("empty_id", "delay:1ms:id=", "id \"\" is not valid"),
+            (
+                "bad_escape",
+                "error:503:body=100%",
+                "has a '%' not followed by two hex digits",
+            ),
+            (
+                "bad_escape_hex",
+                "error:503:body=%zz",
+                "has a '%' not followed",
+            ),
+            (
+                "set_framing",
+                "error:503:set.content-length=5",
+                "set by the proxy",
+            ),
+            (
+                "set_bad_name",
+                "error:503:set.a(b=1",
+                "header name \"a(b\" is not valid",
+            ),
+            (
+                "set_control_value",
+                "error:503:set.x=a%0Db",
+                "may not contain control characters",
+            ),
+            (
+                "present_method",
+                "error:503:method",
+                "\"method\" is neither a probability",
+            ),
+            (
+                "header_empty_name",
+                "error:503:header.=x",
+                "option \"header.\" is not one",
+            ),
+            ("query_bad_name", "error:503:query.a%b=1", "is not one"),
+            (
+                "path_unknown_op",
+                "error:503:path~=/a",
+                "option \"path~\" is not one",
+            ),
+            (
+                "bandwidth_zero",
+                "bandwidth:0/s",
+                "expected at least 1 byte per second",
+            ),
+            (
+                "bandwidth_missing",
+                "bandwidth",
+                "missing rate after \"bandwidth:\"",
+            ),
+            (
+                "bandwidth_unit",
+                "bandwidth:64kb/s",
+                "size \"64kb\" is not valid",
+            ),
+            ("dribble_no_comma", "dribble:10", "expected PIECES,DURATION"),
+            (
+                "dribble_zero_pieces",
+                "dribble:0,1s",
+                "expected PIECES,DURATION",
+            ),
+            (
+                "truncate_hundred",
+                "truncate:100%",
+                "percentage \"100%\" is not valid",
+            ),
+            (
+                "truncate_fraction_no_percent",
+                "truncate:0.5",
+                "size \"0.5\" is not valid",
+            ),
+            (
+                "truncate_five_decimals",
+                "truncate:1.00001%",
+                "is not valid",
+            ),
+            (
+                "reset_bad_after",
+                "reset:after=x",
+                "size \"x\" is not valid",
+            ),
+            (
+                "reset_after_without_key",
+                "reset:1024",
+                "probability 1024 is out of range",
+            ),
+            (
+                "close_extra",
+                "close:now",
+                "unexpected segment \"now\" after the kind",
+            ),
+            (
+                "slow_head_missing",
+                "slow-head",
+                "missing duration after \"slow-head:\"",
+            ),
+            (
+                "size_overflow",
+                "truncate:99999999999999999999GiB",
+                "is not valid",
+            ),
+        ];
+        for (name, spec, want) in cases {
+            let err = match spec.parse::<FaultRule>() {
+                Ok(rule) => panic!("{name}: {spec:?} parsed as {rule:?}"),
+                Err(err) => err,
+            };
+            assert!(err.reason().contains(want), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn header_fault_parses_copy_kinds_and_rejects_the_rest() {
+        let ok: &[(&str, &str)] = &[
+            ("delay", "delay:100ms"),
+            (
+                "delay_dist_head",
+                "delay:lognormal(20ms,400ms):0.5:max=1s:at=head",
+            ),
+            ("error", "error:503"),
+            ("bandwidth", "bandwidth:1KiB/s"),
+            ("truncate", "truncate:50%"),
+            ("reset_after", "reset:after=10"),
+            ("hang", "hang"),
+        ];
+        for (name, value) in ok {
+            let fault = match HeaderFault::parse(value.as_bytes()) {
+                Ok(fault) => fault,
+                Err(reason) => panic!("{name}: {reason}"),
+            };
+            let rule: FaultRule = value.parse().unwrap();
+            assert_eq!(
+                (fault.action, fault.rate),
+                (rule.action, rule.rate),
+                "{name}"
+            );
+        }
+        let rejected: &[(&str, &[u8], &str)] = &[
+            (
+                "matcher",
+                b"error:503:method=GET",
+                "\"method\" is not allowed",
+            ),
+            ("filter", b"error:503:/api", "\"/api\" is not allowed"),
+            ("id", b"delay:1ms:id=x", "\"id\" is not allowed"),
+            ("body", b"error:503:body=x", "\"body\" is not allowed"),
+            ("set", b"error:503:set.a=b", "\"a\" is not allowed"),
+            ("ratio", b"error:503:1in2", "\"KinN\" is not allowed"),
+            ("malformed", b"delay:abc", "duration \"abc\" is not valid"),
+            ("not_utf8", b"delay:\xff", "not UTF-8"),
+            ("empty", b"", "empty spec"),
+        ];
+        for (name, value, want) in rejected {
+            let reason = HeaderFault::parse(value).unwrap_err();
+            assert!(reason.to_string().contains(want), "{name}: {reason}");
+        }
+    }
+
+    /// A deterministic stand-in for the fuzz target: specs glued from grammar tokens, each
+    /// rejected cleanly or printed canonically and parsed back equal.
+    #[test]
+    fn token_soup_round_trips_or_is_rejected() {
+        const TOKENS: &[&str] = &[
+            "delay",
+            "error",
+            "bandwidth",
+            "dribble",
+            "truncate",
+            "reset",
+            "close",
+            "hang",
+            "garbage",
+            "slow-head",
+            ":",
+            ":",
+            ":",
+            "100ms",
+            "2s",
+            "250",
+            "-",
+            "503",
+            "0.5",
+            "1",
+            "0",
+            "1in10",
+            "3in7",
+            "normal(",
+            "lognormal(",
+            "pareto(",
+            "exp(",
+            ",",
+            ")",
+            "1.5",
+            "64KiB",
+            "/s",
+            "50%",
+            "12.5%",
+            "max=",
+            "at=head",
+            "at=body",
+            "side=request",
+            "after=",
+            "body=",
+            "@",
+            "set.retry-after=",
+            "id=",
+            "r1",
+            "method=",
+            "GET",
+            "host$=",
+            ".example.com",
+            "path^=",
+            "/api",
+            "*=",
+            "query.",
+            "header.",
+            "x-t",
+            "=",
+            "%3A",
+            "%20",
+            "%",
+            "/",
+            "a",
+        ];
+        let mut rng = fastrand::Rng::with_seed(12);
+        let mut parsed = 0;
+        for _ in 0..200_000 {
+            let mut spec = String::new();
+            for _ in 0..rng.usize(1..10) {
+                spec.push_str(TOKENS[rng.usize(..TOKENS.len())]);
+            }
+            let Ok(rule) = spec.parse::<FaultRule>() else {
+                continue;
+            };
+            parsed += 1;
+            let canonical = rule.to_string();
+            let again: FaultRule = match canonical.parse() {
+                Ok(again) => again,
+                Err(err) => panic!("{spec:?} -> {canonical:?}: {err}"),
+            };
+            assert_eq!(again, rule, "{spec:?} -> {canonical:?}");
+            assert_eq!(again.to_string(), canonical, "{spec:?}: not a fixed point");
+            if let Ok(header) = HeaderFault::parse(spec.as_bytes()) {
+                assert_eq!((header.action, header.rate), (rule.action, rule.rate));
+            }
+        }
+        assert!(parsed > 1_000, "only {parsed} specs parsed");
+    }
 }

@@ -930,4 +930,263 @@ mod tests {
         let carried = new.carry_stats(&old, &[stat(5, 4), stat(9, 9)]);
         assert_eq!(carried, [stat(0, 0), stat(5, 4)]);
     }
+
+    fn plan_of(specs: &[&str], view: &RequestView<'_>) -> (FaultPlan, Vec<RuleStats>) {
+        let table = table(specs);
+        let mut stats = vec![RuleStats::default(); table.len()];
+        let mut rng = fastrand::Rng::with_seed(SEED);
+        (table.decide(view, &mut rng, &mut stats), stats)
+    }
+
+    #[test]
+    fn decide_fills_each_slot_and_first_rule_per_slot_wins() {
+        let view = RequestView::from_url(URL_API).with_method(b"GET");
+        let (plan, stats) = plan_of(
+            &[
+                "delay:10ms",
+                "delay:5ms:at=head",
+                "delay:7ms:at=head",
+                "delay:1ms:at=body",
+                "bandwidth:1KiB/s",
+                "dribble:4,1s",
+                "truncate:50%",
+                "reset:after=10",
+                "slow-head:2s",
+                "bandwidth:9/s:side=request",
+                "truncate:3:side=request",
+                "delay:20ms",
+            ],
+            &view,
+        );
+        assert_eq!(plan.forward_delay_ns, 30_000_000);
+        assert_eq!(plan.head_delay_ns, 12_000_000);
+        assert_eq!(plan.chunk_delay_ns, 1_000_000);
+        assert_eq!(
+            plan.response_pace,
+            Pace::Bandwidth {
+                bytes_per_sec: 1024
+            }
+        );
+        assert_eq!(
+            plan.response_cut,
+            Cut::Truncate(Limit::PartsPerMillion(500_000))
+        );
+        assert_eq!(plan.slow_head_ns, 2_000_000_000);
+        assert_eq!(plan.request_pace, Pace::Bandwidth { bytes_per_sec: 9 });
+        assert_eq!(plan.request_cut, Some(Limit::Bytes(3)));
+        assert_eq!(plan.answer, Answer::Forward);
+        assert!(!plan.keeps_alive() && plan.holds());
+        // The dribble and the reset found their slots taken: matched, not faulted.
+        let faulted: Vec<u64> = stats.iter().map(|s| s.faulted).collect();
+        assert_eq!(faulted, [1, 1, 1, 1, 1, 0, 1, 0, 1, 1, 1, 1]);
+        assert!(stats.iter().all(|s| s.matched == 1));
+        assert_eq!(plan.applied.as_slice().len(), crate::fault::MAX_APPLIED);
+        assert_eq!(plan.applied.dropped, 2);
+        assert_eq!(
+            plan.applied.as_slice()[1],
+            AppliedFault {
+                source: FaultSource::Rule(1),
+                kind: FaultKind::Delay,
+                value: 5_000_000,
+            }
+        );
+    }
+
+    #[test]
+    fn decide_first_answer_ends_evaluation() {
+        let view = RequestView::from_url(URL_API);
+        let rows: &[(&str, &[&str], Answer, &[u64])] = &[
+            (
+                "reset_before_error",
+                &["delay:1ms", "reset", "error:503"],
+                Answer::Reset,
+                &[1, 1, 0],
+            ),
+            ("close", &["close:0", "close"], Answer::Close, &[1, 1]),
+            ("hang", &["hang", "garbage"], Answer::Hang, &[1, 0]),
+            ("garbage", &["garbage"], Answer::Garbage, &[1]),
+            (
+                "error_rule_index",
+                &["truncate:1", "error:502"],
+                Answer::Synthetic {
+                    status: 502,
+                    rule: Some(1),
+                },
+                &[1, 1],
+            ),
+            (
+                "reset_after_is_not_an_answer",
+                &["reset:after=5", "error:500"],
+                Answer::Synthetic {
+                    status: 500,
+                    rule: Some(1),
+                },
+                &[1, 1],
+            ),
+        ];
+        for (name, specs, answer, matched) in rows {
+            let (plan, stats) = plan_of(specs, &view);
+            assert_eq!(plan.answer, *answer, "{name}");
+            let got: Vec<u64> = stats.iter().map(|s| s.matched).collect();
+            assert_eq!(got, *matched, "{name}");
+        }
+    }
+
+    #[test]
+    fn decide_applies_matchers_and_url_filter_together() {
+        let headers = [httparse::Header {
+            name: "X-Tenant",
+            value: b"acme",
+        }];
+        let view = RequestView::from_url(URL_API)
+            .with_method(b"POST")
+            .with_headers(&headers);
+        let rows: &[(&str, &str, bool)] = &[
+            ("method", "error:503:method=POST", true),
+            ("method_miss", "error:503:method=GET", false),
+            ("tenant", "error:503:header.x-tenant=acme:/api", true),
+            (
+                "tenant_filter_miss",
+                "error:503:header.x-tenant=acme:/home",
+                false,
+            ),
+            ("path_and_query", "error:503:path^=/api/:query.id=7", true),
+            ("header_absent", "error:503:header.x-other", false),
+        ];
+        for (name, spec, want) in rows {
+            let (plan, stats) = plan_of(&[spec], &view);
+            assert_eq!(plan.synthetic_status().is_some(), *want, "{name}");
+            assert_eq!(stats[0].matched, u64::from(*want), "{name}");
+        }
+    }
+
+    #[test]
+    fn ratio_fires_exactly_k_in_every_n_evenly() {
+        let rows: &[(&str, &str, &[bool])] = &[
+            (
+                "one_in_four",
+                "error:503:1in4",
+                &[false, false, false, true, false, false, false, true],
+            ),
+            (
+                "three_in_seven",
+                "error:503:3in7",
+                &[false, false, true, false, true, false, true],
+            ),
+            ("one_in_one", "error:503:1in1", &[true, true]),
+        ];
+        for (name, spec, want) in rows {
+            let table = table(&[spec]);
+            let mut stats = [RuleStats::default()];
+            let mut rng = fastrand::Rng::with_seed(SEED);
+            let before = rng.clone();
+            let got: Vec<bool> = want
+                .iter()
+                .map(|_| {
+                    let view = RequestView::from_url(URL_API);
+                    table
+                        .decide(&view, &mut rng, &mut stats)
+                        .synthetic_status()
+                        .is_some()
+                })
+                .collect();
+            assert_eq!(got, *want, "{name}");
+            assert_eq!(
+                rng.u64(..),
+                before.clone().u64(..),
+                "{name}: drew from the rng"
+            );
+        }
+        // Exactly 10 of every 100 over many blocks.
+        let table = table(&["delay:1ms:10in100"]);
+        let mut stats = [RuleStats::default()];
+        let mut rng = fastrand::Rng::with_seed(SEED);
+        for _ in 0..1000 {
+            table.decide(&RequestView::from_url(URL_API), &mut rng, &mut stats);
+        }
+        assert_eq!(stats[0], stat(1000, 100));
+    }
+
+    #[test]
+    fn probability_applies_to_delays_too() {
+        let table = table(&["delay:1ms:0.25"]);
+        let mut stats = [RuleStats::default()];
+        let mut rng = fastrand::Rng::with_seed(SEED);
+        for _ in 0..100_000 {
+            table.decide(&RequestView::from_url(URL_API), &mut rng, &mut stats);
+        }
+        let rate = stats[0].faulted as f64 / 100_000.0;
+        assert!((rate - 0.25).abs() < 0.01, "{rate}");
+    }
+
+    #[test]
+    fn header_fault_fills_free_slots_after_the_table() {
+        let mut rng = fastrand::Rng::with_seed(SEED);
+        let (mut plan, _) = plan_of(&["delay:5ms"], &RequestView::from_url(URL_API));
+        let delay = HeaderFault::parse(b"delay:7ms").unwrap();
+        assert!(plan.apply_header(delay, &mut rng));
+        assert_eq!(plan.forward_delay_ns, 12_000_000);
+        let error = HeaderFault::parse(b"error:418").unwrap();
+        assert!(plan.apply_header(error, &mut rng));
+        assert_eq!(
+            plan.answer,
+            Answer::Synthetic {
+                status: 418,
+                rule: None,
+            }
+        );
+        assert!(!plan.apply_header(HeaderFault::parse(b"reset").unwrap(), &mut rng));
+        assert!(!plan.apply_header(HeaderFault::parse(b"hang:0").unwrap(), &mut rng));
+        let sources: Vec<FaultSource> = plan.applied.as_slice().iter().map(|f| f.source).collect();
+        assert_eq!(
+            sources,
+            [
+                FaultSource::Rule(0),
+                FaultSource::Header,
+                FaultSource::Header
+            ]
+        );
+        assert_eq!(plan.primary_rule(), Some(0));
+    }
+
+    #[test]
+    fn synthetic_answers_resolve_bodies_and_headers_at_compile() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("body.txt");
+        std::fs::write(&path, b"from a file").unwrap();
+        let specs = [
+            "error:503".to_owned(),
+            "error:429:body=slow%20down:set.retry-after=2:set.content-type=text/plain".to_owned(),
+            format!("error:500:body=@{}", path.display()),
+            "delay:1ms".to_owned(),
+        ];
+        let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+        let table = table(&specs);
+        let default = table.synthetic(0).unwrap();
+        assert_eq!(
+            (
+                default.status,
+                default.content_type.as_str(),
+                &default.body[..]
+            ),
+            (503, "application/json", DEFAULT_BODY)
+        );
+        assert_eq!(
+            default.headers,
+            [("x-fault-injected".to_owned(), b"phantom".to_vec())]
+        );
+        let custom = table.synthetic(1).unwrap();
+        assert_eq!(custom.content_type, "text/plain");
+        assert_eq!(custom.body, b"slow down");
+        assert_eq!(custom.headers[1], ("retry-after".to_owned(), b"2".to_vec()));
+        assert_eq!(table.synthetic(2).unwrap().body, b"from a file");
+        assert!(table.synthetic(3).is_none());
+        let missing: FaultRule = "error:500:body=@/nonexistent/phantom-body".parse().unwrap();
+        let err = FaultTable::compile(&[missing]).unwrap_err();
+        assert!(
+            err.reason()
+                .contains("body file \"/nonexistent/phantom-body\""),
+            "{err}"
+        );
+    }
 }
