@@ -114,20 +114,251 @@ fn name_bit(name: &[u8]) -> u64 {
     1 << (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58)
 }
 
-/// Per-decision state the matchers share: the request's header-name filter, built on first use.
-#[derive(Debug, Default)]
-pub(super) struct Probe {
-    names: Option<u64>,
+/// Up to the first eight bytes of `bytes`, little-endian, zero-padded.
+#[inline]
+fn pack8(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    let n = bytes.len().min(8);
+    word[..n].copy_from_slice(&bytes[..n]);
+    u64::from_le_bytes(word)
 }
 
-impl Probe {
-    fn names(&mut self, view: &RequestView<'_>) -> u64 {
-        *self.names.get_or_insert_with(|| {
-            view.headers
-                .iter()
-                .fold(0, |bits, h| bits | name_bit(h.name.as_bytes()))
-        })
+/// No header has this name bit (or no further line has it).
+const NO_HEADER: u8 = u8::MAX;
+
+/// Header lines the probe chains by name bit; lines beyond are scanned.
+const CHAINED_HEADERS: usize = 64;
+
+/// The set of byte classes (`byte & 63`) in `bytes`: a text containing a needle contains every
+/// class of the needle, so a missing class rules the needle out without searching.
+#[inline]
+pub(super) fn byte_classes(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0, |set, &b| set | 1 << (b & 63))
+}
+
+/// Facts of one request computed once per decision and shared by every rule: the packed method
+/// and path prefix, the path and the byte classes of path and URL, the header-name filter and,
+/// per name bit, the chain of header lines with it. Building it costs one pass over the headers,
+/// the path and the URL (each skipped when no rule needs it).
+#[derive(Debug)]
+pub(super) struct Probe<'a> {
+    method: u64,
+    path: &'a [u8],
+    path8: u64,
+    path_classes: u64,
+    url_classes: u64,
+    names: u64,
+    first: [u8; 64],
+    next: [u8; CHAINED_HEADERS],
+}
+
+/// Which facts a table's rules need; [`Quick::needs`] of every rule, OR-ed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Needs {
+    headers: bool,
+    path_classes: bool,
+    url_classes: bool,
+}
+
+impl Needs {
+    /// Both needs together.
+    pub(super) fn or(self, other: Needs) -> Needs {
+        Needs {
+            headers: self.headers || other.headers,
+            path_classes: self.path_classes || other.path_classes,
+            url_classes: self.url_classes || other.url_classes,
+        }
     }
+}
+
+/// The method packed with its length in the top byte (methods of 1–7 bytes), else 0.
+#[inline]
+fn pack_method(method: &[u8]) -> u64 {
+    if (1..=7).contains(&method.len()) {
+        pack8(method) | (method.len() as u64) << 56
+    } else {
+        0
+    }
+}
+
+impl<'a> Probe<'a> {
+    /// The probe of `view`, computing what `needs` asks for.
+    #[inline]
+    pub(super) fn new(view: &RequestView<'a>, needs: Needs) -> Probe<'a> {
+        let path = view.path();
+        let mut probe = Probe {
+            method: pack_method(view.method),
+            path,
+            path8: pack8(path),
+            path_classes: if needs.path_classes {
+                byte_classes(path)
+            } else {
+                0
+            },
+            url_classes: if needs.url_classes {
+                byte_classes(view.url)
+            } else {
+                0
+            },
+            names: 0,
+            first: [NO_HEADER; 64],
+            next: [NO_HEADER; CHAINED_HEADERS],
+        };
+        if needs.headers {
+            let mut last = [NO_HEADER; 64];
+            for (index, h) in view.headers.iter().enumerate().take(CHAINED_HEADERS) {
+                let bit = name_bit(h.name.as_bytes());
+                probe.names |= bit;
+                let slot = bit.trailing_zeros() as usize;
+                match last[slot] {
+                    NO_HEADER => probe.first[slot] = index as u8,
+                    prev => probe.next[usize::from(prev)] = index as u8,
+                }
+                last[slot] = index as u8;
+            }
+            for h in view.headers.iter().skip(CHAINED_HEADERS) {
+                probe.names |= name_bit(h.name.as_bytes());
+            }
+        }
+        probe
+    }
+
+    /// Whether any header line named `name` (with name bit `bit`) passes `check`.
+    #[inline]
+    fn any_header(
+        &self,
+        headers: &[Header<'_>],
+        name: &[u8],
+        bit: u64,
+        fold_exact: bool,
+        check: &Check,
+    ) -> bool {
+        let passes = |h: &Header<'_>| {
+            name_eq(h.name.as_bytes(), name, fold_exact) && check.holds(h.value, false)
+        };
+        let mut at = self.first[bit.trailing_zeros() as usize];
+        while at != NO_HEADER {
+            let index = usize::from(at);
+            if headers.get(index).is_some_and(passes) {
+                return true;
+            }
+            at = self.next[index];
+        }
+        headers.len() > CHAINED_HEADERS && headers[CHAINED_HEADERS..].iter().any(passes)
+    }
+
+    /// The packed method (see `pack_method`).
+    pub(super) fn method(&self) -> u64 {
+        self.method
+    }
+
+    /// The header-name filter.
+    pub(super) fn names(&self) -> u64 {
+        self.names
+    }
+}
+
+/// A rule's prefilter, checked with a few integer operations against the [`Probe`] before any
+/// matcher runs: the header names it needs, its method, the first bytes of its path prefix or
+/// exact path, the byte classes its path-contains needles and URL filter need. It never rejects
+/// a request the matchers would accept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Quick {
+    names: u64,
+    method: u64,
+    method_mask: u64,
+    path_value: u64,
+    path_mask: u64,
+    path_classes: u64,
+    url_classes: u64,
+}
+
+impl Quick {
+    /// The prefilter of a rule with these matchers and URL filter.
+    pub(super) fn new(matchers: &[Matcher], url_filter: Option<&[u8]>) -> Quick {
+        let mut quick = Quick {
+            url_classes: url_filter.map_or(0, byte_classes),
+            ..Quick::default()
+        };
+        for m in matchers {
+            match (&m.field, &m.test) {
+                (Field::Header(name), _) => quick.names |= name_bit(name.as_bytes()),
+                (Field::Method, Test::Equal(method))
+                    if quick.method_mask == 0 && pack_method(method) != 0 =>
+                {
+                    quick.method = pack_method(method);
+                    quick.method_mask = u64::MAX;
+                }
+                // Zero bytes would be confused with the padding of a short path.
+                (Field::Path, Test::Equal(path) | Test::Prefix(path))
+                    if quick.path_mask == 0 && !path.is_empty() && !path.contains(&0) =>
+                {
+                    let n = path.len().min(8);
+                    quick.path_mask = if n == 8 { u64::MAX } else { (1 << (8 * n)) - 1 };
+                    quick.path_value = pack8(path);
+                }
+                (Field::Path, Test::Contains(needle) | Test::Suffix(needle)) => {
+                    quick.path_classes |= byte_classes(needle);
+                }
+                _ => {}
+            }
+        }
+        quick
+    }
+
+    /// Whether the rule's matchers and filter could hold for this request; branch-free.
+    #[inline]
+    pub(super) fn admits(&self, probe: &Probe<'_>) -> bool {
+        (self.names & !probe.names)
+            | ((probe.method & self.method_mask) ^ self.method)
+            | ((probe.path8 & self.path_mask) ^ self.path_value)
+            | (self.path_classes & !probe.path_classes)
+            | (self.url_classes & !probe.url_classes)
+            == 0
+    }
+
+    /// The packed method the rule requires, if its prefilter has one.
+    pub(super) fn method(&self) -> Option<u64> {
+        (self.method_mask != 0).then_some(self.method)
+    }
+
+    /// The header-name bits the rule requires.
+    pub(super) fn name_bits(&self) -> u64 {
+        self.names
+    }
+
+    /// Which probe facts the rule needs.
+    pub(super) fn needs(&self) -> Needs {
+        Needs {
+            headers: self.names != 0,
+            path_classes: self.path_classes != 0,
+            url_classes: self.url_classes != 0,
+        }
+    }
+}
+
+/// Whether header name `name` (a token as httparse accepts it) equals `lower` (lowercase) ignoring
+/// ASCII case, eight bytes at a time: OR-ing 0x20 into every byte folds letters and changes no
+/// other token byte but `^` (into `~`), so a `lower` with `^` or `~` takes the byte-wise path.
+#[inline]
+fn name_eq(name: &[u8], lower: &[u8], fold_exact: bool) -> bool {
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    if name.len() != lower.len() {
+        return false;
+    }
+    if !fold_exact {
+        return name.eq_ignore_ascii_case(lower);
+    }
+    let mut a = name.chunks_exact(8);
+    let mut b = lower.chunks_exact(8);
+    for (x, y) in (&mut a).zip(&mut b) {
+        if pack8(x) | FOLD != pack8(y) | FOLD {
+            return false;
+        }
+    }
+    let (x, y) = (a.remainder(), b.remainder());
+    // Padding zero bytes fold to 0x20 on both sides alike.
+    pack8(x) | FOLD == pack8(y) | FOLD
 }
 
 /// Where a compiled matcher looks.
@@ -137,7 +368,12 @@ enum Target {
     Host,
     Path,
     Query(Box<[u8]>),
-    Header { name: Box<str>, bit: u64 },
+    Header {
+        name: Box<[u8]>,
+        bit: u64,
+        /// `name` has no `^` or `~`: [`name_eq`] may compare it word-wise.
+        fold_exact: bool,
+    },
 }
 
 /// How a compiled matcher compares; host comparisons fold ASCII case.
@@ -153,22 +389,34 @@ enum Check {
 }
 
 impl Check {
-    #[inline]
+    /// Whether `value` passes, comparing bytes exactly (`fold`: ASCII case-insensitively).
+    #[inline(always)]
     fn holds(&self, value: &[u8], fold: bool) -> bool {
-        let eq = |a: &[u8], b: &[u8]| {
-            if fold {
-                a.eq_ignore_ascii_case(b)
-            } else {
-                a == b
-            }
-        };
         match self {
             Check::Present => true,
-            Check::Equal(want) => eq(value, want),
-            Check::Prefix(want) => value.len() >= want.len() && eq(&value[..want.len()], want),
-            Check::Suffix(want) => {
-                value.len() >= want.len() && eq(&value[value.len() - want.len()..], want)
+            Check::Equal(want) => {
+                value.len() == want.len()
+                    && (if fold {
+                        value.eq_ignore_ascii_case(want)
+                    } else {
+                        value == &want[..]
+                    })
             }
+            Check::Prefix(want) => value.get(..want.len()).is_some_and(|head| {
+                if fold {
+                    head.eq_ignore_ascii_case(want)
+                } else {
+                    head == &want[..]
+                }
+            }),
+            Check::Suffix(want) => value.len().checked_sub(want.len()).is_some_and(|at| {
+                let tail = &value[at..];
+                if fold {
+                    tail.eq_ignore_ascii_case(want)
+                } else {
+                    tail == &want[..]
+                }
+            }),
             Check::Contains(finder) => finder.find(value).is_some(),
             Check::ContainsFold(want) => {
                 want.is_empty()
@@ -205,8 +453,9 @@ impl CompiledMatcher {
             Field::Path => Target::Path,
             Field::Query(name) => Target::Query(name.as_bytes().into()),
             Field::Header(name) => Target::Header {
-                name: name.to_ascii_lowercase().into(),
+                name: name.to_ascii_lowercase().into_bytes().into(),
                 bit: name_bit(name.as_bytes()),
+                fold_exact: !name.contains(['^', '~']),
             },
         };
         CompiledMatcher { target, check }
@@ -226,11 +475,11 @@ impl CompiledMatcher {
 
     /// Whether the request passes this matcher.
     #[inline]
-    pub(super) fn matches(&self, view: &RequestView<'_>, probe: &mut Probe) -> bool {
+    pub(super) fn matches(&self, view: &RequestView<'_>, probe: &Probe<'_>) -> bool {
         match &self.target {
             Target::Method => self.check.holds(view.method, false),
             Target::Host => self.check.holds(view.hostname(), true),
-            Target::Path => self.check.holds(view.path(), false),
+            Target::Path => self.check.holds(probe.path, false),
             Target::Query(name) => view.query().is_some_and(|query| {
                 query.split(|&b| b == b'&').any(|pair| {
                     let (key, value) = match memchr::memchr(b'=', pair) {
@@ -240,11 +489,13 @@ impl CompiledMatcher {
                     key == &name[..] && self.check.holds(value, false)
                 })
             }),
-            Target::Header { name, bit } => {
-                probe.names(view) & bit != 0
-                    && view.headers.iter().any(|h| {
-                        h.name.eq_ignore_ascii_case(name) && self.check.holds(h.value, false)
-                    })
+            Target::Header {
+                name,
+                bit,
+                fold_exact,
+            } => {
+                probe.names & bit != 0
+                    && probe.any_header(view.headers, name, *bit, *fold_exact, &self.check)
             }
         }
     }
@@ -430,8 +681,11 @@ mod tests {
             ),
         ];
         for (name, spec, want) in rows {
-            let mut probe = Probe::default();
-            let got = compiled(spec).iter().all(|m| m.matches(&view, &mut probe));
+            let rule: crate::fault::FaultRule = spec.parse().unwrap();
+            let quick = Quick::new(&rule.matchers, None);
+            let probe = Probe::new(&view, quick.needs());
+            assert!(quick.admits(&probe) || !want, "{name}: prefilter");
+            let got = compiled(spec).iter().all(|m| m.matches(&view, &probe));
             assert_eq!(got, *want, "{name}: {spec}");
         }
     }
@@ -443,7 +697,43 @@ mod tests {
             value: b"1",
         }];
         let view = RequestView::from_url(b"http://h/").with_headers(&headers);
-        let mut probe = Probe::default();
-        assert_ne!(probe.names(&view) & name_bit(b"x-request-id"), 0);
+        let needs = Needs {
+            headers: true,
+            ..Needs::default()
+        };
+        let probe = Probe::new(&view, needs);
+        assert_ne!(probe.names & name_bit(b"x-request-id"), 0);
+        let bit = name_bit(b"X-REQUEST-ID");
+        assert!(probe.any_header(view.headers, b"x-request-id", bit, true, &Check::Present));
+        assert!(!probe.any_header(view.headers, b"x-request-ie", bit, true, &Check::Present));
+    }
+
+    #[test]
+    fn name_eq_folds_letters_only() {
+        let rows: &[(&str, &[u8], &[u8], bool)] = &[
+            ("same", b"x-tenant", b"x-tenant", true),
+            ("upper", b"X-Tenant", b"x-tenant", true),
+            (
+                "long",
+                b"X-Forwarded-Proto-Extra",
+                b"x-forwarded-proto-extra",
+                true,
+            ),
+            (
+                "long_differs",
+                b"X-Forwarded-Proto-Extrb",
+                b"x-forwarded-proto-extra",
+                false,
+            ),
+            ("length", b"x-tenants", b"x-tenant", false),
+            ("digit", b"x-t1", b"x-t2", false),
+            ("underscore", b"x_t", b"x_t", true),
+            ("caret_vs_tilde_bytewise", b"x^t", b"x~t", false),
+            ("empty", b"", b"", true),
+        ];
+        for (name, a, b, want) in rows {
+            let fold_exact = !b.contains(&b'^') && !b.contains(&b'~');
+            assert_eq!(name_eq(a, b, fold_exact), *want, "{name}");
+        }
     }
 }
