@@ -15,12 +15,9 @@ use crate::{
     config::{self, Config, Driver, Mode, TraceSettings, Upstream},
     error::Error,
     fault::FaultRule,
-    http::{Limits, MAX_HEADERS_CAP},
+    http::{self, Limits, MAX_HEADERS_CAP},
     trace::{self, Filter, Format, StatusFilter},
 };
-
-/// Longest request-target accepted before answering 414 (hyper: u16::MAX - 1; pingora: the head size).
-const MAX_URI_BYTES: usize = 16 * 1024;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -294,7 +291,7 @@ impl RunArgs {
             limits: Limits {
                 max_head_bytes,
                 max_headers: self.max_headers,
-                max_uri_bytes: MAX_URI_BYTES.min(max_head_bytes),
+                max_uri_bytes: http::MAX_URI_BYTES.min(max_head_bytes),
             },
             max_connections: self.max_connections,
             max_upstream_connections: self.max_upstream_connections,

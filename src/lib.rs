@@ -2,39 +2,46 @@
 //! records every exchange in a memory-mapped ring file per core.
 //!
 //! # Layout
-//! Data flows one way: socket → request head → fault decision → (delay | synthetic answer |
-//! upstream exchange) → response → trace record.
+//! Data flows one way: transport → request head → fault decision → (delay | synthetic answer |
+//! upstream exchange) → response → trace record. Each module knows nothing of those after it.
 //! - [`cli`], [`config`], [`error`]: command line → validated [`config::Config`]; startup errors.
-//! - [`http`]: pure HTTP/1.1: head parsing (httparse), body framing, hop-by-hop headers, encoding.
+//! - [`http`]: pure HTTP/1.1: head parsing (httparse), request-target forms, body framing and
+//!   the streaming `BodyReader`, hop-by-hop headers, encoding.
 //! - [`fault`]: pure: the `--fault` grammar and the precompiled, allocation-free `FaultTable`.
 //! - [`trace`]: rkyv records, the per-core ring file, and the `traces`/`stats` readers.
-//! - `connection`: a buffered monoio TCP connection with deadlines, cancelled reads, and body
-//!   streaming.
-//! - `upstream`: the per-core pool of idle upstream connections and name resolution.
-//! - `timer`: precise deadlines for injected delays (a timerfd per worker).
-//! - `worker`: the per-core state exchanges share (pools, RNGs, counters, ring, shutdown).
-//! - `proxy`: one client connection's exchanges: decide → delay → answer or forward → record.
-//! - `tunnel`: `CONNECT` tunnels.
-//! - [`server`]: threads, runtimes, listeners, the accept loop, shutdown and the summary.
+//! - `net`: monoio, no HTTP: the `Transport` (plain TCP) with cancelable reads and writes and
+//!   the idle check, the buffered `Conn` with deadlines, body `relay`, the buffer pool and the
+//!   precise delay `timer`.
+//! - `upstream`: the per-core pool keyed by destination identity (`Dest`), connect, resolve.
+//! - `exchange`: one client connection's exchanges, a file per phase: `request` → `decide`
+//!   (snapshot pinning, delay) → `answer` | `forward` → `response` → `record`; `tunnel` for
+//!   `CONNECT`.
+//! - `worker`: per-core state: the fault-table slot, pools, RNGs, counters, ring, timer.
+//! - `shutdown`: one worker's shutdown signal.
+//! - [`server`]: threads, runtimes, listeners, the accept loop and the tick, shutdown.
+//! - [`summary`]: the shutdown summary.
 //!
 //! # Threading model
-//! The main thread parses the command line, compiles the fault table, opens the trace rings and
-//! resolves the upstream, then starts one `pf-worker-{i}` thread per core. Each owns a monoio
-//! runtime (io_uring, or epoll when io_uring is refused), its own `SO_REUSEPORT` listener, upstream
-//! pool, buffers and ring. Only the `Config` and what is compiled from it cross threads (in `Arc`);
-//! inside a worker everything is `!Send` in `Rc`/`RefCell`: no locks or atomics on the request path.
+//! The main thread parses the command line, compiles the fault table (with its synthetic
+//! answers) into one `Arc` snapshot, opens the trace rings and resolves the upstream, then
+//! starts one `pf-worker-{i}` thread per core. Each owns a monoio runtime (io_uring, or epoll
+//! when io_uring is refused), its own `SO_REUSEPORT` listener, upstream pool, buffers and ring.
+//! Only the `Config` and the fault snapshots cross threads (in `Arc`); inside a worker everything
+//! is `!Send` in `Rc`/`RefCell`: no locks or atomics on the request path. The worker keeps its
+//! current snapshot in an `Rc` slot that it may swap on its 50 ms tick; every exchange pins the
+//! snapshot it started with, so one exchange never sees two tables.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cli;
 pub mod config;
-mod connection;
 pub mod error;
+mod exchange;
 pub mod fault;
 pub mod http;
-mod proxy;
+mod net;
 pub mod server;
-mod timer;
+mod shutdown;
+pub mod summary;
 pub mod trace;
-mod tunnel;
 mod upstream;
 mod worker;

@@ -1,7 +1,8 @@
-//! Threads, runtimes, listeners, the accept loop, shutdown and the summary.
+//! Threads, runtimes, listeners, the accept loop and shutdown.
 //!
 //! Everything blocking (binding, opening trace rings) happens in [`Server::bind`] on the calling
-//! thread; workers only accept and hand connections to `proxy`.
+//! thread; workers only accept and hand connections to `exchange`. The summary they add up to at
+//! shutdown is [`Summary`](crate::summary::Summary).
 
 use std::{
     fmt,
@@ -14,7 +15,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hdrhistogram::Histogram;
 use monoio::{
     IoUringDriver, LegacyDriver, RuntimeBuilder, blocking::DefaultThreadPool, io::Canceller,
 };
@@ -23,12 +23,15 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::{
     config::{Config, Driver, Mode},
     error::Error,
-    fault::{FaultRule, RuleStats},
-    proxy,
-    timer::DelayTimer,
-    trace::{Outcome, TraceConfig, TraceWriter},
-    worker::{Faults, Stats, Worker},
+    exchange::{self, Faults, Stats},
+    net::{timer::DelayTimer, transport::ECANCELED},
+    summary::Summary,
+    trace::{TraceConfig, TraceWriter},
+    worker::Worker,
 };
+
+/// The generation of the fault table compiled from the command line.
+const STARTUP_GENERATION: u64 = 0;
 
 /// Listen backlog per worker (monoio's default is 1024; bursts of new connections need more).
 const LISTEN_BACKLOG: i32 = 4096;
@@ -95,7 +98,7 @@ impl Server {
                 UsedDriver::Epoll
             }
         };
-        let faults = Arc::new(Faults::compile(&config.faults)?);
+        let faults = Arc::new(Faults::compile(&config.faults, STARTUP_GENERATION)?);
         let traces = match &config.trace {
             Some(settings) => {
                 let trace_config = TraceConfig {
@@ -263,12 +266,18 @@ fn run_worker(
     };
     let serve = async move {
         let timer = DelayTimer::start(driver == UsedDriver::Uring)?;
-        let worker = Rc::new(Worker::new(index, config, faults, trace, timer));
-        serve_worker(Rc::clone(&worker), listener, stop).await?;
+        let worker = Rc::new(Worker::new(
+            index,
+            config,
+            Arc::clone(&faults),
+            trace,
+            timer,
+        ));
+        serve_worker(Rc::clone(&worker), listener, stop, &faults).await?;
         if let Some(trace) = worker.trace.borrow_mut().as_mut() {
             let _ = trace.flush();
         }
-        let rules = worker.faults.table().len();
+        let rules = worker.table.pin().table().len();
         let stats = std::mem::replace(&mut *worker.stats.borrow_mut(), Stats::new(rules));
         Ok::<Stats, std::io::Error>(stats)
     };
@@ -308,10 +317,13 @@ fn uring_runtime(
 }
 
 /// Accepts until stopped, then lets in-flight connections finish within the grace period.
+/// Each stop-poll tick also hands the worker the latest fault snapshot (`latest`: the startup
+/// one until a publisher exists).
 async fn serve_worker(
     worker: Rc<Worker>,
     listener: std::net::TcpListener,
     stop: Arc<AtomicBool>,
+    latest: &Arc<Faults>,
 ) -> std::io::Result<()> {
     let listener = monoio::net::TcpListener::from_std(listener)?;
     let canceller = Canceller::new();
@@ -322,6 +334,7 @@ async fn serve_worker(
     ));
     while !stop.load(Ordering::Relaxed) {
         monoio::time::sleep(STOP_POLL).await;
+        worker.tick(latest);
     }
     canceller.cancel();
     accepting.await;
@@ -354,98 +367,14 @@ async fn accept_loop(
                 backoff = ACCEPT_BACKOFF_MIN;
                 // Counted here, before the next accept is armed, so the limit is exact.
                 worker.active.set(worker.active.get() + 1);
-                monoio::spawn(proxy::serve(Rc::clone(&worker), stream, peer));
+                monoio::spawn(exchange::serve(Rc::clone(&worker), stream, peer));
             }
-            Err(e) if e.raw_os_error() == Some(125) => return,
+            Err(e) if e.raw_os_error() == Some(ECANCELED) => return,
             Err(e) => {
                 eprintln!("phantom-fast: accept failed ({e}); retrying in {backoff:?}");
                 monoio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
-    }
-}
-
-/// What all workers did, printed at shutdown.
-pub struct Summary {
-    /// Answered requests.
-    pub requests: u64,
-    /// Per outcome name (`ok`, `fault`, …).
-    pub outcomes: Vec<(&'static str, u64)>,
-    /// Per fault rule: its canonical text and counts.
-    pub rules: Vec<(String, RuleStats)>,
-    /// Exchange durations in microseconds.
-    pub latency_us: Histogram<u64>,
-    /// Wall time served.
-    pub elapsed: Duration,
-}
-
-impl Summary {
-    fn new(rules: &[FaultRule]) -> Summary {
-        Summary {
-            requests: 0,
-            outcomes: Outcome::ALL.iter().map(|o| (o.as_str(), 0)).collect(),
-            rules: rules
-                .iter()
-                .map(|r| (r.to_string(), RuleStats::default()))
-                .collect(),
-            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .expect("static histogram bounds are valid"),
-            elapsed: Duration::ZERO,
-        }
-    }
-
-    fn add(&mut self, stats: &Stats) {
-        self.requests += stats.requests;
-        for (slot, n) in self.outcomes.iter_mut().zip(stats.outcomes) {
-            slot.1 += n;
-        }
-        for ((_, total), worker) in self.rules.iter_mut().zip(&stats.rules) {
-            total.matched += worker.matched;
-            total.faulted += worker.faulted;
-        }
-        let _ = self.latency_us.add(&stats.latency_us);
-    }
-}
-
-impl fmt::Display for Summary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.elapsed.as_secs_f64().max(1e-9);
-        writeln!(
-            f,
-            "phantom-fast: {} requests in {:.1}s ({:.0}/s)",
-            self.requests,
-            secs,
-            self.requests as f64 / secs
-        )?;
-        let outcomes: Vec<String> = self
-            .outcomes
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(o, n)| format!("{o} {n}"))
-            .collect();
-        if !outcomes.is_empty() {
-            writeln!(f, "  outcomes: {}", outcomes.join(", "))?;
-        }
-        if self.requests > 0 {
-            let ms = |q: f64| self.latency_us.value_at_quantile(q) as f64 / 1000.0;
-            writeln!(
-                f,
-                "  latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-                ms(0.5),
-                ms(0.9),
-                ms(0.99),
-                ms(0.999),
-                self.latency_us.max() as f64 / 1000.0
-            )?;
-        }
-        for (i, (spec, stats)) in self.rules.iter().enumerate() {
-            writeln!(
-                f,
-                "  fault[{i}] {spec}: matched {}, faulted {}",
-                stats.matched, stats.faulted
-            )?;
-        }
-        Ok(())
     }
 }

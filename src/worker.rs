@@ -1,185 +1,63 @@
-//! The per-core state every exchange of one worker shares: the compiled faults with their
-//! prebuilt responses, the upstream and buffer pools, RNGs, counters, the trace ring, the delay
-//! timer and the shutdown signal.
+//! The per-core state every exchange of one worker shares: the fault-table slot, the upstream
+//! and buffer pools, the name cache, the RNGs, counters, the trace ring, the delay timer and the
+//! shutdown signal.
 //!
 //! Built by `server` on the worker's own thread and kept in an `Rc`: nothing here is `Send`, and
-//! nothing here performs an exchange (that is `proxy`).
+//! nothing here performs an exchange (that is `exchange`).
 
 use std::{
     cell::{Cell, RefCell},
-    future::Future,
-    pin::Pin,
     rc::Rc,
     sync::Arc,
-    task::{Context, Poll, Waker},
 };
-
-use hdrhistogram::Histogram;
 
 use crate::{
     config::Config,
-    connection::BufPool,
-    fault::{FaultRule, FaultTable, RuleStats, SpecError},
-    http,
-    timer::DelayTimer,
+    exchange::{Faults, Stats},
+    net::{BufPool, timer::DelayTimer},
+    shutdown::Shutdown,
     trace::TraceWriter,
     upstream::{Pool, Resolver},
 };
 
-/// The fault table plus, per error rule, its synthetic responses prebuilt at startup.
-pub(crate) struct Faults {
-    table: FaultTable,
-    /// Canonical spec text per rule (for traces).
-    pub(crate) specs: Vec<String>,
-    /// Per rule: the response for a keep-alive client and for a closing one (empty for delays).
-    pub(crate) synthetic: Vec<[Vec<u8>; 2]>,
-}
+/// A fault snapshot as an exchange holds it: an `Rc` around the shared `Arc`, so pinning one
+/// costs a non-atomic increment.
+pub(crate) type Pinned = Rc<Arc<Faults>>;
 
-impl Faults {
-    /// Compiles the rules and prebuilds each error rule's response bytes.
-    pub(crate) fn compile(rules: &[FaultRule]) -> Result<Faults, SpecError> {
-        let table = FaultTable::compile(rules)?;
-        let specs = rules.iter().map(ToString::to_string).collect();
-        let synthetic = (0..table.len())
-            .map(|index| match table.synthetic(index) {
-                Some(answer) => [true, false].map(|keep_alive| {
-                    let headers: Vec<(&str, &[u8])> = answer
-                        .headers
-                        .iter()
-                        .map(|(name, value)| (name.as_str(), value.as_slice()))
-                        .collect();
-                    let mut out = Vec::new();
-                    http::encode::encode_simple_response(
-                        answer.status,
-                        &answer.content_type,
-                        &headers,
-                        &answer.body,
-                        keep_alive,
-                        &mut out,
-                    );
-                    out
-                }),
-                None => [Vec::new(), Vec::new()],
-            })
-            .collect();
-        Ok(Faults {
-            table,
-            specs,
-            synthetic,
-        })
+/// The worker's current fault snapshot. Replaced only on the worker's tick (between exchanges'
+/// synchronous steps, never during one); each exchange pins the one it started with.
+pub(crate) struct TableSlot(RefCell<Pinned>);
+
+impl TableSlot {
+    fn new(faults: Arc<Faults>) -> TableSlot {
+        TableSlot(RefCell::new(Rc::new(faults)))
     }
 
-    /// The compiled table.
-    pub(crate) fn table(&self) -> &FaultTable {
-        &self.table
+    /// The current snapshot, for one exchange to keep to its end.
+    pub(crate) fn pin(&self) -> Pinned {
+        Rc::clone(&self.0.borrow())
     }
-}
 
-/// Counters one worker keeps; merged by `server` into the shutdown summary.
-pub(crate) struct Stats {
-    /// Answered requests.
-    pub(crate) requests: u64,
-    /// Per `Outcome::ALL` entry.
-    pub(crate) outcomes: [u64; 6],
-    /// Per fault rule: matched / faulted.
-    pub(crate) rules: Vec<RuleStats>,
-    /// Total exchange duration in microseconds.
-    pub(crate) latency_us: Histogram<u64>,
-}
-
-impl Stats {
-    pub(crate) fn new(rules: usize) -> Stats {
-        Stats {
-            requests: 0,
-            outcomes: [0; 6],
-            rules: vec![RuleStats::default(); rules],
-            // 1 µs .. 1 h at 3 significant digits: allocated once, recording never allocates.
-            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .expect("static histogram bounds are valid"),
+    /// Swaps in `latest` when its generation differs from the current one; `true` if it did.
+    /// Exchanges already running keep the snapshot they pinned.
+    fn refresh(&self, latest: &Arc<Faults>) -> bool {
+        if self.0.borrow().generation == latest.generation {
+            return false;
         }
-    }
-}
-
-/// Cooperative shutdown of one worker: idle connections waiting for their next request are woken
-/// (their read cancelled and awaited), in-flight exchanges finish.
-#[derive(Default)]
-pub(crate) struct Shutdown {
-    fired: Cell<bool>,
-    /// One slot per live connection (reused), holding the waker of an idle wait.
-    wakers: RefCell<Vec<Option<Waker>>>,
-    free: RefCell<Vec<usize>>,
-}
-
-impl Shutdown {
-    /// Whether shutdown began.
-    pub(crate) fn fired(&self) -> bool {
-        self.fired.get()
-    }
-
-    /// Begins shutdown and wakes every idle connection.
-    pub(crate) fn fire(&self) {
-        self.fired.set(true);
-        let wakers: Vec<Waker> = self
-            .wakers
-            .borrow_mut()
-            .iter_mut()
-            .filter_map(Option::take)
-            .collect();
-        wakers.into_iter().for_each(Waker::wake);
-    }
-
-    pub(crate) fn register(&self) -> usize {
-        if let Some(slot) = self.free.borrow_mut().pop() {
-            return slot;
-        }
-        let mut wakers = self.wakers.borrow_mut();
-        wakers.push(None);
-        wakers.len() - 1
-    }
-
-    pub(crate) fn release(&self, slot: usize) {
-        self.wakers.borrow_mut()[slot] = None;
-        self.free.borrow_mut().push(slot);
-    }
-
-    pub(crate) fn wait(&self, slot: usize) -> ShutdownWait<'_> {
-        ShutdownWait {
-            shutdown: self,
-            slot,
-        }
-    }
-}
-
-/// Completes when shutdown begins.
-pub(crate) struct ShutdownWait<'a> {
-    shutdown: &'a Shutdown,
-    slot: usize,
-}
-
-impl Future for ShutdownWait<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.shutdown.fired.get() {
-            return Poll::Ready(());
-        }
-        let mut wakers = self.shutdown.wakers.borrow_mut();
-        let slot = &mut wakers[self.slot];
-        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *slot = Some(cx.waker().clone());
-        }
-        Poll::Pending
+        *self.0.borrow_mut() = Rc::new(Arc::clone(latest));
+        true
     }
 }
 
 /// Everything one worker's exchanges share. `!Send`: it lives in one thread's `Rc`.
 pub(crate) struct Worker {
     pub(crate) config: Arc<Config>,
-    pub(crate) faults: Arc<Faults>,
+    /// The fault snapshot new exchanges pin.
+    pub(crate) table: TableSlot,
     pub(crate) pool: RefCell<Pool>,
     pub(crate) bufs: RefCell<BufPool>,
     pub(crate) resolver: RefCell<Resolver>,
-    /// Fault decisions (seeded by `--seed`).
+    /// Fault decisions (seeded by `--seed`), and nothing else.
     pub(crate) rng: RefCell<fastrand::Rng>,
     /// Trace and span ids: never seeded, so runs sharing a trace directory never collide.
     pub(crate) id_rng: RefCell<fastrand::Rng>,
@@ -206,11 +84,11 @@ impl Worker {
             Some(seed) => fastrand::Rng::with_seed(seed.wrapping_add(index as u64)),
             None => fastrand::Rng::new(),
         };
-        let rules = faults.table.len();
+        let rules = faults.table().len();
         let pool = Pool::new(config.max_upstream_connections);
         Worker {
             config,
-            faults,
+            table: TableSlot::new(faults),
             pool: RefCell::new(pool),
             bufs: RefCell::default(),
             resolver: RefCell::default(),
@@ -222,5 +100,46 @@ impl Worker {
             active: Cell::new(0),
             shutdown: Shutdown::default(),
         }
+    }
+
+    /// The worker's periodic step (the server runs it on its stop-poll tick): picks up the
+    /// latest published fault snapshot. Per-rule counters follow the new table's length.
+    pub(crate) fn tick(&self, latest: &Arc<Faults>) {
+        if self.table.refresh(latest) {
+            let rules = latest.table().len();
+            self.stats
+                .borrow_mut()
+                .rules
+                .resize(rules, Default::default());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fault::FaultRule;
+
+    fn snapshot(specs: &[&str], generation: u64) -> Arc<Faults> {
+        let rules: Vec<FaultRule> = specs.iter().map(|s| s.parse().unwrap()).collect();
+        Arc::new(Faults::compile(&rules, generation).unwrap())
+    }
+
+    #[test]
+    fn table_slot_pinned_snapshot_survives_a_swap() {
+        let first = snapshot(&["error:503"], 0);
+        let slot = TableSlot::new(Arc::clone(&first));
+        let pinned = slot.pin();
+
+        assert!(!slot.refresh(&first), "the same generation swaps nothing");
+        assert!(
+            slot.refresh(&snapshot(&[], 1)),
+            "a new generation is swapped in"
+        );
+
+        assert_eq!(pinned.generation, 0, "the pinned snapshot is unchanged");
+        assert_eq!(pinned.table().len(), 1);
+        assert_eq!(slot.pin().generation, 1);
+        assert!(slot.pin().table().is_empty());
     }
 }

@@ -9,6 +9,7 @@ mod forward;
 mod framing;
 mod hostile;
 mod keepalive;
+mod regression;
 mod rejects;
 mod support;
 mod trace;

@@ -1,5 +1,5 @@
 //! Message body framing: which [`BodyKind`] a head announces (RFC 9112 §6.3) and the streaming
-//! chunked decoder (RFC 9112 §7.1).
+//! chunked decoder (RFC 9112 §7.1), and the [`BodyReader`] that delimits a streaming body.
 //!
 //! It never reads sockets or buffers bodies; callers move the bytes this code delimits.
 
@@ -462,6 +462,100 @@ fn hex_value(b: u8) -> Option<u8> {
         b'a'..=b'f' => Some(b - b'a' + 10),
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
+    }
+}
+
+/// Where one body stands while it streams through the proxy: which leading bytes of each buffer
+/// belong to it (framing included) and how much payload it carried. Keeps counters only.
+#[derive(Debug, Clone)]
+pub struct BodyReader {
+    /// The framing being followed.
+    pub kind: BodyKind,
+    /// Bytes left of a `Length` body.
+    remaining: u64,
+    chunked: ChunkedDecoder,
+    /// Payload bytes seen (de-chunked).
+    pub data_len: u64,
+    /// The body is complete.
+    pub done: bool,
+}
+
+impl BodyReader {
+    /// A reader at the start of a body of `kind`; `Empty` and `Length(0)` start done.
+    pub fn new(kind: BodyKind) -> BodyReader {
+        let (remaining, done) = match kind {
+            BodyKind::Length(n) => (n, n == 0),
+            BodyKind::Empty => (0, true),
+            BodyKind::Chunked | BodyKind::CloseDelimited => (0, false),
+        };
+        BodyReader {
+            kind,
+            remaining,
+            chunked: ChunkedDecoder::new(),
+            data_len: 0,
+            done,
+        }
+    }
+
+    /// How many leading bytes of `buf` belong to this body (framing included), handing each
+    /// run of payload to `data`.
+    ///
+    /// # Errors
+    /// A [`BodyError`] when chunked framing is broken; the bytes before it were handed out.
+    pub fn scan(&mut self, buf: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, BodyError> {
+        if self.done {
+            return Ok(0);
+        }
+        match self.kind {
+            BodyKind::Empty => Ok(0),
+            BodyKind::Length(_) => {
+                let n = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                data(&buf[..n]);
+                self.remaining -= n as u64;
+                self.data_len += n as u64;
+                self.done = self.remaining == 0;
+                Ok(n)
+            }
+            BodyKind::CloseDelimited => {
+                data(buf);
+                self.data_len += buf.len() as u64;
+                Ok(buf.len())
+            }
+            BodyKind::Chunked => self.scan_chunked(buf, data),
+        }
+    }
+
+    fn scan_chunked(
+        &mut self,
+        buf: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, BodyError> {
+        let mut at = 0;
+        while at < buf.len() && !self.chunked.is_done() {
+            let step = self.chunked.decode(&buf[at..])?;
+            let payload = &buf[at + step.data.start..at + step.data.end];
+            if !payload.is_empty() {
+                data(payload);
+                self.data_len += payload.len() as u64;
+            }
+            at += step.consumed;
+            if step.consumed == 0 {
+                break;
+            }
+        }
+        self.done = self.chunked.is_done();
+        Ok(at)
+    }
+
+    /// The sender closed its side: whether that ends the body (RFC 9112 §6.3 (8): only a
+    /// close-delimited body ends so; any other is then truncated). Marks it done when it does.
+    pub fn end_at_close(&mut self) -> bool {
+        if self.kind == BodyKind::CloseDelimited {
+            self.done = true;
+        }
+        self.done
     }
 }
 
@@ -1095,5 +1189,93 @@ mod tests {
                 done: true
             })
         );
+    }
+
+    #[test]
+    fn body_reader_rows() {
+        use BodyKind::*;
+        // (name, kind, input in pieces, want consumed per piece, want payload, want done)
+        type Row = (
+            &'static str,
+            BodyKind,
+            &'static [&'static [u8]],
+            &'static [usize],
+            &'static [u8],
+            bool,
+        );
+        let rows: &[Row] = &[
+            ("empty_is_done_at_once", Empty, &[b"GET"], &[0], b"", true),
+            (
+                "length_stops_at_its_end",
+                Length(3),
+                &[b"abcd"],
+                &[3],
+                b"abc",
+                true,
+            ),
+            (
+                "length_across_pieces",
+                Length(4),
+                &[b"ab", b"cdef"],
+                &[2, 2],
+                b"abcd",
+                true,
+            ),
+            (
+                "chunked_whole",
+                Chunked,
+                &[b"3\r\nabc\r\n0\r\n\r\nnext"],
+                &[13],
+                b"abc",
+                true,
+            ),
+            (
+                "chunked_split_size_line",
+                Chunked,
+                &[b"3", b"\r\nabc\r\n"],
+                &[1, 7],
+                b"abc",
+                false,
+            ),
+            (
+                "close_delimited_takes_all",
+                CloseDelimited,
+                &[b"xyz"],
+                &[3],
+                b"xyz",
+                false,
+            ),
+        ];
+        for (name, kind, pieces, consumed, payload, done) in rows {
+            let mut reader = BodyReader::new(*kind);
+            let mut got = Vec::new();
+            let mut pending: Vec<u8> = Vec::new();
+            for (piece, want) in pieces.iter().zip(*consumed) {
+                pending.extend_from_slice(piece);
+                let n = reader.scan(&pending, |d| got.extend_from_slice(d)).unwrap();
+                assert_eq!(n, *want, "{name}: consumed");
+                pending.drain(..n);
+            }
+            assert_eq!(got, *payload, "{name}: payload");
+            assert_eq!(reader.data_len, payload.len() as u64, "{name}: data_len");
+            assert_eq!(reader.done, *done, "{name}: done");
+        }
+    }
+
+    #[test]
+    fn body_reader_bad_size_in_a_later_piece_is_an_error() {
+        let mut reader = BodyReader::new(BodyKind::Chunked);
+        assert_eq!(reader.scan(b"5\r\nhello\r\n", |_| {}), Ok(10));
+        assert_eq!(
+            reader.scan(b"zz\r\n", |_| {}),
+            Err(BodyError::InvalidChunkSize)
+        );
+    }
+
+    #[test]
+    fn body_reader_close_ends_only_a_close_delimited_body() {
+        assert!(BodyReader::new(BodyKind::CloseDelimited).end_at_close());
+        assert!(!BodyReader::new(BodyKind::Chunked).end_at_close());
+        assert!(!BodyReader::new(BodyKind::Length(1)).end_at_close());
     }
 }

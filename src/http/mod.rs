@@ -5,7 +5,8 @@
 //! # Layout
 //! - [`parse`]: request and response heads via httparse, borrowed in place, `Ok(None)` when
 //!   incomplete.
-//! - [`body`]: [`BodyKind`] chosen in RFC 9112 §6.3 order and the streaming [`ChunkedDecoder`].
+//! - [`body`]: [`BodyKind`] chosen in RFC 9112 §6.3 order, the streaming [`ChunkedDecoder`] and
+//!   the [`BodyReader`] that delimits a body as it streams.
 //! - [`headers`]: header lookup, `Connection` tokens, keep-alive and hop-by-hop decisions.
 //! - [`encode`]: heads and small proxy-generated responses appended to a reused `Vec<u8>`.
 
@@ -15,7 +16,7 @@ pub mod headers;
 pub mod parse;
 
 pub use body::{
-    BodyError, BodyKind, ChunkedDecoder, Decoded, request_body_kind, response_body_kind,
+    BodyError, BodyKind, BodyReader, ChunkedDecoder, Decoded, request_body_kind, response_body_kind,
 };
 pub use encode::{
     encode_error, encode_parse_error, encode_request_head, encode_response_head,
@@ -23,6 +24,6 @@ pub use encode::{
 };
 pub use headers::{connection_has, expects_continue, header, is_hop_by_hop, keep_alive};
 pub use parse::{
-    AbsoluteTarget, Limits, MAX_HEADERS_CAP, ParseError, RequestHead, ResponseHead, Version,
-    parse_request, parse_response, split_absolute_form,
+    AbsoluteTarget, Limits, MAX_HEADERS_CAP, MAX_URI_BYTES, ParseError, RequestHead, ResponseHead,
+    Version, parse_request, parse_response, split_absolute_form,
 };

@@ -17,8 +17,9 @@ pub const DEFAULT_MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Default limit on the number of header lines (hyper 100, pingora 256).
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 
-/// Default limit on the request-target, in bytes (nginx 8 KiB per line, hyper 64 KiB).
-pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
+/// Longest request-target accepted before answering 414, in bytes (nginx 8 KiB per line,
+/// hyper `u16::MAX - 1`, pingora the head size). The one limit: the CLI uses it as is.
+pub const MAX_URI_BYTES: usize = 16 * 1024;
 
 /// The HTTP version of a parsed message; only HTTP/1.0 and HTTP/1.1 are supported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,7 +62,7 @@ impl Default for Limits {
         Limits {
             max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
-            max_uri_bytes: DEFAULT_MAX_URI_BYTES,
+            max_uri_bytes: MAX_URI_BYTES,
         }
     }
 }

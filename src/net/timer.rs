@@ -5,7 +5,7 @@
 //! monoio's own timer wheel ticks in whole milliseconds and rounds deadlines up, and the worker
 //! parks for whole milliseconds, so `sleep(100ms)` lands anywhere in [100, 102) ms. Under the
 //! epoll driver a timerfd read would block the thread (monoio reads files synchronously there),
-//! so that driver falls back to the wheel. It does not decide how long to wait: `proxy` does.
+//! so that driver falls back to the wheel. It does not decide how long to wait: `exchange` does.
 
 use std::{
     cell::{Cell, RefCell},

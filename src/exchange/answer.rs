@@ -1,0 +1,152 @@
+//! The answer phase: synthetic fault responses (prebuilt per snapshot) and proxy-generated
+//! errors, each after the request body was read or given up on.
+//!
+//! It decides nothing: `decide` chose the fault, `forward` the error status.
+
+use std::time::Instant;
+
+use crate::{
+    fault::FaultTable,
+    http::{self, BodyKind, Version, body::BodyReader},
+    net::READ_BUF_BYTES,
+    trace::Outcome,
+};
+
+use super::{Next, Session, record::capture, request::RequestFacts};
+
+/// Each error rule's synthetic responses, encoded once per snapshot so answering allocates
+/// nothing: per rule, the one for a keep-alive client and the one for a closing client (both
+/// empty for a delay rule).
+pub(crate) struct Synthetic(Vec<[Vec<u8>; 2]>);
+
+impl Synthetic {
+    /// Encodes the answers of every error rule of `table`.
+    pub(super) fn compile(table: &FaultTable) -> Synthetic {
+        let answers = (0..table.len())
+            .map(|index| match table.synthetic(index) {
+                Some(answer) => [true, false].map(|keep_alive| {
+                    let headers: Vec<(&str, &[u8])> = answer
+                        .headers
+                        .iter()
+                        .map(|(name, value)| (name.as_str(), value.as_slice()))
+                        .collect();
+                    let mut out = Vec::new();
+                    http::encode::encode_simple_response(
+                        answer.status,
+                        &answer.content_type,
+                        &headers,
+                        &answer.body,
+                        keep_alive,
+                        &mut out,
+                    );
+                    out
+                }),
+                None => [Vec::new(), Vec::new()],
+            })
+            .collect();
+        Synthetic(answers)
+    }
+
+    /// Rule `rule`'s answer, for a client whose connection stays open or closes.
+    fn get(&self, rule: usize, keep_alive: bool) -> &[u8] {
+        &self.0[rule][usize::from(!keep_alive)]
+    }
+}
+
+/// Length of the head at the front of a response we built (through the blank line).
+pub(super) fn head_len(bytes: &[u8]) -> usize {
+    memchr::memmem::find(bytes, b"\r\n\r\n").map_or(bytes.len(), |i| i + 4)
+}
+
+impl Session<'_> {
+    /// Answers with the synthetic response of error rule `rule` of the pinned snapshot.
+    pub(super) async fn answer_fault(&mut self, rule: usize, facts: RequestFacts) -> Next {
+        let mut keep_alive = facts.keep_alive && facts.version == Version::Http11;
+        // The request body is read and dropped, so the next request on the connection is found;
+        // a client waiting for 100-continue is spared sending it and the connection closes.
+        if facts.body != BodyKind::Empty {
+            if facts.expect_continue {
+                keep_alive = false;
+            } else if !self.discard_request_body(facts.body).await {
+                self.ex.outcome = Outcome::ClientClosed;
+                self.record();
+                return Next::Close;
+            }
+        }
+        let bytes = self.faults.synthetic.get(rule, keep_alive);
+        let head_len = head_len(bytes);
+        // RFC 9110 §9.3.2: the answer to HEAD is the head alone.
+        let body = if facts.is_head {
+            &[][..]
+        } else {
+            &bytes[head_len..]
+        };
+        self.out.clear();
+        self.out.extend_from_slice(&bytes[..head_len]);
+        self.out.extend_from_slice(body);
+        self.response_body.clear();
+        capture(&mut self.response_body, self.capture_limit, body);
+        self.ex.response_body_len = body.len() as u64;
+        self.ex.response_head_len = head_len;
+        self.ex.status = self.ex.decision.synthetic_status().unwrap_or(0);
+        self.ex.outcome = Outcome::Fault;
+        let sent = self.write_out_to_client().await;
+        self.record();
+        if sent && keep_alive && !self.w.shutdown.fired() {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
+    /// Reads the request body to its end, keeping only the traced prefix. `false` on failure.
+    pub(super) async fn discard_request_body(&mut self, kind: BodyKind) -> bool {
+        let mut reader = BodyReader::new(kind);
+        let idle = self.w.config.idle_timeout;
+        self.request_body.clear();
+        loop {
+            let limit = self.capture_limit;
+            let scanned = reader.scan(self.client.buffered(), |data| {
+                capture(&mut self.request_body, limit, data);
+            });
+            let Ok(n) = scanned else { return false };
+            self.client.consume(n);
+            if reader.done {
+                self.ex.request_body_len = reader.data_len;
+                return true;
+            }
+            match self
+                .client
+                .fill(READ_BUF_BYTES, Instant::now() + idle)
+                .await
+            {
+                Ok(n) if n > 0 => {}
+                _ => return false,
+            }
+        }
+    }
+
+    /// Reads the rest of the request body (when it is still small work) and answers `status`.
+    pub(super) async fn drain_then_error(&mut self, facts: RequestFacts, status: u16) -> Next {
+        if facts.body != BodyKind::Empty && !facts.expect_continue {
+            let _ = self.discard_request_body(facts.body).await;
+        }
+        self.answer_error(status).await
+    }
+
+    /// Sends a proxy-generated error and closes.
+    pub(super) async fn answer_error(&mut self, status: u16) -> Next {
+        self.out.clear();
+        http::encode::encode_error(status, &mut self.out);
+        self.ex.status = status;
+        self.ex.response_head_len = head_len(&self.out);
+        self.response_body.clear();
+        let body_at = self.ex.response_head_len;
+        let (limit, body) = (self.capture_limit, &self.out[body_at..]);
+        capture(&mut self.response_body, limit, body);
+        self.ex.response_body_len = body.len() as u64;
+        self.write_out_to_client().await;
+        self.record();
+        Next::Close
+    }
+}

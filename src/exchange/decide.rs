@@ -1,0 +1,99 @@
+//! The decide phase: pinning the worker's current fault snapshot for the exchange, consulting
+//! its table once, and sleeping for an injected delay while watching the client.
+//!
+//! It answers nothing: `answer` sends the synthetic response a decision asks for.
+
+use std::{
+    pin::pin,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    fault::{FaultPlan, FaultRule, FaultTable, RequestView, SpecError},
+    net::{READ_BUF_BYTES, is_timeout},
+};
+
+use super::{Session, answer::Synthetic};
+
+/// How far past a delay's deadline the wheel-based read deadline sits (it only guards
+/// against a timer that never fires).
+const BACKSTOP_SLACK: Duration = Duration::from_secs(1);
+
+/// One compiled fault snapshot: the table, each rule's canonical text and its prebuilt
+/// synthetic answers, stamped with a generation. Immutable; shared across workers in an `Arc`.
+pub(crate) struct Faults {
+    table: FaultTable,
+    /// Canonical spec text per rule (for traces).
+    pub(super) specs: Vec<String>,
+    /// Per rule, the synthetic answers of an error rule.
+    pub(super) synthetic: Synthetic,
+    /// Which rule set this is; a replacement gets a different one.
+    pub(crate) generation: u64,
+}
+
+impl Faults {
+    /// Compiles the rules and prebuilds each error rule's answers.
+    ///
+    /// # Errors
+    /// [`SpecError`] for a table that does not compile (a duplicate rule id, an unreadable
+    /// `body=@PATH` file).
+    pub(crate) fn compile(rules: &[FaultRule], generation: u64) -> Result<Faults, SpecError> {
+        let table = FaultTable::compile(rules)?.with_generation(generation);
+        let synthetic = Synthetic::compile(&table);
+        Ok(Faults {
+            table,
+            specs: rules.iter().map(ToString::to_string).collect(),
+            synthetic,
+            generation,
+        })
+    }
+
+    /// The compiled table.
+    pub(crate) fn table(&self) -> &FaultTable {
+        &self.table
+    }
+}
+
+impl Session<'_> {
+    /// Pins the worker's current snapshot for this exchange and decides with it.
+    pub(super) fn decide(&mut self) -> FaultPlan {
+        self.faults = self.w.table.pin();
+        let mut stats = self.w.stats.borrow_mut();
+        let mut rng = self.w.rng.borrow_mut();
+        let decision = self.faults.table().decide(
+            &RequestView::from_url(&self.url),
+            &mut rng,
+            &mut stats.rules,
+        );
+        self.ex.decision = decision;
+        decision
+    }
+
+    /// Sleeps for an injected delay while watching the client: `false` when it hung up.
+    /// Bytes it sends meanwhile (a body, a pipelined request) are kept.
+    pub(super) async fn delay(&mut self, delay: Duration) -> bool {
+        let deadline = Instant::now() + delay;
+        let mut elapsed = pin!(self.w.timer.sleep_until(deadline));
+        // The wheel deadline only backs up the precise one; it never ends the delay early.
+        let backstop = deadline + BACKSTOP_SLACK;
+        loop {
+            // Bytes that arrive meanwhile are kept, up to one read buffer; past that the client
+            // waits on TCP backpressure like any other.
+            let room = READ_BUF_BYTES;
+            if self.client.buffered().len() >= room {
+                elapsed.await;
+                return true;
+            }
+            match self.client.fill_or(room, backstop, &mut elapsed).await {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return true,
+                Err(e) if is_timeout(&e) => {
+                    elapsed.await;
+                    return true;
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! One client connection's exchanges, in order: read a head → decide faults → delay → answer
+//! synthetically or forward upstream and stream the response back → record the exchange.
+//!
+//! It reads the per-worker state (`worker`) but owns neither threads nor runtimes (that is
+//! `server`) nor byte-level HTTP (that is `http`).
+//!
+//! # Layout
+//! - this file: the serve loop, [`Session`] (one connection and its reused buffers), [`Next`].
+//! - `request`: the head → [`request::RequestFacts`], the full URL and the head sent upstream.
+//! - `decide`: pinning the fault snapshot, the decision, the injected delay.
+//! - `answer`: synthetic fault answers and proxy errors.
+//! - `forward`: sending upstream, 100-continue, the stale-connection retry.
+//! - `response`: the response head, 1xx, de-chunking, relaying the body back.
+//! - `tunnel`: `CONNECT`.
+//! - `record`: the exchange → counters and its trace record.
+
+mod answer;
+mod decide;
+mod forward;
+mod record;
+mod request;
+mod response;
+mod tunnel;
+
+use std::{
+    net::SocketAddr,
+    rc::Rc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use monoio::net::TcpStream;
+
+use crate::{
+    fault::FaultPlan,
+    http::Version,
+    net::{Conn, READ_BUF_BYTES, Transport},
+    trace::Outcome,
+    worker::{Pinned, Worker},
+};
+
+pub(crate) use decide::Faults;
+pub(crate) use record::{Stats, latency_histogram};
+
+/// The `Via` we add to both directions (RFC 9110 §7.6.3).
+const VIA: (&str, &[u8]) = ("via", b"1.1 phantom-fast");
+
+/// Heads with at most this many headers parse with a small on-stack array (cheaper to clear).
+const SMALL_HEADERS: usize = 128;
+
+/// Serves one client connection until it closes, errs, times out or shutdown ends it. The
+/// accept loop counted it in `worker.active`; this uncounts it.
+pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+    let transport = Transport::Plain(stream);
+    let _ = transport.set_nodelay();
+    let mut session = Session::new(&worker, transport, peer);
+    while session.exchange().await == Next::KeepAlive {}
+    session.release();
+    worker.active.set(worker.active.get() - 1);
+}
+
+/// Whether a connection carries another exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// Per-exchange facts gathered for the trace record and the stats.
+struct Exchange {
+    started: Instant,
+    start_unix_ns: u64,
+    trace_id: u128,
+    span_id: u64,
+    parent_span_id: Option<u64>,
+    trace_flags: u8,
+    method_len: usize,
+    version: Version,
+    status: u16,
+    outcome: Outcome,
+    upstream_addr: Option<SocketAddr>,
+    ttfb: Option<Duration>,
+    decision: FaultPlan,
+    request_body_len: u64,
+    response_body_len: u64,
+    /// `out[..response_head_len]` is the response head as sent (0: none).
+    response_head_len: usize,
+}
+
+/// One client connection and the buffers it reuses for every exchange.
+pub(crate) struct Session<'w> {
+    w: &'w Worker,
+    client: Conn,
+    peer: SocketAddr,
+    /// The fault snapshot the current exchange pinned at its start; every rule index of its
+    /// decision is read against this one, whatever the worker's slot holds by then.
+    faults: Pinned,
+    /// Encoded heads (plus the first body bytes) going out: request upstream, response to the client.
+    out: Vec<u8>,
+    /// The full URL of the current request (fault matching, traces).
+    url: Vec<u8>,
+    /// Scratch for the `traceparent` we forward, and de-chunked data for HTTP/1.0 clients.
+    scratch: Vec<u8>,
+    /// The request head as received (traces only).
+    request_head: Vec<u8>,
+    request_body: Vec<u8>,
+    response_body: Vec<u8>,
+    /// Body bytes a trace keeps (0 when tracing is off).
+    capture_limit: usize,
+    shutdown_slot: usize,
+    /// Exchanges answered on this connection.
+    exchanges: u64,
+    ex: Exchange,
+}
+
+impl<'w> Session<'w> {
+    fn new(w: &'w Worker, transport: Transport, peer: SocketAddr) -> Session<'w> {
+        let mut bufs = w.bufs.borrow_mut();
+        let capture_limit = w.config.trace.as_ref().map_or(0, |t| t.body_bytes);
+        let session = Session {
+            w,
+            client: Conn::new(transport, bufs.get(READ_BUF_BYTES)),
+            peer,
+            faults: w.table.pin(),
+            out: bufs.get(4096),
+            url: bufs.get(256),
+            scratch: bufs.get(64),
+            // Trace captures grow on first use and keep their capacity for the connection.
+            request_head: Vec::new(),
+            request_body: Vec::new(),
+            response_body: Vec::new(),
+            capture_limit,
+            shutdown_slot: w.shutdown.register(),
+            exchanges: 0,
+            ex: Exchange::new(Instant::now()),
+        };
+        drop(bufs);
+        session
+    }
+
+    fn release(self) {
+        self.w.shutdown.release(self.shutdown_slot);
+        // Only what came from the pool goes back: the trace captures were grown here and are
+        // freed with the connection, so churn cannot fill the pool with them.
+        let buf = self.client.into_buf();
+        let mut bufs = self.w.bufs.borrow_mut();
+        for b in [buf, self.out, self.url, self.scratch] {
+            bufs.put(b);
+        }
+    }
+
+    fn tracing(&self) -> bool {
+        self.w.config.trace.is_some()
+    }
+
+    /// One request/response exchange; says whether the connection stays open.
+    async fn exchange(&mut self) -> Next {
+        let facts = match self.read_head().await {
+            Ok(facts) => facts,
+            Err(request::HeadEnd::Close) => return Next::Close,
+            Err(request::HeadEnd::Reject { status }) => {
+                self.ex.outcome = Outcome::BadRequest;
+                return self.answer_error(status).await;
+            }
+        };
+        let decision = self.decide();
+        if decision.forward_delay_ns > 0 && !self.delay(decision.forward_delay()).await {
+            self.ex.outcome = Outcome::ClientClosed;
+            self.ex.status = 0;
+            self.record();
+            return Next::Close;
+        }
+        if let Some(rule) = decision
+            .primary_rule()
+            .filter(|_| decision.synthetic_status().is_some())
+        {
+            return self.answer_fault(rule, facts).await;
+        }
+        if facts.is_connect {
+            return self.tunnel(facts).await;
+        }
+        self.forward(facts).await
+    }
+
+    /// Writes `self.out` to the client; `false` if it could not be delivered.
+    async fn write_out_to_client(&mut self) -> bool {
+        let out = std::mem::take(&mut self.out);
+        let deadline = Instant::now() + self.w.config.idle_timeout;
+        let (res, out) = self.client.write_all(out, deadline).await;
+        self.out = out;
+        res.is_ok()
+    }
+
+    /// Closes a connection, keeping its buffer (pool slots are the caller's business).
+    fn release_conn(&self, conn: Conn) {
+        self.w.bufs.borrow_mut().put(conn.into_buf());
+    }
+}
+
+impl Exchange {
+    fn new(started: Instant) -> Exchange {
+        let start_unix_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Exchange {
+            started,
+            start_unix_ns,
+            trace_id: 0,
+            span_id: 0,
+            parent_span_id: None,
+            trace_flags: 1,
+            method_len: 0,
+            version: Version::Http11,
+            status: 0,
+            outcome: Outcome::Ok,
+            upstream_addr: None,
+            ttfb: None,
+            decision: FaultPlan::NONE,
+            request_body_len: 0,
+            response_body_len: 0,
+            response_head_len: 0,
+        }
+    }
+}

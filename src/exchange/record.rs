@@ -1,0 +1,127 @@
+//! The record phase: one finished exchange → the worker's counters and one trace record,
+//! written after the response went out. The trace body captures are filled here too.
+//!
+//! It sends nothing: by the time it runs the client has its answer (or is gone).
+
+use hdrhistogram::Histogram;
+
+use crate::{
+    fault::{FaultKind, RuleStats},
+    trace::{self, FaultHit, Outcome, TraceEvent},
+};
+
+use super::Session;
+
+/// Largest exchange duration the latency histograms hold: one hour, in microseconds.
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+
+/// Significant digits the latency histograms keep.
+const LATENCY_SIGFIG: u8 = 3;
+
+/// A latency histogram, 1 µs .. 1 h at 3 significant digits: allocated once, recording never
+/// allocates. The workers' [`Stats`] and the shutdown summary both use this shape.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG)
+        .expect("static histogram bounds are valid")
+}
+
+/// Counters one worker keeps; added up by the server into the shutdown summary.
+pub(crate) struct Stats {
+    /// Answered requests.
+    pub(crate) requests: u64,
+    /// Per `Outcome::ALL` entry.
+    pub(crate) outcomes: [u64; Outcome::ALL.len()],
+    /// Per fault rule: matched / faulted.
+    pub(crate) rules: Vec<RuleStats>,
+    /// Total exchange duration in microseconds.
+    pub(crate) latency_us: Histogram<u64>,
+}
+
+impl Stats {
+    /// Zero counters for a table of `rules` rules.
+    pub(crate) fn new(rules: usize) -> Stats {
+        Stats {
+            requests: 0,
+            outcomes: [0; Outcome::ALL.len()],
+            rules: vec![RuleStats::default(); rules],
+            latency_us: latency_histogram(),
+        }
+    }
+}
+
+/// Appends to a trace capture up to `limit` bytes.
+pub(super) fn capture(into: &mut Vec<u8>, limit: usize, data: &[u8]) {
+    let room = limit.saturating_sub(into.len());
+    into.extend_from_slice(&data[..room.min(data.len())]);
+}
+
+/// Nanoseconds of a duration, saturating.
+fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Session<'_> {
+    /// Counts the exchange and appends its trace record (after the response went out).
+    pub(super) fn record(&mut self) {
+        self.exchanges += 1;
+        let duration = self.ex.started.elapsed();
+        self.count(duration);
+        let mut trace = self.w.trace.borrow_mut();
+        let Some(writer) = trace.as_mut() else {
+            return;
+        };
+        let decision = self.ex.decision;
+        // The rule index is read against the snapshot this exchange pinned.
+        let fault = decision.primary_rule().map(|rule| FaultHit {
+            rule: rule as u32,
+            kind: match self.faults.table().rules()[rule].kind() {
+                FaultKind::Error => trace::FaultKind::Error,
+                _ => trace::FaultKind::Delay,
+            },
+            spec: &self.faults.specs[rule],
+        });
+        let method = self.request_head.get(..self.ex.method_len).unwrap_or(b"");
+        let event = TraceEvent {
+            trace_id: self.ex.trace_id,
+            span_id: self.ex.span_id,
+            parent_span_id: self.ex.parent_span_id,
+            start_unix_ns: self.ex.start_unix_ns,
+            duration_ns: nanos(duration),
+            upstream_ttfb_ns: self.ex.ttfb.map(nanos),
+            injected_delay_ns: decision.forward_delay_ns,
+            fault,
+            method,
+            url: &self.url,
+            version: self.ex.version.as_str(),
+            status: self.ex.status,
+            request_head: &self.request_head,
+            response_head: &self.out[..self.ex.response_head_len.min(self.out.len())],
+            request_body: &self.request_body,
+            request_body_len: self.ex.request_body_len,
+            response_body: &self.response_body,
+            response_body_len: self.ex.response_body_len,
+            client_addr: self.peer,
+            upstream_addr: self.ex.upstream_addr,
+            outcome: self.ex.outcome,
+        };
+        writer.write(&event);
+        drop(trace);
+        self.request_head.clear();
+        self.url.clear();
+    }
+
+    /// The worker's counters for one exchange.
+    fn count(&self, duration: std::time::Duration) {
+        let mut stats = self.w.stats.borrow_mut();
+        stats.requests += 1;
+        let slot = Outcome::ALL
+            .iter()
+            .position(|o| *o == self.ex.outcome)
+            .unwrap_or(0);
+        stats.outcomes[slot] += 1;
+        let micros = u64::try_from(duration.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        stats.latency_us.saturating_record(micros);
+    }
+}

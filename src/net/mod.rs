@@ -1,0 +1,20 @@
+//! Connections under monoio: the transport, the buffered connection with deadlines, body relay,
+//! the buffer pool and the precise delay timer. No HTTP beyond following a body's framing.
+//!
+//! # Layout
+//! - `transport`: plain TCP (TLS later) with cancelable reads and writes and the idle check.
+//! - `conn`: one read buffer threaded through rent I/O, deadlines on every op.
+//! - `relay`: a body from one connection to another.
+//! - `bufpool`: the per-core buffer pool.
+//! - `timer`: precise deadlines for injected delays (a timerfd per worker).
+
+pub(crate) mod bufpool;
+pub(crate) mod conn;
+pub(crate) mod relay;
+pub(crate) mod timer;
+pub(crate) mod transport;
+
+pub(crate) use bufpool::BufPool;
+pub(crate) use conn::{Conn, READ_BUF_BYTES};
+pub(crate) use relay::{RelayError, RelayTimeouts, relay};
+pub(crate) use transport::{Transport, is_timeout};

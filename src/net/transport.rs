@@ -1,0 +1,179 @@
+//! The byte stream under a connection: plain TCP today (TLS joins as another variant), with
+//! reads and writes that end at a deadline by cancelling the op and awaiting it, and the
+//! idle-connection check.
+//!
+//! It knows no HTTP and keeps no buffer of its own: `conn` owns the read buffer.
+
+use std::{future::Future, io, os::fd::AsRawFd, pin::pin, time::Instant};
+
+use monoio::{
+    buf::{IoBuf, IoBufMut, Slice},
+    io::{CancelHandle, CancelableAsyncReadRent, CancelableAsyncWriteRent, Canceller},
+    net::TcpStream,
+};
+
+/// `ECANCELED`: what a cancelled io_uring (or legacy) op completes with.
+pub(crate) const ECANCELED: i32 = libc::ECANCELED;
+
+/// One connection's byte stream.
+pub(crate) enum Transport {
+    /// Cleartext TCP.
+    Plain(TcpStream),
+}
+
+impl Transport {
+    /// Reads into `buf` until `deadline`, or until `stop` completes (the read is then cancelled
+    /// and awaited; its result wins if the kernel finished it first).
+    ///
+    /// # Errors
+    /// `TimedOut` past `deadline`, `Interrupted` when `stop` came first, socket errors.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future mid-read loses `buf` to the driver. Bound it with
+    /// `deadline` and `stop` instead.
+    pub(crate) async fn read<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        canceller: &mut Cancel,
+        deadline: Instant,
+        stop: impl Future<Output = ()>,
+    ) -> (io::Result<usize>, T) {
+        match self {
+            Transport::Plain(stream) => {
+                let read = stream.cancelable_read(buf, canceller.handle());
+                until(read, canceller, deadline, stop).await
+            }
+        }
+    }
+
+    /// Writes all of `data` before `deadline`, giving it back.
+    ///
+    /// # Errors
+    /// `TimedOut` past `deadline` (a peer that stopped reading), `WriteZero`, socket errors.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe; bounded by `deadline`.
+    pub(crate) async fn write_all<T: IoBuf>(
+        &mut self,
+        data: T,
+        canceller: &mut Cancel,
+        deadline: Instant,
+    ) -> (io::Result<()>, T) {
+        match self {
+            Transport::Plain(stream) => write_all(stream, canceller, data, deadline).await,
+        }
+    }
+
+    /// Whether an idle connection can carry a new request: still open and no unsolicited bytes
+    /// waiting (an upstream that wrote past its response would otherwise have those bytes taken
+    /// as the next response). One non-blocking `MSG_PEEK`.
+    pub(crate) fn is_idle_clean(&self) -> bool {
+        match self {
+            Transport::Plain(stream) => socket_is_quiet(stream),
+        }
+    }
+
+    /// Turns Nagle off, so heads and small bodies go out at once.
+    ///
+    /// # Errors
+    /// As `setsockopt`.
+    pub(crate) fn set_nodelay(&self) -> io::Result<()> {
+        match self {
+            Transport::Plain(stream) => stream.set_nodelay(true),
+        }
+    }
+}
+
+/// `true` when the socket is open and has nothing to read right now.
+fn socket_is_quiet(stream: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `byte` is a valid 1-byte buffer for the call; the fd is owned by `stream`,
+    // alive for the call; MSG_PEEK | MSG_DONTWAIT neither consumes data nor blocks.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
+/// A reusable [`Canceller`]: arming it for an op allocates nothing; cancelling swaps in the
+/// fresh one monoio hands back, without building a placeholder first.
+#[derive(Default)]
+pub(crate) struct Cancel(Option<Canceller>);
+
+impl Cancel {
+    /// A handle for the next op.
+    pub(crate) fn handle(&mut self) -> CancelHandle {
+        self.0.get_or_insert_with(Canceller::new).handle()
+    }
+
+    /// Cancels every op armed with a handle from this canceller.
+    fn cancel(&mut self) {
+        if let Some(canceller) = self.0.take() {
+            self.0 = Some(canceller.cancel());
+        }
+    }
+}
+
+/// Writes all of `data` to `stream` before `deadline` (any cancelable writer: a whole stream or
+/// a tunnel's write half).
+///
+/// # Errors
+/// As [`Transport::write_all`].
+pub(crate) async fn write_all<T: IoBuf, S: CancelableAsyncWriteRent>(
+    stream: &mut S,
+    canceller: &mut Cancel,
+    data: T,
+    deadline: Instant,
+) -> (io::Result<()>, T) {
+    let total = data.bytes_init();
+    let mut written = 0;
+    let mut data = data;
+    while written < total {
+        let write = stream.cancelable_write(data.slice(written..), canceller.handle());
+        let (res, slice): (io::Result<usize>, Slice<T>) =
+            until(write, canceller, deadline, std::future::pending()).await;
+        data = slice.into_inner();
+        match res {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), data),
+            Ok(n) => written += n,
+            Err(e) => return (Err(e), data),
+        }
+    }
+    (Ok(()), data)
+}
+
+/// Runs a cancelable op until `deadline` or until `stop` completes; then cancels the op and
+/// awaits it (io_uring may still complete it: its result wins). See monoio `docs/en/io-cancel.md`.
+pub(crate) async fn until<T, F>(
+    op: F,
+    canceller: &mut Cancel,
+    deadline: Instant,
+    stop: impl Future<Output = ()>,
+) -> (io::Result<usize>, T)
+where
+    F: Future<Output = (io::Result<usize>, T)>,
+{
+    let mut op = pin!(op);
+    let sleep = pin!(monoio::time::sleep_until(deadline.into()));
+    let stop = pin!(stop);
+    let why = monoio::select! {
+        done = &mut op => return done,
+        _ = sleep => io::ErrorKind::TimedOut,
+        _ = stop => io::ErrorKind::Interrupted,
+    };
+    canceller.cancel();
+    match op.await {
+        (Err(e), buf) if e.raw_os_error() == Some(ECANCELED) => (Err(why.into()), buf),
+        done => done,
+    }
+}
+
+/// Whether an I/O error is a passed deadline.
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut
+}

@@ -1,0 +1,99 @@
+//! The shutdown summary: every worker's counters added up and printed on one screen (requests,
+//! outcomes, latency percentiles, faults per rule).
+//!
+//! It counts nothing itself: workers count into their `Stats`, the server adds them here.
+
+use std::{fmt, time::Duration};
+
+use hdrhistogram::Histogram;
+
+use crate::{
+    exchange::{Stats, latency_histogram},
+    fault::{FaultRule, RuleStats},
+    trace::Outcome,
+};
+
+/// What all workers did, printed at shutdown.
+pub struct Summary {
+    /// Answered requests.
+    pub requests: u64,
+    /// Per outcome name (`ok`, `fault`, …).
+    pub outcomes: Vec<(&'static str, u64)>,
+    /// Per fault rule: its canonical text and counts.
+    pub rules: Vec<(String, RuleStats)>,
+    /// Exchange durations in microseconds.
+    pub latency_us: Histogram<u64>,
+    /// Wall time served.
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    /// Zero counts for the startup rules.
+    pub(crate) fn new(rules: &[FaultRule]) -> Summary {
+        Summary {
+            requests: 0,
+            outcomes: Outcome::ALL.iter().map(|o| (o.as_str(), 0)).collect(),
+            rules: rules
+                .iter()
+                .map(|r| (r.to_string(), RuleStats::default()))
+                .collect(),
+            latency_us: latency_histogram(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// Adds one worker's counters.
+    pub(crate) fn add(&mut self, stats: &Stats) {
+        self.requests += stats.requests;
+        for (slot, n) in self.outcomes.iter_mut().zip(stats.outcomes) {
+            slot.1 += n;
+        }
+        for ((_, total), worker) in self.rules.iter_mut().zip(&stats.rules) {
+            total.matched += worker.matched;
+            total.faulted += worker.faulted;
+        }
+        let _ = self.latency_us.add(&stats.latency_us);
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        writeln!(
+            f,
+            "phantom-fast: {} requests in {:.1}s ({:.0}/s)",
+            self.requests,
+            secs,
+            self.requests as f64 / secs
+        )?;
+        let outcomes: Vec<String> = self
+            .outcomes
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(o, n)| format!("{o} {n}"))
+            .collect();
+        if !outcomes.is_empty() {
+            writeln!(f, "  outcomes: {}", outcomes.join(", "))?;
+        }
+        if self.requests > 0 {
+            let ms = |q: f64| self.latency_us.value_at_quantile(q) as f64 / 1000.0;
+            writeln!(
+                f,
+                "  latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+                ms(0.5),
+                ms(0.9),
+                ms(0.99),
+                ms(0.999),
+                self.latency_us.max() as f64 / 1000.0
+            )?;
+        }
+        for (i, (spec, stats)) in self.rules.iter().enumerate() {
+            writeln!(
+                f,
+                "  fault[{i}] {spec}: matched {}, faulted {}",
+                stats.matched, stats.faulted
+            )?;
+        }
+        Ok(())
+    }
+}
