@@ -82,6 +82,15 @@ pub struct RunArgs {
     /// Seed the fault RNG for reproducible runs (each worker derives its own stream).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// Apply the fault spec of each `x-phantom-fault` request header to its own request
+    /// (same grammar as --fault). The header is never forwarded; without this flag it is
+    /// stripped and ignored.
+    #[arg(long)]
+    pub allow_header_faults: bool,
+    /// At most N requests per worker inside a holding fault at once (delays, hangs); beyond
+    /// it a request goes through unfaulted and is counted as an overflow [default: no cap].
+    #[arg(long, value_name = "N")]
+    pub max_active_faults: Option<usize>,
     /// Time in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = config::parse_duration)]
     pub grace: Duration,
@@ -284,6 +293,8 @@ impl RunArgs {
             },
             faults,
             seed: self.seed,
+            allow_header_faults: self.allow_header_faults,
+            max_active_faults: self.max_active_faults,
             grace: self.grace,
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,

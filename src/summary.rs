@@ -25,6 +25,8 @@ pub struct Summary {
     pub latency_us: Histogram<u64>,
     /// Wall time served.
     pub elapsed: Duration,
+    /// Requests sent through unfaulted because `--max-active-faults` was reached.
+    pub fault_overflow: u64,
 }
 
 impl Summary {
@@ -39,6 +41,7 @@ impl Summary {
                 .collect(),
             latency_us: latency_histogram(),
             elapsed: Duration::ZERO,
+            fault_overflow: 0,
         }
     }
 
@@ -53,6 +56,7 @@ impl Summary {
             total.faulted += worker.faulted;
         }
         let _ = self.latency_us.add(&stats.latency_us);
+        self.fault_overflow += stats.fault_overflow;
     }
 }
 
@@ -92,6 +96,13 @@ impl fmt::Display for Summary {
                 f,
                 "  fault[{i}] {spec}: matched {}, faulted {}",
                 stats.matched, stats.faulted
+            )?;
+        }
+        if self.fault_overflow > 0 {
+            writeln!(
+                f,
+                "  fault overflow (--max-active-faults): {}",
+                self.fault_overflow
             )?;
         }
         Ok(())

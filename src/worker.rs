@@ -67,6 +67,8 @@ pub(crate) struct Worker {
     pub(crate) trace: RefCell<Option<TraceWriter>>,
     /// Connections being served.
     pub(crate) active: Cell<usize>,
+    /// Exchanges inside a holding fault (`--max-active-faults`).
+    pub(crate) active_faults: Cell<usize>,
     pub(crate) shutdown: Shutdown,
 }
 
@@ -98,6 +100,7 @@ impl Worker {
             stats: RefCell::new(Stats::new(rules)),
             trace: RefCell::new(trace),
             active: Cell::new(0),
+            active_faults: Cell::new(0),
             shutdown: Shutdown::default(),
         }
     }

@@ -5,6 +5,7 @@
 
 mod drivers;
 mod faults;
+mod faults_model;
 mod forward;
 mod framing;
 mod hostile;

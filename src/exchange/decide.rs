@@ -9,11 +9,16 @@ use std::{
 };
 
 use crate::{
-    fault::{FaultPlan, FaultRule, FaultTable, RequestView, SpecError},
+    fault::{FaultPlan, FaultRule, FaultTable, HeaderFault, RequestView, SpecError},
     net::{READ_BUF_BYTES, is_timeout},
 };
 
 use super::{Session, answer::Synthetic};
+use crate::worker::{Pinned, Worker};
+
+/// The request header that names a request's own fault (`--allow-header-faults`); never
+/// forwarded.
+pub(super) const FAULT_HEADER: &str = "x-phantom-fault";
 
 /// How far past a delay's deadline the wheel-based read deadline sits (it only guards
 /// against a timer that never fires).
@@ -54,19 +59,47 @@ impl Faults {
     }
 }
 
+/// Decides one request against the pinned snapshot: the table's rules, then (with
+/// `--allow-header-faults`) each `x-phantom-fault` line, then the `--max-active-faults` cap. Says
+/// whether the exchange took an active-fault slot ([`Session::release_fault_slot`] gives it back).
+/// Allocates nothing.
+pub(super) fn decide_request(
+    w: &Worker,
+    faults: &Pinned,
+    view: &RequestView<'_>,
+) -> (FaultPlan, bool) {
+    let mut stats = w.stats.borrow_mut();
+    let mut rng = w.rng.borrow_mut();
+    let mut plan = faults.table().decide(view, &mut rng, &mut stats.rules);
+    if w.config.allow_header_faults {
+        for value in view.headers_named(FAULT_HEADER) {
+            // A malformed header fault is ignored, as a header the proxy does not know.
+            if let Ok(fault) = HeaderFault::parse(value) {
+                plan.apply_header(fault, &mut rng);
+            }
+        }
+    }
+    if !plan.holds() {
+        return (plan, false);
+    }
+    if let Some(max) = w.config.max_active_faults
+        && w.active_faults.get() >= max
+    {
+        stats.fault_overflow += 1;
+        return (FaultPlan::NONE, false);
+    }
+    w.active_faults.set(w.active_faults.get() + 1);
+    (plan, true)
+}
+
 impl Session<'_> {
-    /// Pins the worker's current snapshot for this exchange and decides with it.
-    pub(super) fn decide(&mut self) -> FaultPlan {
-        self.faults = self.w.table.pin();
-        let mut stats = self.w.stats.borrow_mut();
-        let mut rng = self.w.rng.borrow_mut();
-        let decision = self.faults.table().decide(
-            &RequestView::from_url(&self.url),
-            &mut rng,
-            &mut stats.rules,
-        );
-        self.ex.decision = decision;
-        decision
+    /// Gives back the exchange's active-fault slot, if it took one.
+    pub(super) fn release_fault_slot(&mut self) {
+        if std::mem::take(&mut self.ex.holding) {
+            self.w
+                .active_faults
+                .set(self.w.active_faults.get().saturating_sub(1));
+        }
     }
 
     /// Sleeps for an injected delay while watching the client: `false` when it hung up.

@@ -31,7 +31,7 @@ use std::{
 use monoio::net::TcpStream;
 
 use crate::{
-    fault::FaultPlan,
+    fault::{Answer, FaultPlan},
     http::Version,
     net::{Conn, READ_BUF_BYTES, Transport},
     trace::Outcome,
@@ -80,6 +80,8 @@ struct Exchange {
     upstream_addr: Option<SocketAddr>,
     ttfb: Option<Duration>,
     decision: FaultPlan,
+    /// The exchange holds an active-fault slot (`--max-active-faults`).
+    holding: bool,
     request_body_len: u64,
     response_body_len: u64,
     /// `out[..response_head_len]` is the response head as sent (0: none).
@@ -154,6 +156,13 @@ impl<'w> Session<'w> {
 
     /// One request/response exchange; says whether the connection stays open.
     async fn exchange(&mut self) -> Next {
+        let next = self.exchange_once().await;
+        self.release_fault_slot();
+        next
+    }
+
+    /// [`Session::exchange`] proper: head, decision, delay, then the answer the plan asks for.
+    async fn exchange_once(&mut self) -> Next {
         let facts = match self.read_head().await {
             Ok(facts) => facts,
             Err(request::HeadEnd::Close) => return Next::Close,
@@ -162,18 +171,21 @@ impl<'w> Session<'w> {
                 return self.answer_error(status).await;
             }
         };
-        let decision = self.decide();
+        let decision = self.ex.decision;
         if decision.forward_delay_ns > 0 && !self.delay(decision.forward_delay()).await {
             self.ex.outcome = Outcome::ClientClosed;
             self.ex.status = 0;
             self.record();
             return Next::Close;
         }
-        if let Some(rule) = decision
-            .primary_rule()
-            .filter(|_| decision.synthetic_status().is_some())
-        {
-            return self.answer_fault(rule, facts).await;
+        match decision.answer {
+            Answer::Forward => {}
+            Answer::Synthetic { rule, .. } => {
+                return self.answer_fault(rule.map(usize::from), facts).await;
+            }
+            answer @ (Answer::Reset | Answer::Close | Answer::Hang | Answer::Garbage) => {
+                return self.answer_connection_fault(answer).await;
+            }
         }
         if facts.is_connect {
             return self.tunnel(facts).await;
@@ -215,6 +227,7 @@ impl Exchange {
             upstream_addr: None,
             ttfb: None,
             decision: FaultPlan::NONE,
+            holding: false,
             request_body_len: 0,
             response_body_len: 0,
             response_head_len: 0,

@@ -35,6 +35,8 @@ pub(crate) struct Stats {
     pub(crate) rules: Vec<RuleStats>,
     /// Total exchange duration in microseconds.
     pub(crate) latency_us: Histogram<u64>,
+    /// Requests sent through unfaulted because `--max-active-faults` was reached.
+    pub(crate) fault_overflow: u64,
 }
 
 impl Stats {
@@ -45,6 +47,7 @@ impl Stats {
             outcomes: [0; Outcome::ALL.len()],
             rules: vec![RuleStats::default(); rules],
             latency_us: latency_histogram(),
+            fault_overflow: 0,
         }
     }
 }

@@ -112,6 +112,16 @@ impl Session<'_> {
         // Body bytes already here ride along with the head.
         self.stage_buffered_body(up, &mut body, resp.dechunk)
             .map_err(|_| Failed::new(UpstreamFailure::Error, sent.request_done))?;
+        // A `delay:…:at=head` fault: slow time to first byte, with the upstream's real answer.
+        let head_delay = self.ex.decision.head_delay_ns;
+        if head_delay > 0
+            && !self
+                .delay(std::time::Duration::from_nanos(head_delay))
+                .await
+        {
+            self.ex.outcome = Outcome::ClientClosed;
+            return Ok(Relayed::CLOSED);
+        }
         if !self.write_out_to_client().await {
             self.ex.outcome = Outcome::ClientClosed;
             return Ok(Relayed::CLOSED);

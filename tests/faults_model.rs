@@ -1,0 +1,216 @@
+//! Issue 12's faults end to end, a real client over loopback seeing what each fault promises:
+//! reset → ECONNRESET, close, garbage, hang until `--idle-timeout`, slow time to first byte with
+//! the upstream's real body, method matchers, header-driven faults (applied, never forwarded),
+//! and `--max-active-faults` overflow counted. It does not test the grammar (the `fault` unit
+//! tests do). Delays are bounded from below only: the machine may be loaded.
+
+use std::io::{ErrorKind, Read};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::{Conn, Origin, Proxy, get, request};
+
+/// A raw read of the first bytes the proxy sends, or the error it ended with.
+fn first_read(c: &mut Conn) -> std::io::Result<Vec<u8>> {
+    let mut stream = c.writer();
+    let mut buf = [0u8; 256];
+    let n = stream.read(&mut buf)?;
+    Ok(buf[..n].to_vec())
+}
+
+#[test]
+fn fault_model_reset_gives_econnreset_origin_not_contacted() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "reset"]);
+    let mut c = proxy.connect();
+    c.send(&get("/x"));
+    let got = first_read(&mut c);
+    let err = got.expect_err("a reset, not bytes or EOF");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    assert_eq!(origin.connections(), 0);
+}
+
+#[test]
+fn fault_model_close_is_eof_without_a_response() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "close:/api"]);
+    let mut c = proxy.connect();
+    c.send(&get("/api/x"));
+    assert_eq!(first_read(&mut c).expect("a clean close"), b"");
+    // Unmatched requests are forwarded as usual.
+    let mut other = proxy.connect();
+    assert_eq!(other.roundtrip(&get("/home")).status, 200);
+}
+
+#[test]
+fn fault_model_garbage_is_not_http_then_close() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "garbage"]);
+    let mut c = proxy.connect();
+    c.send(&get("/x"));
+    let bytes = c.read_until_close().expect("garbage then close");
+    assert!(
+        !bytes.is_empty() && !bytes.starts_with(b"HTTP/"),
+        "{bytes:?}"
+    );
+}
+
+#[test]
+fn fault_model_hang_answers_nothing_until_idle_timeout() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(
+        origin.addr(),
+        &["--fault", "hang", "--idle-timeout", "1500ms"],
+    );
+    let mut c = proxy.connect();
+    let started = Instant::now();
+    c.send(&get("/x"));
+    // The client's own timeout fires first: nothing came.
+    c.set_timeout(Duration::from_millis(500));
+    let err = first_read(&mut c).expect_err("no answer while hung");
+    assert!(
+        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{err}"
+    );
+    // Then the proxy gives up after --idle-timeout and closes.
+    c.set_timeout(Duration::from_secs(10));
+    assert_eq!(
+        first_read(&mut c).expect("closed after the idle timeout"),
+        b""
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(origin.connections(), 0);
+}
+
+#[test]
+fn fault_model_head_delay_keeps_the_upstream_body() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "delay:400ms:at=head"]);
+    let mut c = proxy.connect();
+    let started = Instant::now();
+    let resp = c.roundtrip(&request("POST", "/echo", "test.local", &[], b"real body"));
+    let elapsed = started.elapsed();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"real body");
+    assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
+    // The upstream had answered long before: the delay sat between its head and ours.
+    assert_eq!(origin.requests().len(), 1);
+    // Keep-alive survives a delay.
+    assert_eq!(c.roundtrip(&get("/again")).status, 200);
+}
+
+#[test]
+fn fault_model_method_matcher_picks_requests() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "error:503:method=POST"]);
+    let mut c = proxy.connect();
+    assert_eq!(c.roundtrip(&get("/x")).status, 200);
+    let post = c.roundtrip(&request("POST", "/x", "test.local", &[], b"b"));
+    assert_eq!(post.status, 503);
+    assert_eq!(post.header("x-fault-injected"), Some("phantom"));
+}
+
+#[test]
+fn fault_model_custom_synthetic_answer() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(
+        origin.addr(),
+        &[
+            "--fault",
+            "error:429:body=slow%20down:set.retry-after=2:set.content-type=text/plain",
+        ],
+    );
+    let mut c = proxy.connect();
+    let resp = c.roundtrip(&get("/x"));
+    assert_eq!(resp.status, 429);
+    assert_eq!(resp.header("retry-after"), Some("2"));
+    assert_eq!(resp.header("content-type"), Some("text/plain"));
+    assert_eq!(resp.header("content-length"), Some("9"));
+    assert_eq!(resp.body, b"slow down");
+}
+
+#[test]
+fn fault_model_header_fault_applied_and_not_forwarded() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--allow-header-faults"]);
+    let mut c = proxy.connect();
+    let teapot = c.roundtrip(&request(
+        "GET",
+        "/x",
+        "test.local",
+        &[("x-phantom-fault", "error:418")],
+        b"",
+    ));
+    assert_eq!(teapot.status, 418);
+    assert_eq!(teapot.header("x-fault-injected"), Some("phantom"));
+    let started = Instant::now();
+    let slow = c.roundtrip(&request(
+        "GET",
+        "/y",
+        "test.local",
+        &[("X-Phantom-Fault", "delay:300ms")],
+        b"",
+    ));
+    assert_eq!(slow.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let seen = origin.requests();
+    assert_eq!(seen.len(), 1, "the 418 never reached the origin");
+    assert_eq!(
+        seen[0].header("x-phantom-fault"),
+        None,
+        "{:?}",
+        seen[0].headers
+    );
+}
+
+#[test]
+fn fault_model_header_fault_without_flag_stripped_and_ignored() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+    let resp = c.roundtrip(&request(
+        "GET",
+        "/x",
+        "test.local",
+        &[("x-phantom-fault", "error:418"), ("x-other", "kept")],
+        b"",
+    ));
+    assert_eq!(resp.status, 200);
+    let seen = origin.requests();
+    assert_eq!(seen[0].header("x-phantom-fault"), None);
+    assert_eq!(seen[0].header("x-other"), Some("kept"));
+}
+
+#[test]
+fn fault_model_max_active_faults_overflow_counted() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(
+        origin.addr(),
+        &["--fault", "delay:1500ms", "--max-active-faults", "1"],
+    );
+    let addr = proxy.addr();
+    let held = thread::spawn(move || {
+        let mut c = Conn::connect(addr);
+        let started = Instant::now();
+        let status = c.roundtrip(&get("/held")).status;
+        (status, started.elapsed())
+    });
+    // Let the first request take the one slot.
+    thread::sleep(Duration::from_millis(300));
+    let mut c = proxy.connect();
+    let started = Instant::now();
+    assert_eq!(c.roundtrip(&get("/overflow")).status, 200);
+    let fast = started.elapsed();
+    let (status, slow) = held.join().expect("held client");
+    assert_eq!(status, 200);
+    assert!(slow >= Duration::from_millis(1500), "{slow:?}");
+    assert!(
+        fast < Duration::from_millis(1500),
+        "overflow was delayed: {fast:?}"
+    );
+    let (_, stderr) = proxy.stop();
+    assert!(
+        stderr.contains("fault overflow (--max-active-faults): 1"),
+        "{stderr}"
+    );
+}
