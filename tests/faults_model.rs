@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Read};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{Conn, Origin, Proxy, get, request};
+use crate::support::{Conn, Origin, Proxy, get, pattern, request, response};
 
 /// A raw read of the first bytes the proxy sends, or the error it ended with.
 fn first_read(c: &mut Conn) -> std::io::Result<Vec<u8>> {
@@ -213,4 +213,84 @@ fn fault_model_max_active_faults_overflow_counted() {
         stderr.contains("fault overflow (--max-active-faults): 1"),
         "{stderr}"
     );
+}
+
+/// An origin answering every request with `len` bytes of a known pattern.
+fn big_origin(len: usize) -> Origin {
+    Origin::start(move |_| response("200 OK", &[], &pattern(len)))
+}
+
+#[test]
+fn fault_model_truncate_short_body_then_close() {
+    let origin = big_origin(10_000);
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "truncate:25%"]);
+    let mut c = proxy.connect();
+    c.send(&get("/big"));
+    let bytes = c.read_until_close().expect("a short body, then close");
+    let head_end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let head = String::from_utf8_lossy(&bytes[..head_end]);
+    assert!(head.contains("content-length: 10000"), "{head}");
+    assert_eq!(&bytes[head_end..], &pattern(10_000)[..2_500]);
+}
+
+#[test]
+fn fault_model_reset_after_bytes() {
+    let origin = big_origin(100_000);
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "reset:after=1KiB"]);
+    let mut c = proxy.connect();
+    c.send(&get("/big"));
+    let mut stream = c.writer();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let err = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => panic!("FIN instead of a reset after {} bytes", got.len()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |i| i + 4);
+    // A reset may drop bytes still in flight, never add any.
+    assert!(
+        got.len() - head_end <= 1024,
+        "{} body bytes",
+        got.len() - head_end
+    );
+}
+
+#[test]
+fn fault_model_dribble_spreads_the_whole_body() {
+    let origin = big_origin(50_000);
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "dribble:5,1s"]);
+    let mut c = proxy.connect();
+    let started = Instant::now();
+    let resp = c.roundtrip(&get("/big"));
+    let elapsed = started.elapsed();
+    assert_eq!(resp.body, pattern(50_000));
+    assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
+    assert_eq!(c.roundtrip(&get("/again")).status, 200, "keep-alive kept");
+}
+
+#[test]
+fn fault_model_bandwidth_64kib_per_sec_over_1mib_takes_16s() {
+    let origin = big_origin(1 << 20);
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "bandwidth:64KiB/s"]);
+    let mut c = proxy.connect();
+    c.set_timeout(Duration::from_secs(60));
+    let started = Instant::now();
+    let resp = c.roundtrip(&get("/big"));
+    let elapsed = started.elapsed();
+    assert_eq!(resp.body.len(), 1 << 20);
+    assert!(resp.body == pattern(1 << 20), "body altered");
+    // Bounded from below only: a loaded machine may be slower, never faster.
+    assert!(elapsed >= Duration::from_secs(16), "{elapsed:?}");
+    eprintln!("bandwidth 64KiB/s over 1 MiB: {elapsed:?}");
 }
