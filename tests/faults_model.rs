@@ -294,3 +294,47 @@ fn fault_model_bandwidth_64kib_per_sec_over_1mib_takes_16s() {
     assert!(elapsed >= Duration::from_secs(16), "{elapsed:?}");
     eprintln!("bandwidth 64KiB/s over 1 MiB: {elapsed:?}");
 }
+
+#[test]
+fn fault_model_slow_head_dribbles_the_head() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "slow-head:800ms"]);
+    let mut c = proxy.connect();
+    let started = Instant::now();
+    let resp = c.roundtrip(&request("POST", "/x", "test.local", &[], b"intact"));
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"intact");
+    assert!(started.elapsed() >= Duration::from_millis(800));
+}
+
+#[test]
+fn fault_model_request_bandwidth_paces_the_upload() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(
+        origin.addr(),
+        &["--fault", "bandwidth:32KiB/s:side=request:method=POST"],
+    );
+    let mut c = proxy.connect();
+    let body = pattern(64 * 1024);
+    let started = Instant::now();
+    let resp = c.roundtrip(&request("POST", "/up", "test.local", &[], &body));
+    let elapsed = started.elapsed();
+    assert_eq!(resp.status, 200);
+    assert!(resp.body == body, "echo differs");
+    assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
+}
+
+#[test]
+fn fault_model_request_truncate_never_completes_the_upload() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "truncate:1KiB:side=request"]);
+    let mut c = proxy.connect();
+    let resp = c.roundtrip(&request("POST", "/up", "test.local", &[], &pattern(8192)));
+    assert_eq!(resp.status, 502);
+    // The origin never saw a complete request.
+    assert!(
+        origin.requests().is_empty(),
+        "{:?}",
+        origin.requests().len()
+    );
+}

@@ -58,6 +58,9 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
     worker.active.set(worker.active.get() - 1);
 }
 
+/// Most pieces a `slow-head` fault cuts a response head into.
+const SLOW_HEAD_PIECES: usize = 16;
+
 /// Whether a connection carries another exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -191,6 +194,43 @@ impl<'w> Session<'w> {
             return self.tunnel(facts).await;
         }
         self.forward(facts).await
+    }
+
+    /// Writes `self.out` to the client with its first `head_len` bytes (the head) spread evenly
+    /// over `over_ns` in up to [`SLOW_HEAD_PIECES`] pieces, each after a timer wait: a
+    /// `slow-head` fault. At once when `over_ns` is 0. `false` if it could not be delivered.
+    async fn write_out_paced(&mut self, head_len: usize, over_ns: u64) -> bool {
+        use monoio::buf::IoBuf;
+        if over_ns == 0 {
+            return self.write_out_to_client().await;
+        }
+        let mut out = std::mem::take(&mut self.out);
+        let (len, head_len) = (out.len(), head_len.min(out.len()));
+        let pieces = head_len.clamp(1, SLOW_HEAD_PIECES);
+        let start = Instant::now();
+        let mut delivered = true;
+        for i in 0..pieces {
+            let from = head_len * i / pieces;
+            let to = if i + 1 == pieces {
+                len
+            } else {
+                head_len * (i + 1) / pieces
+            };
+            if i > 0 {
+                let at = u128::from(over_ns) * i as u128 / (pieces - 1) as u128;
+                let due = start + Duration::from_nanos(u64::try_from(at).unwrap_or(u64::MAX));
+                self.w.timer.sleep_until(due).await;
+            }
+            let deadline = Instant::now() + self.w.config.idle_timeout;
+            let (res, slice) = self.client.write_all(out.slice(from..to), deadline).await;
+            out = slice.into_inner();
+            if res.is_err() {
+                delivered = false;
+                break;
+            }
+        }
+        self.out = out;
+        delivered
     }
 
     /// Writes `self.out` to the client; `false` if it could not be delivered.

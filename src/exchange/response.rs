@@ -132,7 +132,11 @@ impl Session<'_> {
             self.ex.outcome = Outcome::ClientClosed;
             return Ok(Relayed::CLOSED);
         }
-        if !self.write_out_to_client().await {
+        let slow_head = self.ex.decision.slow_head_ns;
+        if !self
+            .write_out_paced(self.ex.response_head_len, slow_head)
+            .await
+        {
             self.ex.outcome = Outcome::ClientClosed;
             return Ok(Relayed::CLOSED);
         }
