@@ -74,9 +74,17 @@ pub struct RunArgs {
     ///   error:503:0.5        the same with probability 0.5
     ///   error:500:0.1:/api   10% 500s on URLs containing /api
     ///
-    /// Durations are ms, s or a bare number of milliseconds. The URL is the full
-    /// http://host:port/path?query. Every matching delay adds up; the first error
-    /// that fires answers the request and no later rule runs.
+    ///   delay:lognormal(20ms,400ms):0.25:at=head:method=GET
+    ///                        25% of GETs: a slow first byte, p50 20 ms, p99 400 ms
+    ///   error:429:1in10:set.retry-after=2:header.x-tenant=acme
+    ///   bandwidth:64KiB/s  dribble:10,2s  truncate:50%  reset:after=1KiB
+    ///   reset  close  hang  garbage  slow-head:2s
+    ///
+    /// SPEC = KIND[:ARGS][:RATE][:OPTION...][:/FILTER]; the README's "Fault grammar"
+    /// has all of it. Durations are ms, s or a bare number of milliseconds. The URL
+    /// filter is a substring of the full http://host:port/path?query. Every matching
+    /// delay adds up; the first answer that fires (error, reset, close, hang,
+    /// garbage) answers the request and no later rule runs.
     #[arg(short, long = "fault", value_name = "SPEC", verbatim_doc_comment)]
     pub faults: Vec<String>,
     /// Seed the fault RNG for reproducible runs (each worker derives its own stream).
