@@ -29,9 +29,10 @@ impl<'a> RequestView<'a> {
     /// A view of `url` alone (`scheme://authority/path?query`, or a bare authority): method and
     /// headers empty. For callers that only have the seed's URL.
     pub fn from_url(url: &'a [u8]) -> RequestView<'a> {
-        let (scheme, rest) = match memchr::memmem::find(url, b"://") {
-            Some(at) => (&url[..at], &url[at + 3..]),
-            None => (&url[..0], url),
+        // The scheme ends at the first ':' if "//" follows it (a bare authority has no "//").
+        let (scheme, rest) = match memchr::memchr(b':', url) {
+            Some(at) if url[at + 1..].starts_with(b"//") => (&url[..at], &url[at + 3..]),
+            _ => (&url[..0], url),
         };
         let (host, target) = if scheme.is_empty() {
             (rest, rest)
@@ -117,10 +118,14 @@ fn name_bit(name: &[u8]) -> u64 {
 /// Up to the first eight bytes of `bytes`, little-endian, zero-padded.
 #[inline]
 fn pack8(bytes: &[u8]) -> u64 {
-    let mut word = [0u8; 8];
-    let n = bytes.len().min(8);
-    word[..n].copy_from_slice(&bytes[..n]);
-    u64::from_le_bytes(word)
+    match bytes.first_chunk::<8>() {
+        // One load; a variable-length copy would be a `memcpy` call.
+        Some(word) => u64::from_le_bytes(*word),
+        None => bytes
+            .iter()
+            .rev()
+            .fold(0, |word, &b| word << 8 | u64::from(b)),
+    }
 }
 
 /// No header has this name bit (or no further line has it).

@@ -282,9 +282,6 @@ fn pace_slot(plan: &mut FaultPlan, side: Side) -> &mut Pace {
     }
 }
 
-/// Words of a rule bitset: one bit per rule of the largest table.
-const SET_WORDS: usize = MAX_RULES / 64;
-
 /// Bitsets over the rules, built at compile time, that narrow a decision to the candidates
 /// before any rule is looked at: by required method and by required header-name bit.
 #[derive(Debug, Clone)]
@@ -338,31 +335,26 @@ impl Index {
         }
     }
 
-    /// The candidate rules for a request, into `set` (its first `words` words).
+    /// The rules of the request's method (`None`: no rule requires it).
     #[inline]
-    fn candidates(&self, probe: &Probe<'_>, set: &mut [u64; SET_WORDS]) {
-        let set = &mut set[..self.words];
-        let method = self
-            .by_method
+    fn method_rules(&self, probe: &Probe<'_>) -> Option<&[u64]> {
+        self.by_method
             .iter()
             .find(|(m, _)| *m == probe.method())
-            .map(|(_, rules)| &rules[..]);
-        match method {
-            Some(rules) => {
-                for ((word, any), own) in set.iter_mut().zip(&self.any_method[..]).zip(rules) {
-                    *word = any | own;
-                }
-            }
-            None => set.copy_from_slice(&self.any_method),
-        }
-        let mut absent = self.name_bits & !probe.names();
-        while absent != 0 {
-            let needing = &self.by_name_bit[absent.trailing_zeros() as usize];
-            for (word, needs) in set.iter_mut().zip(&needing[..]) {
-                *word &= !needs;
-            }
+            .map(|(_, rules)| &rules[..])
+    }
+
+    /// Word `word` of the candidate set: rules admitted by method, minus every rule needing a
+    /// header name the request lacks.
+    #[inline]
+    fn candidates(&self, word: usize, method: Option<&[u64]>, absent: u64) -> u64 {
+        let mut set = self.any_method[word] | method.map_or(0, |rules| rules[word]);
+        let mut absent = absent;
+        while absent != 0 && set != 0 {
+            set &= !self.by_name_bit[absent.trailing_zeros() as usize][word];
             absent &= absent - 1;
         }
+        set
     }
 }
 
@@ -548,11 +540,11 @@ impl FaultTable {
         debug_assert_eq!(stats.len(), self.compiled.len(), "one RuleStats per rule");
         let mut plan = FaultPlan::NONE;
         let probe = Probe::new(request, self.needs);
-        let mut candidates = [0u64; SET_WORDS];
-        self.index.candidates(&probe, &mut candidates);
+        let method = self.index.method_rules(&probe);
+        let absent = self.index.name_bits & !probe.names();
         // Set bits in index order, so the rules still run in the order given.
-        for (word_index, &word) in candidates[..self.index.words].iter().enumerate() {
-            let mut bits = word;
+        for word_index in 0..self.index.words {
+            let mut bits = self.index.candidates(word_index, method, absent);
             while bits != 0 {
                 let index = word_index * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
