@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use phantom_fast::trace::{
-    FaultHit, FaultKind, Filter, Format, Outcome, TraceConfig, TraceEvent, TraceWriter,
-    write_traces,
+    AppliedFault, FaultKind, Filter, Format, Outcome, RingReader, TraceConfig, TraceEvent,
+    TraceWriter, write_traces,
 };
 
 /// Records in the ring the export bench renders.
@@ -42,6 +42,15 @@ fn fixture() -> Fixture {
     }
 }
 
+/// One applied delay, on every tenth record.
+const DELAYED: &[AppliedFault<'static>] = &[AppliedFault {
+    kind: FaultKind::Delay,
+    rule: 0,
+    rule_id: "r0",
+    spec: "delay:100ms:0.1",
+    value: 100_000_000,
+}];
+
 fn event(f: &Fixture, i: u64) -> TraceEvent<'_> {
     TraceEvent {
         trace_id: u128::from(i) << 64 | 0xabcdef,
@@ -49,13 +58,13 @@ fn event(f: &Fixture, i: u64) -> TraceEvent<'_> {
         parent_span_id: None,
         start_unix_ns: 1_700_000_000_000_000_000 + i * 1000,
         duration_ns: 250_000 + i % 1000,
+        upstream_connect_ns: 0,
         upstream_ttfb_ns: Some(200_000),
+        upstream_body_ns: 10_000,
         injected_delay_ns: 0,
-        fault: i.is_multiple_of(10).then_some(FaultHit {
-            rule: 0,
-            kind: FaultKind::Delay,
-            spec: "delay:100ms:0.1",
-        }),
+        generation: 1,
+        faults: if i.is_multiple_of(10) { DELAYED } else { &[] },
+        tls: None,
         method: b"GET",
         url: b"http://shop.example.test/api/v1/items/42?expand=owner",
         version: "HTTP/1.1",
@@ -88,13 +97,13 @@ fn record_bytes(f: &Fixture) -> u64 {
     };
     let mut w = TraceWriter::open(&cfg, 0).expect("open ring");
     w.write(&event(f, 0));
+    let reader = RingReader::open(w.path()).expect("open reader");
+    let mut cur = reader.oldest();
+    let mut payload = Vec::new();
+    reader.next(&mut cur, &mut payload).expect("the record");
     drop(w);
-    // The ring header is 64 bytes and the frame header 16: the rest of the file up to the first
-    // zero frame is the record, padded to 16.
-    let bytes = std::fs::read(dir.join("core-0.ring")).expect("read ring");
-    let len = u32::from_le_bytes([bytes[72], bytes[73], bytes[74], bytes[75]]);
     let _ = std::fs::remove_dir_all(&dir);
-    u64::from(len)
+    payload.len() as u64
 }
 
 fn bench_append(c: &mut Criterion) {

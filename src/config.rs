@@ -3,9 +3,13 @@
 //! Built once by `cli` on the main thread, where blocking work (DNS) is allowed; it does no I/O
 //! afterwards and knows nothing of monoio.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use crate::{fault::FaultRule, http::Limits};
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::{
+    ca::Ca, export::ExportSettings, fault::FaultRule, http::Limits, net::tls::RootsSource,
+};
 
 /// Which I/O driver each worker's runtime uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +40,73 @@ pub struct Upstream {
     pub addrs: Vec<SocketAddr>,
     /// `--upstream-host`: the Host header sent instead of the client's.
     pub host_override: Option<String>,
+    /// `https://`: how to speak TLS to it; `None` for plain HTTP.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS towards the reverse-mode upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// The SNI name and the name its certificate must carry: the `--upstream` host.
+    pub server_name: String,
+}
+
+/// TLS material, loaded at startup (the main thread) and shared by every worker.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    /// `--tls-cert`/`--tls-key`: clients speak https to the listener.
+    pub listener: Option<Arc<ServerConfig>>,
+    /// For TLS towards upstreams (an https upstream, MITM, absolute `https://` requests); `None`
+    /// when nothing needs it (a plain reverse upstream).
+    pub client: Option<Arc<ClientConfig>>,
+    /// What `client` verifies against.
+    pub roots: Option<RootsSource>,
+    /// `--insecure`: upstream certificates are not verified.
+    pub insecure: bool,
+    /// `--mitm`: the CA that signs leaves for intercepted CONNECT tunnels.
+    pub mitm: Option<Arc<Ca>>,
+}
+
+impl TlsSettings {
+    /// Banner lines about TLS: the listener, upstream verification (plainly, when off) and how
+    /// CONNECT is handled (and how to switch).
+    pub fn banner_lines(&self, forward: bool) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.listener.is_some() {
+            lines.push("https listener (ALPN http/1.1)".to_owned());
+        }
+        match self.roots {
+            Some(RootsSource::Insecure) => lines.push(
+                "--insecure: upstream TLS certificates are NOT verified; anyone on the path can \
+                 impersonate the upstream"
+                    .to_owned(),
+            ),
+            Some(RootsSource::File) => {
+                lines.push("upstream TLS verified against --upstream-ca".to_owned())
+            }
+            Some(RootsSource::System) => {
+                lines.push("upstream TLS verified against the system roots".to_owned())
+            }
+            Some(RootsSource::Bundled) => lines.push(
+                "upstream TLS verified against the bundled Mozilla roots (the system has none)"
+                    .to_owned(),
+            ),
+            None => {}
+        }
+        if forward {
+            match &self.mitm {
+                Some(ca) => lines.push(format!(
+                    "CONNECT: MITM on, leaves signed by {} (`phantom-fast ca` shows how to trust it)",
+                    ca.cert_path().display()
+                )),
+                None => lines.push(
+                    "CONNECT: opaque tunnels (add --mitm to fault and trace HTTPS requests inside them)"
+                        .to_owned(),
+                ),
+            }
+        }
+        lines
+    }
 }
 
 /// Trace settings; absent with `--no-traces`.
@@ -49,6 +120,17 @@ pub struct TraceSettings {
     pub reset: bool,
     /// How many bytes of each body are kept in a record.
     pub body_bytes: usize,
+}
+
+/// The control plane's settings (`--admin`, `--admin-token`, `--faults-file`); all off by default.
+#[derive(Debug, Clone, Default)]
+pub struct ControlSettings {
+    /// Where the admin endpoint listens (port 0 picks one; the banner prints it).
+    pub admin: Option<SocketAddr>,
+    /// Bearer token every mutation must carry (`--admin-token` or `PHANTOM_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// The rules file, reloaded when it changes and on SIGHUP.
+    pub faults_file: Option<PathBuf>,
 }
 
 /// Everything a worker needs to know, validated.
@@ -87,6 +169,12 @@ pub struct Config {
     pub max_upstream_connections: usize,
     /// Tracing, unless `--no-traces`.
     pub trace: Option<TraceSettings>,
+    /// The admin endpoint and the rules file.
+    pub control: ControlSettings,
+    /// TLS material: listener, upstream verification, the MITM CA.
+    pub tls: TlsSettings,
+    /// OTLP export on its own thread (`--otlp-endpoint` or `OTEL_EXPORTER_OTLP_*ENDPOINT`).
+    pub export: Option<ExportSettings>,
 }
 
 /// Parses `250ms`, `3s`, `2m` or `1h` (a bare number is rejected: units are not guessed).

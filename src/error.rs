@@ -5,7 +5,7 @@
 
 use std::{fmt, io, net::SocketAddr, path::PathBuf};
 
-use crate::{fault::SpecError, trace::TraceError};
+use crate::{ca::CaError, fault::SpecError, net::tls::TlsFileError, trace::TraceError};
 
 /// Everything that stops the process before or while it serves.
 ///
@@ -46,8 +46,14 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
+    /// The admin endpoint of a running proxy could not be reached or failed (`faults`).
+    Admin(String),
     /// A worker thread panicked: always a bug.
     WorkerPanicked(usize),
+    /// A `--tls-cert`, `--tls-key` or `--upstream-ca` file that cannot be used.
+    TlsFile(TlsFileError),
+    /// The MITM CA could not be loaded or created.
+    Ca(CaError),
     /// The trace directory could not be created.
     TraceDir {
         /// The directory.
@@ -60,17 +66,22 @@ pub enum Error {
 impl Error {
     /// Whether the error is the user's input (exit status 2) rather than the environment (1).
     pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            Error::Config(_) | Error::Fault(_) | Error::Resolve { .. }
-        )
+        match self {
+            Error::Config(_)
+            | Error::Fault(_)
+            | Error::Resolve { .. }
+            | Error::TlsFile(_)
+            | Error::Ca(CaError::Invalid { .. }) => true,
+            Error::Trace(e) => e.is_bad_input(),
+            _ => false,
+        }
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Config(msg) => f.write_str(msg),
+            Error::Config(msg) | Error::Admin(msg) => f.write_str(msg),
             Error::Fault(e) => write!(f, "{e}"),
             Error::Resolve { authority, .. } => write!(f, "cannot resolve upstream {authority:?}"),
             Error::Bind { addr, .. } => write!(f, "cannot listen on {addr}"),
@@ -83,6 +94,8 @@ impl fmt::Display for Error {
             Error::TraceDir { path, .. } => {
                 write!(f, "cannot create the trace directory {}", path.display())
             }
+            Error::TlsFile(e) => write!(f, "{e}"),
+            Error::Ca(e) => write!(f, "{e}"),
         }
     }
 }
@@ -97,7 +110,9 @@ impl std::error::Error for Error {
             | Error::TraceDir { source, .. } => Some(source),
             Error::Fault(e) => Some(e),
             Error::Trace(e) => Some(e),
-            Error::Config(_) | Error::WorkerPanicked(_) => None,
+            Error::TlsFile(e) => Some(e),
+            Error::Ca(e) => Some(e),
+            Error::Config(_) | Error::Admin(_) | Error::WorkerPanicked(_) => None,
         }
     }
 }
@@ -111,5 +126,17 @@ impl From<SpecError> for Error {
 impl From<TraceError> for Error {
     fn from(e: TraceError) -> Self {
         Error::Trace(e)
+    }
+}
+
+impl From<TlsFileError> for Error {
+    fn from(e: TlsFileError) -> Self {
+        Error::TlsFile(e)
+    }
+}
+
+impl From<CaError> for Error {
+    fn from(e: CaError) -> Self {
+        Error::Ca(e)
     }
 }

@@ -5,12 +5,13 @@
 //! Data flows one way: transport → request head → fault decision → (delay | synthetic answer |
 //! upstream exchange) → response → trace record. Each module knows nothing of those after it.
 //! - [`cli`], [`config`], [`error`]: command line → validated [`config::Config`]; startup errors.
+//! - [`ca`]: the MITM certificate authority: load or create, sign per-host leaves.
 //! - [`http`]: pure HTTP/1.1: head parsing (httparse), request-target forms, body framing and
 //!   the streaming `BodyReader`, hop-by-hop headers, encoding.
 //! - [`fault`]: pure: the `--fault` grammar and the precompiled, allocation-free `FaultTable`.
 //! - [`trace`]: rkyv records, the per-core ring file, and the `traces`/`stats` readers.
-//! - `net`: monoio, no HTTP: the `Transport` (plain TCP) with cancelable reads and writes and
-//!   the idle check, the buffered `Conn` with deadlines, body `relay`, the buffer pool and the
+//! - [`net`]: monoio, no HTTP: the `Transport` (plain TCP or TLS, rustls driven sans-IO in
+//!   [`net::tls`]) with cancelable reads and writes and the idle check, the buffered `Conn` with deadlines, body `relay`, the buffer pool and the
 //!   precise delay `timer`.
 //! - `upstream`: the per-core pool keyed by destination identity (`Dest`), connect, resolve.
 //! - `exchange`: one client connection's exchanges, a file per phase: `request` → `decide`
@@ -20,6 +21,7 @@
 //! - `shutdown`: one worker's shutdown signal.
 //! - [`server`]: threads, runtimes, listeners, the accept loop and the tick, shutdown.
 //! - [`summary`]: the shutdown summary.
+//! - [`export`]: OTLP export of the rings' records as spans, on its own thread or as `export`.
 //!
 //! # Threading model
 //! The main thread parses the command line, compiles the fault table (with its synthetic
@@ -32,13 +34,16 @@
 //! snapshot it started with, so one exchange never sees two tables.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod error;
 mod exchange;
+pub mod export;
 pub mod fault;
 pub mod http;
-mod net;
+pub mod net;
 pub mod server;
 mod shutdown;
 pub mod summary;

@@ -6,7 +6,7 @@ use clap::Parser;
 use phantom_fast::{
     cli::{Cli, Command},
     error::Error,
-    server, trace,
+    export, server,
 };
 
 #[global_allocator]
@@ -16,17 +16,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => cli.run.into_config().and_then(server::run_until_signal),
-        Some(Command::Traces(args)) => {
-            let (format, follow) = (args.format.format(), args.follow);
-            let (dir, filter) = args.query.into_filter();
-            let mut out = std::io::stdout().lock();
-            trace::write_traces(&dir, &filter, format, follow, &mut out).map_err(Error::from)
-        }
-        Some(Command::Stats(args)) => {
-            let (dir, filter) = args.into_filter();
-            let mut out = std::io::stdout().lock();
-            trace::write_stats(&dir, &filter, &mut out).map_err(Error::from)
-        }
+        Some(Command::Traces(args)) => args.run(&mut std::io::stdout().lock()),
+        Some(Command::Stats(args)) => args.run_stats(&mut std::io::stdout().lock()),
+        Some(Command::Faults(args)) => args.run(&mut std::io::stdout().lock()),
+        Some(Command::Ca(args)) => args.run(&mut std::io::stdout().lock()),
+        Some(Command::Export(args)) => args
+            .into_parts()
+            .and_then(|(settings, dir, start)| export::run_until_signal(settings, &dir, start)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,22 +22,34 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
     config::{Config, Driver, Mode},
+    control::{
+        Admin, CompileFn, Compiled, Publisher, WorkerLink,
+        file::RulesFile,
+        listener,
+        rules::{LiveRule, default_id},
+    },
     error::Error,
     exchange::{self, Faults, Stats},
+    export::{ExportThread, Start},
     net::{timer::DelayTimer, transport::ECANCELED},
     summary::Summary,
-    trace::{TraceConfig, TraceWriter},
+    trace::{self, RingUsage, TraceConfig, TraceWriter},
     worker::Worker,
 };
 
-/// The generation of the fault table compiled from the command line.
-const STARTUP_GENERATION: u64 = 0;
+/// The generation of the fault table compiled from the command line (the control plane counts
+/// its edits from here).
+const STARTUP_GENERATION: u64 = 1;
 
 /// Listen backlog per worker (monoio's default is 1024; bursts of new connections need more).
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// How often a worker looks at the process-wide stop flag (not on the request path).
 const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// With a control plane, how often a worker also picks up a new fault snapshot and copies its
+/// counters for `/metrics`: a change answers within about this, so 100 edits a second apply.
+const CONTROL_TICK: Duration = Duration::from_millis(10);
 
 /// While at `--max-connections`, how long accepting pauses before looking again.
 const FULL_PAUSE: Duration = Duration::from_millis(5);
@@ -66,12 +78,25 @@ impl fmt::Display for UsedDriver {
     }
 }
 
+/// The admin thread's parts, built on the main thread by [`Server::bind`].
+struct ControlPlane {
+    admin: Admin<Faults>,
+    publisher: Publisher<Faults>,
+    /// `--admin`'s listener (absent with `--faults-file` alone).
+    listener: Option<std::net::TcpListener>,
+    file: Option<RulesFile>,
+}
+
 /// A bound, not yet running proxy.
 pub struct Server {
     config: Arc<Config>,
     faults: Arc<Faults>,
+    control: Option<ControlPlane>,
+    admin_addr: Option<SocketAddr>,
     listeners: Vec<std::net::TcpListener>,
     traces: Vec<Option<TraceWriter>>,
+    /// The rings' counters at startup: the summary reports what this run added.
+    trace_start: RingUsage,
     local_addr: SocketAddr,
     driver: UsedDriver,
 }
@@ -98,7 +123,22 @@ impl Server {
                 UsedDriver::Epoll
             }
         };
-        let faults = Arc::new(Faults::compile(&config.faults, STARTUP_GENERATION)?);
+        let (faults, control) = match bind_control(&config)? {
+            Some(control) => (control.publisher.latest().1, Some(control)),
+            None => (
+                Arc::new(Faults::compile(&config.faults, STARTUP_GENERATION)?),
+                None,
+            ),
+        };
+        let admin_addr = control
+            .as_ref()
+            .and_then(|c| c.listener.as_ref())
+            .map(|l| l.local_addr())
+            .transpose()
+            .map_err(|source| Error::Bind {
+                addr: config.control.admin.unwrap_or(config.listen),
+                source,
+            })?;
         let traces = match &config.trace {
             Some(settings) => {
                 let trace_config = TraceConfig {
@@ -106,9 +146,10 @@ impl Server {
                     capacity_bytes: settings.capacity_bytes,
                     reset: settings.reset,
                 };
-                (0..config.workers)
-                    .map(|i| TraceWriter::open(&trace_config, i).map(Some))
-                    .collect::<Result<Vec<_>, _>>()?
+                TraceWriter::open_all(&trace_config, config.workers)?
+                    .into_iter()
+                    .map(Some)
+                    .collect()
             }
             None => (0..config.workers).map(|_| None).collect(),
         };
@@ -121,11 +162,17 @@ impl Server {
                 .map_err(|source| Error::Bind { addr, source })?;
             listeners.push(listener);
         }
+        let trace_start = config.trace.as_ref().map_or_else(RingUsage::default, |t| {
+            trace::ring_usage(&t.dir, config.workers)
+        });
         Ok(Server {
             config: Arc::new(config),
             faults,
+            control,
+            admin_addr,
             listeners,
             traces,
+            trace_start,
             local_addr: addr,
             driver,
         })
@@ -134,6 +181,11 @@ impl Server {
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin endpoint's address, with `--admin`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The startup banner: address, mode, workers, driver, then the compiled fault rules.
@@ -155,6 +207,25 @@ impl Server {
             Some(t) => text.push_str(&format!("\n  traces → {}", t.dir.display())),
             None => text.push_str("\n  traces off"),
         }
+        if let Some(addr) = self.admin_addr {
+            text.push_str(&format!(
+                "\n  admin on http://{addr} (/metrics /ready /live /faults)"
+            ));
+        }
+        if let Some(path) = &self.config.control.faults_file {
+            text.push_str(&format!(
+                "\n  rules file {} (reloaded on change and SIGHUP)",
+                path.display()
+            ));
+        }
+        let forward = matches!(self.config.mode, Mode::Forward);
+        for line in self.config.tls.banner_lines(forward) {
+            text.push_str("\n  ");
+            text.push_str(&line);
+        }
+        if let Some(export) = &self.config.export {
+            text.push_str(&format!("\n  otlp → {}", export.endpoint.url));
+        }
         text
     }
 
@@ -166,22 +237,58 @@ impl Server {
         let Server {
             config,
             faults,
+            control,
             listeners,
             traces,
+            trace_start,
             driver,
             ..
         } = self;
+        let admin_exit = Arc::new(AtomicBool::new(false));
+        let (links, admin_thread) = match control {
+            Some(control) => {
+                let links: Vec<_> = (0..config.workers)
+                    .map(|i| Some(control.publisher.worker(i)))
+                    .collect();
+                let (stop, exit) = (Arc::clone(&stop), Arc::clone(&admin_exit));
+                let ControlPlane {
+                    admin,
+                    listener,
+                    file,
+                    ..
+                } = control;
+                let thread = std::thread::Builder::new()
+                    .name("pf-admin".into())
+                    .spawn(move || listener::serve(listener, admin, file, stop, exit))
+                    .map_err(|source| Error::Runtime {
+                        worker: config.workers,
+                        source,
+                    })?;
+                (links, Some(thread))
+            }
+            None => ((0..config.workers).map(|_| None).collect(), None),
+        };
         let resolver_pool = DefaultThreadPool::new(RESOLVER_THREADS);
         // Thread-per-core proper pins worker i to core i. With fewer workers than cores (e.g. one
         // worker beside a load generator) the scheduler places them better than a fixed pin.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let pin = config.workers >= cores;
         let started = Instant::now();
+        // The exporter reads the rings on its own thread, from what this run writes on.
+        let exporter = match (&config.export, &config.trace) {
+            (Some(export), Some(trace)) => Some(ExportThread::spawn(
+                export.clone(),
+                &trace.dir,
+                Start::Newest,
+            )?),
+            _ => None,
+        };
         let handles: Vec<_> = listeners
             .into_iter()
             .zip(traces)
+            .zip(links)
             .enumerate()
-            .map(|(index, (listener, trace))| {
+            .map(|(index, ((listener, trace), link))| {
                 let (config, faults, stop) =
                     (Arc::clone(&config), Arc::clone(&faults), Arc::clone(&stop));
                 let pool = resolver_pool.clone();
@@ -191,7 +298,12 @@ impl Server {
                         if pin && let Err(e) = monoio::utils::bind_to_cpu_set([index % cores]) {
                             eprintln!("phantom-fast: worker {index} not pinned to a core: {e}");
                         }
-                        run_worker(index, driver, config, faults, listener, trace, stop, pool)
+                        let io = WorkerIo {
+                            listener,
+                            trace,
+                            link,
+                        };
+                        run_worker(index, driver, config, faults, io, stop, pool)
                     })
                     .map_err(|source| Error::Runtime {
                         worker: index,
@@ -215,6 +327,19 @@ impl Server {
             }
         }
         summary.elapsed = started.elapsed();
+        admin_exit.store(true, Ordering::Release);
+        if let Some(thread) = admin_thread
+            && thread.join().is_err()
+        {
+            eprintln!("phantom-fast: the admin thread panicked (a bug: please report it)");
+        }
+        summary.traces = config
+            .trace
+            .as_ref()
+            .map(|t| trace::ring_usage(&t.dir, config.workers).since(trace_start));
+        if let Some(exporter) = exporter {
+            eprintln!("phantom-fast {}", exporter.finish().summary());
+        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(summary),
@@ -249,17 +374,78 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The control plane when `--admin` or `--faults-file` asks for it: the startup rules (the
+/// `--fault` rules, then the file's), the admin state with its publisher, the listener.
+///
+/// # Errors
+/// `Config` for a bad rules file (exit 2), `Bind` when the admin address is taken.
+fn bind_control(config: &Config) -> Result<Option<ControlPlane>, Error> {
+    let settings = &config.control;
+    if settings.admin.is_none() && settings.faults_file.is_none() {
+        return Ok(None);
+    }
+    let flags: Vec<LiveRule> = config
+        .faults
+        .iter()
+        .enumerate()
+        .map(|(index, rule)| LiveRule {
+            id: default_id(index),
+            rule: rule.clone(),
+            ramp: None,
+            schedule: None,
+        })
+        .collect();
+    let (file, startup) = match &settings.faults_file {
+        Some(path) => {
+            let (file, startup) = RulesFile::load(path, flags).map_err(Error::Config)?;
+            RulesFile::install_sighup()
+                .map_err(|e| Error::Config(format!("cannot install the SIGHUP handler: {e}")))?;
+            (Some(file), startup)
+        }
+        None => (None, flags),
+    };
+    let compile: CompileFn<Faults> =
+        Box::new(|c: Compiled<'_>| Faults::compile_with_ids(c.rules, c.ids, c.generation));
+    let (admin, publisher) = Admin::new(
+        config.workers,
+        startup,
+        compile,
+        settings.admin_token.clone(),
+    );
+    let listener = settings
+        .admin
+        .map(|addr| listener::bind(addr).map_err(|source| Error::Bind { addr, source }))
+        .transpose()?;
+    Ok(Some(ControlPlane {
+        admin,
+        publisher,
+        listener,
+        file,
+    }))
+}
+
+/// What one worker owns besides its share of the config: its listener, its ring, its link to
+/// the control plane.
+struct WorkerIo {
+    listener: std::net::TcpListener,
+    trace: Option<TraceWriter>,
+    link: Option<WorkerLink<Faults>>,
+}
+
 fn run_worker(
     index: usize,
     driver: UsedDriver,
     config: Arc<Config>,
     faults: Arc<Faults>,
-    listener: std::net::TcpListener,
-    trace: Option<TraceWriter>,
+    io: WorkerIo,
     stop: Arc<AtomicBool>,
     pool: DefaultThreadPool,
 ) -> Result<Stats, Error> {
+    let WorkerIo {
+        listener,
+        trace,
+        link,
+    } = io;
     let runtime_error = |source| Error::Runtime {
         worker: index,
         source,
@@ -273,12 +459,21 @@ fn run_worker(
             trace,
             timer,
         ));
-        serve_worker(Rc::clone(&worker), listener, stop, &faults).await?;
+        let control = link.is_some();
+        serve_worker(Rc::clone(&worker), listener, stop, link).await?;
         if let Some(trace) = worker.trace.borrow_mut().as_mut() {
             let _ = trace.flush();
         }
         let rules = worker.table.pin().table().len();
-        let stats = std::mem::replace(&mut *worker.stats.borrow_mut(), Stats::new(rules));
+        // With a control plane the rule set may have changed: the summary counts by id, as
+        // `/metrics` does.
+        let by_id = if control {
+            worker.rule_totals()
+        } else {
+            Vec::new()
+        };
+        let mut stats = std::mem::replace(&mut *worker.stats.borrow_mut(), Stats::new(rules));
+        stats.by_id = by_id;
         Ok::<Stats, std::io::Error>(stats)
     };
     match driver {
@@ -317,13 +512,13 @@ fn uring_runtime(
 }
 
 /// Accepts until stopped, then lets in-flight connections finish within the grace period.
-/// Each stop-poll tick also hands the worker the latest fault snapshot (`latest`: the startup
-/// one until a publisher exists).
+/// With a control plane, each tick also picks up the latest fault snapshot and reports the
+/// counters (the first tick runs before accepting: `/ready` waits for it).
 async fn serve_worker(
     worker: Rc<Worker>,
     listener: std::net::TcpListener,
     stop: Arc<AtomicBool>,
-    latest: &Arc<Faults>,
+    mut link: Option<WorkerLink<Faults>>,
 ) -> std::io::Result<()> {
     let listener = monoio::net::TcpListener::from_std(listener)?;
     let canceller = Canceller::new();
@@ -332,9 +527,19 @@ async fn serve_worker(
         listener,
         canceller.handle(),
     ));
+    let tick = if link.is_some() {
+        CONTROL_TICK
+    } else {
+        STOP_POLL
+    };
+    if let Some(link) = &mut link {
+        worker.tick(link);
+    }
     while !stop.load(Ordering::Relaxed) {
-        monoio::time::sleep(STOP_POLL).await;
-        worker.tick(latest);
+        monoio::time::sleep(tick).await;
+        if let Some(link) = &mut link {
+            worker.tick(link);
+        }
     }
     canceller.cancel();
     accepting.await;

@@ -8,9 +8,10 @@ use std::{fmt, time::Duration};
 use hdrhistogram::Histogram;
 
 use crate::{
+    control::{RuleCounters, metrics::add_counters},
     exchange::{Stats, latency_histogram},
     fault::{FaultRule, RuleStats},
-    trace::Outcome,
+    trace::{Outcome, RingUsage},
 };
 
 /// What all workers did, printed at shutdown.
@@ -21,10 +22,16 @@ pub struct Summary {
     pub outcomes: Vec<(&'static str, u64)>,
     /// Per fault rule: its canonical text and counts.
     pub rules: Vec<(String, RuleStats)>,
+    /// With a control plane (rules may have changed while serving): counts per rule id and
+    /// kind, as `/metrics` shows them; printed instead of `rules`.
+    pub by_id: Vec<RuleCounters>,
     /// Exchange durations in microseconds.
     pub latency_us: Histogram<u64>,
     /// Wall time served.
     pub elapsed: Duration,
+    /// Trace records written, overwritten by wrapping and dropped in this run (`None`:
+    /// `--no-traces`).
+    pub traces: Option<RingUsage>,
     /// Requests sent through unfaulted because `--max-active-faults` was reached.
     pub fault_overflow: u64,
 }
@@ -39,8 +46,10 @@ impl Summary {
                 .iter()
                 .map(|r| (r.to_string(), RuleStats::default()))
                 .collect(),
+            by_id: Vec::new(),
             latency_us: latency_histogram(),
             elapsed: Duration::ZERO,
+            traces: None,
             fault_overflow: 0,
         }
     }
@@ -55,6 +64,7 @@ impl Summary {
             total.matched += worker.matched;
             total.faulted += worker.faulted;
         }
+        add_counters(&mut self.by_id, stats.by_id.iter().cloned());
         let _ = self.latency_us.add(&stats.latency_us);
         self.fault_overflow += stats.fault_overflow;
     }
@@ -91,6 +101,16 @@ impl fmt::Display for Summary {
                 self.latency_us.max() as f64 / 1000.0
             )?;
         }
+        if !self.by_id.is_empty() {
+            for rule in &self.by_id {
+                writeln!(
+                    f,
+                    "  rule {} ({}): matched {}, faulted {}",
+                    rule.id, rule.kind, rule.matched, rule.injected
+                )?;
+            }
+            return Ok(());
+        }
         for (i, (spec, stats)) in self.rules.iter().enumerate() {
             writeln!(
                 f,
@@ -104,6 +124,9 @@ impl fmt::Display for Summary {
                 "  fault overflow (--max-active-faults): {}",
                 self.fault_overflow
             )?;
+        }
+        if let Some(traces) = &self.traces {
+            writeln!(f, "{}", traces.summary_line())?;
         }
         Ok(())
     }

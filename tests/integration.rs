@@ -3,7 +3,9 @@
 //!
 //! Each area is a module; `support` holds the proxy process, origins and the raw client.
 
+mod control;
 mod drivers;
+mod export;
 mod faults;
 mod faults_model;
 mod forward;
@@ -12,6 +14,10 @@ mod hostile;
 mod keepalive;
 mod regression;
 mod rejects;
+mod seccomp;
 mod support;
+mod tls;
 mod trace;
+mod trace_query;
+mod trace_survival;
 mod upstream_errors;

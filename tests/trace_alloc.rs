@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use phantom_fast::trace::{FaultHit, FaultKind, Outcome, TraceConfig, TraceEvent, TraceWriter};
+use phantom_fast::trace::{AppliedFault, FaultKind, Outcome, TraceConfig, TraceEvent, TraceWriter};
 
 #[path = "counting/mod.rs"]
 mod counting;
@@ -35,19 +35,36 @@ fn trace_writer_write_allocates_nothing_after_warm_up() {
     let body = [b'c'; 128];
     let client: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
     let upstream: SocketAddr = "127.0.0.1:3000".parse().expect("addr");
+    let faults = [
+        AppliedFault {
+            kind: FaultKind::Delay,
+            rule: 1,
+            rule_id: "r1",
+            spec: "delay:100ms:0.1",
+            value: 100_000_000,
+        },
+        AppliedFault {
+            kind: FaultKind::Error,
+            rule: 2,
+            rule_id: "refuse",
+            spec: "error:503",
+            value: 503,
+        },
+    ];
     let event = |i: u64| TraceEvent {
         trace_id: u128::from(i) << 64 | 1,
         span_id: i + 1,
         parent_span_id: i.is_multiple_of(2).then_some(i),
         start_unix_ns: 1_700_000_000_000_000_000 + i,
         duration_ns: 1000 + i,
+        upstream_connect_ns: 300,
         upstream_ttfb_ns: Some(500),
+        upstream_body_ns: 200,
         injected_delay_ns: 0,
-        fault: i.is_multiple_of(3).then_some(FaultHit {
-            rule: 1,
-            kind: FaultKind::Delay,
-            spec: "delay:100ms:0.1",
-        }),
+        generation: 4,
+        // None, one or several applied faults, as real traffic has.
+        faults: &faults[..(i % 3) as usize],
+        tls: None,
         method: b"GET",
         url: b"http://example.test/items/42",
         version: "HTTP/1.1",

@@ -14,6 +14,9 @@ use crate::{
 
 use super::{Next, Session, record::capture, request::RequestFacts};
 
+/// Names why the proxy answered an error itself, when it knows (a TLS handshake's reason).
+pub(super) const ERROR_REASON_HEADER: &str = "x-phantom-fast-error";
+
 /// Each error rule's synthetic responses, encoded once per snapshot so answering allocates
 /// nothing: per rule, the one for a keep-alive client and the one for a closing client (both
 /// empty for a delay rule).
@@ -189,7 +192,18 @@ impl Session<'_> {
     /// Sends a proxy-generated error and closes.
     pub(super) async fn answer_error(&mut self, status: u16) -> Next {
         self.out.clear();
-        http::encode::encode_error(status, &mut self.out);
+        match self.ex.error_reason {
+            // The reason in a header and as the body, so the client and the trace both say why.
+            Some(reason) => http::encode::encode_simple_response(
+                status,
+                "text/plain",
+                &[(ERROR_REASON_HEADER, reason.as_bytes())],
+                reason.as_bytes(),
+                false,
+                &mut self.out,
+            ),
+            None => http::encode::encode_error(status, &mut self.out),
+        }
         self.ex.status = status;
         self.ex.response_head_len = head_len(&self.out);
         self.response_body.clear();

@@ -5,6 +5,7 @@
 
 use std::{
     pin::pin,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -34,23 +35,86 @@ pub(crate) struct Faults {
     pub(super) synthetic: Synthetic,
     /// Which rule set this is; a replacement gets a different one.
     pub(crate) generation: u64,
+    /// Each rule's stable id (the `rule` label in `/metrics`), same order as the table.
+    pub(crate) ids: Vec<Arc<str>>,
+    /// Each rule's id as trace records name it: a given one, else `r<index>` from 0 (the
+    /// record schema's default; `ids` number defaults from `r1`).
+    pub(crate) trace_ids: Vec<String>,
 }
 
 impl Faults {
-    /// Compiles the rules and prebuilds each error rule's answers.
+    /// Compiles the rules and prebuilds each error rule's answers, with each rule's own id
+    /// (`id=NAME`) or its position's default (`r1` first).
     ///
     /// # Errors
     /// [`SpecError`] for a table that does not compile (a duplicate rule id, an unreadable
     /// `body=@PATH` file).
     pub(crate) fn compile(rules: &[FaultRule], generation: u64) -> Result<Faults, SpecError> {
         let table = FaultTable::compile(rules)?.with_generation(generation);
+        let ids = (0..table.len())
+            .map(|i| Arc::from(table.rule_id(i)))
+            .collect();
+        let specs = rules.iter().map(ToString::to_string).collect();
+        Ok(Faults::from_table(table, ids, specs, generation))
+    }
+
+    /// [`Faults::compile`] with the control plane's rule ids (`ids.len() == rules.len()`),
+    /// which win over a spec's own `id=`. The control plane's compile step cannot fail, so a
+    /// table that does not compile (a `body=@PATH` file gone since it was validated) is
+    /// reported and compiled with those bodies replaced by the reason.
+    pub(crate) fn compile_with_ids(
+        rules: &[FaultRule],
+        ids: &[Arc<str>],
+        generation: u64,
+    ) -> Faults {
+        let specs = rules.iter().map(ToString::to_string).collect();
+        let mut rules = rules.to_vec();
+        for (rule, id) in rules.iter_mut().zip(ids) {
+            rule.id = Some(id.to_string());
+        }
+        let table = FaultTable::compile(&rules).unwrap_or_else(|err| {
+            eprintln!("phantom-fast: {err}; serving that rule set without its body files");
+            for rule in &mut rules {
+                if let Some(crate::fault::Body::File(path)) = &rule.body {
+                    let reason = format!("phantom-fast: body file {path:?} unreadable");
+                    rule.body = Some(crate::fault::Body::Inline(reason.into_bytes()));
+                }
+            }
+            FaultTable::compile(&rules).unwrap_or_else(|err| {
+                eprintln!("phantom-fast: {err}; serving no rules");
+                FaultTable::compile(&[]).expect("an empty table always compiles")
+            })
+        });
+        let table = table.with_generation(generation);
+        Faults::from_table(table, ids.to_vec(), specs, generation)
+    }
+
+    fn from_table(
+        table: FaultTable,
+        ids: Vec<Arc<str>>,
+        specs: Vec<String>,
+        generation: u64,
+    ) -> Faults {
         let synthetic = Synthetic::compile(&table);
-        Ok(Faults {
+        let trace_ids = ids
+            .iter()
+            .enumerate()
+            .map(|(index, id)| {
+                if **id == *format!("r{}", index + 1) {
+                    format!("r{index}")
+                } else {
+                    id.to_string()
+                }
+            })
+            .collect();
+        Faults {
+            trace_ids,
+            specs,
             table,
-            specs: rules.iter().map(ToString::to_string).collect(),
             synthetic,
             generation,
-        })
+            ids,
+        }
     }
 
     /// The compiled table.
@@ -83,12 +147,12 @@ pub(super) fn decide_request(
         return (plan, false);
     }
     if let Some(max) = w.config.max_active_faults
-        && w.active_faults.get() >= max
+        && w.fault_holds.get() >= max
     {
         stats.fault_overflow += 1;
         return (FaultPlan::NONE, false);
     }
-    w.active_faults.set(w.active_faults.get() + 1);
+    w.fault_holds.set(w.fault_holds.get() + 1);
     (plan, true)
 }
 
@@ -97,14 +161,16 @@ impl Session<'_> {
     pub(super) fn release_fault_slot(&mut self) {
         if std::mem::take(&mut self.ex.holding) {
             self.w
-                .active_faults
-                .set(self.w.active_faults.get().saturating_sub(1));
+                .fault_holds
+                .set(self.w.fault_holds.get().saturating_sub(1));
         }
     }
 
     /// Sleeps for an injected delay while watching the client: `false` when it hung up.
     /// Bytes it sends meanwhile (a body, a pipelined request) are kept.
     pub(super) async fn delay(&mut self, delay: Duration) -> bool {
+        // Counted as "inside a fault" (`phantom_active_faults`) for the whole wait.
+        let _active = self.w.active_faults.enter();
         let deadline = Instant::now() + delay;
         let mut elapsed = pin!(self.w.timer.sleep_until(deadline));
         // The wheel deadline only backs up the precise one; it never ends the delay early.

@@ -5,7 +5,7 @@
 //! The response side is `response`'s.
 
 use std::{
-    net::SocketAddr,
+    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -16,6 +16,7 @@ use crate::{
     net::{
         Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, is_timeout, relay,
         relay::{Shape, Shaped, relay_shaped},
+        tls,
     },
     trace::Outcome,
     upstream::{self, Dest, Lease},
@@ -67,7 +68,8 @@ impl Failed {
     }
 }
 
-/// A failed connect: timed out is 504, anything else (refused, unreachable) 502.
+/// A failed connect: timed out is 504, anything else (refused, unreachable, a failed TLS
+/// handshake) 502.
 pub(super) fn connect_failure(e: &std::io::Error) -> (Outcome, u16) {
     if is_timeout(e) {
         (Outcome::UpstreamTimeout, 504)
@@ -76,18 +78,36 @@ pub(super) fn connect_failure(e: &std::io::Error) -> (Outcome, u16) {
     }
 }
 
+/// Why a TLS connect failed, for the answer and the trace: the handshake's reason, or the
+/// upstream closing during it. `None` for plain TCP failures and timeouts.
+pub(super) fn tls_failure(dest: &Dest, e: &std::io::Error) -> Option<&'static str> {
+    dest.tls.as_ref()?;
+    tls::failure_reason(e).or(match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => Some("upstream closed during the TLS handshake"),
+        _ => None,
+    })
+}
+
+/// The host of `host[:port]` or `[v6][:port]`, for SNI and certificate names.
+pub(super) fn host_of(authority: &str) -> &str {
+    let host = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => &authority[..i],
+        _ => authority,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 impl Session<'_> {
     /// Forwards the request upstream and relays the response.
     pub(super) async fn forward(&mut self, facts: RequestFacts) -> Next {
-        let addr = match self.destination(facts).await {
-            Ok(addr) => addr,
+        let dest = match self.destination(facts).await {
+            Ok(dest) => dest,
             Err(next) => return next,
         };
-        self.ex.upstream_addr = Some(addr);
-        let dest = Dest::plain(addr);
+        self.ex.upstream_addr = Some(dest.addr);
         let w = self.w;
         let deadline = Instant::now() + w.config.upstream_timeout;
-        let Some(lease) = upstream::acquire(&w.pool, &w.bufs, dest, deadline).await else {
+        let Some(lease) = upstream::acquire(&w.pool, &w.bufs, dest.clone(), deadline).await else {
             // Every allowed connection stayed busy for --upstream-timeout.
             self.ex.outcome = Outcome::UpstreamTimeout;
             return self.drain_then_error(facts, 504).await;
@@ -99,7 +119,7 @@ impl Session<'_> {
         loop {
             let mut up = match attempt.take() {
                 Some(conn) => conn,
-                None => match upstream::connect(addr, deadline).await {
+                None => match upstream::connect_dest(&dest, &w.config.tls, deadline).await {
                     Ok(transport) => Conn::new(transport, w.bufs.borrow_mut().get(READ_BUF_BYTES)),
                     Err(e) => return self.connect_failed(facts, dest, &e).await,
                 },
@@ -132,21 +152,38 @@ impl Session<'_> {
         dest: Dest,
         e: &std::io::Error,
     ) -> Next {
+        self.ex.error_reason = tls_failure(&dest, e);
         self.w.pool.borrow_mut().closed(dest);
         let (outcome, status) = connect_failure(e);
         self.ex.outcome = outcome;
         self.drain_then_error(facts, status).await
     }
 
-    /// The address the request goes to; `Err` with the exchange already answered.
-    async fn destination(&mut self, facts: RequestFacts) -> Result<SocketAddr, Next> {
+    /// Where the request goes (address, and TLS server name); `Err` with the exchange already
+    /// answered.
+    async fn destination(&mut self, facts: RequestFacts) -> Result<Dest, Next> {
         match (facts.target, &self.w.config.mode) {
-            (Target::Upstream, Mode::Reverse(up)) => Ok(up.addrs[0]),
+            (Target::Upstream, Mode::Reverse(up)) => Ok(match &self.w.upstream_name {
+                Some(name) => Dest::tls(up.addrs[0], Rc::clone(name)),
+                None => Dest::plain(up.addrs[0]),
+            }),
             (Target::Upstream, Mode::Forward) => Err(self.answer_error(400).await),
-            (Target::Authority { from, to }, _) => {
+            (Target::Mitm, _) => match &self.mitm {
+                Some(mitm) => Ok(Dest::tls(mitm.addr, Rc::clone(&mitm.name))),
+                None => Err(self.answer_error(400).await),
+            },
+            (Target::Authority { from, to, tls }, _) => {
                 let authority = std::str::from_utf8(&self.url[from..to]).unwrap_or("");
-                match upstream::resolve(&self.w.resolver, authority).await {
-                    Ok(addr) => Ok(addr),
+                let resolved = if tls && host_of(authority).len() == authority.len() {
+                    // `https://host/…`: the default port is 443 (RFC 9110 §4.2.2).
+                    let with_port = format!("{authority}:443");
+                    upstream::resolve(&self.w.resolver, &with_port).await
+                } else {
+                    upstream::resolve(&self.w.resolver, authority).await
+                };
+                match resolved {
+                    Ok(addr) if tls => Ok(Dest::tls(addr, Rc::from(host_of(authority)))),
+                    Ok(addr) => Ok(Dest::plain(addr)),
                     Err(_) => {
                         self.ex.outcome = Outcome::UpstreamError;
                         Err(self.drain_then_error(facts, 502).await)

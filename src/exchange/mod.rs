@@ -25,6 +25,7 @@ mod tunnel;
 use std::{
     net::SocketAddr,
     rc::Rc,
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -33,7 +34,7 @@ use monoio::net::TcpStream;
 use crate::{
     fault::{Answer, FaultPlan},
     http::Version,
-    net::{Conn, READ_BUF_BYTES, Transport},
+    net::{Conn, READ_BUF_BYTES, Transport, tls::TlsStream},
     trace::Outcome,
     worker::{Pinned, Worker},
 };
@@ -47,14 +48,36 @@ const VIA: (&str, &[u8]) = ("via", b"1.1 phantom-fast");
 /// Heads with at most this many headers parse with a small on-stack array (cheaper to clear).
 const SMALL_HEADERS: usize = 128;
 
+/// How long a closing TLS connection may take to send its `close_notify`.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
+
 /// Serves one client connection until it closes, errs, times out or shutdown ends it. The
-/// accept loop counted it in `worker.active`; this uncounts it.
+/// accept loop counted it in `worker.active`; this uncounts it. With `--tls-cert` the TLS
+/// handshake comes first, bounded by `--header-timeout` (a client that never finishes it, or
+/// speaks plain HTTP to the TLS port, gets an alert where one applies and a close).
 pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
-    let transport = Transport::Plain(stream);
-    let _ = transport.set_nodelay();
-    let mut session = Session::new(&worker, transport, peer);
-    while session.exchange().await == Next::KeepAlive {}
-    session.release();
+    let transport = match &worker.config.tls.listener {
+        None => Some(Transport::Plain(stream)),
+        Some(config) => {
+            let mut tls = TlsStream::server(stream, Arc::clone(config), Vec::new(), Vec::new());
+            let deadline = Instant::now() + worker.config.header_timeout;
+            match tls.handshake(deadline).await {
+                Ok(()) => Some(Transport::Tls(Box::new(tls))),
+                Err(_) => None,
+            }
+        }
+    };
+    if let Some(transport) = transport {
+        let _ = transport.set_nodelay();
+        let mut session = Session::new(&worker, transport, peer);
+        session.client_tls = worker.config.tls.listener.is_some();
+        while session.exchange().await == Next::KeepAlive {}
+        session
+            .client
+            .close(Instant::now() + CLOSE_NOTIFY_WAIT)
+            .await;
+        session.release();
+    }
     worker.active.set(worker.active.get() - 1);
 }
 
@@ -89,6 +112,15 @@ struct Exchange {
     response_body_len: u64,
     /// `out[..response_head_len]` is the response head as sent (0: none).
     response_head_len: usize,
+    /// Why the proxy answered an error itself, when it knows (a TLS handshake's reason).
+    error_reason: Option<&'static str>,
+}
+
+/// The real destination of an intercepted (`--mitm`) tunnel.
+struct MitmDest {
+    addr: SocketAddr,
+    /// SNI and the name its certificate is verified for: the client's SNI, else the CONNECT host.
+    name: Rc<str>,
 }
 
 /// One client connection and the buffers it reuses for every exchange.
@@ -115,6 +147,10 @@ pub(crate) struct Session<'w> {
     /// Exchanges answered on this connection.
     exchanges: u64,
     ex: Exchange,
+    /// The client speaks TLS to us (the https listener, or inside an intercepted tunnel).
+    client_tls: bool,
+    /// Set once a CONNECT tunnel was intercepted: every later request goes there.
+    mitm: Option<MitmDest>,
 }
 
 impl<'w> Session<'w> {
@@ -137,6 +173,8 @@ impl<'w> Session<'w> {
             shutdown_slot: w.shutdown.register(),
             exchanges: 0,
             ex: Exchange::new(Instant::now()),
+            client_tls: false,
+            mitm: None,
         };
         drop(bufs);
         session
@@ -271,6 +309,7 @@ impl Exchange {
             request_body_len: 0,
             response_body_len: 0,
             response_head_len: 0,
+            error_reason: None,
         }
     }
 }

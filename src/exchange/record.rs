@@ -6,8 +6,21 @@
 use hdrhistogram::Histogram;
 
 use crate::{
-    fault::{FaultKind, RuleStats},
-    trace::{self, FaultHit, Outcome, TraceEvent},
+    control::{DurationHistogram, RuleCounters},
+    fault::{self, DelayAt, FaultKind, FaultSource, MAX_APPLIED, RuleStats, Side},
+    trace::{self, AppliedFault, Outcome, TraceEvent},
+};
+
+/// The trace record's rule index for a fault from an `x-phantom-fault` header.
+const HEADER_RULE: u32 = u32::MAX;
+
+/// A blank slot of the on-stack list of applied faults.
+const EMPTY_FAULT: AppliedFault<'static> = AppliedFault {
+    kind: trace::FaultKind::Delay,
+    rule: 0,
+    rule_id: "",
+    spec: "",
+    value: 0,
 };
 
 use super::Session;
@@ -35,6 +48,17 @@ pub(crate) struct Stats {
     pub(crate) rules: Vec<RuleStats>,
     /// Total exchange duration in microseconds.
     pub(crate) latency_us: Histogram<u64>,
+    /// The same durations in `/metrics`' fixed buckets.
+    pub(crate) durations: DurationHistogram,
+    /// Upstream time to first byte, in `/metrics`' fixed buckets.
+    pub(crate) upstream_ttfb: DurationHistogram,
+    /// Injected delay per rule of the current table, nanoseconds (same order as `rules`).
+    pub(crate) delay_ns: Vec<u64>,
+    /// Trace records written.
+    pub(crate) trace_records: u64,
+    /// At shutdown, with a control plane: per-rule counters by id over every table used
+    /// (`rules` then only covers the last one).
+    pub(crate) by_id: Vec<RuleCounters>,
     /// Requests sent through unfaulted because `--max-active-faults` was reached.
     pub(crate) fault_overflow: u64,
 }
@@ -47,6 +71,11 @@ impl Stats {
             outcomes: [0; Outcome::ALL.len()],
             rules: vec![RuleStats::default(); rules],
             latency_us: latency_histogram(),
+            durations: DurationHistogram::default(),
+            upstream_ttfb: DurationHistogram::default(),
+            delay_ns: vec![0; rules],
+            trace_records: 0,
+            by_id: Vec::new(),
             fault_overflow: 0,
         }
     }
@@ -75,14 +104,12 @@ impl Session<'_> {
         };
         let decision = self.ex.decision;
         // The rule index is read against the snapshot this exchange pinned.
-        let fault = decision.primary_rule().map(|rule| FaultHit {
-            rule: rule as u32,
-            kind: match self.faults.table().rules()[rule].kind() {
-                FaultKind::Error => trace::FaultKind::Error,
-                _ => trace::FaultKind::Delay,
-            },
-            spec: &self.faults.specs[rule],
-        });
+        let mut faults = [EMPTY_FAULT; MAX_APPLIED];
+        let mut n = 0;
+        for (slot, applied) in faults.iter_mut().zip(decision.applied.as_slice()) {
+            *slot = self.trace_fault(applied);
+            n += 1;
+        }
         let method = self.request_head.get(..self.ex.method_len).unwrap_or(b"");
         let event = TraceEvent {
             trace_id: self.ex.trace_id,
@@ -90,9 +117,13 @@ impl Session<'_> {
             parent_span_id: self.ex.parent_span_id,
             start_unix_ns: self.ex.start_unix_ns,
             duration_ns: nanos(duration),
+            upstream_connect_ns: 0,
             upstream_ttfb_ns: self.ex.ttfb.map(nanos),
+            upstream_body_ns: 0,
             injected_delay_ns: decision.forward_delay_ns,
-            fault,
+            generation: self.faults.generation,
+            faults: &faults[..n],
+            tls: None,
             method,
             url: &self.url,
             version: self.ex.version.as_str(),
@@ -109,8 +140,52 @@ impl Session<'_> {
         };
         writer.write(&event);
         drop(trace);
+        self.w.stats.borrow_mut().trace_records += 1;
         self.request_head.clear();
         self.url.clear();
+    }
+
+    /// One applied fault as the trace record names it, read against the pinned snapshot.
+    fn trace_fault(&self, applied: &fault::AppliedFault) -> AppliedFault<'_> {
+        let (rule, rule_id, spec) = match applied.source {
+            FaultSource::Rule(rule) => {
+                let index = usize::from(rule);
+                (
+                    u32::from(rule),
+                    self.faults.trace_ids.get(index).map_or("", String::as_str),
+                    self.faults.specs.get(index).map_or("", String::as_str),
+                )
+            }
+            FaultSource::Header => (HEADER_RULE, "header", "x-phantom-fault"),
+        };
+        let request = applied.side == Side::Request;
+        let kind = match applied.kind {
+            FaultKind::Delay => match applied.at {
+                DelayAt::Forward => trace::FaultKind::Delay,
+                DelayAt::Head => trace::FaultKind::ResponseDelay,
+                DelayAt::Body => trace::FaultKind::BodyDelay,
+            },
+            FaultKind::Error => trace::FaultKind::Error,
+            FaultKind::Bandwidth | FaultKind::Dribble if request => {
+                trace::FaultKind::RequestThrottle
+            }
+            FaultKind::Bandwidth => trace::FaultKind::Throttle,
+            FaultKind::Dribble => trace::FaultKind::Dribble,
+            FaultKind::Truncate if request => trace::FaultKind::RequestTruncate,
+            FaultKind::Truncate => trace::FaultKind::Truncate,
+            FaultKind::Reset => trace::FaultKind::Reset,
+            FaultKind::Close => trace::FaultKind::Close,
+            FaultKind::Hang => trace::FaultKind::Hang,
+            FaultKind::Garbage => trace::FaultKind::Garbage,
+            FaultKind::SlowHead => trace::FaultKind::SlowHeaders,
+        };
+        AppliedFault {
+            kind,
+            rule,
+            rule_id,
+            spec,
+            value: applied.value,
+        }
     }
 
     /// The worker's counters for one exchange.
@@ -126,5 +201,20 @@ impl Session<'_> {
             .unwrap_or(u64::MAX)
             .max(1);
         stats.latency_us.saturating_record(micros);
+        stats.durations.record(duration);
+        if let Some(ttfb) = self.ex.ttfb {
+            stats.upstream_ttfb.record(ttfb);
+        }
+        // Each delay goes to the rule that drew it, and only while this exchange's table is
+        // still the worker's (the per-rule slices follow the current table).
+        if self.w.table.is_current(&self.faults) {
+            for applied in self.ex.decision.applied.as_slice() {
+                if let (FaultSource::Rule(rule), FaultKind::Delay) = (applied.source, applied.kind)
+                    && let Some(slot) = stats.delay_ns.get_mut(usize::from(rule))
+                {
+                    *slot = slot.saturating_add(applied.value);
+                }
+            }
+        }
     }
 }

@@ -23,8 +23,20 @@ use crate::fault::RequestView;
 pub(super) enum Target {
     /// The configured upstream (reverse mode).
     Upstream,
-    /// The authority to connect to (forward mode): `url[from..to]`.
-    Authority { from: usize, to: usize },
+    /// The authority to connect to (forward mode): `url[from..to]`; over TLS for an
+    /// absolute-form `https://` target.
+    Authority { from: usize, to: usize, tls: bool },
+    /// The real host of the intercepted (`--mitm`) tunnel this request came through, over TLS.
+    Mitm,
+}
+
+/// What routing needs to know of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RouteCtx {
+    /// Origin-form URLs get `https://`: the client spoke TLS to us, or the upstream is TLS.
+    pub(super) https: bool,
+    /// The request came through an intercepted CONNECT tunnel.
+    pub(super) mitm: bool,
 }
 
 /// What the proxy needs to know of a parsed request once its head buffer is released.
@@ -119,7 +131,11 @@ impl Session<'_> {
         let body = http::body::request_body_kind(&head)?;
         let method = head.method;
         let is_connect = method == "CONNECT";
-        let (target, origin_target) = route(&cfg.mode, &head, is_connect, &mut self.url)?;
+        let ctx = RouteCtx {
+            https: self.client_tls || self.w.upstream_name.is_some(),
+            mitm: self.mitm.is_some(),
+        };
+        let (target, origin_target) = route(&cfg.mode, &head, is_connect, ctx, &mut self.url)?;
         self.ex
             .start_trace(head.headers, &mut self.w.id_rng.borrow_mut());
         self.ex.method_len = method.len();
@@ -196,10 +212,14 @@ fn route<'b>(
     mode: &Mode,
     head: &RequestHead<'_, 'b>,
     is_connect: bool,
+    ctx: RouteCtx,
     url: &mut Vec<u8>,
 ) -> Result<(Target, &'b str), ParseError> {
     url.clear();
     let target = head.target;
+    if ctx.mitm {
+        return route_mitm(head, is_connect, url);
+    }
     match (mode, is_connect) {
         // RFC 9112 §3.2.3: CONNECT carries an authority-form target.
         (Mode::Forward, true) if target.contains('/') => Err(ParseError::Malformed),
@@ -209,6 +229,7 @@ fn route<'b>(
                 Target::Authority {
                     from: 0,
                     to: url.len(),
+                    tls: false,
                 },
                 "",
             ))
@@ -216,12 +237,16 @@ fn route<'b>(
         (Mode::Reverse(_), true) => Err(ParseError::Malformed),
         (mode, false) => match http::split_absolute_form(target) {
             // RFC 9112 §3.2.2: absolute-form; a proxy replaces Host with its authority.
-            Some(abs) if abs.scheme.eq_ignore_ascii_case("http") => {
+            Some(abs)
+                if abs.scheme.eq_ignore_ascii_case("http")
+                    || abs.scheme.eq_ignore_ascii_case("https") =>
+            {
                 url.extend_from_slice(target.as_bytes());
                 let from = abs.scheme.len() + "://".len();
                 let to = from + abs.authority.len();
+                let tls = abs.scheme.len() == "https".len();
                 let routed = match mode {
-                    Mode::Forward => Target::Authority { from, to },
+                    Mode::Forward => Target::Authority { from, to, tls },
                     Mode::Reverse(_) => Target::Upstream,
                 };
                 Ok((routed, abs.path))
@@ -235,7 +260,7 @@ fn route<'b>(
                     Mode::Forward => b"",
                 };
                 let host = http::headers::header(head.headers, "host").unwrap_or(authority);
-                url.extend_from_slice(b"http://");
+                url.extend_from_slice(if ctx.https { b"https://" } else { b"http://" });
                 url.extend_from_slice(host);
                 url.extend_from_slice(target.as_bytes());
                 Ok((Target::Upstream, target))
@@ -243,6 +268,32 @@ fn route<'b>(
             None => Err(ParseError::Malformed),
         },
     }
+}
+
+/// Inside an intercepted tunnel every request goes to the tunnel's host, over TLS; its URL is
+/// `https://` + `Host` + the origin-form target (absolute-form is taken as it is).
+fn route_mitm<'b>(
+    head: &RequestHead<'_, 'b>,
+    is_connect: bool,
+    url: &mut Vec<u8>,
+) -> Result<(Target, &'b str), ParseError> {
+    let target = head.target;
+    if is_connect {
+        return Err(ParseError::Malformed);
+    }
+    if let Some(abs) = http::split_absolute_form(target) {
+        url.extend_from_slice(target.as_bytes());
+        return Ok((Target::Mitm, abs.path));
+    }
+    if !target.starts_with('/') {
+        return Err(ParseError::Malformed);
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request has a Host; inside TLS it names the tunnel's host.
+    let host = http::headers::header(head.headers, "host").ok_or(ParseError::Malformed)?;
+    url.extend_from_slice(b"https://");
+    url.extend_from_slice(host);
+    url.extend_from_slice(target.as_bytes());
+    Ok((Target::Mitm, target))
 }
 
 impl Exchange {
@@ -283,7 +334,8 @@ impl UpstreamHead<'_, '_, '_> {
     ) {
         let headers = self.head.headers;
         let host: Option<&[u8]> = match (&cfg.mode, self.facts.target) {
-            (_, Target::Authority { from, to }) => Some(&url[from..to]),
+            (_, Target::Authority { from, to, .. }) => Some(&url[from..to]),
+            (_, Target::Mitm) => None,
             (Mode::Reverse(up), _) => match &up.host_override {
                 Some(h) => Some(h.as_bytes()),
                 None if http::headers::header(headers, "host").is_none() => {

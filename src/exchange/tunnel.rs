@@ -1,11 +1,15 @@
 //! `CONNECT` tunnels: the proxy connects, answers 200, then bytes go both ways between the
 //! client and the upstream until both sides close (or neither speaks for `--idle-timeout`).
+//! With `--mitm`, a tunnel whose client starts TLS is intercepted instead: the client's TLS is
+//! terminated with a leaf for its SNI name (signed by our CA), and the connection goes on as
+//! HTTP/1.1 exchanges, each one forwarded over verified TLS to the real host.
 //!
-//! After the 200 it knows no HTTP: the tunnel carries whatever the client speaks.
+//! An opaque tunnel knows no HTTP after the 200: it carries whatever the client speaks.
 
 use std::{
     cell::Cell,
     future::pending,
+    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -15,20 +19,40 @@ use monoio::{
 };
 
 use crate::{
+    ca::Ca,
     net::{
         Conn, READ_BUF_BYTES, Transport,
+        tls::{self, LazyServer},
         transport::{Cancel, is_timeout, until, write_all},
     },
     trace::Outcome,
     upstream,
 };
 
-use super::{Next, Session, forward::connect_failure, request::RequestFacts, request::Target};
+use super::{
+    MitmDest, Next, Session,
+    forward::{connect_failure, host_of},
+    request::RequestFacts,
+    request::Target,
+};
+
+/// The first byte of a TLS record carrying a handshake message (RFC 8446 §5.1): a ClientHello.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// What became of a tunnel offered for interception.
+enum Intercept {
+    /// The client spoke TLS and now speaks HTTP inside it: serve its requests.
+    Intercepted,
+    /// Not TLS (or nothing said): keep the tunnel opaque.
+    Opaque,
+    /// The client left, or failed the TLS handshake (e.g. it does not trust our CA).
+    Ended,
+}
 
 impl Session<'_> {
     /// `CONNECT`: connects, answers 200 and splices bytes both ways until either side closes.
     pub(super) async fn tunnel(&mut self, facts: RequestFacts) -> Next {
-        let Target::Authority { from, to } = facts.target else {
+        let Target::Authority { from, to, .. } = facts.target else {
             return self.answer_error(400).await;
         };
         let w = self.w;
@@ -38,6 +62,12 @@ impl Session<'_> {
             return self.answer_error(502).await;
         };
         self.ex.upstream_addr = Some(addr);
+        let mitm_host = w
+            .config
+            .tls
+            .mitm
+            .is_some()
+            .then(|| host_of(authority).to_owned());
         let deadline = Instant::now() + w.config.upstream_timeout;
         let transport = match upstream::connect(addr, deadline).await {
             Ok(transport) => transport,
@@ -59,11 +89,73 @@ impl Session<'_> {
             self.record();
             return Next::Close;
         }
+        if let (Some(ca), Some(host)) = (w.config.tls.mitm.as_ref(), mitm_host) {
+            match self.intercept(ca, addr, &host).await {
+                Intercept::Intercepted => {
+                    self.record();
+                    return Next::KeepAlive;
+                }
+                Intercept::Ended => {
+                    self.record();
+                    return Next::Close;
+                }
+                Intercept::Opaque => {}
+            }
+        }
         let mut up = Conn::new(transport, w.bufs.borrow_mut().get(READ_BUF_BYTES));
         self.pump_tunnel(&mut up).await;
         self.release_conn(up);
         self.record();
         Next::Close
+    }
+
+    /// `--mitm`: waits (up to `--header-timeout`) for the client's first byte; a TLS handshake
+    /// record is intercepted (leaf for the SNI name, else the CONNECT host), anything else or
+    /// silence (a server-speaks-first protocol) stays an opaque tunnel.
+    async fn intercept(&mut self, ca: &Ca, addr: std::net::SocketAddr, host: &str) -> Intercept {
+        let w = self.w;
+        let deadline = Instant::now() + w.config.header_timeout;
+        if self.client.buffered().is_empty() {
+            match self.client.fill(READ_BUF_BYTES, deadline).await {
+                Ok(0) => return Intercept::Ended,
+                Ok(_) => {}
+                Err(e) if is_timeout(&e) => return Intercept::Opaque,
+                Err(_) => return Intercept::Ended,
+            }
+        }
+        if self.client.buffered().first() != Some(&TLS_HANDSHAKE_RECORD) {
+            return Intercept::Opaque;
+        }
+        let early = self.client.buffered().to_vec();
+        self.client.consume(early.len());
+        let Some(Transport::Plain(tcp)) = self.client.take_transport() else {
+            return Intercept::Ended;
+        };
+        let Ok(hello) = LazyServer::read_hello(tcp, early, Vec::new(), deadline).await else {
+            return Intercept::Ended;
+        };
+        let name: Rc<str> = Rc::from(hello.server_name().unwrap_or(host));
+        let Ok(leaf) = w.leaves.borrow_mut().get_or_sign(ca, &name) else {
+            return Intercept::Ended;
+        };
+        let Ok(mut stream) = hello.into_stream(leaf) else {
+            return Intercept::Ended;
+        };
+        if let Err(e) = stream.handshake(deadline).await {
+            // Most often the client does not trust our CA (its alert says so).
+            self.ex.error_reason = tls::failure_reason(&e);
+            self.ex.outcome = Outcome::ClientClosed;
+            return Intercept::Ended;
+        }
+        let fresh = Conn::new(
+            Transport::Tls(Box::new(stream)),
+            w.bufs.borrow_mut().get(READ_BUF_BYTES),
+        );
+        let plain = std::mem::replace(&mut self.client, fresh);
+        self.release_conn(plain);
+        self.client_tls = true;
+        self.mitm = Some(MitmDest { addr, name });
+        Intercept::Intercepted
     }
 
     /// Moves the bytes: first those the client sent right behind its `CONNECT` head (they

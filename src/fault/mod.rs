@@ -14,6 +14,7 @@ mod dist;
 mod matcher;
 mod plan;
 mod rule;
+pub mod schedule;
 mod spec;
 mod table;
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::rule::FaultKind;
+use super::rule::{DelayAt, FaultKind, Side};
 
 /// Most faults one plan records for the trace record; a further applied fault still acts but is
 /// only counted in [`AppliedFaults::dropped`]. Eight covers every slot of a plan at once.
@@ -27,6 +27,10 @@ pub struct AppliedFault {
     pub source: FaultSource,
     /// What it does.
     pub kind: FaultKind,
+    /// Where a delay happened (`Forward` for every other kind).
+    pub at: DelayAt,
+    /// Which body a shaping fault applied to (`Response` for every other kind).
+    pub side: Side,
     /// The sampled or configured value, in the kind's unit: nanoseconds for delays, dribble and
     /// slow heads; the status for errors; bytes per second for bandwidth; bytes (or parts per
     /// million of the body, see [`Limit`]) for truncate; bytes for `reset:after=`; 0 otherwise.
@@ -48,6 +52,8 @@ impl AppliedFaults {
         items: [AppliedFault {
             source: FaultSource::Header,
             kind: FaultKind::Delay,
+            at: DelayAt::Forward,
+            side: Side::Response,
             value: 0,
         }; MAX_APPLIED],
         len: 0,
@@ -281,6 +287,8 @@ mod tests {
         AppliedFault {
             source: FaultSource::Rule(rule),
             kind: FaultKind::Delay,
+            at: DelayAt::Forward,
+            side: Side::Response,
             value: 1,
         }
     }

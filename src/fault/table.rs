@@ -262,9 +262,18 @@ impl Action {
                 (FaultKind::SlowHead, ns)
             }
         };
+        let (at, side) = match self {
+            Action::Delay { at, .. } => (at, Side::Response),
+            Action::Bandwidth { side, .. }
+            | Action::Dribble { side, .. }
+            | Action::Truncate { side, .. } => (DelayAt::Forward, side),
+            _ => (DelayAt::Forward, Side::Response),
+        };
         plan.applied.push(AppliedFault {
             source,
             kind,
+            at,
+            side,
             value,
         });
         true
@@ -1089,6 +1098,8 @@ mod tests {
             AppliedFault {
                 source: FaultSource::Rule(1),
                 kind: FaultKind::Delay,
+                at: DelayAt::Head,
+                side: Side::Response,
                 value: 5_000_000,
             }
         );

@@ -59,12 +59,20 @@ impl Conn {
 
     /// Whether an idle connection can carry a new request: still open, nothing unread, and
     /// nothing waiting in the transport ([`Transport::is_idle_clean`]).
-    pub(crate) fn is_idle_clean(&self) -> bool {
+    pub(crate) fn is_idle_clean(&mut self) -> bool {
         self.buffered().is_empty()
             && self
                 .transport
-                .as_ref()
+                .as_mut()
                 .is_some_and(Transport::is_idle_clean)
+    }
+
+    /// Ends the transport politely (a TLS `close_notify`) before `deadline`; the connection
+    /// stays usable only for [`Conn::into_buf`].
+    pub(crate) async fn close(&mut self, deadline: Instant) {
+        if let Some(transport) = self.transport.as_mut() {
+            transport.close(deadline).await;
+        }
     }
 
     /// Bytes read and not yet consumed.

@@ -2,7 +2,8 @@
 //! the buffer pool and the precise delay timer. No HTTP beyond following a body's framing.
 //!
 //! # Layout
-//! - `transport`: plain TCP (TLS later) with cancelable reads and writes and the idle check.
+//! - `transport`: plain TCP or TLS with cancelable reads and writes and the idle check.
+//! - [`tls`]: rustls driven sans-IO over the connection's own buffers; TLS material at startup.
 //! - `conn`: one read buffer threaded through rent I/O, deadlines on every op.
 //! - `relay`: a body from one connection to another.
 //! - `bufpool`: the per-core buffer pool.
@@ -12,6 +13,7 @@ pub(crate) mod bufpool;
 pub(crate) mod conn;
 pub(crate) mod relay;
 pub(crate) mod timer;
+pub mod tls;
 pub(crate) mod transport;
 
 pub(crate) use bufpool::BufPool;

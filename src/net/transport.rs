@@ -1,11 +1,12 @@
-//! The byte stream under a connection: plain TCP today (TLS joins as another variant), with
-//! reads and writes that end at a deadline by cancelling the op and awaiting it, and the
-//! idle-connection check.
+//! The byte stream under a connection: plain TCP or TLS ([`TlsStream`]), with reads and writes
+//! that end at a deadline by cancelling the op and awaiting it, and the idle-connection check.
 //!
-//! It knows no HTTP and keeps no buffer of its own: `conn` owns the read buffer.
+//! It knows no HTTP and keeps no plaintext buffer of its own: `conn` owns the read buffer (a
+//! TLS stream keeps its ciphertext buffers).
 
 use std::{future::Future, io, os::fd::AsRawFd, pin::pin, time::Instant};
 
+use super::tls::TlsStream;
 use monoio::{
     buf::{IoBuf, IoBufMut, Slice},
     io::{CancelHandle, CancelableAsyncReadRent, CancelableAsyncWriteRent, Canceller},
@@ -19,6 +20,8 @@ pub(crate) const ECANCELED: i32 = libc::ECANCELED;
 pub(crate) enum Transport {
     /// Cleartext TCP.
     Plain(TcpStream),
+    /// TLS over TCP (boxed: a session is a few KiB, a plain stream a few bytes).
+    Tls(Box<TlsStream>),
 }
 
 impl Transport {
@@ -43,6 +46,8 @@ impl Transport {
                 let read = stream.cancelable_read(buf, canceller.handle());
                 until(read, canceller, deadline, stop).await
             }
+            // The TLS stream cancels (and awaits) its own socket reads.
+            Transport::Tls(tls) => tls.read_buf(buf, deadline, stop).await,
         }
     }
 
@@ -61,39 +66,59 @@ impl Transport {
     ) -> (io::Result<()>, T) {
         match self {
             Transport::Plain(stream) => write_all(stream, canceller, data, deadline).await,
+            Transport::Tls(tls) => {
+                // SAFETY: IoBuf's contract: `read_ptr` is valid for `bytes_init` bytes, and
+                // `data` is neither moved nor mutated while the slice lives (until the await
+                // below completes; `data` is returned after it).
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(data.read_ptr(), data.bytes_init()) };
+                let res = tls.write_all(bytes, deadline).await;
+                (res, data)
+            }
+        }
+    }
+
+    /// Ends the stream politely: a TLS `close_notify` (best effort, before `deadline`); nothing
+    /// for plain TCP (dropping it closes it).
+    pub(crate) async fn close(&mut self, deadline: Instant) {
+        if let Transport::Tls(tls) = self {
+            let _ = tls.close(deadline).await;
         }
     }
 
     /// Whether an idle connection can carry a new request: still open and no unsolicited bytes
     /// waiting (an upstream that wrote past its response would otherwise have those bytes taken
-    /// as the next response). One non-blocking `MSG_PEEK`.
-    pub(crate) fn is_idle_clean(&self) -> bool {
+    /// as the next response). Plain: one non-blocking `MSG_PEEK`. TLS: waiting records are read
+    /// without blocking and absorbed when they are only session tickets
+    /// ([`TlsStream::is_idle_clean`]); a `close_notify` says no.
+    pub(crate) fn is_idle_clean(&mut self) -> bool {
         match self {
             Transport::Plain(stream) => socket_is_quiet(stream),
+            Transport::Tls(tls) => tls.is_idle_clean(),
         }
     }
 
     /// Makes closing this connection send RST instead of FIN (`SO_LINGER` on with a zero
     /// timeout): the `reset` fault. Best effort; a failed `setsockopt` leaves a normal close.
     pub(crate) fn reset_on_close(&self) {
-        match self {
-            Transport::Plain(stream) => {
-                let linger = libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                };
-                // SAFETY: the fd is owned by `stream` and alive for the call; `linger` is a valid
-                // `struct linger` of the size passed.
-                unsafe {
-                    libc::setsockopt(
-                        stream.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_LINGER,
-                        (&raw const linger).cast(),
-                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                    );
-                }
-            }
+        let fd = match self {
+            Transport::Plain(stream) => stream.as_raw_fd(),
+            Transport::Tls(tls) => tls.raw_fd(),
+        };
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: the fd is owned by this transport and alive for the call; `linger` is a valid
+        // `struct linger` of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
         }
     }
 
@@ -104,6 +129,7 @@ impl Transport {
     pub(crate) fn set_nodelay(&self) -> io::Result<()> {
         match self {
             Transport::Plain(stream) => stream.set_nodelay(true),
+            Transport::Tls(tls) => tls.set_nodelay(),
         }
     }
 }

@@ -1,15 +1,20 @@
 //! Request tracing: every answered request becomes one rkyv record appended by the worker that
 //! served it to its own memory-mapped ring file `<dir>/core-<worker>.ring`; the `traces` and
-//! `stats` commands read all rings of a directory back.
+//! `stats` commands, and exporters, read all rings of a directory back.
 //!
-//! It does no network I/O and uses no async runtime: the proxy calls [`TraceWriter::write`]
-//! after a response is sent, and the CLI calls [`write_traces`] / [`write_stats`].
+//! It does no network I/O, parses no command line and uses no async runtime: the exchange calls
+//! [`TraceWriter::write`] after a response is sent, the CLI calls [`write_traces`] /
+//! [`write_stats`], exporters follow the rings with [`Tail`].
 //!
 //! # Files
 //! - `record.rs`: the record ([`TraceEvent`], borrowed when written, [`ArchivedTraceEvent`] when
-//!   read) and W3C `traceparent` parsing/encoding.
-//! - `ring.rs`: the ring file: framing, wrap-around, crash recovery, concurrent readers.
-//! - `query.rs`: merging the rings of a directory, filters, JSON Lines / table / stats output.
+//!   read, stamped with [`RECORD_SCHEMA`]) and W3C `traceparent` parsing/encoding.
+//! - `ring.rs`: the ring file: framing, wrap-around, crash recovery, concurrent readers, space
+//!   reserved up front, replacement by rename.
+//! - `tail.rs`: following the rings of a directory as they grow, are added and are replaced.
+//! - `query.rs`: all rings merged, filters, `traces get`, `traces clear`, stats.
+//! - `render.rs`: JSON Lines, JSON and table output; header redaction.
+//! - `ledger.rs`: a record's duration split into injected, upstream and proxy overhead.
 
 use std::fmt;
 use std::io;
@@ -19,16 +24,26 @@ use rkyv::rancor::Failure;
 use rkyv::ser::allocator::Arena;
 use rkyv::util::AlignedVec;
 
+pub mod ledger;
 mod query;
 mod record;
+mod render;
 mod ring;
+pub mod tail;
 
-pub use query::{Filter, Format, StatusFilter, parse_status_filter, write_stats, write_traces};
-pub use record::{
-    ArchivedFaultHit, ArchivedFaultKind, ArchivedOutcome, ArchivedTraceEvent, FaultHit, FaultKind,
-    Outcome, TraceEvent, encode_traceparent, parse_traceparent, random_span_id, random_trace_id,
+pub use ledger::{Ledger, LedgerSummary};
+pub use query::{
+    Filter, StatusFilter, TimeBound, clear_traces, write_record, write_stats, write_traces,
+    write_traces_with,
 };
-pub use ring::{AppendError, Cursor, MIN_RING_BYTES, RingReader, RingWriter};
+pub use record::{
+    AppliedFault, ArchivedAppliedFault, ArchivedFaultKind, ArchivedOutcome, ArchivedTlsFacts,
+    ArchivedTraceEvent, FaultKind, Outcome, RECORD_SCHEMA, TlsFacts, TraceEvent,
+    encode_traceparent, parse_traceparent, random_span_id, random_trace_id,
+};
+pub use render::{DEFAULT_REDACTED_HEADERS, Format, RenderOptions};
+pub use ring::{AppendError, Cursor, MIN_RING_BYTES, RingLock, RingReader, RingUsage, RingWriter};
+pub use tail::{Start, Tail, TailRecord};
 
 /// Default `--trace-capacity`: bytes per ring file (one per worker).
 pub const DEFAULT_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
@@ -45,11 +60,12 @@ pub struct TraceConfig {
     pub dir: PathBuf,
     /// Size of each ring file in bytes (at least [`MIN_RING_BYTES`]).
     pub capacity_bytes: u64,
-    /// Discard existing rings instead of appending to them (`--trace-reset`).
+    /// Replace existing rings with fresh ones instead of appending to them (`--trace-reset`).
     pub reset: bool,
 }
 
-/// An error opening or reading trace rings. Every variant except `Output` names the file.
+/// An error opening or reading trace rings. Every variant except `Output` names the file or
+/// directory.
 #[derive(Debug)]
 pub enum TraceError {
     /// The file or directory could not be created, opened, sized, mapped or listed.
@@ -59,15 +75,43 @@ pub enum TraceError {
         /// The underlying error.
         source: io::Error,
     },
-    /// The file is not a ring of this format, or is damaged beyond skipping records.
+    /// The file is not a ring of this format, is damaged beyond skipping records, or another
+    /// process writes it.
     Format {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
         what: &'static str,
     },
+    /// The filesystem cannot hold the rings (bad input: exit status 2).
+    NoSpace {
+        /// The trace directory.
+        dir: PathBuf,
+        /// How many rings were to be reserved (the workers).
+        rings: usize,
+        /// Bytes of each ring file.
+        ring_bytes: u64,
+        /// Bytes free for us on the filesystem.
+        free: u64,
+    },
+    /// `traces get`: no record has this span id.
+    NotFound {
+        /// The trace directory.
+        dir: PathBuf,
+        /// The span id asked for.
+        span_id: u64,
+    },
+    /// An operation refused as asked (e.g. `traces clear` without `--yes`).
+    Refused(String),
     /// Writing the rendered output failed (e.g. a closed pipe).
     Output(io::Error),
+}
+
+impl TraceError {
+    /// Whether this is the user's input or setup to change (exit status 2).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, TraceError::NoSpace { .. })
+    }
 }
 
 impl fmt::Display for TraceError {
@@ -75,6 +119,28 @@ impl fmt::Display for TraceError {
         match self {
             TraceError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             TraceError::Format { path, what } => write!(f, "{}: {what}", path.display()),
+            TraceError::NoSpace {
+                dir,
+                rings,
+                ring_bytes,
+                free,
+            } => write!(
+                f,
+                "{}: no room for the trace rings: {rings} × {} = {} needed, {} free \
+                 (lower --trace-capacity or --workers, free space, or --no-traces)",
+                dir.display(),
+                Bytes(*ring_bytes),
+                Bytes(ring_bytes.saturating_mul(*rings as u64)),
+                Bytes(*free),
+            ),
+            TraceError::NotFound { dir, span_id } => {
+                write!(
+                    f,
+                    "no record with span id {span_id:016x} in {}",
+                    dir.display()
+                )
+            }
+            TraceError::Refused(why) => f.write_str(why),
             TraceError::Output(source) => write!(f, "writing trace output: {source}"),
         }
     }
@@ -84,8 +150,28 @@ impl std::error::Error for TraceError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             TraceError::Io { source, .. } | TraceError::Output(source) => Some(source),
-            TraceError::Format { .. } => None,
+            _ => None,
         }
+    }
+}
+
+/// A byte count for people: `16 MiB`, `1.5 GiB`, `900 bytes`.
+struct Bytes(u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        for (unit, size) in UNITS {
+            if self.0 >= size {
+                let value = self.0 as f64 / size as f64;
+                return if self.0.is_multiple_of(size) {
+                    write!(f, "{} {unit}", self.0 / size)
+                } else {
+                    write!(f, "{value:.1} {unit}")
+                };
+            }
+        }
+        write!(f, "{} bytes", self.0)
     }
 }
 
@@ -102,20 +188,22 @@ pub struct TraceWriter {
     scratch: AlignedVec,
     /// Reused rkyv scratch allocator.
     arena: Arena,
-    /// Records that could not be written (larger than the ring).
-    dropped: u64,
+    /// Overwritten/dropped counts when the writer was opened, for [`TraceWriter::usage`].
+    opened: RingUsage,
 }
 
 impl TraceWriter {
     /// Creates or reopens `<cfg.dir>/core-<worker>.ring` (creating `cfg.dir` if missing).
     /// A reopened ring is validated and appended to after its last valid record, continuing
-    /// its sequence numbers; `cfg.reset` discards it instead.
+    /// its sequence numbers; `cfg.reset` replaces it with a fresh one instead.
     ///
     /// # Errors
-    /// [`TraceError::Io`] naming the directory or file when it cannot be created, opened or
-    /// mapped; [`TraceError::Format`] naming the file when it is not a ring of this format
-    /// (foreign, truncated, damaged header), when its capacity differs from
-    /// `cfg.capacity_bytes`, or when that is below [`MIN_RING_BYTES`].
+    /// [`TraceError::NoSpace`] when the filesystem cannot hold the ring; [`TraceError::Io`]
+    /// naming the directory or file when it cannot be created, opened or mapped;
+    /// [`TraceError::Format`] naming the file when it is not a ring of this format (foreign,
+    /// truncated, damaged header, another release), when its capacity differs from
+    /// `cfg.capacity_bytes`, when that is below [`MIN_RING_BYTES`], or when another process
+    /// writes it.
     pub fn open(cfg: &TraceConfig, worker: usize) -> Result<TraceWriter, TraceError> {
         std::fs::create_dir_all(&cfg.dir).map_err(|source| TraceError::Io {
             path: cfg.dir.clone(),
@@ -123,25 +211,89 @@ impl TraceWriter {
         })?;
         let ring = RingWriter::open(&ring_path(&cfg.dir, worker), cfg.capacity_bytes, cfg.reset)?;
         Ok(TraceWriter {
+            opened: ring.usage(),
             ring,
             scratch: AlignedVec::with_capacity(SCRATCH_BYTES),
             arena: Arena::new(),
-            dropped: 0,
         })
     }
 
+    /// Opens the rings of `workers` workers ([`TraceWriter::open`] each), after checking that
+    /// the filesystem can hold them all: a ring that cannot fit fails here, at startup, never
+    /// on a write.
+    ///
+    /// # Errors
+    /// [`TraceError::NoSpace`] naming the directory, the space needed (workers × capacity) and
+    /// the space free; otherwise as [`TraceWriter::open`].
+    pub fn open_all(cfg: &TraceConfig, workers: usize) -> Result<Vec<TraceWriter>, TraceError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| TraceError::Io {
+            path: cfg.dir.clone(),
+            source,
+        })?;
+        ring::remove_stale_temp_rings(&cfg.dir);
+        let no_space = |free| TraceError::NoSpace {
+            dir: cfg.dir.clone(),
+            rings: workers,
+            ring_bytes: cfg.capacity_bytes,
+            free,
+        };
+        if let Some(free) = ring::free_bytes_at(&cfg.dir) {
+            // A ring kept (no reset) already holds its blocks; a replaced one is built beside
+            // the old, which is freed only when no reader maps it any more.
+            let need: u64 = (0..workers)
+                .map(|i| {
+                    let held = if cfg.reset {
+                        0
+                    } else {
+                        ring::allocated_bytes(&ring_path(&cfg.dir, i))
+                    };
+                    cfg.capacity_bytes.saturating_sub(held)
+                })
+                .sum();
+            if need > free {
+                return Err(no_space(free));
+            }
+        }
+        (0..workers)
+            .map(|i| {
+                TraceWriter::open(cfg, i).map_err(|e| match e {
+                    TraceError::NoSpace { free, .. } => no_space(free),
+                    other => other,
+                })
+            })
+            .collect()
+    }
+
     /// Serialises `ev` into the reused buffer and appends it to the ring. Never panics and never
-    /// fails the request: a record that cannot be stored (larger than the whole ring) is counted
-    /// in [`TraceWriter::dropped`].
+    /// fails the request: a record that cannot be stored (larger than the whole ring, or failing
+    /// to serialise) is dropped, counted in the ring header ([`TraceWriter::usage`]) and, the
+    /// first time, announced on stderr.
     pub fn write(&mut self, ev: &TraceEvent<'_>) {
         self.scratch.clear();
+        let stored = record::Stored {
+            schema: RECORD_SCHEMA,
+            event: ev,
+        };
         let serialized = rkyv::api::low::to_bytes_in_with_alloc::<_, _, Failure>(
-            ev,
+            &stored,
             &mut self.scratch,
             self.arena.acquire(),
         );
-        if serialized.is_err() || self.ring.append(&self.scratch).is_err() {
-            self.dropped += 1;
+        let why = match serialized {
+            Err(_) => "it could not be serialised",
+            Ok(_) => match self.ring.append(&self.scratch) {
+                Ok(_) => return,
+                Err(AppendError::TooLarge) => "it is larger than the ring",
+            },
+        };
+        self.ring.note_dropped();
+        if self.ring.usage().dropped == self.opened.dropped + 1 {
+            eprintln!(
+                "phantom-fast: a trace record was dropped ({why}: {} bytes) in {}; proxying \
+                 goes on, further drops are counted in the summary",
+                self.scratch.len(),
+                self.ring.path().display()
+            );
         }
     }
 
@@ -159,9 +311,15 @@ impl TraceWriter {
         self.ring.path()
     }
 
-    /// Records not written because they were larger than the ring.
+    /// Records not stored since this writer was opened.
     pub fn dropped(&self) -> u64 {
-        self.dropped
+        self.usage().dropped
+    }
+
+    /// Records written, overwritten by wrapping and dropped since this writer was opened (the
+    /// ring's lifetime totals are in its header: [`RingReader::usage`]).
+    pub fn usage(&self) -> RingUsage {
+        self.ring.usage().since(self.opened)
     }
 
     /// Sequence number the next record will get (records written since the ring was created,
@@ -171,11 +329,40 @@ impl TraceWriter {
     }
 }
 
-/// Validates a ring payload as a record and returns a zero-copy view of it, or `None` if it is
-/// not a valid record (checked by bytecheck: bounds, enum tags, UTF-8 of `str` fields).
-/// `bytes` must start at a 16-byte aligned address (as [`rkyv::util::AlignedVec`] does).
+/// What the rings of `dir` have seen since they were created (their headers summed); rings that
+/// cannot be read are skipped.
+pub fn ring_usage(dir: &Path, workers: usize) -> RingUsage {
+    (0..workers)
+        .filter_map(|i| RingReader::open(&ring_path(dir, i)).ok())
+        .fold(RingUsage::default(), |sum, r| sum.plus(r.usage()))
+}
+
+impl RingUsage {
+    /// The shutdown summary's trace line: records written, and when any were lost, how many
+    /// and what to do about it.
+    pub fn summary_line(&self) -> String {
+        let mut line = format!("  traces: {} records", self.written);
+        if self.overwritten > 0 {
+            line.push_str(&format!(
+                ", {} overwritten by newer ones (the ring wrapped; raise --trace-capacity to keep them)",
+                self.overwritten
+            ));
+        }
+        if self.dropped > 0 {
+            line.push_str(&format!(", {} dropped (not stored)", self.dropped));
+        }
+        line
+    }
+}
+
+/// Validates a ring payload as a record of [`RECORD_SCHEMA`] and returns a zero-copy view of it,
+/// or `None` if it is not one (checked by bytecheck: bounds, enum tags, UTF-8 of `str` fields;
+/// then the schema number). `bytes` must start at a 16-byte aligned address (as
+/// [`rkyv::util::AlignedVec`] does).
 pub fn access_record(bytes: &[u8]) -> Option<&ArchivedTraceEvent<'static>> {
-    rkyv::api::low::access::<ArchivedTraceEvent<'static>, Failure>(bytes).ok()
+    let stored =
+        rkyv::api::low::access::<record::ArchivedStored<'static, 'static>, Failure>(bytes).ok()?;
+    (stored.schema == RECORD_SCHEMA).then_some(&stored.event)
 }
 
 /// The default trace directory: `$XDG_DATA_HOME/phantom-fast/traces`, else
@@ -196,61 +383,6 @@ fn trace_dir_from(
         return PathBuf::from(home).join(".local/share/phantom-fast/traces");
     }
     PathBuf::from("phantom-fast-traces")
-}
-
-/// Parses a byte size: a plain number of bytes (`65536`), or a number with a binary unit
-/// (`4KiB`, `64MiB`, `1GiB`, `1TiB`; `K`/`M`/`G`/`T` mean the same) or a decimal unit (`KB`,
-/// `MB`, `GB`, `TB`), case-insensitive, optional space before the unit.
-///
-/// # Errors
-/// A message naming the input when it is empty, not a number, has an unknown unit, or
-/// overflows `u64`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let text = s.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    if digits.is_empty() {
-        return Err(format!(
-            "invalid size {s:?}: expected a number like 65536 or 64MiB"
-        ));
-    }
-    let multiplier: u64 = match unit.trim_start().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        _ => {
-            return Err(format!(
-                "invalid size {s:?}: unknown unit {unit:?} (use KiB, MiB, GiB)"
-            ));
-        }
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(multiplier))
-        .ok_or_else(|| format!("invalid size {s:?}: too large"))
-}
-
-/// [`parse_size`] for `--trace-capacity`: also enforces [`MIN_RING_BYTES`].
-///
-/// # Errors
-/// As [`parse_size`], and when the size is below 64 KiB.
-pub fn parse_capacity(s: &str) -> Result<u64, String> {
-    let bytes = parse_size(s)?;
-    if bytes < MIN_RING_BYTES {
-        return Err(format!(
-            "trace capacity {s:?} is below the minimum of 64KiB"
-        ));
-    }
-    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -285,6 +417,37 @@ pub(crate) mod tests {
 
     pub(crate) const SYNTHETIC_503_HEAD: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-fault-injected: phantom\r\ncontent-length: 20\r\n\r\n";
 
+    /// Two applied faults, as a record of a delayed-then-refused request holds them.
+    pub(crate) const FULL_FAULTS: &[AppliedFault<'static>] = &[
+        AppliedFault {
+            kind: FaultKind::Delay,
+            rule: 1,
+            rule_id: "r1",
+            spec: "delay:250ms",
+            value: 250_000_000,
+        },
+        AppliedFault {
+            kind: FaultKind::Error,
+            rule: 2,
+            rule_id: "refuse-items",
+            spec: "error:503:0.5",
+            value: 503,
+        },
+    ];
+
+    /// `ev` serialised as the writer stores it (schema-stamped), for tests that read records.
+    pub(crate) fn stored_bytes(ev: &TraceEvent<'_>) -> AlignedVec<16> {
+        rkyv::api::low::to_bytes_in_with_alloc::<_, _, Failure>(
+            &record::Stored {
+                schema: RECORD_SCHEMA,
+                event: ev,
+            },
+            AlignedVec::<16>::new(),
+            Arena::new().acquire(),
+        )
+        .expect("serialise")
+    }
+
     /// A record with every field set to a distinct, non-default value.
     pub(crate) fn full_event() -> TraceEvent<'static> {
         TraceEvent {
@@ -292,10 +455,21 @@ pub(crate) mod tests {
             span_id: 0x1122_3344_5566_7788,
             parent_span_id: Some(0x00f0_67aa_0ba9_02b7),
             start_unix_ns: 1_767_225_600_123_456_789,
-            duration_ns: 1_234_567,
+            duration_ns: 261_234_567,
+            upstream_connect_ns: 123_456,
             upstream_ttfb_ns: Some(456_789),
+            upstream_body_ns: 78_901,
             injected_delay_ns: 250_000_000,
-            fault: Some(FaultHit { rule: 2, kind: FaultKind::Error, spec: "error:503:0.5" }),
+            generation: 7,
+            faults: FULL_FAULTS,
+            tls: Some(TlsFacts {
+                server_name: "api.test",
+                version: 0x0304,
+                cipher_suite: 0x1301,
+                alpn: b"http/1.1",
+                mitm: true,
+                upstream_tls: false,
+            }),
             method: b"POST",
             url: b"http://127.0.0.1:3000/api/items?id=7",
             version: "HTTP/1.1",
@@ -343,7 +517,8 @@ pub(crate) mod tests {
         let bare = TraceEvent {
             parent_span_id: None,
             upstream_ttfb_ns: None,
-            fault: None,
+            faults: &[],
+            tls: None,
             upstream_addr: None,
             request_body: b"",
             response_body: b"",
@@ -370,11 +545,30 @@ pub(crate) mod tests {
                 want.upstream_ttfb_ns
             );
             assert_eq!(a.injected_delay_ns, want.injected_delay_ns);
-            let fault = a
-                .fault
-                .as_ref()
-                .map(|f| (f.rule.to_native(), f.kind.get(), f.spec.get()));
-            assert_eq!(fault, want.fault.map(|f| (f.rule, f.kind, f.spec)));
+            assert_eq!(a.upstream_connect_ns, want.upstream_connect_ns);
+            assert_eq!(a.upstream_body_ns, want.upstream_body_ns);
+            assert_eq!(a.generation, want.generation);
+            let faults: Vec<_> = a
+                .faults
+                .iter()
+                .map(|f| AppliedFault {
+                    kind: f.kind.get(),
+                    rule: f.rule.to_native(),
+                    rule_id: f.rule_id.get(),
+                    spec: f.spec.get(),
+                    value: f.value.to_native(),
+                })
+                .collect();
+            assert_eq!(faults, want.faults);
+            let tls = a.tls.as_ref().map(|t| TlsFacts {
+                server_name: t.server_name.get(),
+                version: t.version.to_native(),
+                cipher_suite: t.cipher_suite.to_native(),
+                alpn: t.alpn.get(),
+                mitm: t.mitm,
+                upstream_tls: t.upstream_tls,
+            });
+            assert_eq!(tls, want.tls);
             assert_eq!(a.method.get(), want.method);
             assert_eq!(a.url.get(), want.url);
             assert_eq!(a.version.get(), want.version);
@@ -434,6 +628,75 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn access_record_rejects_another_schema() {
+        let ev = full_event();
+        let serialise = |schema| {
+            rkyv::api::low::to_bytes_in_with_alloc::<_, _, Failure>(
+                &record::Stored { schema, event: &ev },
+                AlignedVec::<16>::new(),
+                Arena::new().acquire(),
+            )
+            .expect("serialise")
+        };
+        assert!(access_record(&serialise(RECORD_SCHEMA)).is_some());
+        assert!(access_record(&serialise(RECORD_SCHEMA + 1)).is_none());
+    }
+
+    #[test]
+    fn write_drops_are_counted_in_the_ring_header() {
+        let dir = TempDir::new("mod-drop-header");
+        let mut w = TraceWriter::open(&cfg(dir.path()), 0).expect("open");
+        let big = vec![b'x'; MIN_RING_BYTES as usize];
+        for _ in 0..3 {
+            w.write(&TraceEvent {
+                response_body: &big,
+                ..full_event()
+            });
+        }
+        w.write(&full_event());
+        let reader = RingReader::open(w.path()).expect("reader");
+        let want = RingUsage {
+            written: 1,
+            overwritten: 0,
+            dropped: 3,
+        };
+        assert_eq!(reader.usage(), want);
+        assert_eq!(w.usage(), want);
+        let summary = want.summary_line();
+        assert!(summary.contains("3 dropped"), "{summary}");
+        drop(w);
+        // Reopened, the writer's own counts start at zero; the header keeps the lifetime total.
+        let w = TraceWriter::open(&cfg(dir.path()), 0).expect("reopen");
+        assert_eq!(w.dropped(), 0);
+        assert_eq!(
+            RingReader::open(w.path()).expect("reader").usage().dropped,
+            3
+        );
+    }
+
+    #[test]
+    fn wrapping_is_counted_and_the_summary_says_what_to_do() {
+        let dir = TempDir::new("mod-wrap-count");
+        let mut w = TraceWriter::open(&cfg(dir.path()), 0).expect("open");
+        for _ in 0..500 {
+            w.write(&full_event());
+        }
+        let usage = w.usage();
+        let kept = read_payloads(w.path()).len() as u64;
+        assert_eq!(usage.written, 500);
+        assert_eq!(usage.overwritten, 500 - kept, "{usage:?}");
+        assert!(usage.summary_line().contains("raise --trace-capacity"));
+        assert!(
+            !RingUsage {
+                written: 5,
+                ..RingUsage::default()
+            }
+            .summary_line()
+            .contains("raise")
+        );
+    }
+
+    #[test]
     fn access_record_rejects_garbage() {
         let rows: &[(&str, Vec<u8>)] = &[
             ("empty", vec![]),
@@ -480,44 +743,6 @@ pub(crate) mod tests {
         for (name, xdg, home, want) in rows {
             let got = trace_dir_from(xdg.map(Into::into), home.map(Into::into));
             assert_eq!(got, PathBuf::from(want), "row {name}");
-        }
-    }
-
-    #[test]
-    fn parse_size_rows() {
-        let rows: &[(&str, &str, Result<u64, ()>)] = &[
-            ("plain_bytes", "65536", Ok(65536)),
-            ("kib", "4KiB", Ok(4096)),
-            ("mib", "64MiB", Ok(64 << 20)),
-            ("mib_512", "512MiB", Ok(512 << 20)),
-            ("gib", "1GiB", Ok(1 << 30)),
-            ("short_unit", "64M", Ok(64 << 20)),
-            ("lower_case", "64mib", Ok(64 << 20)),
-            ("space_before_unit", "64 MiB", Ok(64 << 20)),
-            ("decimal_unit", "1MB", Ok(1_000_000)),
-            ("bytes_unit", "100B", Ok(100)),
-            ("empty", "", Err(())),
-            ("no_number", "MiB", Err(())),
-            ("negative", "-1", Err(())),
-            ("fraction", "1.5GiB", Err(())),
-            ("unknown_unit", "64XB", Err(())),
-            ("overflow", "99999999999TiB", Err(())),
-        ];
-        for (name, input, want) in rows {
-            assert_eq!(parse_size(input).map_err(|_| ()), *want, "row {name}");
-        }
-    }
-
-    #[test]
-    fn parse_capacity_rows() {
-        let rows: &[(&str, &str, Result<u64, ()>)] = &[
-            ("minimum", "64KiB", Ok(65536)),
-            ("default", "64MiB", Ok(DEFAULT_CAPACITY_BYTES)),
-            ("below_minimum", "4KiB", Err(())),
-            ("not_a_size", "lots", Err(())),
-        ];
-        for (name, input, want) in rows {
-            assert_eq!(parse_capacity(input).map_err(|_| ()), *want, "row {name}");
         }
     }
 

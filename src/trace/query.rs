@@ -1,24 +1,27 @@
 //! Reading traces back: all `core-*.ring` files of a directory merged oldest first (by start
-//! time), filtered, rendered as JSON Lines or a table, followed live, or summarised as one JSON
-//! object of statistics.
+//! time), filtered, paged, rendered, followed live, looked up by span id, cleared, or summarised
+//! as one JSON object of statistics.
 //!
-//! It never writes a ring, and it does not parse command-line text other than `--status`.
+//! It never writes a ring and parses no command-line text: `cli.rs` turns flags into a
+//! [`Filter`] and [`RenderOptions`].
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rkyv::util::AlignedVec;
 use serde_json::{Value, json};
 
-use super::ring::{Cursor, RingReader};
-use super::{ArchivedTraceEvent, Outcome, TraceError, access_record};
+use super::ledger::Ledger;
+use super::render::{Format, Output, RenderOptions};
+use super::ring::RingLock;
+use super::ring::RingUsage;
+use super::tail::{Start, Tail, TailRecord, ring_paths};
+use super::{ArchivedTraceEvent, FaultKind, Outcome, TraceError, access_record};
 
-/// How often `--follow` looks for new records (and new ring files).
+/// How often `--follow` looks for new records (and new or replaced ring files).
 const FOLLOW_POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// Rendered output is handed to the writer in chunks of about this size.
-const OUTPUT_CHUNK_BYTES: usize = 64 * 1024;
 /// Percentiles reported by `stats`, as (JSON key, fraction).
 const PERCENTILES: [(&str, f64); 4] = [
     ("p50", 0.50),
@@ -27,13 +30,20 @@ const PERCENTILES: [(&str, f64); 4] = [
     ("p99.9", 0.999),
 ];
 
-/// `--status`: an exact code (`503`) or a class (`5xx`).
+/// `--status`: an exact code (`503`), a class (`5xx`) or an inclusive range (`400-499`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StatusFilter {
     /// This status code only.
     Exact(u16),
     /// Codes `class*100 ..= class*100+99`, e.g. `Class(5)` for `5xx`.
     Class(u8),
+    /// Codes from `low` to `high`, both included.
+    Range {
+        /// Lowest code matched.
+        low: u16,
+        /// Highest code matched.
+        high: u16,
+    },
 }
 
 impl StatusFilter {
@@ -41,89 +51,91 @@ impl StatusFilter {
         match self {
             StatusFilter::Exact(code) => status == code,
             StatusFilter::Class(class) => status / 100 == u16::from(class),
+            StatusFilter::Range { low, high } => (low..=high).contains(&status),
         }
     }
 }
 
-/// Parses `--status`: a code `100`–`599` or a class `1xx`–`5xx` (`X` accepted).
-///
-/// # Errors
-/// A message naming the input when it is neither.
-pub fn parse_status_filter(s: &str) -> Result<StatusFilter, String> {
-    let err =
-        || format!("invalid status filter {s:?}: expected a code like 503 or a class like 5xx");
-    let b = s.trim().as_bytes();
-    if b.len() != 3 || !(b'1'..=b'5').contains(&b[0]) {
-        return Err(err());
-    }
-    if b[1..].eq_ignore_ascii_case(b"xx") {
-        return Ok(StatusFilter::Class(b[0] - b'0'));
-    }
-    if b[1..].iter().all(u8::is_ascii_digit) {
-        let code = b.iter().fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'));
-        return Ok(StatusFilter::Exact(code));
-    }
-    Err(err())
+/// `--since` / `--until`: a moment, given as a time ago or as an absolute time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeBound {
+    /// This long before now (`10m`).
+    Ago(Duration),
+    /// This many ns since the Unix epoch (from an RFC 3339 time).
+    At(u64),
 }
 
-/// Which records to show. All conditions must hold.
+impl TimeBound {
+    fn unix_ns(self, now_ns: u64) -> u64 {
+        match self {
+            TimeBound::Ago(d) => {
+                now_ns.saturating_sub(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            }
+            TimeBound::At(ns) => ns,
+        }
+    }
+}
+
+/// Which records to show, and which page of them. All conditions must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
-    /// `--status`: status code or class sent to the client.
+    /// `--status`: status code, class or range sent to the client.
     pub status: Option<StatusFilter>,
     /// `--url`: a substring of the URL (case-sensitive, as URLs are).
     pub url: Option<String>,
-    /// `--method`: request method, compared ASCII case-insensitively (`get` finds `GET`).
-    pub method: Option<String>,
-    /// `--faulted`: only records where a fault rule fired.
+    /// `--method` (repeatable): any of these methods, compared ASCII case-insensitively.
+    pub methods: Vec<String>,
+    /// `--faulted`: only records where a fault was applied.
     pub faulted: bool,
-    /// `--since`: only records that started at most this long before now.
-    pub since: Option<Duration>,
-    /// `--limit`: only the newest N matching records (still printed oldest first, like
-    /// `tail -n`); with `--follow` it limits the backlog printed before following.
+    /// `--trace-id`: only this W3C trace.
+    pub trace_id: Option<u128>,
+    /// Only this span (`traces get`).
+    pub span_id: Option<u64>,
+    /// `--since`: only records that started at or after this moment.
+    pub since: Option<TimeBound>,
+    /// `--until`: only records that started at or before this moment.
+    pub until: Option<TimeBound>,
+    /// `--limit`: at most N records, the newest (after `offset`); printed oldest first (like
+    /// `tail -n`) unless `reverse`. With `--follow` it limits the backlog only.
     pub limit: Option<usize>,
+    /// `--offset`: skip the newest N matching records first (the next page back in time).
+    pub offset: usize,
+    /// `--reverse`: newest first.
+    pub reverse: bool,
 }
 
-/// Output format of `traces`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// One JSON object per line (the schema of issue 4).
-    Jsonl,
-    /// Aligned columns for people.
-    Table,
-}
-
-/// A filter with `since` resolved against the clock once.
+/// A filter with its time bounds resolved against the clock once.
 struct Matcher<'a> {
     filter: &'a Filter,
     not_before_ns: u64,
+    not_after_ns: u64,
 }
 
 impl<'a> Matcher<'a> {
     fn new(filter: &'a Filter, now: SystemTime) -> Matcher<'a> {
-        let not_before_ns = match filter.since {
-            Some(since) => {
-                unix_ns(now).saturating_sub(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
-            }
-            None => 0,
-        };
+        let now_ns = unix_ns(now);
         Matcher {
             filter,
-            not_before_ns,
+            not_before_ns: filter.since.map_or(0, |b| b.unix_ns(now_ns)),
+            not_after_ns: filter.until.map_or(u64::MAX, |b| b.unix_ns(now_ns)),
         }
     }
 
     fn matches(&self, rec: &ArchivedTraceEvent<'_>) -> bool {
         let f = self.filter;
-        rec.start_unix_ns.to_native() >= self.not_before_ns
+        let start = rec.start_unix_ns.to_native();
+        (self.not_before_ns..=self.not_after_ns).contains(&start)
             && f.status.is_none_or(|s| s.matches(rec.status.to_native()))
             && f.url
                 .as_ref()
                 .is_none_or(|u| contains(rec.url.get(), u.as_bytes()))
-            && f.method
-                .as_ref()
-                .is_none_or(|m| rec.method.get().eq_ignore_ascii_case(m.as_bytes()))
-            && (!f.faulted || rec.fault.is_some())
+            && (f.methods.is_empty()
+                || f.methods
+                    .iter()
+                    .any(|m| rec.method.get().eq_ignore_ascii_case(m.as_bytes())))
+            && (!f.faulted || !rec.faults.is_empty())
+            && f.trace_id.is_none_or(|id| rec.trace_id == id)
+            && f.span_id.is_none_or(|id| rec.span_id == id)
     }
 }
 
@@ -150,152 +162,70 @@ impl Loaded {
     }
 }
 
-/// One ring being read.
-struct Source {
-    path: PathBuf,
-    reader: RingReader,
-    cursor: Cursor,
-}
-
-/// All rings of a directory, each with its read position.
-struct Sources {
-    dir: PathBuf,
-    rings: Vec<Source>,
-    /// Reused copy buffer for frames.
-    frame: Vec<u8>,
-}
-
-impl Sources {
-    fn open(dir: &Path) -> Result<Sources, TraceError> {
-        let mut sources = Sources {
-            dir: dir.to_path_buf(),
-            rings: Vec::new(),
-            frame: Vec::new(),
-        };
-        sources.refresh()?;
-        Ok(sources)
-    }
-
-    /// Opens rings that appeared since the last call (a proxy started with more workers).
-    fn refresh(&mut self) -> Result<(), TraceError> {
-        for path in ring_paths(&self.dir)? {
-            if self.rings.iter().all(|s| s.path != path) {
-                let reader = RingReader::open(&path)?;
-                let cursor = reader.oldest();
-                self.rings.push(Source {
-                    path,
-                    reader,
-                    cursor,
-                });
-            }
+/// Reads what the tail has new; keeps the matching records.
+fn collect(
+    tail: &mut Tail,
+    matcher: &Matcher<'_>,
+    into: &mut Vec<Loaded>,
+) -> Result<(), TraceError> {
+    tail.poll(&mut |rec: TailRecord<'_>| {
+        if matcher.matches(rec.event) {
+            let mut bytes = AlignedVec::with_capacity(rec.bytes.len());
+            bytes.extend_from_slice(rec.bytes);
+            into.push(Loaded {
+                start_ns: rec.event.start_unix_ns.to_native(),
+                ring: rec.worker,
+                seq: rec.seq,
+                bytes,
+            });
         }
-        Ok(())
-    }
-
-    /// Reads every record written since the last call; keeps the valid, matching ones.
-    fn drain(&mut self, matcher: &Matcher<'_>, into: &mut Vec<Loaded>) {
-        for (ring, source) in self.rings.iter_mut().enumerate() {
-            while let Some(seq) = source.reader.next(&mut source.cursor, &mut self.frame) {
-                let mut bytes = AlignedVec::with_capacity(self.frame.len());
-                bytes.extend_from_slice(&self.frame);
-                // A frame with a valid crc that is not a valid record (another format version
-                // writing the same magic, a bug) is skipped like a torn frame.
-                let Some(rec) = access_record(&bytes) else {
-                    continue;
-                };
-                if matcher.matches(rec) {
-                    let start_ns = rec.start_unix_ns.to_native();
-                    into.push(Loaded {
-                        start_ns,
-                        ring,
-                        seq,
-                        bytes,
-                    });
-                }
-            }
-        }
-    }
+    })?;
+    Ok(())
 }
 
-/// `core-<n>.ring` files of `dir`, by worker number.
-fn ring_paths(dir: &Path) -> Result<Vec<PathBuf>, TraceError> {
-    let io = |source| TraceError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
-        let name = entry.file_name();
-        let worker = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("core-"))
-            .and_then(|n| n.strip_suffix(".ring"))
-            .and_then(|n| n.parse::<u64>().ok());
-        if let Some(worker) = worker {
-            found.push((worker, entry.path()));
-        }
-    }
-    found.sort();
-    Ok(found.into_iter().map(|(_, path)| path).collect())
-}
-
-/// Sorts oldest first and keeps the newest `limit`.
-fn order_and_limit(records: &mut Vec<Loaded>, limit: Option<usize>) {
+/// Sorts oldest first, then applies `offset` and `limit` from the newest end, and `reverse`.
+fn select(records: &mut Vec<Loaded>, filter: &Filter) {
     records.sort_by_key(|r| (r.start_ns, r.ring, r.seq));
-    if let Some(limit) = limit {
+    let end = records.len().saturating_sub(filter.offset);
+    records.truncate(end);
+    if let Some(limit) = filter.limit {
         let excess = records.len().saturating_sub(limit);
         records.drain(..excess);
     }
-}
-
-/// Buffers rendered text and hands it to `out` in large chunks.
-struct Output<'a> {
-    out: &'a mut dyn Write,
-    buf: Vec<u8>,
-}
-
-impl Output<'_> {
-    fn maybe_flush(&mut self) -> Result<(), TraceError> {
-        if self.buf.len() >= OUTPUT_CHUNK_BYTES {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), TraceError> {
-        self.out
-            .write_all(&self.buf)
-            .and_then(|()| self.out.flush())
-            .map_err(TraceError::Output)?;
-        self.buf.clear();
-        Ok(())
-    }
-
-    fn render(&mut self, records: &[Loaded], format: Format) -> Result<(), TraceError> {
-        for rec in records.iter().filter_map(Loaded::record) {
-            match format {
-                Format::Jsonl => encode_json_line(rec, &mut self.buf),
-                Format::Table => encode_table_row(rec, &mut self.buf),
-            }
-            self.maybe_flush()?;
-        }
-        self.flush()
+    if filter.reverse {
+        records.reverse();
     }
 }
 
 /// Prints the records of every ring in `dir`, merged oldest first by start time, filtered, as
-/// JSON Lines or a table. With `follow`, then keeps polling (every 100 ms) for new records and
-/// new rings and prints them as they appear, until `out` fails (e.g. the pipe closes) or the
-/// process is killed.
+/// JSON Lines, JSON or a table with default [`RenderOptions`]; see [`write_traces_with`].
 ///
 /// # Errors
-/// [`TraceError::Io`] when `dir` cannot be listed or a ring cannot be opened;
-/// [`TraceError::Format`] naming a ring that is not a trace ring (damaged records inside a ring
-/// are skipped, not errors); [`TraceError::Output`] when writing to `out` fails.
+/// As [`write_traces_with`].
 pub fn write_traces(
     dir: &Path,
     filter: &Filter,
+    format: Format,
+    follow: bool,
+    out: &mut dyn Write,
+) -> Result<(), TraceError> {
+    write_traces_with(dir, filter, &RenderOptions::default(), format, follow, out)
+}
+
+/// Prints the records of every ring in `dir`, merged by start time, filtered and paged. With
+/// `follow`, then keeps polling (every 100 ms) for new records, new rings and replaced rings
+/// and prints them as they appear, until `out` fails (e.g. the pipe closes) or the process is
+/// killed.
+///
+/// # Errors
+/// [`TraceError::Io`] when `dir` cannot be listed or a ring cannot be opened;
+/// [`TraceError::Format`] naming a ring that is not a trace ring of this release (damaged
+/// records inside a ring are skipped, not errors); [`TraceError::Output`] when writing to `out`
+/// fails.
+pub fn write_traces_with(
+    dir: &Path,
+    filter: &Filter,
+    render: &RenderOptions,
     format: Format,
     follow: bool,
     out: &mut dyn Write,
@@ -304,6 +234,7 @@ pub fn write_traces(
     follow_traces(
         dir,
         filter,
+        render,
         format,
         out,
         FOLLOW_POLL_INTERVAL,
@@ -311,61 +242,187 @@ pub fn write_traces(
     )
 }
 
-/// `write_traces`, polling every `poll` while `keep_going()` says so (tests stop it).
+/// `write_traces_with`, polling every `poll` while `keep_going()` says so (tests stop it).
 fn follow_traces(
     dir: &Path,
     filter: &Filter,
+    render: &RenderOptions,
     format: Format,
     out: &mut dyn Write,
     poll: Duration,
     keep_going: &mut dyn FnMut() -> bool,
 ) -> Result<(), TraceError> {
-    let mut sources = Sources::open(dir)?;
-    let mut output = Output {
-        out,
-        buf: Vec::with_capacity(OUTPUT_CHUNK_BYTES),
-    };
-    if format == Format::Table {
-        output.buf.extend_from_slice(TABLE_HEADER.as_bytes());
-    }
+    let mut tail = Tail::open(dir, Start::Oldest)?;
+    let mut output = Output::start(out, format, render);
     let mut batch = Vec::new();
-    sources.drain(&Matcher::new(filter, SystemTime::now()), &mut batch);
-    order_and_limit(&mut batch, filter.limit);
-    output.render(&batch, format)?;
-    // New records are recent by definition: only the backlog is subject to since/limit.
+    collect(
+        &mut tail,
+        &Matcher::new(filter, SystemTime::now()),
+        &mut batch,
+    )?;
+    select(&mut batch, filter);
+    for rec in batch.iter().filter_map(Loaded::record) {
+        output.record(rec)?;
+    }
+    output.flush()?;
+    // New records are recent by definition: only the backlog is subject to the time bounds
+    // and paging.
     let live = Filter {
         since: None,
+        until: None,
         limit: None,
+        offset: 0,
+        reverse: false,
         ..filter.clone()
     };
     while keep_going() {
         std::thread::sleep(poll);
-        sources.refresh()?;
         batch.clear();
-        sources.drain(&Matcher::new(&live, SystemTime::now()), &mut batch);
-        order_and_limit(&mut batch, None);
-        output.render(&batch, format)?;
+        collect(
+            &mut tail,
+            &Matcher::new(&live, SystemTime::now()),
+            &mut batch,
+        )?;
+        select(&mut batch, &live);
+        for rec in batch.iter().filter_map(Loaded::record) {
+            output.record(rec)?;
+        }
+        output.flush()?;
     }
-    Ok(())
+    output.finish()
+}
+
+/// `traces get`: prints the record with span id `span_id` (the newest, should several rings
+/// hold one).
+///
+/// # Errors
+/// [`TraceError::NotFound`] when no ring of `dir` holds it; otherwise as [`write_traces_with`].
+pub fn write_record(
+    dir: &Path,
+    span_id: u64,
+    render: &RenderOptions,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), TraceError> {
+    let filter = Filter {
+        span_id: Some(span_id),
+        limit: Some(1),
+        ..Filter::default()
+    };
+    let mut tail = Tail::open(dir, Start::Oldest)?;
+    let mut found = Vec::new();
+    collect(
+        &mut tail,
+        &Matcher::new(&filter, SystemTime::now()),
+        &mut found,
+    )?;
+    select(&mut found, &filter);
+    let Some(rec) = found.first().and_then(Loaded::record) else {
+        return Err(TraceError::NotFound {
+            dir: dir.to_path_buf(),
+            span_id,
+        });
+    };
+    let mut output = Output::start(out, format, render);
+    output.record(rec)?;
+    output.finish()
+}
+
+/// `traces clear`: deletes every ring of `dir` and returns how many. Refused without `yes`, and
+/// when a running proxy writes any of them (it holds the ring's lock): then nothing is deleted.
+///
+/// # Errors
+/// [`TraceError::Refused`] without `yes`; [`TraceError::Format`] naming the ring a proxy holds;
+/// [`TraceError::Io`] when `dir` cannot be listed or a ring removed.
+pub fn clear_traces(dir: &Path, yes: bool) -> Result<usize, TraceError> {
+    let rings = ring_paths(dir)?;
+    if !yes {
+        return Err(TraceError::Refused(format!(
+            "traces clear would delete {} ring file(s) in {}; add --yes to do it",
+            rings.len(),
+            dir.display()
+        )));
+    }
+    // Every ring locked first: a ring in use refuses the whole clear, and nothing is deleted.
+    let locks = rings
+        .iter()
+        .map(|(_, path)| {
+            RingLock::acquire(path).map_err(|e| match e {
+                TraceError::Format { path, .. } => TraceError::Refused(format!(
+                    "{}: a running phantom-fast is writing this ring; stop it before clearing {}",
+                    path.display(),
+                    dir.display()
+                )),
+                other => other,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for lock in locks {
+        lock.remove()?;
+    }
+    Ok(rings.len())
 }
 
 /// Prints one JSON object summarising the matching records of every ring in `dir`: count, time
-/// span, requests per second, counts by status class and by outcome, faults by rule, and
-/// duration percentiles (p50, p90, p99, p99.9, max, in ms) overall, faulted and unfaulted.
+/// span, requests per second, counts by status class, outcome, fault rule and fault kind,
+/// duration percentiles (ms) overall, faulted and unfaulted, the latency ledger (µs: injected,
+/// upstream, overhead; faulted and unfaulted) and the records the rings lost.
 ///
 /// # Errors
 /// As [`write_traces`].
 pub fn write_stats(dir: &Path, filter: &Filter, out: &mut dyn Write) -> Result<(), TraceError> {
-    let mut sources = Sources::open(dir)?;
+    let mut tail = Tail::open(dir, Start::Oldest)?;
     let mut records = Vec::new();
-    sources.drain(&Matcher::new(filter, SystemTime::now()), &mut records);
-    order_and_limit(&mut records, filter.limit);
-    let stats = stats_of(records.iter().filter_map(Loaded::record));
+    collect(
+        &mut tail,
+        &Matcher::new(filter, SystemTime::now()),
+        &mut records,
+    )?;
+    select(&mut records, filter);
+    let mut stats = stats_of(records.iter().filter_map(Loaded::record));
+    stats["lost"] = lost(tail.usage(), tail.skipped());
     let mut text = serde_json::to_vec_pretty(&stats).map_err(|e| TraceError::Output(e.into()))?;
     text.push(b'\n');
     out.write_all(&text)
         .and_then(|()| out.flush())
         .map_err(TraceError::Output)
+}
+
+/// The `lost` object of `stats`: what the rings could not keep.
+fn lost(usage: RingUsage, skipped: u64) -> Value {
+    json!({
+        "written": usage.written,
+        "overwritten": usage.overwritten,
+        "dropped": usage.dropped,
+        "unreadable": skipped,
+        "hint": (usage.overwritten > 0).then_some(
+            "the rings wrapped and overwrote their oldest records: raise --trace-capacity to keep them"
+        ),
+    })
+}
+
+/// Durations of one group of records, in the ledger's terms.
+#[derive(Default)]
+struct LedgerSamples {
+    injected: Vec<u64>,
+    upstream: Vec<u64>,
+    overhead: Vec<u64>,
+}
+
+impl LedgerSamples {
+    fn push(&mut self, l: Ledger) {
+        self.injected.push(l.injected_us);
+        self.upstream.push(l.upstream_us);
+        self.overhead.push(l.overhead_us);
+    }
+
+    fn percentiles(&mut self) -> Value {
+        json!({
+            "injected": percentiles_us(&mut self.injected),
+            "upstream": percentiles_us(&mut self.upstream),
+            "overhead": percentiles_us(&mut self.overhead),
+        })
+    }
 }
 
 /// The `stats` object of some records.
@@ -374,8 +431,11 @@ fn stats_of<'r>(records: impl Iterator<Item = &'r ArchivedTraceEvent<'static>>) 
     let (mut first_start, mut last_end) = (u64::MAX, 0u64);
     let mut status_classes = [0u64; 6]; // 1xx..5xx, then anything else
     let mut outcomes = [0u64; Outcome::ALL.len()];
+    let mut kinds = [0u64; FaultKind::ALL.len()];
     let mut faults: BTreeMap<u32, (u64, &str, &str)> = BTreeMap::new();
     let (mut all, mut faulted, mut unfaulted) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ledger_faulted, mut ledger_unfaulted) =
+        (LedgerSamples::default(), LedgerSamples::default());
     for rec in records {
         count += 1;
         let (start, duration) = (rec.start_unix_ns.to_native(), rec.duration_ns.to_native());
@@ -392,13 +452,24 @@ fn stats_of<'r>(records: impl Iterator<Item = &'r ArchivedTraceEvent<'static>>) 
             outcomes[i] += 1;
         }
         all.push(duration);
-        match rec.fault.as_ref() {
+        for f in rec.faults.iter() {
+            let kind = f.kind.get();
+            if let Some(i) = FaultKind::ALL.iter().position(|k| *k == kind) {
+                kinds[i] += 1;
+            }
+        }
+        let ledger = Ledger::of_archived(rec);
+        match rec.first_fault() {
             Some(hit) => {
                 let entry = faults.entry(hit.rule.to_native()).or_insert((0, "", ""));
                 *entry = (entry.0 + 1, hit.kind.get().as_str(), hit.spec.get());
                 faulted.push(duration);
+                ledger_faulted.push(ledger);
             }
-            None => unfaulted.push(duration),
+            None => {
+                unfaulted.push(duration);
+                ledger_unfaulted.push(ledger);
+            }
         }
     }
     let span_ns = last_end.saturating_sub(first_start);
@@ -418,6 +489,12 @@ fn stats_of<'r>(records: impl Iterator<Item = &'r ArchivedTraceEvent<'static>>) 
         .zip(outcomes)
         .map(|(o, n)| (o.as_str().to_owned(), json!(n)))
         .collect();
+    let by_kind: serde_json::Map<String, Value> = FaultKind::ALL
+        .iter()
+        .zip(kinds)
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| (k.as_str().to_owned(), json!(n)))
+        .collect();
     let by_rule: serde_json::Map<String, Value> = faults
         .iter()
         .map(|(rule, (n, kind, spec))| {
@@ -436,12 +513,23 @@ fn stats_of<'r>(records: impl Iterator<Item = &'r ArchivedTraceEvent<'static>>) 
         "by_status_class": by_status,
         "by_outcome": by_outcome,
         "faults_by_rule": by_rule,
+        "faults_by_kind": by_kind,
         "duration_ms": {
             "all": percentiles(&mut all),
             "faulted": percentiles(&mut faulted),
             "unfaulted": percentiles(&mut unfaulted),
         },
+        "latency_us": {
+            "faulted": ledger_faulted.percentiles(),
+            "unfaulted": ledger_unfaulted.percentiles(),
+        },
     })
+}
+
+/// Nearest rank: the smallest value with at least `q` of the (sorted) samples at or below it.
+fn nearest_rank(sorted: &[u64], q: f64) -> Option<u64> {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.saturating_sub(1)).copied()
 }
 
 /// Count, nearest-rank percentiles and max of durations in ns, reported in ms (µs precision).
@@ -451,11 +539,7 @@ fn percentiles(durations: &mut [u64]) -> Value {
     let mut obj = serde_json::Map::new();
     obj.insert("count".to_owned(), json!(durations.len()));
     for (key, q) in PERCENTILES {
-        // Nearest rank: the smallest value with at least q of the samples at or below it.
-        let rank = (q * durations.len() as f64).ceil() as usize;
-        let value = durations
-            .get(rank.saturating_sub(1))
-            .map_or(Value::Null, |ns| ms(*ns));
+        let value = nearest_rank(durations, q).map_or(Value::Null, ms);
         obj.insert(key.to_owned(), value);
     }
     obj.insert(
@@ -465,577 +549,23 @@ fn percentiles(durations: &mut [u64]) -> Value {
     Value::Object(obj)
 }
 
-/// Appends one record as a JSON object and a newline, keys in schema order.
-fn encode_json_line(rec: &ArchivedTraceEvent<'_>, out: &mut Vec<u8>) {
-    let mut obj = JsonObject::start(out);
-    obj.key("trace_id");
-    write!(obj.out, "\"{:032x}\"", rec.trace_id.to_native()).ok();
-    obj.key("span_id");
-    write!(obj.out, "\"{:016x}\"", rec.span_id.to_native()).ok();
-    obj.key("parent_span_id");
-    match rec.parent_span_id.as_ref() {
-        Some(id) => write!(obj.out, "\"{:016x}\"", id.to_native()).ok(),
-        None => write!(obj.out, "null").ok(),
-    };
-    let (start_ns, duration_ns) = (rec.start_unix_ns.to_native(), rec.duration_ns.to_native());
-    obj.number("timestamp_ms", start_ns / 1_000_000);
-    obj.number("duration_ms", duration_ns / 1_000_000);
-    obj.number("duration_us", duration_ns / 1_000);
-    obj.lossy("method", rec.method.get());
-    obj.lossy("url", rec.url.get());
-    obj.number("status_code", u64::from(rec.status.to_native()));
-    obj.string("protocol_version", rec.version.get());
-    obj.key("request_headers");
-    encode_headers(rec.request_head.get(), obj.out);
-    obj.key("response_headers");
-    encode_headers(rec.response_head.get(), obj.out);
-    for (name, body, full_len) in [
-        (
-            "request",
-            rec.request_body.get(),
-            rec.request_body_len.to_native(),
-        ),
-        (
-            "response",
-            rec.response_body.get(),
-            rec.response_body_len.to_native(),
-        ),
-    ] {
-        if !body.is_empty() {
-            obj.key(if name == "request" {
-                "request_body"
-            } else {
-                "response_body"
-            });
-            encode_json_str(&String::from_utf8_lossy(body), obj.out);
-        }
-        obj.number(
-            if name == "request" {
-                "request_body_bytes"
-            } else {
-                "response_body_bytes"
-            },
-            full_len,
-        );
-        obj.key(if name == "request" {
-            "request_body_truncated"
-        } else {
-            "response_body_truncated"
-        });
-        obj.out
-            .extend_from_slice(if (body.len() as u64) < full_len {
-                b"true"
-            } else {
-                b"false"
-            });
+/// Count, nearest-rank percentiles and max of µs samples, as whole µs.
+fn percentiles_us(samples: &mut [u64]) -> Value {
+    samples.sort_unstable();
+    let mut obj = serde_json::Map::new();
+    obj.insert("count".to_owned(), json!(samples.len()));
+    for (key, q) in PERCENTILES {
+        obj.insert(key.to_owned(), json!(nearest_rank(samples, q)));
     }
-    obj.key("source_addr");
-    write!(obj.out, "\"{}\"", rec.client_addr.as_socket_addr()).ok();
-    obj.key("dest_addr");
-    match rec.upstream_addr.as_ref() {
-        Some(addr) => write!(obj.out, "\"{}\"", addr.as_socket_addr()).ok(),
-        None => write!(obj.out, "null").ok(),
-    };
-    obj.key("upstream_ttfb_us");
-    match rec.upstream_ttfb_ns.as_ref() {
-        Some(ns) => write!(obj.out, "{}", ns.to_native() / 1_000).ok(),
-        None => write!(obj.out, "null").ok(),
-    };
-    obj.key("fault");
-    match rec.fault.as_ref() {
-        Some(hit) => {
-            let mut fault = JsonObject::start(obj.out);
-            fault.number("rule", u64::from(hit.rule.to_native()));
-            fault.string("kind", hit.kind.get().as_str());
-            fault.string("spec", hit.spec.get());
-            fault.end();
-        }
-        None => obj.out.extend_from_slice(b"null"),
-    }
-    obj.number(
-        "injected_delay_ms",
-        rec.injected_delay_ns.to_native() / 1_000_000,
-    );
-    obj.string("outcome", rec.outcome.get().as_str());
-    obj.end();
-    out.push(b'\n');
-}
-
-/// Writes a JSON object key by key, in the caller's order.
-struct JsonObject<'o> {
-    out: &'o mut Vec<u8>,
-    first: bool,
-}
-
-impl<'o> JsonObject<'o> {
-    fn start(out: &'o mut Vec<u8>) -> JsonObject<'o> {
-        out.push(b'{');
-        JsonObject { out, first: true }
-    }
-
-    fn key(&mut self, key: &str) {
-        if !self.first {
-            self.out.push(b',');
-        }
-        self.first = false;
-        encode_json_str(key, self.out);
-        self.out.push(b':');
-    }
-
-    fn number(&mut self, key: &str, value: u64) {
-        self.key(key);
-        write!(self.out, "{value}").ok();
-    }
-
-    fn string(&mut self, key: &str, value: &str) {
-        self.key(key);
-        encode_json_str(value, self.out);
-    }
-
-    /// A string value from bytes that should be UTF-8 (invalid sequences become U+FFFD).
-    fn lossy(&mut self, key: &str, value: &[u8]) {
-        self.key(key);
-        self.out.push(b'"');
-        encode_json_lossy_body(value, self.out);
-        self.out.push(b'"');
-    }
-
-    fn end(self) {
-        self.out.push(b'}');
-    }
-}
-
-/// Appends `s` as a JSON string (RFC 8259 §7: quote, backslash and control characters escaped).
-fn encode_json_str(s: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
-    encode_json_str_body(s.as_bytes(), out);
-    out.push(b'"');
-}
-
-/// Bytes that JSON strings must (or, for DEL, should) escape: controls, quote, backslash.
-const fn needs_escape_table() -> [bool; 256] {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        table[b] = true;
-        b += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table[0x7f] = true;
-    table
-}
-const NEEDS_ESCAPE: [bool; 256] = needs_escape_table();
-
-/// The inside of a JSON string for valid UTF-8 `bytes` (no quotes).
-fn encode_json_str_body(bytes: &[u8], out: &mut Vec<u8>) {
-    // Copy runs of plain bytes at once; only the (rare) escapes are written one by one.
-    let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if !NEEDS_ESCAPE[usize::from(b)] {
-            continue;
-        }
-        out.extend_from_slice(&bytes[run..i]);
-        run = i + 1;
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            _ => {
-                write!(out, "\\u{b:04x}").ok();
-            }
-        }
-    }
-    out.extend_from_slice(&bytes[run..]);
-}
-
-/// `bytes` as the inside of a JSON string, invalid UTF-8 replaced by U+FFFD.
-fn encode_json_lossy_body(bytes: &[u8], out: &mut Vec<u8>) {
-    for chunk in bytes.utf8_chunks() {
-        encode_json_str_body(chunk.valid().as_bytes(), out);
-        if !chunk.invalid().is_empty() {
-            out.extend_from_slice("\u{fffd}".as_bytes());
-        }
-    }
-}
-
-/// Appends the header fields of a raw head (start line skipped) as a JSON object: names
-/// lower-cased, in order of first appearance; repeated fields combined with `", "` as RFC 9110
-/// §5.3 allows, so none is dropped. Obsolete line folding (RFC 9112 §5.2) is unfolded with a
-/// space. Lines without a colon are ignored.
-fn encode_headers(head: &[u8], out: &mut Vec<u8>) {
-    // (name, value lines): a field with obs-fold continuations has several value lines.
-    let mut fields: Vec<(&[u8], Vec<&[u8]>)> = Vec::new();
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    lines.next(); // request or status line
-    for line in lines {
-        if line.is_empty() {
-            break;
-        }
-        if line[0] == b' ' || line[0] == b'\t' {
-            if let Some((_, values)) = fields.last_mut() {
-                values.push(line.trim_ascii());
-            }
-            continue;
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        fields.push((
-            line[..colon].trim_ascii(),
-            vec![line[colon + 1..].trim_ascii()],
-        ));
-    }
-    out.push(b'{');
-    let mut first = true;
-    for (i, (name, _)) in fields.iter().enumerate() {
-        if fields[..i]
-            .iter()
-            .any(|(seen, _)| seen.eq_ignore_ascii_case(name))
-        {
-            continue; // combined into its first occurrence
-        }
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        out.push(b'"');
-        let lower_from = out.len();
-        encode_json_lossy_body(name, out);
-        out[lower_from..].make_ascii_lowercase();
-        out.extend_from_slice(b"\":\"");
-        let same_name = fields[i..]
-            .iter()
-            .filter(|(other, _)| other.eq_ignore_ascii_case(name));
-        for (n, (_, values)) in same_name.enumerate() {
-            if n > 0 {
-                out.extend_from_slice(b", ");
-            }
-            for (v, value) in values.iter().enumerate() {
-                if v > 0 {
-                    out.push(b' ');
-                }
-                encode_json_lossy_body(value, out);
-            }
-        }
-        out.push(b'"');
-    }
-    out.push(b'}');
-}
-
-const TABLE_HEADER: &str =
-    "TIME (UTC)               STATUS  DURATION_MS  METHOD   OUTCOME           FAULT  URL\n";
-
-/// Appends one record as a table row under [`TABLE_HEADER`]: the URL comes last and unpadded,
-/// so long URLs do not break the columns before it.
-fn encode_table_row(rec: &ArchivedTraceEvent<'_>, out: &mut Vec<u8>) {
-    encode_utc(rec.start_unix_ns.to_native(), out);
-    let duration_ms = rec.duration_ns.to_native() as f64 / 1e6;
-    let fault = rec
-        .fault
-        .as_ref()
-        .map_or_else(|| "-".to_owned(), |f| format!("#{}", f.rule.to_native()));
-    writeln!(
-        out,
-        "  {:<6}  {:>11.3}  {:<7}  {:<16}  {:<5}  {}",
-        rec.status.to_native(),
-        duration_ms,
-        String::from_utf8_lossy(rec.method.get()),
-        rec.outcome.get().as_str(),
-        fault,
-        String::from_utf8_lossy(rec.url.get()),
-    )
-    .ok();
-}
-
-/// Appends `2026-01-01 00:00:00.123` for ns since the Unix epoch (UTC, proleptic Gregorian).
-fn encode_utc(unix_ns: u64, out: &mut Vec<u8>) {
-    let secs = unix_ns / 1_000_000_000;
-    let millis = (unix_ns / 1_000_000) % 1000;
-    let (days, day_secs) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    write!(
-        out,
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{millis:03}",
-        day_secs / 3600,
-        day_secs % 3600 / 60,
-        day_secs % 60
-    )
-    .ok();
+    obj.insert("max".to_owned(), json!(samples.last()));
+    Value::Object(obj)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::tests::{SYNTHETIC_503_HEAD, TempDir, full_event};
-    use crate::trace::{FaultHit, FaultKind, MIN_RING_BYTES, TraceConfig, TraceEvent, TraceWriter};
-
-    fn archived(ev: &TraceEvent<'_>) -> AlignedVec {
-        rkyv::api::low::to_bytes_in_with_alloc::<_, _, rkyv::rancor::Failure>(
-            ev,
-            AlignedVec::new(),
-            rkyv::ser::allocator::Arena::new().acquire(),
-        )
-        .expect("serialise")
-    }
-
-    fn json_line(ev: &TraceEvent<'_>) -> String {
-        let bytes = archived(ev);
-        let mut out = Vec::new();
-        encode_json_line(access_record(&bytes).expect("valid"), &mut out);
-        String::from_utf8(out).expect("utf-8")
-    }
-
-    #[test]
-    fn json_line_golden_synthetic_503() {
-        let ev = TraceEvent {
-            trace_id: 0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c,
-            span_id: 0xb7ad_6b71_6920_3331,
-            parent_span_id: None,
-            start_unix_ns: 1_767_225_600_123_456_789,
-            duration_ns: 2_345_678,
-            upstream_ttfb_ns: None,
-            injected_delay_ns: 0,
-            fault: Some(FaultHit {
-                rule: 0,
-                kind: FaultKind::Error,
-                spec: "error:503:0.5",
-            }),
-            method: b"GET",
-            url: b"http://127.0.0.1:3000/health",
-            version: "HTTP/1.1",
-            status: 503,
-            request_head: b"GET /health HTTP/1.1\r\nHost: 127.0.0.1:3000\r\nUser-Agent: t\r\n\r\n",
-            response_head: SYNTHETIC_503_HEAD,
-            request_body: b"",
-            request_body_len: 0,
-            response_body: b"{\"fault\":\"injected\"}",
-            response_body_len: 20,
-            client_addr: "127.0.0.1:50000".parse().expect("addr"),
-            upstream_addr: None,
-            outcome: Outcome::Fault,
-        };
-        let want = concat!(
-            r#"{"trace_id":"0af7651916cd43dd8448eb211c80319c","span_id":"b7ad6b7169203331","parent_span_id":null,"#,
-            r#""timestamp_ms":1767225600123,"duration_ms":2,"duration_us":2345,"method":"GET","#,
-            r#""url":"http://127.0.0.1:3000/health","status_code":503,"protocol_version":"HTTP/1.1","#,
-            r#""request_headers":{"host":"127.0.0.1:3000","user-agent":"t"},"#,
-            r#""response_headers":{"content-type":"application/json","x-fault-injected":"phantom","content-length":"20"},"#,
-            r#""request_body_bytes":0,"request_body_truncated":false,"#,
-            r#""response_body":"{\"fault\":\"injected\"}","response_body_bytes":20,"response_body_truncated":false,"#,
-            r#""source_addr":"127.0.0.1:50000","dest_addr":null,"upstream_ttfb_us":null,"#,
-            r#""fault":{"rule":0,"kind":"error","spec":"error:503:0.5"},"injected_delay_ms":0,"outcome":"fault"}"#,
-            "\n"
-        );
-        assert_eq!(json_line(&ev), want);
-        let parsed: Value = serde_json::from_str(want).expect("valid JSON");
-        assert_eq!(parsed["response_body"], "{\"fault\":\"injected\"}");
-    }
-
-    #[test]
-    fn json_line_full_record_parses_with_every_field() {
-        let line = json_line(&full_event());
-        let v: Value = serde_json::from_str(&line).expect("valid JSON");
-        let rows: &[(&str, Value)] = &[
-            ("trace_id", json!("4bf92f3577b34da6a3ce929d0e0e4736")),
-            ("span_id", json!("1122334455667788")),
-            ("parent_span_id", json!("00f067aa0ba902b7")),
-            ("timestamp_ms", json!(1_767_225_600_123u64)),
-            ("duration_ms", json!(1)),
-            ("duration_us", json!(1234)),
-            ("method", json!("POST")),
-            ("url", json!("http://127.0.0.1:3000/api/items?id=7")),
-            ("status_code", json!(503)),
-            ("protocol_version", json!("HTTP/1.1")),
-            (
-                "request_headers",
-                json!({"host": "127.0.0.1:3000", "accept": "a, b", "content-length": "11"}),
-            ),
-            ("request_body", json!("hello world")),
-            ("request_body_bytes", json!(11)),
-            ("request_body_truncated", json!(false)),
-            ("response_body_bytes", json!(20)),
-            ("source_addr", json!("127.0.0.1:54321")),
-            ("dest_addr", json!("[::1]:3000")),
-            ("upstream_ttfb_us", json!(456)),
-            (
-                "fault",
-                json!({"rule": 2, "kind": "error", "spec": "error:503:0.5"}),
-            ),
-            ("injected_delay_ms", json!(250)),
-            ("outcome", json!("fault")),
-        ];
-        for (key, want) in rows {
-            assert_eq!(&v[key], want, "field {key}");
-        }
-    }
-
-    #[test]
-    fn json_line_bodies_rows() {
-        // (name, captured body, full length, want body field, want truncated)
-        type Row<'a> = (&'a str, &'a [u8], u64, Option<&'a str>, bool);
-        let rows: &[Row<'_>] = &[
-            ("empty_body_omitted", b"", 0, None, false),
-            ("truncated_prefix_flagged", b"abc", 10, Some("abc"), true),
-            (
-                "invalid_utf8_lossy",
-                b"a\xffb",
-                3,
-                Some("a\u{fffd}b"),
-                false,
-            ),
-            (
-                "control_chars_escaped",
-                b"a\x01\"\\\n",
-                5,
-                Some("a\u{1}\"\\\n"),
-                false,
-            ),
-            ("captured_none_of_nonempty_body", b"", 7, None, true),
-        ];
-        for (name, body, len, want_body, want_truncated) in rows {
-            let ev = TraceEvent {
-                request_body: body,
-                request_body_len: *len,
-                ..full_event()
-            };
-            let v: Value = serde_json::from_str(&json_line(&ev)).expect("valid JSON");
-            assert_eq!(
-                v.get("request_body").and_then(Value::as_str),
-                *want_body,
-                "row {name}"
-            );
-            assert_eq!(v["request_body_truncated"], *want_truncated, "row {name}");
-            assert_eq!(v["request_body_bytes"], *len, "row {name}");
-        }
-    }
-
-    #[test]
-    fn encode_headers_rows() {
-        let rows: &[(&str, &[u8], Value)] = &[
-            (
-                "lower_cased",
-                b"GET / HTTP/1.1\r\nHost: x\r\nX-Thing: Y\r\n\r\n",
-                json!({"host": "x", "x-thing": "Y"}),
-            ),
-            (
-                "repeated_combined",
-                b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\n",
-                json!({"set-cookie": "a=1, b=2"}),
-            ),
-            (
-                "ows_trimmed",
-                b"GET / HTTP/1.1\r\nA:   v  \r\n\r\n",
-                json!({"a": "v"}),
-            ),
-            (
-                "empty_value_kept",
-                b"GET / HTTP/1.1\r\nA:\r\n\r\n",
-                json!({"a": ""}),
-            ),
-            (
-                "obs_fold_unfolded",
-                b"GET / HTTP/1.1\r\nA: one\r\n  two\r\n\r\n",
-                json!({"a": "one two"}),
-            ),
-            (
-                "bare_lf_accepted",
-                b"GET / HTTP/1.1\nA: 1\nB: 2\n\n",
-                json!({"a": "1", "b": "2"}),
-            ),
-            (
-                "no_colon_ignored",
-                b"GET / HTTP/1.1\r\ngarbage\r\nA: 1\r\n\r\n",
-                json!({"a": "1"}),
-            ),
-            (
-                "invalid_utf8_lossy",
-                b"GET / HTTP/1.1\r\nX-B\xffd: x\xffy\r\n\r\n",
-                json!({"x-b\u{fffd}d": "x\u{fffd}y"}),
-            ),
-            (
-                "quotes_escaped",
-                b"GET / HTTP/1.1\r\nA: \"q\"\\\r\n\r\n",
-                json!({"a": "\"q\"\\"}),
-            ),
-            (
-                "three_repeats_first_position",
-                b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nA: 3\r\na: 4\r\n\r\n",
-                json!({"a": "1, 3, 4", "b": "2"}),
-            ),
-            ("start_line_only", b"GET / HTTP/1.1\r\n\r\n", json!({})),
-            ("empty_head", b"", json!({})),
-        ];
-        for (name, head, want) in rows {
-            let mut out = Vec::new();
-            encode_headers(head, &mut out);
-            let got: Value = serde_json::from_slice(&out).expect("valid JSON");
-            assert_eq!(&got, want, "row {name}");
-        }
-    }
-
-    #[test]
-    fn parse_status_filter_rows() {
-        let rows: &[(&str, &str, Result<StatusFilter, ()>)] = &[
-            ("exact", "503", Ok(StatusFilter::Exact(503))),
-            ("class", "5xx", Ok(StatusFilter::Class(5))),
-            ("class_upper", "4XX", Ok(StatusFilter::Class(4))),
-            ("lowest", "100", Ok(StatusFilter::Exact(100))),
-            ("too_high", "600", Err(())),
-            ("six_class", "6xx", Err(())),
-            ("two_digits", "50", Err(())),
-            ("mixed", "5x3", Err(())),
-            ("word", "error", Err(())),
-            ("empty", "", Err(())),
-        ];
-        for (name, input, want) in rows {
-            assert_eq!(
-                parse_status_filter(input).map_err(|_| ()),
-                *want,
-                "row {name}"
-            );
-        }
-    }
-
-    #[test]
-    fn encode_utc_rows() {
-        let rows: &[(&str, u64, &str)] = &[
-            ("epoch", 0, "1970-01-01 00:00:00.000"),
-            (
-                "leap_day",
-                951_782_400_000_000_000,
-                "2000-02-29 00:00:00.000",
-            ),
-            (
-                "millis",
-                1_767_225_600_123_456_789,
-                "2026-01-01 00:00:00.123",
-            ),
-            (
-                "end_of_day",
-                1_767_311_999_999_000_000,
-                "2026-01-01 23:59:59.999",
-            ),
-        ];
-        for (name, ns, want) in rows {
-            let mut out = Vec::new();
-            encode_utc(*ns, &mut out);
-            assert_eq!(String::from_utf8_lossy(&out), *want, "row {name}");
-        }
-    }
+    use crate::trace::tests::{TempDir, full_event};
+    use crate::trace::{AppliedFault, MIN_RING_BYTES, TraceConfig, TraceEvent, TraceWriter};
 
     const BASE_NS: u64 = 1_700_000_000_000_000_000;
 
@@ -1043,6 +573,14 @@ mod tests {
     /// i: 0..10, ring i%2, start BASE + i ms (written out of order per ring), duration (i+1) ms,
     /// status 200 except i in {3, 7} → 503 (faulted by rule 0) and i == 5 → 404;
     /// method GET except i == 4 → POST; url /item/<i>.
+    const REFUSED: &[AppliedFault<'static>] = &[AppliedFault {
+        kind: FaultKind::Error,
+        rule: 0,
+        rule_id: "r0",
+        spec: "error:503:0.5",
+        value: 503,
+    }];
+
     fn write_known_traffic(dir: &Path) {
         let cfg = TraceConfig {
             dir: dir.to_path_buf(),
@@ -1069,11 +607,7 @@ mod tests {
                 },
                 method: if i == 4 { b"POST" } else { b"GET" },
                 url: urls[i as usize].as_bytes(),
-                fault: faulted.then_some(FaultHit {
-                    rule: 0,
-                    kind: FaultKind::Error,
-                    spec: "error:503:0.5",
-                }),
+                faults: if faulted { REFUSED } else { &[] },
                 outcome: if faulted { Outcome::Fault } else { Outcome::Ok },
                 ..full_event()
             };
@@ -1135,7 +669,7 @@ mod tests {
             (
                 "method_case_insensitive",
                 Filter {
-                    method: Some("post".into()),
+                    methods: vec!["post".into()],
                     ..Filter::default()
                 },
                 &["4"],
@@ -1159,7 +693,7 @@ mod tests {
             (
                 "combined",
                 Filter {
-                    method: Some("GET".into()),
+                    methods: vec!["GET".into()],
                     limit: Some(1),
                     faulted: true,
                     ..Filter::default()
@@ -1170,7 +704,69 @@ mod tests {
             (
                 "since_excludes_old",
                 Filter {
-                    since: Some(Duration::from_secs(3600)),
+                    since: Some(TimeBound::Ago(Duration::from_secs(3600))),
+                    ..Filter::default()
+                },
+                &[],
+            ),
+            (
+                "status_range",
+                Filter {
+                    status: Some(StatusFilter::Range {
+                        low: 404,
+                        high: 503,
+                    }),
+                    ..Filter::default()
+                },
+                &["3", "5", "7"],
+            ),
+            (
+                "methods_any_of",
+                Filter {
+                    methods: vec!["PUT".into(), "POST".into()],
+                    ..Filter::default()
+                },
+                &["4"],
+            ),
+            (
+                "until_absolute",
+                Filter {
+                    until: Some(TimeBound::At(BASE_NS + 2_000_000)),
+                    ..Filter::default()
+                },
+                &["0", "1", "2"],
+            ),
+            (
+                "since_and_until_absolute",
+                Filter {
+                    since: Some(TimeBound::At(BASE_NS + 4_000_000)),
+                    until: Some(TimeBound::At(BASE_NS + 5_000_000)),
+                    ..Filter::default()
+                },
+                &["4", "5"],
+            ),
+            (
+                "offset_then_limit_pages_back",
+                Filter {
+                    limit: Some(3),
+                    offset: 3,
+                    ..Filter::default()
+                },
+                &["4", "5", "6"],
+            ),
+            (
+                "reverse_newest_first",
+                Filter {
+                    limit: Some(3),
+                    reverse: true,
+                    ..Filter::default()
+                },
+                &["9", "8", "7"],
+            ),
+            (
+                "trace_id_none_match",
+                Filter {
+                    trace_id: Some(1),
                     ..Filter::default()
                 },
                 &[],
@@ -1178,7 +774,7 @@ mod tests {
             (
                 "since_includes_recent",
                 Filter {
-                    since: Some(Duration::from_secs(100 * 365 * 86_400)),
+                    since: Some(TimeBound::Ago(Duration::from_secs(100 * 365 * 86_400))),
                     limit: Some(1),
                     ..Filter::default()
                 },
@@ -1240,6 +836,79 @@ mod tests {
         }
         let rps = v["requests_per_second"].as_f64().unwrap_or_default();
         assert!((rps - 10.0 / 0.019).abs() < 1e-6, "{rps}");
+    }
+
+    #[test]
+    fn write_stats_ledger_and_lost_known_traffic() {
+        let dir = TempDir::new("query-stats-ledger");
+        write_known_traffic(dir.path());
+        let mut out = Vec::new();
+        write_stats(dir.path(), &Filter::default(), &mut out).expect("stats");
+        let v: Value = serde_json::from_slice(&out).expect("json");
+        // full_event: injected 250 000 µs, upstream 123 + 456 + 78 µs; durations (i+1) ms are
+        // shorter than that, so overhead clamps to 0 and upstream is the same for every record.
+        let rows: &[(&str, &str, Value)] = &[
+            (
+                "faulted_count",
+                "/latency_us/faulted/injected/count",
+                json!(2),
+            ),
+            (
+                "faulted_injected",
+                "/latency_us/faulted/injected/p50",
+                json!(250_000),
+            ),
+            (
+                "unfaulted_upstream",
+                "/latency_us/unfaulted/upstream/p99.9",
+                json!(657),
+            ),
+            (
+                "unfaulted_overhead",
+                "/latency_us/unfaulted/overhead/max",
+                json!(0),
+            ),
+            ("kind_error", "/faults_by_kind/error", json!(2)),
+            ("written", "/lost/written", json!(10)),
+            ("overwritten", "/lost/overwritten", json!(0)),
+            ("dropped", "/lost/dropped", json!(0)),
+            ("no_hint", "/lost/hint", Value::Null),
+        ];
+        for (name, pointer, want) in rows {
+            assert_eq!(v.pointer(pointer), Some(want), "row {name}: {v:#}");
+        }
+    }
+
+    #[test]
+    fn write_record_and_clear() {
+        let dir = TempDir::new("query-get-clear");
+        write_known_traffic(dir.path());
+        let mut out = Vec::new();
+        let span = full_event().span_id;
+        write_record(
+            dir.path(),
+            span,
+            &RenderOptions::default(),
+            Format::Jsonl,
+            &mut out,
+        )
+        .expect("get");
+        let v: Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["url"], "http://h/item/9", "the newest of equal spans");
+        let err = write_record(
+            dir.path(),
+            7,
+            &RenderOptions::default(),
+            Format::Jsonl,
+            &mut out,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("0000000000000007"), "{err}");
+        assert!(clear_traces(dir.path(), false).is_err());
+        assert_eq!(clear_traces(dir.path(), true).expect("clear"), 2);
+        assert!(ring_paths(dir.path()).expect("list").is_empty());
     }
 
     #[test]
@@ -1322,8 +991,11 @@ mod tests {
             reset: false,
         };
         let mut w0 = TraceWriter::open(&cfg, 0).expect("ring 0");
+        // Older than every live record, so it is first even when the writer thread gets ahead
+        // of the follower's first read.
         w0.write(&TraceEvent {
             url: b"backlog",
+            start_unix_ns: BASE_NS - 1,
             ..full_event()
         });
         let writer = std::thread::spawn(move || {
@@ -1354,6 +1026,7 @@ mod tests {
         follow_traces(
             dir.path(),
             &Filter::default(),
+            &RenderOptions::default(),
             Format::Jsonl,
             &mut out,
             Duration::from_millis(5),

@@ -1,29 +1,110 @@
 //! The trace record: one answered request, borrowed from the proxy's buffers when written and read
 //! back zero-copy (validated by rkyv's bytecheck) from a ring; plus W3C `traceparent` handling.
 //!
-//! It does not frame, store or render records: `ring` stores bytes, `query` renders them.
+//! It does not frame, store or render records: `ring` stores bytes, `render` renders them.
 
 use std::net::SocketAddr;
 
 use rkyv::{Archive, Serialize};
 
-/// Which kind of fault rule fired. `trace`'s own copy, so that `trace` does not depend on `fault`.
-#[derive(Archive, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+/// Version of the record schema this release writes and reads. Bump on any change to
+/// [`TraceEvent`] or what it holds; the ring format version moves with it, so a ring of another
+/// schema is refused with a clear message instead of having every record skipped.
+pub const RECORD_SCHEMA: u16 = 2;
+
+/// What a fault did to an exchange. `trace`'s own list (it names the rule kinds of the fault
+/// model; `fault` maps its plan onto these): the seed's two kinds first, then the response-side,
+/// body and connection faults.
+#[derive(Archive, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 #[repr(u8)]
 pub enum FaultKind {
-    /// The request was held back before being forwarded.
+    /// Held back before being forwarded. Value: the sampled delay, ns.
     Delay,
-    /// A synthetic error response was sent instead of forwarding.
+    /// A synthetic response was sent instead of forwarding. Value: its status code.
     Error,
+    /// Held back before the upstream's response head was relayed. Value: the delay, ns.
+    ResponseDelay,
+    /// Held back between response body chunks. Value: the total delay, ns.
+    BodyDelay,
+    /// The response body was paced to a bandwidth. Value: bytes per second.
+    Throttle,
+    /// The response body was sent in pieces over a total time. Value: the total time, ns.
+    Dribble,
+    /// The response body was cut short and the connection closed. Value: bytes sent.
+    Truncate,
+    /// The connection was reset (RST). Value: response body bytes sent before it.
+    Reset,
+    /// The connection was closed without a response. Value: 0.
+    Close,
+    /// Nothing was answered until the client gave up. Value: how long it hung, ns.
+    Hang,
+    /// Bytes that are not HTTP were sent. Value: how many.
+    Garbage,
+    /// The response head was dribbled. Value: the total time, ns.
+    SlowHeaders,
+    /// The request body going upstream was paced. Value: bytes per second.
+    RequestThrottle,
+    /// The request body going upstream was cut short. Value: bytes sent.
+    RequestTruncate,
 }
 
 impl FaultKind {
-    /// The name used in `--fault` specs and in JSON output (`"delay"`, `"error"`).
+    /// Every kind, in declaration order (stable order for `stats` output).
+    pub const ALL: [FaultKind; 14] = [
+        FaultKind::Delay,
+        FaultKind::Error,
+        FaultKind::ResponseDelay,
+        FaultKind::BodyDelay,
+        FaultKind::Throttle,
+        FaultKind::Dribble,
+        FaultKind::Truncate,
+        FaultKind::Reset,
+        FaultKind::Close,
+        FaultKind::Hang,
+        FaultKind::Garbage,
+        FaultKind::SlowHeaders,
+        FaultKind::RequestThrottle,
+        FaultKind::RequestTruncate,
+    ];
+
+    /// The kebab-case name used in JSON output (`"delay"`, `"error"`, `"response-delay"` …).
     pub fn as_str(self) -> &'static str {
         match self {
             FaultKind::Delay => "delay",
             FaultKind::Error => "error",
+            FaultKind::ResponseDelay => "response-delay",
+            FaultKind::BodyDelay => "body-delay",
+            FaultKind::Throttle => "throttle",
+            FaultKind::Dribble => "dribble",
+            FaultKind::Truncate => "truncate",
+            FaultKind::Reset => "reset",
+            FaultKind::Close => "close",
+            FaultKind::Hang => "hang",
+            FaultKind::Garbage => "garbage",
+            FaultKind::SlowHeaders => "slow-headers",
+            FaultKind::RequestThrottle => "request-throttle",
+            FaultKind::RequestTruncate => "request-truncate",
+        }
+    }
+
+    /// What [`AppliedFault::value`] counts for this kind: `"ns"`, `"status"`, `"bytes"` or
+    /// `"bytes_per_second"`.
+    pub fn unit(self) -> &'static str {
+        match self {
+            FaultKind::Delay
+            | FaultKind::ResponseDelay
+            | FaultKind::BodyDelay
+            | FaultKind::Dribble
+            | FaultKind::Hang
+            | FaultKind::SlowHeaders => "ns",
+            FaultKind::Error => "status",
+            FaultKind::Throttle | FaultKind::RequestThrottle => "bytes_per_second",
+            FaultKind::Truncate
+            | FaultKind::Reset
+            | FaultKind::Close
+            | FaultKind::Garbage
+            | FaultKind::RequestTruncate => "bytes",
         }
     }
 }
@@ -34,6 +115,18 @@ impl ArchivedFaultKind {
         match self {
             ArchivedFaultKind::Delay => FaultKind::Delay,
             ArchivedFaultKind::Error => FaultKind::Error,
+            ArchivedFaultKind::ResponseDelay => FaultKind::ResponseDelay,
+            ArchivedFaultKind::BodyDelay => FaultKind::BodyDelay,
+            ArchivedFaultKind::Throttle => FaultKind::Throttle,
+            ArchivedFaultKind::Dribble => FaultKind::Dribble,
+            ArchivedFaultKind::Truncate => FaultKind::Truncate,
+            ArchivedFaultKind::Reset => FaultKind::Reset,
+            ArchivedFaultKind::Close => FaultKind::Close,
+            ArchivedFaultKind::Hang => FaultKind::Hang,
+            ArchivedFaultKind::Garbage => FaultKind::Garbage,
+            ArchivedFaultKind::SlowHeaders => FaultKind::SlowHeaders,
+            ArchivedFaultKind::RequestThrottle => FaultKind::RequestThrottle,
+            ArchivedFaultKind::RequestTruncate => FaultKind::RequestTruncate,
         }
     }
 }
@@ -96,22 +189,50 @@ impl ArchivedOutcome {
     }
 }
 
-/// The fault rule that fired for a request.
+/// One fault applied to an exchange, with the value sampled for it.
 #[derive(Archive, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FaultHit<'a> {
-    /// Index of the rule in the `--fault` list (0-based).
-    pub rule: u32,
-    /// Delay or error.
+pub struct AppliedFault<'a> {
+    /// What the fault did.
     pub kind: FaultKind,
+    /// Index of the rule in its table (0-based, in the order given).
+    pub rule: u32,
+    /// The rule's stable id (`r<index>` unless the rules file or admin API named it).
+    #[rkyv(with = rkyv::with::InlineAsBox)]
+    pub rule_id: &'a str,
     /// The rule's canonical spec text, e.g. `error:503:0.5`.
     #[rkyv(with = rkyv::with::InlineAsBox)]
     pub spec: &'a str,
+    /// The sampled value, in the kind's [`FaultKind::unit`] (a delay in ns, a status code …).
+    pub value: u64,
+}
+
+/// TLS facts of an exchange (client side, and upstream side when the proxy originated TLS).
+#[derive(Archive, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsFacts<'a> {
+    /// Server name the client asked for (SNI), empty if none.
+    #[rkyv(with = rkyv::with::InlineAsBox)]
+    pub server_name: &'a str,
+    /// Negotiated protocol version as on the wire (`0x0304` for TLS 1.3), 0 if none.
+    pub version: u16,
+    /// Negotiated cipher suite as on the wire (IANA code point), 0 if none.
+    pub cipher_suite: u16,
+    /// Negotiated ALPN protocol, empty if none.
+    #[rkyv(with = rkyv::with::InlineAsBox)]
+    pub alpn: &'a [u8],
+    /// The proxy terminated the client's TLS with a leaf of its own CA (`--mitm`).
+    pub mitm: bool,
+    /// The proxy spoke TLS to the upstream.
+    pub upstream_tls: bool,
 }
 
 /// One answered request, as the proxy saw it. Borrows everything: building one allocates nothing.
 ///
-/// Written with [`TraceWriter::write`](super::TraceWriter::write); read back as
-/// [`ArchivedTraceEvent`] without copying.
+/// Written with [`TraceWriter::write`](super::TraceWriter::write) (which stamps it with
+/// [`RECORD_SCHEMA`]); read back as [`ArchivedTraceEvent`] without copying.
+///
+/// # Latency ledger
+/// `duration_ns` = `injected_delay_ns` + upstream (`upstream_connect_ns` + `upstream_ttfb_ns` +
+/// `upstream_body_ns`) + what the proxy itself added (`overhead`, derived, never stored).
 #[derive(Archive, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceEvent<'a> {
     /// W3C trace id: from the incoming `traceparent`, random otherwise. Never 0.
@@ -124,13 +245,24 @@ pub struct TraceEvent<'a> {
     pub start_unix_ns: u64,
     /// From `start_unix_ns` to the last response byte sent (or the failure), ns.
     pub duration_ns: u64,
+    /// Connecting to the upstream (TCP, and TLS when originated), ns; 0 for a pooled
+    /// connection or when the upstream was not contacted.
+    pub upstream_connect_ns: u64,
     /// From sending the request upstream to the upstream's first response byte, ns; `None` if the
     /// upstream was not contacted.
     pub upstream_ttfb_ns: Option<u64>,
-    /// Delay added by a fault rule, ns (0 if none).
+    /// From the upstream's first response byte to its last body byte, ns (0 when none). Time
+    /// spent in injected body faults belongs to `injected_delay_ns`, not here.
+    pub upstream_body_ns: u64,
+    /// Every delay the faults added, summed, ns (0 if none).
     pub injected_delay_ns: u64,
-    /// The fault rule that fired, if any.
-    pub fault: Option<FaultHit<'a>>,
+    /// Generation of the fault table the exchange was decided against (0: the startup table).
+    pub generation: u64,
+    /// Every fault applied, in the order they acted (empty: not faulted).
+    #[rkyv(with = rkyv::with::InlineAsBox)]
+    pub faults: &'a [AppliedFault<'a>],
+    /// TLS facts, when TLS was involved.
+    pub tls: Option<TlsFacts<'a>>,
     /// Request method as received, e.g. `GET`.
     #[rkyv(with = rkyv::with::InlineAsBox)]
     pub method: &'a [u8],
@@ -164,6 +296,23 @@ pub struct TraceEvent<'a> {
     pub upstream_addr: Option<SocketAddr>,
     /// How the exchange ended.
     pub outcome: Outcome,
+}
+
+/// What a ring payload holds: the schema version, then the record. Only the writer builds one.
+#[derive(Archive, Serialize)]
+pub(super) struct Stored<'e, 'a> {
+    /// [`RECORD_SCHEMA`] of the writer.
+    pub(super) schema: u16,
+    /// The record itself.
+    #[rkyv(with = rkyv::with::Inline)]
+    pub(super) event: &'e TraceEvent<'a>,
+}
+
+impl<'a> ArchivedTraceEvent<'a> {
+    /// The first fault applied, if any (what the seed's single `fault` field showed).
+    pub fn first_fault(&self) -> Option<&ArchivedAppliedFault<'a>> {
+        self.faults.get().first()
+    }
 }
 
 /// Length of a version-00 `traceparent` value: `00-` + 32 + `-` + 16 + `-` + 2.

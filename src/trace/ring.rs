@@ -9,7 +9,9 @@
 //! 16  data capacity u64        24  header generation u64 (odd while the writer updates it)
 //! 32  write position u64       40  next sequence u64
 //! 48  tail position u64        56  tail sequence u64 (== next sequence when empty)
-//! 64  data: frames, each starting at a 16-byte aligned offset
+//! 64  records dropped u64 (not stored: too large, or the write failed)
+//! 72  reserved, zero
+//! 128 data: frames, each starting at a 16-byte aligned offset
 //! ```
 //! A frame is `seq u64 | len u32 | crc32 u32 | payload | zero pad to 16`, where the crc covers
 //! seq, len and payload. Sequence numbers start at 1 and are consecutive; 0 marks a free or
@@ -26,6 +28,15 @@
 //! checks and is never returned. The mapping is `MAP_SHARED`, so after SIGKILL the page cache
 //! holds every published frame; a torn last frame fails its crc and recovery appends after the
 //! last valid one.
+//!
+//! # Space and replacement
+//! A ring's whole file is reserved when it is created (`fallocate`, or writing every block where
+//! the filesystem has none), so no page of the mapping can ever fault for want of disk: a ring
+//! that does not fit fails at startup instead. A new ring (first start, or `--trace-reset`) is
+//! built under a temporary name and renamed into place, so a reader never sees a half-made file
+//! and a reader's old mapping is never truncated under it; readers notice the new inode and
+//! reopen (`tail.rs`). Records evicted by wrapping are `tail sequence - 1`; records dropped by
+//! the writer are counted in the header too, so any process can read both.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -40,9 +51,11 @@ use super::TraceError;
 /// File magic: identifies a phantom-fast ring (the version is a separate field).
 const RING_MAGIC: [u8; 8] = *b"PFTRACE\0";
 /// Ring format version; bump on any change to the header, framing or record schema.
-const FORMAT_VERSION: u32 = 1;
+/// Version 2: the 128-byte header with the dropped-record counter, and record schema 2
+/// ([`super::RECORD_SCHEMA`]).
+const FORMAT_VERSION: u32 = 2;
 /// Bytes before the first frame.
-const HEADER_BYTES: u64 = 64;
+const HEADER_BYTES: u64 = 128;
 /// Bytes of a frame's own header (seq, len, crc) before its payload.
 const FRAME_HEADER_BYTES: u64 = 16;
 /// Frames start at multiples of this, so a payload in the (page-aligned) mapping is aligned for
@@ -64,6 +77,10 @@ const OFF_WRITE_POS: usize = 32;
 const OFF_NEXT_SEQ: usize = 40;
 const OFF_TAIL_POS: usize = 48;
 const OFF_TAIL_SEQ: usize = 56;
+const OFF_DROPPED: usize = 64;
+
+/// Chunk size of the fallback that reserves space by rewriting every block.
+const RESERVE_CHUNK_BYTES: usize = 1 << 20;
 
 /// How often a reader re-reads a header whose generation is odd before taking it as is (a
 /// writer killed mid-update leaves it odd forever; the fields are hints, so that is safe).
@@ -80,6 +97,45 @@ const MAX_SEQ: u64 = 1 << 62;
 pub enum AppendError {
     /// The framed payload is larger than the whole ring (or than `u32::MAX - 1`).
     TooLarge,
+}
+
+/// What a ring has seen since it was created, from its header: any process can read it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingUsage {
+    /// Records stored (sequence numbers handed out).
+    pub written: u64,
+    /// Records overwritten by newer ones when the ring wrapped (the oldest go first).
+    pub overwritten: u64,
+    /// Records the writer could not store (larger than the ring, or the write failed).
+    pub dropped: u64,
+}
+
+impl RingUsage {
+    /// Field-wise sum (several rings).
+    pub fn plus(self, other: RingUsage) -> RingUsage {
+        RingUsage {
+            written: self.written + other.written,
+            overwritten: self.overwritten + other.overwritten,
+            dropped: self.dropped + other.dropped,
+        }
+    }
+
+    /// What happened between `earlier` and `self` (the same rings, read twice).
+    pub fn since(self, earlier: RingUsage) -> RingUsage {
+        RingUsage {
+            written: self.written.saturating_sub(earlier.written),
+            overwritten: self.overwritten.saturating_sub(earlier.overwritten),
+            dropped: self.dropped.saturating_sub(earlier.dropped),
+        }
+    }
+
+    fn of(snap: HeaderSnapshot, dropped: u64) -> RingUsage {
+        RingUsage {
+            written: snap.next_seq.saturating_sub(1),
+            overwritten: snap.tail_seq.min(snap.next_seq).saturating_sub(1),
+            dropped,
+        }
+    }
 }
 
 /// The dynamic header fields, read as one consistent snapshot.
@@ -129,7 +185,9 @@ fn check_header(map: &[u8]) -> Result<u64, &'static str> {
         u32::from_le_bytes(le)
     };
     if u32_at(OFF_VERSION) != FORMAT_VERSION {
-        return Err("unsupported ring format version");
+        return Err(
+            "ring of another format version (another phantom-fast release); use --trace-reset to recreate it",
+        );
     }
     if u64::from(u32_at(OFF_HEADER_BYTES)) != HEADER_BYTES {
         return Err("corrupt ring header (header size)");
@@ -429,19 +487,25 @@ pub struct RingWriter {
     tail_seq: u64,
     /// Frames whose seq was zeroed since the last header publish (scratch for `append`).
     evicted: bool,
-    /// Kept open for the life of the mapping.
+    /// Records not stored (counted by the caller), mirrored in the header.
+    dropped: u64,
+    /// Kept open (and locked) for the life of the mapping.
     _file: File,
 }
 
 impl RingWriter {
     /// Creates `path` (size `capacity_bytes`, rounded down to whole frames) or reopens it.
     /// Reopening validates the header and resumes after the last valid frame with the next
-    /// sequence number; `reset` discards the old contents instead.
+    /// sequence number; `reset` replaces the file with a fresh ring instead (built beside it and
+    /// renamed into place: a reader's mapping of the old file stays valid). The whole file is
+    /// reserved on disk either way, so appending can never fault on a page the disk cannot back.
     ///
     /// # Errors
+    /// [`TraceError::NoSpace`] when the filesystem cannot hold the file;
     /// [`TraceError::Io`] when the file cannot be opened, sized or mapped;
     /// [`TraceError::Format`] when `capacity_bytes` is below [`MIN_RING_BYTES`], the file is not
-    /// a ring of this format, or its capacity differs from `capacity_bytes`.
+    /// a ring of this format, its capacity differs from `capacity_bytes`, or another process is
+    /// writing it.
     pub fn open(path: &Path, capacity_bytes: u64, reset: bool) -> Result<RingWriter, TraceError> {
         let format = |what| TraceError::Format {
             path: path.to_path_buf(),
@@ -455,36 +519,44 @@ impl RingWriter {
             return Err(format("ring capacity is below the 64 KiB minimum"));
         }
         let cap = (capacity_bytes - HEADER_BYTES) / FRAME_ALIGN_BYTES * FRAME_ALIGN_BYTES;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?;
+        let file_len = HEADER_BYTES + cap;
         // One writer per ring: a second proxy on the same directory would interleave frames.
-        // The lock lives as long as `_file`, i.e. the writer.
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(format(
-                    "another phantom-fast is writing this ring (use another --trace-dir)",
-                ));
+        // The lock lives as long as the file handle; the old file's lock is held until a
+        // replacement has been renamed over it.
+        let existing = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => {
+                lock_writer(&file).map_err(|e| e.for_path(path))?;
+                Some(file)
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
-        }
-        let len = file.metadata().map_err(io)?.len();
-        let fresh = reset || len == 0;
-        if fresh {
-            // set_len(0) first so the kernel hands back zeroed (sparse) pages, not old frames.
-            file.set_len(0).map_err(io)?;
-            file.set_len(HEADER_BYTES + cap).map_err(io)?;
-        }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(e)),
+        };
+        let reuse = match &existing {
+            Some(file) => !reset && file.metadata().map_err(io)?.len() != 0,
+            None => false,
+        };
+        let (file, fresh) = match existing {
+            Some(file) if reuse => (file, None),
+            _ => {
+                let tmp = temp_path(path);
+                (create_reserved(path, &tmp, file_len)?, Some(tmp))
+            }
+        };
+        let fail = |e: TraceError, fresh: &Option<PathBuf>| {
+            if let Some(tmp) = fresh {
+                let _ = std::fs::remove_file(tmp);
+            }
+            e
+        };
         // SAFETY: the mapping is only accessed through `View` (raw pointers, atomics for the
-        // words readers race on); the file is never truncated while mapped by this process. Other
-        // processes changing it concurrently is the documented contract of the ring format.
-        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(io)?;
-        if fresh {
+        // words readers race on); the file is never truncated or shrunk while mapped (a reset
+        // renames a new file over it). Other processes changing it concurrently is the
+        // documented contract of the ring format.
+        let mut map = match unsafe { MmapMut::map_mut(&file) } {
+            Ok(map) => map,
+            Err(e) => return Err(fail(io(e), &fresh)),
+        };
+        if fresh.is_some() {
             map[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&RING_MAGIC);
             map[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
             map[OFF_HEADER_BYTES..OFF_HEADER_BYTES + 4]
@@ -497,6 +569,10 @@ impl RingWriter {
                 "ring capacity differs from the configured capacity (use --trace-reset to recreate it)",
             ));
         }
+        if fresh.is_none() {
+            // A ring of an older release may be sparse: back every page now, not on a write.
+            reserve(&file, file_len).map_err(|e| e.for_path(path))?;
+        }
         let mut writer = RingWriter {
             path: path.to_path_buf(),
             map,
@@ -506,14 +582,34 @@ impl RingWriter {
             tail: 0,
             tail_seq: 1,
             evicted: false,
+            dropped: 0,
             _file: file,
         };
-        if fresh {
-            writer.publish();
-        } else {
-            writer.recover().map_err(format)?;
+        match &fresh {
+            Some(tmp) => {
+                writer.publish();
+                if let Err(e) = std::fs::rename(tmp, path) {
+                    return Err(fail(io(e), &fresh));
+                }
+            }
+            None => {
+                writer.dropped = writer.view().load(OFF_DROPPED, Ordering::Relaxed);
+                writer.recover().map_err(format)?;
+            }
         }
         Ok(writer)
+    }
+
+    /// Counts one record the caller could not store, in the header where readers see it.
+    pub fn note_dropped(&mut self) {
+        self.dropped += 1;
+        let dropped = self.dropped;
+        self.view().store(OFF_DROPPED, dropped, Ordering::Relaxed);
+    }
+
+    /// Records written, overwritten by wrapping and dropped since the ring was created.
+    pub fn usage(&self) -> RingUsage {
+        RingUsage::of(self.snapshot(), self.dropped)
     }
 
     fn view(&mut self) -> View {
@@ -680,12 +776,228 @@ impl RingWriter {
     }
 }
 
+/// A failure of one file step, before it is tied to the ring's path.
+enum FileError {
+    Io(io::Error),
+    /// Another process holds the writer's lock.
+    Busy,
+    /// The filesystem cannot hold `need` bytes (`free` were available).
+    NoSpace {
+        need: u64,
+        free: u64,
+    },
+}
+
+impl FileError {
+    fn for_path(self, path: &Path) -> TraceError {
+        match self {
+            FileError::Io(source) => TraceError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+            FileError::Busy => TraceError::Format {
+                path: path.to_path_buf(),
+                what: "another phantom-fast is writing this ring (use another --trace-dir)",
+            },
+            FileError::NoSpace { need, free } => TraceError::NoSpace {
+                dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                rings: 1,
+                ring_bytes: need,
+                free,
+            },
+        }
+    }
+}
+
+/// Takes the writer's exclusive lock on `file` without waiting.
+fn lock_writer(file: &File) -> Result<(), FileError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(FileError::Busy),
+        Err(std::fs::TryLockError::Error(e)) => Err(FileError::Io(e)),
+    }
+}
+
+/// Where a new ring is built before it is renamed to `path` (a name readers never list).
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("ring");
+    path.with_file_name(format!(".{name}.{}.new", std::process::id()))
+}
+
+/// Creates `tmp` (replacing a stale one), locked, with `len` bytes reserved on disk; errors name
+/// `ring`, the file it will become.
+fn create_reserved(ring: &Path, tmp: &Path, len: u64) -> Result<File, TraceError> {
+    let _ = std::fs::remove_file(tmp);
+    let made = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(FileError::Io)
+        .and_then(|file| {
+            lock_writer(&file)?;
+            reserve(&file, len)?;
+            Ok(file)
+        });
+    made.map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
+        e.for_path(ring)
+    })
+}
+
+/// Makes the first `len` bytes of `file` allocated on disk (extending it to `len`): `fallocate`,
+/// or, where the filesystem has none, rewriting every block with its own bytes.
+fn reserve(file: &File, len: u64) -> Result<(), FileError> {
+    use std::os::fd::AsRawFd;
+    let off_len =
+        libc::off_t::try_from(len).map_err(|_| FileError::NoSpace { need: len, free: 0 })?;
+    // SAFETY: plain syscall on a descriptor `file` keeps open for the call.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
+    let err = if rc == 0 {
+        return Ok(());
+    } else {
+        io::Error::last_os_error()
+    };
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::ENOSYS) => reserve_by_writing(file, len),
+        Some(libc::ENOSPC | libc::EDQUOT) => Err(FileError::NoSpace {
+            need: len,
+            free: free_bytes(file),
+        }),
+        _ => Err(FileError::Io(err)),
+    }
+}
+
+/// The fallback of [`reserve`]: reads each chunk and writes it back (zeros past the end), which
+/// allocates holes and changes no byte, so it is safe on a ring that holds records.
+fn reserve_by_writing(file: &File, len: u64) -> Result<(), FileError> {
+    use std::os::unix::fs::FileExt;
+    let mut chunk = vec![0u8; RESERVE_CHUNK_BYTES];
+    let mut at = 0u64;
+    while at < len {
+        let n = usize::try_from((len - at).min(RESERVE_CHUNK_BYTES as u64)).unwrap_or(0);
+        let buf = &mut chunk[..n];
+        buf.fill(0);
+        let mut got = 0;
+        while got < n {
+            match file.read_at(&mut buf[got..], at + got as u64) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(FileError::Io(e)),
+            }
+        }
+        match file.write_all_at(buf, at) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+                return Err(FileError::NoSpace {
+                    need: len,
+                    free: free_bytes(file),
+                });
+            }
+            Err(e) => return Err(FileError::Io(e)),
+        }
+        at += n as u64;
+    }
+    file.sync_data().map_err(FileError::Io)
+}
+
+/// Bytes an unprivileged process may still allocate on `file`'s filesystem (0 if unknown).
+fn free_bytes(file: &File) -> u64 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `statvfs` is plain old data; all-zero is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor for the call, `st` is a valid out-pointer.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } != 0 {
+        return 0;
+    }
+    st.f_bavail.saturating_mul(st.f_frsize)
+}
+
+/// Bytes an unprivileged process may still allocate on the filesystem holding `dir`; `None`
+/// when `dir` cannot be opened.
+pub(super) fn free_bytes_at(dir: &Path) -> Option<u64> {
+    File::open(dir).ok().map(|f| free_bytes(&f))
+}
+
+/// Bytes of `path` allocated on disk (0 when it does not exist).
+pub(super) fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.blocks().saturating_mul(512))
+}
+
+/// A ring held under the writer's lock by someone who is not its writer (`traces clear`), so no
+/// proxy can start writing it meanwhile.
+pub struct RingLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl RingLock {
+    /// Takes the writer's lock on the ring at `path` without waiting.
+    ///
+    /// # Errors
+    /// [`TraceError::Format`] naming the ring when a running phantom-fast writes it;
+    /// [`TraceError::Io`] when it cannot be opened.
+    pub fn acquire(path: &Path) -> Result<RingLock, TraceError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| TraceError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        lock_writer(&file).map_err(|e| e.for_path(path))?;
+        Ok(RingLock {
+            path: path.to_path_buf(),
+            _file: file,
+        })
+    }
+
+    /// Deletes the ring (the lock goes with the handle).
+    ///
+    /// # Errors
+    /// [`TraceError::Io`] when it cannot be removed.
+    pub fn remove(self) -> Result<(), TraceError> {
+        std::fs::remove_file(&self.path).map_err(|source| TraceError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Removes temporary rings (`.core-<n>.ring.<pid>.new`) in `dir` left by a phantom-fast that died
+/// while creating them (its pid is gone): they hold reserved space.
+pub(super) fn remove_stale_temp_rings(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .filter(|n| n.starts_with(".core-"))
+            .and_then(|n| n.strip_suffix(".new"))
+            .and_then(|n| n.rsplit('.').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// The reading end of one ring file: a read-only shared mapping, safe to use while the owning
 /// proxy appends.
 pub struct RingReader {
     path: PathBuf,
     map: Mmap,
     cap: u64,
+    /// Device and inode of the mapped file: a different one at `path` is a replaced ring.
+    file_id: (u64, u64),
 }
 
 impl RingReader {
@@ -700,7 +1012,8 @@ impl RingReader {
             source,
         };
         let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let meta = file.metadata().map_err(io)?;
+        let len = meta.len();
         if len < HEADER_BYTES {
             return Err(TraceError::Format {
                 path: path.to_path_buf(),
@@ -708,9 +1021,8 @@ impl RingReader {
             });
         }
         // SAFETY: read-only shared mapping accessed through `View` (raw pointers and atomics,
-        // the seqlock protocol above); the file is only ever resized by `--trace-reset` of a
-        // writer, which the user must not run while reading (a SIGBUS, not memory unsafety in
-        // this process's own data).
+        // the seqlock protocol above); phantom-fast never truncates a ring (`--trace-reset`
+        // renames a new file over it), so the mapping stays backed for its whole life.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
         let format = |what| TraceError::Format {
             path: path.to_path_buf(),
@@ -721,6 +1033,7 @@ impl RingReader {
             path: path.to_path_buf(),
             map,
             cap,
+            file_id: file_id(&meta),
         };
         if !plausible(reader.view().snapshot(), cap) {
             return Err(format(CORRUPT_POSITIONS));
@@ -748,6 +1061,18 @@ impl RingReader {
         }
     }
 
+    /// A cursor after the newest record: [`RingReader::next`] returns only records written
+    /// from now on.
+    pub fn newest(&self) -> Cursor {
+        let snap = self.view().snapshot();
+        Cursor {
+            pos: snap.write_pos,
+            want: snap.next_seq,
+            header_seq: snap.next_seq,
+            skipped: 0,
+        }
+    }
+
     /// Copies the next record's payload into `out` and returns its sequence number, or `None`
     /// when the reader has caught up with the writer (call again later to follow it). Torn,
     /// corrupt and overwritten records are skipped and counted in [`Cursor::skipped`].
@@ -759,6 +1084,22 @@ impl RingReader {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Records written, overwritten by wrapping and dropped since the ring was created.
+    pub fn usage(&self) -> RingUsage {
+        let view = self.view();
+        RingUsage::of(view.snapshot(), view.load(OFF_DROPPED, Ordering::Relaxed))
+    }
+
+    /// Whether `meta` (of whatever is at [`RingReader::path`] now) is the file this reader maps.
+    pub fn is_file(&self, meta: &std::fs::Metadata) -> bool {
+        file_id(meta) == self.file_id
+    }
+}
+
+fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
 }
 
 #[cfg(test)]
@@ -821,6 +1162,101 @@ mod tests {
             .take(10)
             .collect();
         assert_eq!(seqs, [1, 2, 3]);
+    }
+
+    #[test]
+    fn reserve_by_writing_allocates_holes_and_keeps_bytes() {
+        use std::os::unix::fs::FileExt;
+        let dir = TempDir::new("ring-reserve");
+        let path = dir.path().join("sparse");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("create");
+        let len = 3 * RESERVE_CHUNK_BYTES as u64 + 4096;
+        file.set_len(len).expect("sparse");
+        file.write_all_at(b"keep me", 2 * RESERVE_CHUNK_BYTES as u64 + 5)
+            .expect("write");
+        let before = allocated_bytes(&path);
+        assert!(before < len / 2, "not sparse to begin with: {before}");
+        assert!(reserve_by_writing(&file, len).is_ok());
+        assert!(allocated_bytes(&path) >= len, "{}", allocated_bytes(&path));
+        let mut got = [0u8; 7];
+        file.read_exact_at(&mut got, 2 * RESERVE_CHUNK_BYTES as u64 + 5)
+            .expect("read");
+        assert_eq!(&got, b"keep me");
+    }
+
+    #[test]
+    fn new_ring_is_reserved_and_reset_replaces_the_file() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = TempDir::new("ring-replace");
+        let path = dir.path().join("core-0.ring");
+        let mut w = RingWriter::open(&path, CAP, false).expect("open");
+        assert!(allocated_bytes(&path) >= CAP, "ring not reserved");
+        w.append(b"old").expect("append");
+        let reader = RingReader::open(&path).expect("reader");
+        let old_ino = std::fs::metadata(&path).expect("meta").ino();
+        // A second writer is refused while the first holds the ring.
+        let err = RingWriter::open(&path, CAP, true)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("another phantom-fast"));
+        drop(w);
+        let w = RingWriter::open(&path, CAP, true).expect("reset");
+        let meta = std::fs::metadata(&path).expect("meta");
+        assert_ne!(
+            meta.ino(),
+            old_ino,
+            "reset must replace the file, not truncate it"
+        );
+        assert!(!reader.is_file(&meta));
+        // The old mapping still reads the old record: nothing was truncated under it.
+        let mut cur = reader.oldest();
+        let mut out = Vec::new();
+        assert_eq!(reader.next(&mut cur, &mut out), Some(1));
+        assert_eq!(out, b"old");
+        assert_eq!(w.next_seq(), 1);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers, ["core-0.ring"], "temporary files left behind");
+    }
+
+    #[test]
+    fn ring_lock_refused_while_written_and_keeps_writers_out() {
+        let dir = TempDir::new("ring-remove");
+        let path = dir.path().join("core-0.ring");
+        let w = RingWriter::open(&path, CAP, false).expect("open");
+        let err = RingLock::acquire(&path).err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("another phantom-fast"));
+        drop(w);
+        let lock = RingLock::acquire(&path).expect("lock");
+        assert!(
+            RingWriter::open(&path, CAP, false).is_err(),
+            "a writer got in"
+        );
+        lock.remove().expect("remove");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn stale_temp_rings_of_dead_processes_are_removed() {
+        let dir = TempDir::new("ring-stale");
+        let dead = dir.path().join(".core-0.ring.999999999.new");
+        let mine = temp_path(&dir.path().join("core-1.ring"));
+        let other = dir.path().join("notes.new");
+        for p in [&dead, &mine, &other] {
+            std::fs::write(p, b"x").expect("write");
+        }
+        remove_stale_temp_rings(dir.path());
+        assert!(!dead.exists());
+        assert!(mine.exists() && other.exists());
     }
 
     #[test]
@@ -1045,7 +1481,7 @@ mod tests {
             ),
             (
                 "foreign_text",
-                |_| b"hello, this is not a ring at all, just some text ........ padding".to_vec(),
+                |_| b"hello, this is not a ring at all, just some text ........ padding".repeat(3),
                 "bad magic",
             ),
             ("zero_header", |n| vec![0; n], "bad magic"),

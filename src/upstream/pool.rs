@@ -58,9 +58,12 @@ impl Pool {
 
     /// A lease if one is free now. Idle connections the upstream closed or wrote to meanwhile
     /// are dropped (their buffers to `bufs`, their slots freed) on the way.
-    fn try_acquire(&mut self, dest: Dest, bufs: &mut BufPool) -> Option<Lease> {
-        let dest = self.dests.entry(dest).or_default();
-        while let Some(conn) = dest.idle.pop() {
+    fn try_acquire(&mut self, dest: &Dest, bufs: &mut BufPool) -> Option<Lease> {
+        if !self.dests.contains_key(dest) {
+            self.dests.insert(dest.clone(), Slots::default());
+        }
+        let dest = self.dests.get_mut(dest)?;
+        while let Some(mut conn) = dest.idle.pop() {
             if conn.is_idle_clean() {
                 return Some(Lease::Idle(conn));
             }
@@ -72,6 +75,17 @@ impl Pool {
             return Some(Lease::Connect);
         }
         None
+    }
+
+    /// Connections now carrying an exchange and connections idle in the pool, over every
+    /// destination (for `/metrics`).
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        self.dests.values().fold((0, 0), |(busy, idle), slots| {
+            (
+                busy + slots.open - slots.idle.len(),
+                idle + slots.idle.len(),
+            )
+        })
     }
 
     /// Keeps a reusable connection for the next exchange (or closes it when enough are idle).
@@ -113,7 +127,7 @@ pub(crate) async fn acquire(
     dest: Dest,
     deadline: Instant,
 ) -> Option<Lease> {
-    if let Some(lease) = pool.borrow_mut().try_acquire(dest, &mut bufs.borrow_mut()) {
+    if let Some(lease) = pool.borrow_mut().try_acquire(&dest, &mut bufs.borrow_mut()) {
         return Some(lease);
     }
     let left = deadline.saturating_duration_since(Instant::now());
@@ -140,7 +154,7 @@ impl Future for Acquire<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Lease> {
         let mut pool = self.pool.borrow_mut();
-        if let Some(lease) = pool.try_acquire(self.dest, &mut self.bufs.borrow_mut()) {
+        if let Some(lease) = pool.try_acquire(&self.dest, &mut self.bufs.borrow_mut()) {
             drop(pool);
             self.queued = false;
             return Poll::Ready(lease);

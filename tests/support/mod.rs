@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod otlp;
+pub mod seccomp;
+
 /// The binary under test, built by cargo for this test target.
 const BIN: &str = env!("CARGO_BIN_EXE_phantom-fast");
 /// How long a client or origin read may block before the test fails instead of hanging.

@@ -1,0 +1,282 @@
+//! The seam between the admin thread and the workers: the latest compiled snapshot with its
+//! generation, each worker's applied-generation ack, and each worker's stats board slot.
+//! It compiles nothing and serves nothing; it is only the `Send + Sync` meeting point.
+//!
+//! A worker holds a [`WorkerLink`] and, on the tick it already runs, calls [`WorkerLink::poll`]
+//! (one atomic load when nothing changed), swaps its `Rc` slot when a snapshot comes back, then
+//! [`WorkerLink::ack`]s it and fills its [`WorkerReport`] with [`WorkerLink::report`]. Nothing of
+//! this is on the request path. The admin thread [`Publisher::publish`]es and, for a PUT, waits
+//! with [`Publisher::wait_applied`] until every worker has swapped.
+
+use std::{
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use super::metrics::WorkerReport;
+
+/// One published snapshot: the publish sequence (bumped on every publish, ramp steps included),
+/// the rule-set generation it belongs to (bumped on edits only), and the snapshot.
+struct Latest<T> {
+    seq: u64,
+    generation: u64,
+    snapshot: Arc<T>,
+}
+
+struct Shared<T> {
+    latest: Mutex<Latest<T>>,
+    /// Copy of `latest.seq`, so a worker's poll is one atomic load when nothing changed.
+    seq: AtomicU64,
+    /// Per worker: the sequence it applied (0: not serving yet).
+    applied_seq: Vec<AtomicU64>,
+    /// Per worker: the generation of the snapshot it applied.
+    applied_generation: Vec<AtomicU64>,
+    /// Notified on every ack; its mutex guards nothing but the wait.
+    acked: (Mutex<()>, Condvar),
+    /// Per worker: the counters of its last tick.
+    board: Vec<Mutex<WorkerReport>>,
+    draining: AtomicBool,
+}
+
+/// The admin side: publishes snapshots, waits for acks, reads the board. Cheap to clone.
+pub struct Publisher<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Clone for Publisher<T> {
+    fn clone(&self) -> Self {
+        Publisher {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// A poisoned lock here only means another thread panicked mid-copy of plain counters; the data
+/// is still usable, and the admin thread must keep answering probes.
+fn lock<U>(mutex: &Mutex<U>) -> MutexGuard<'_, U> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<T: Send + Sync> Publisher<T> {
+    /// A publisher for `workers` workers whose first snapshot (sequence 1) is `initial`, of rule-set
+    /// generation `generation`.
+    pub fn new(workers: usize, generation: u64, initial: Arc<T>) -> Publisher<T> {
+        Publisher {
+            shared: Arc::new(Shared {
+                latest: Mutex::new(Latest {
+                    seq: 1,
+                    generation,
+                    snapshot: initial,
+                }),
+                seq: AtomicU64::new(1),
+                applied_seq: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+                applied_generation: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+                acked: (Mutex::new(()), Condvar::new()),
+                board: (0..workers)
+                    .map(|_| Mutex::new(WorkerReport::default()))
+                    .collect(),
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.shared.applied_seq.len()
+    }
+
+    /// Makes `snapshot` the latest; returns its sequence number for [`Publisher::wait_applied`].
+    pub fn publish(&self, generation: u64, snapshot: Arc<T>) -> u64 {
+        let mut latest = lock(&self.shared.latest);
+        let seq = latest.seq + 1;
+        *latest = Latest {
+            seq,
+            generation,
+            snapshot,
+        };
+        self.shared.seq.store(seq, Ordering::Release);
+        seq
+    }
+
+    /// The latest snapshot and its generation.
+    pub fn latest(&self) -> (u64, Arc<T>) {
+        let latest = lock(&self.shared.latest);
+        (latest.generation, Arc::clone(&latest.snapshot))
+    }
+
+    /// Waits until every worker applied sequence `seq` (or a later one); false after `timeout`.
+    pub fn wait_applied(&self, seq: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (mutex, condvar) = &self.shared.acked;
+        let mut guard = lock(mutex);
+        loop {
+            if self.all_applied(seq) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            guard = condvar
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+
+    fn all_applied(&self, seq: u64) -> bool {
+        self.shared
+            .applied_seq
+            .iter()
+            .all(|a| a.load(Ordering::Acquire) >= seq)
+    }
+
+    /// Per worker: the rule-set generation it applied (0 while it has not started).
+    pub fn applied_generations(&self) -> Vec<u64> {
+        self.shared
+            .applied_generation
+            .iter()
+            .map(|a| a.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// Whether every worker has applied a snapshot, i.e. serves.
+    pub fn all_serving(&self) -> bool {
+        self.all_applied(1)
+    }
+
+    /// Marks the process as draining (shutdown began): `/ready` answers 503 from now on.
+    pub fn set_draining(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether shutdown began.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Acquire)
+    }
+
+    /// The workers' last reports, summed.
+    pub fn total_report(&self) -> WorkerReport {
+        let mut total = WorkerReport::default();
+        for slot in &self.shared.board {
+            total.merge(&lock(slot));
+        }
+        total
+    }
+
+    /// The link worker `index` polls on its tick.
+    ///
+    /// # Panics
+    /// When `index` is not below [`Publisher::workers`] (a startup bug).
+    pub fn worker(&self, index: usize) -> WorkerLink<T> {
+        assert!(
+            index < self.workers(),
+            "worker index within the publisher's workers"
+        );
+        WorkerLink {
+            shared: Arc::clone(&self.shared),
+            index,
+            seen: 0,
+            pending: None,
+        }
+    }
+}
+
+/// One worker's side: `Send`, moved into the worker thread; used on its tick only.
+pub struct WorkerLink<T> {
+    shared: Arc<Shared<T>>,
+    index: usize,
+    /// Sequence of the last snapshot handed out by `poll`.
+    seen: u64,
+    /// (seq, generation) handed out by `poll`, acked by `ack`.
+    pending: Option<(u64, u64)>,
+}
+
+impl<T: Send + Sync> WorkerLink<T> {
+    /// The newer snapshot and its generation, when one was published since the last poll (the
+    /// first poll always returns one). One atomic load when nothing changed.
+    pub fn poll(&mut self) -> Option<(u64, Arc<T>)> {
+        if self.shared.seq.load(Ordering::Acquire) == self.seen {
+            return None;
+        }
+        let latest = lock(&self.shared.latest);
+        self.seen = latest.seq;
+        self.pending = Some((latest.seq, latest.generation));
+        Some((latest.generation, Arc::clone(&latest.snapshot)))
+    }
+
+    /// Tells the admin thread the snapshot of the last [`WorkerLink::poll`] is now in the slot:
+    /// every request that starts from now on uses it.
+    pub fn ack(&mut self) {
+        let Some((seq, generation)) = self.pending.take() else {
+            return;
+        };
+        self.shared.applied_generation[self.index].store(generation, Ordering::Release);
+        self.shared.applied_seq[self.index].store(seq, Ordering::Release);
+        let (mutex, condvar) = &self.shared.acked;
+        // Taking the lock orders this store before a waiter's next check: no lost wake-up.
+        drop(lock(mutex));
+        condvar.notify_all();
+    }
+
+    /// Fills this worker's board slot (the admin thread sums the slots at scrape time).
+    pub fn report(&self, fill: impl FnOnce(&mut WorkerReport)) {
+        fill(&mut lock(&self.shared.board[self.index]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_returns_each_new_snapshot_once() {
+        let publisher = Publisher::new(1, 1, Arc::new("a"));
+        let mut link = publisher.worker(0);
+        assert_eq!(link.poll().map(|(g, s)| (g, *s)), Some((1, "a")));
+        assert!(link.poll().is_none());
+        publisher.publish(2, Arc::new("b"));
+        publisher.publish(2, Arc::new("c"));
+        assert_eq!(link.poll().map(|(g, s)| (g, *s)), Some((2, "c")));
+        assert!(link.poll().is_none());
+    }
+
+    #[test]
+    fn wait_applied_returns_once_every_worker_acked() {
+        let publisher = Publisher::new(2, 1, Arc::new(0u32));
+        assert!(!publisher.all_serving());
+        let seq = publisher.publish(5, Arc::new(1));
+        assert!(!publisher.wait_applied(seq, Duration::from_millis(10)));
+        let workers: Vec<_> = (0..2)
+            .map(|i| {
+                let mut link = publisher.worker(i);
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20 * (i as u64 + 1)));
+                    assert!(link.poll().is_some());
+                    link.ack();
+                    link.report(|r| r.trace_records = 10 + i as u64);
+                })
+            })
+            .collect();
+        assert!(publisher.wait_applied(seq, Duration::from_secs(5)));
+        assert!(publisher.all_serving());
+        assert_eq!(publisher.applied_generations(), [5, 5]);
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        assert_eq!(publisher.total_report().trace_records, 21);
+    }
+
+    #[test]
+    fn draining_is_sticky() {
+        let publisher = Publisher::new(1, 1, Arc::new(()));
+        assert!(!publisher.is_draining());
+        publisher.set_draining();
+        assert!(publisher.is_draining());
+    }
+}
