@@ -37,9 +37,6 @@ pub(crate) struct Faults {
     pub(crate) generation: u64,
     /// Each rule's stable id (the `rule` label in `/metrics`), same order as the table.
     pub(crate) ids: Vec<Arc<str>>,
-    /// Each rule's id as trace records name it: a given one, else `r<index>` from 0 (the
-    /// record schema's default; `ids` number defaults from `r1`).
-    pub(crate) trace_ids: Vec<String>,
 }
 
 impl Faults {
@@ -96,19 +93,7 @@ impl Faults {
         generation: u64,
     ) -> Faults {
         let synthetic = Synthetic::compile(&table);
-        let trace_ids = ids
-            .iter()
-            .enumerate()
-            .map(|(index, id)| {
-                if **id == *format!("r{}", index + 1) {
-                    format!("r{index}")
-                } else {
-                    id.to_string()
-                }
-            })
-            .collect();
         Faults {
-            trace_ids,
             specs,
             table,
             synthetic,

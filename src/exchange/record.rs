@@ -189,7 +189,7 @@ impl Session<'_> {
                 let index = usize::from(rule);
                 (
                     u32::from(rule),
-                    self.faults.trace_ids.get(index).map_or("", String::as_str),
+                    self.faults.ids.get(index).map_or("", |id| &**id),
                     self.faults.specs.get(index).map_or("", String::as_str),
                 )
             }

@@ -576,7 +576,7 @@ mod tests {
     const REFUSED: &[AppliedFault<'static>] = &[AppliedFault {
         kind: FaultKind::Error,
         rule: 0,
-        rule_id: "r0",
+        rule_id: "r1",
         spec: "error:503:0.5",
         value: 503,
     }];

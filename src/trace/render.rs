@@ -569,7 +569,7 @@ mod tests {
             faults: &[AppliedFault {
                 kind: FaultKind::Error,
                 rule: 0,
-                rule_id: "r0",
+                rule_id: "r1",
                 spec: "error:503:0.5",
                 value: 503,
             }],
@@ -600,7 +600,7 @@ mod tests {
             r#""source_addr":"127.0.0.1:50000","dest_addr":null,"upstream_ttfb_us":null,"#,
             r#""fault":{"rule":0,"kind":"error","spec":"error:503:0.5"},"injected_delay_ms":0,"outcome":"fault","#,
             r#""injected_delay_us":0,"upstream_connect_us":0,"upstream_body_us":0,"upstream_us":0,"overhead_us":2345,"#,
-            r#""faults":[{"kind":"error","rule":0,"rule_id":"r0","spec":"error:503:0.5","value":503,"unit":"status"}],"#,
+            r#""faults":[{"kind":"error","rule":0,"rule_id":"r1","spec":"error:503:0.5","value":503,"unit":"status"}],"#,
             r#""generation":3,"client_tls":null,"upstream_tls":null}"#,
             "\n"
         );
