@@ -16,6 +16,7 @@ mod keepalive;
 mod regression;
 mod rejects;
 mod seccomp;
+mod shutdown;
 mod support;
 mod tls;
 mod trace;
