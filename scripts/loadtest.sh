@@ -4,6 +4,8 @@
 #   scripts/loadtest.sh [--quick] [--json FILE]     the comparison table (~5 min; --quick ~40 s)
 #   scripts/loadtest.sh --scale [--quick]           10 000 delayed keep-alive connections, and
 #                                                   2 000 new connections/s without keep-alive
+#   scripts/loadtest.sh --tls [--quick]             https listener vs nginx (keep-alive, handshakes/s)
+#                                                   and MITM CPU per request (scripts/loadtest_tls.py)
 #   scripts/loadtest.sh --help                      every option (scripts/loadtest.py does the work)
 #
 # This script installs what is missing (wrk and nginx from apt, oha with `cargo install --locked`),
@@ -18,6 +20,7 @@ helper="$repo/scripts/loadtest.py"
 for arg in "$@"; do
     case "$arg" in
     -h | --help) exec python3 "$helper" --help ;;
+    --tls) helper="$repo/scripts/loadtest_tls.py" ;;
     esac
 done
 

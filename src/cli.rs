@@ -396,13 +396,13 @@ pub enum FaultsOp {
         /// The fault spec, e.g. error:503:0.1:/api.
         #[arg(value_name = "SPEC")]
         spec: String,
-        /// Its id [default: the next free r<N>].
+        /// Its id (default: the first free one of r1, r2, …).
         #[arg(long, value_name = "ID")]
         id: Option<String>,
         /// Probability ramp FROM..TO/DURATION, e.g. 0..0.5/60s.
         #[arg(long, value_name = "RAMP")]
         ramp: Option<String>,
-        /// Active windows START+LENGTH[,..][/PERIOD], e.g. 0s+10s/1m.
+        /// Active windows `START+LENGTH[,START+LENGTH...][/PERIOD]`, e.g. 0s+10s/1m.
         #[arg(long, value_name = "SCHEDULE")]
         schedule: Option<String>,
         /// Endpoint.

@@ -36,7 +36,8 @@ pub enum Mode {
 pub struct Upstream {
     /// `HOST:PORT` as given; used for URLs and traces.
     pub authority: String,
-    /// The addresses it resolved to; connections go to the first that answers.
+    /// The addresses it resolved to at startup. Each worker re-resolves the name after a TTL,
+    /// spreads new requests over its addresses and tries the next when a connect fails.
     pub addrs: Vec<SocketAddr>,
     /// `--upstream-host`: the Host header sent instead of the client's.
     pub host_override: Option<String>,

@@ -2,7 +2,7 @@
 //!
 //! Everything blocking (binding, opening trace rings) happens in [`Server::bind`] on the calling
 //! thread; workers only accept and hand connections to `exchange`. The summary they add up to at
-//! shutdown is [`Summary`](crate::summary::Summary).
+//! shutdown is [`Summary`].
 
 use std::{
     fmt,
@@ -244,6 +244,15 @@ impl Server {
             driver,
             ..
         } = self;
+        // The exporter reads the rings on its own thread, from what this run writes on.
+        let exporter = match (&config.export, &config.trace) {
+            (Some(export), Some(trace)) => Some(ExportThread::spawn(
+                export.clone(),
+                &trace.dir,
+                Start::Newest,
+            )?),
+            _ => None,
+        };
         let admin_exit = Arc::new(AtomicBool::new(false));
         let (links, admin_thread) = match control {
             Some(control) => {
@@ -252,11 +261,14 @@ impl Server {
                     .collect();
                 let (stop, exit) = (Arc::clone(&stop), Arc::clone(&admin_exit));
                 let ControlPlane {
-                    admin,
+                    mut admin,
                     listener,
                     file,
                     ..
                 } = control;
+                if let Some(exporter) = &exporter {
+                    admin.set_export_stats(Arc::clone(exporter.stats()));
+                }
                 let thread = std::thread::Builder::new()
                     .name("pf-admin".into())
                     .spawn(move || listener::serve(listener, admin, file, stop, exit))
@@ -274,15 +286,6 @@ impl Server {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let pin = config.workers >= cores;
         let started = Instant::now();
-        // The exporter reads the rings on its own thread, from what this run writes on.
-        let exporter = match (&config.export, &config.trace) {
-            (Some(export), Some(trace)) => Some(ExportThread::spawn(
-                export.clone(),
-                &trace.dir,
-                Start::Newest,
-            )?),
-            _ => None,
-        };
         let handles: Vec<_> = listeners
             .into_iter()
             .zip(traces)
@@ -405,13 +408,14 @@ fn bind_control(config: &Config) -> Result<Option<ControlPlane>, Error> {
         None => (None, flags),
     };
     let compile: CompileFn<Faults> =
-        Box::new(|c: Compiled<'_>| Faults::compile_with_ids(c.rules, c.ids, c.generation));
+        Box::new(|c: Compiled<'_>| Ok(Faults::compile_with_ids(c.rules, c.ids, c.generation)));
     let (admin, publisher) = Admin::new(
         config.workers,
         startup,
         compile,
         settings.admin_token.clone(),
-    );
+    )
+    .map_err(Error::Config)?;
     let listener = settings
         .admin
         .map(|addr| listener::bind(addr).map_err(|source| Error::Bind { addr, source }))

@@ -4,6 +4,7 @@
 //! Each area is a module; `support` holds the proxy process, origins and the raw client.
 
 mod control;
+mod deploy;
 mod drivers;
 mod export;
 mod faults;
@@ -20,3 +21,5 @@ mod trace;
 mod trace_query;
 mod trace_survival;
 mod upstream_errors;
+mod upstreams;
+mod websocket;

@@ -11,7 +11,7 @@
 //! - `answer`: synthetic fault answers and proxy errors.
 //! - `forward`: sending upstream, 100-continue, the stale-connection retry.
 //! - `response`: the response head, 1xx, de-chunking, relaying the body back.
-//! - `tunnel`: `CONNECT`.
+//! - `tunnel`: `CONNECT`, and WebSocket after the upstream's `101`.
 //! - `record`: the exchange → counters and its trace record.
 
 mod answer;
@@ -109,6 +109,10 @@ struct Exchange {
     response_head_len: usize,
     /// Why the proxy answered an error itself, when it knows (a TLS handshake's reason).
     error_reason: Option<&'static str>,
+    /// The server name, when the upstream was spoken to over TLS.
+    upstream_sni: Option<Rc<str>>,
+    /// The upstream session's facts, once it was up.
+    upstream_tls: Option<crate::net::tls::TlsFacts<'static>>,
 }
 
 /// The real destination of an intercepted (`--mitm`) tunnel.
@@ -254,6 +258,8 @@ impl Exchange {
             response_body_len: 0,
             response_head_len: 0,
             error_reason: None,
+            upstream_sni: None,
+            upstream_tls: None,
         }
     }
 }

@@ -8,7 +8,8 @@ use hdrhistogram::Histogram;
 use crate::{
     control::{DurationHistogram, RuleCounters},
     fault::{FaultKind, RuleStats},
-    trace::{self, AppliedFault, Outcome, TraceEvent},
+    net::tls,
+    trace::{self, AppliedFault, Outcome, TlsSession, TlsVerification, TraceEvent},
 };
 
 use super::Session;
@@ -106,6 +107,7 @@ impl Session<'_> {
             }
         });
         let method = self.request_head.get(..self.ex.method_len).unwrap_or(b"");
+        let (client_tls, upstream_tls) = self.tls_sessions();
         let event = TraceEvent {
             trace_id: self.ex.trace_id,
             span_id: self.ex.span_id,
@@ -118,8 +120,8 @@ impl Session<'_> {
             injected_delay_ns: nanos(decision.delay),
             generation: self.faults.generation,
             faults: fault.as_slice(),
-            client_tls: None,
-            upstream_tls: None,
+            client_tls,
+            upstream_tls,
             method,
             url: &self.url,
             version: self.ex.version.as_str(),
@@ -139,6 +141,37 @@ impl Session<'_> {
         self.w.stats.borrow_mut().trace_records += 1;
         self.request_head.clear();
         self.url.clear();
+    }
+
+    /// The exchange's TLS sessions: the client's when it spoke TLS to us (the https listener,
+    /// an intercepted tunnel), and the upstream's when we spoke TLS to it (its failure reason
+    /// when the handshake failed).
+    fn tls_sessions(&self) -> (Option<TlsSession<'_>>, Option<TlsSession<'_>>) {
+        let client = self
+            .client
+            .transport()
+            .and_then(|t| t.tls())
+            .map(|tls| session(&tls.facts(), ""));
+        let upstream = self.ex.upstream_sni.as_deref().map(|name| {
+            let failure = self.ex.error_reason.unwrap_or("");
+            match &self.ex.upstream_tls {
+                Some(facts) => TlsSession {
+                    server_name: name,
+                    ..session(facts, failure)
+                },
+                None => TlsSession {
+                    version: "",
+                    cipher_suite: "",
+                    version_code: 0,
+                    cipher_suite_code: 0,
+                    server_name: name,
+                    verification: TlsVerification::NotApplicable,
+                    resumed: false,
+                    failure,
+                },
+            }
+        });
+        (client, upstream)
     }
 
     /// The worker's counters for one exchange.
@@ -178,5 +211,23 @@ impl Session<'_> {
         {
             *slot = slot.saturating_add(nanos(decision.delay));
         }
+    }
+}
+
+/// A TLS session as the trace record keeps it.
+fn session<'a>(facts: &tls::TlsFacts<'a>, failure: &'a str) -> TlsSession<'a> {
+    TlsSession {
+        version: facts.version.unwrap_or(""),
+        cipher_suite: facts.cipher_suite.unwrap_or(""),
+        version_code: facts.version_code,
+        cipher_suite_code: facts.cipher_suite_code,
+        server_name: facts.server_name.unwrap_or(""),
+        verification: match facts.verification {
+            tls::Verification::NotApplicable => TlsVerification::NotApplicable,
+            tls::Verification::Verified => TlsVerification::Verified,
+            tls::Verification::Skipped => TlsVerification::Skipped,
+        },
+        resumed: facts.resumed,
+        failure,
     }
 }

@@ -60,6 +60,11 @@ impl Conn {
                 .is_some_and(Transport::is_idle_clean)
     }
 
+    /// The transport (for its TLS facts), unless a tunnel took it.
+    pub(crate) fn transport(&self) -> Option<&Transport> {
+        self.transport.as_ref()
+    }
+
     /// Ends the transport politely (a TLS `close_notify`) before `deadline`; the connection
     /// stays usable only for [`Conn::into_buf`].
     pub(crate) async fn close(&mut self, deadline: Instant) {

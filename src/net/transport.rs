@@ -78,6 +78,14 @@ impl Transport {
         }
     }
 
+    /// The TLS session, if this is one (for the trace's TLS facts).
+    pub(crate) fn tls(&self) -> Option<&TlsStream> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(tls) => Some(tls),
+        }
+    }
+
     /// Ends the stream politely: a TLS `close_notify` (best effort, before `deadline`); nothing
     /// for plain TCP (dropping it closes it).
     pub(crate) async fn close(&mut self, deadline: Instant) {
