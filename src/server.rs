@@ -126,7 +126,7 @@ impl Server {
         let (faults, control) = match bind_control(&config)? {
             Some(control) => (control.publisher.latest().1, Some(control)),
             None => (
-                Arc::new(Faults::compile(&config.faults, STARTUP_GENERATION)),
+                Arc::new(Faults::compile(&config.faults, STARTUP_GENERATION)?),
                 None,
             ),
         };

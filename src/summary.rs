@@ -34,6 +34,8 @@ pub struct Summary {
     pub traces: Option<RingUsage>,
     /// The latency ledger: injected, upstream and overhead, faulted and unfaulted apart.
     pub ledger: LedgerSummary,
+    /// Requests sent through unfaulted because `--max-active-faults` was reached.
+    pub fault_overflow: u64,
 }
 
 impl Summary {
@@ -51,6 +53,7 @@ impl Summary {
             elapsed: Duration::ZERO,
             traces: None,
             ledger: LedgerSummary::new(),
+            fault_overflow: 0,
         }
     }
 
@@ -67,6 +70,7 @@ impl Summary {
         add_counters(&mut self.by_id, stats.by_id.iter().cloned());
         let _ = self.latency_us.add(&stats.latency_us);
         self.ledger.merge(&stats.ledger);
+        self.fault_overflow += stats.fault_overflow;
     }
 }
 
@@ -120,6 +124,13 @@ impl fmt::Display for Summary {
                 f,
                 "  fault[{i}] {spec}: matched {}, faulted {}",
                 stats.matched, stats.faulted
+            )?;
+        }
+        if self.fault_overflow > 0 {
+            writeln!(
+                f,
+                "  fault overflow (--max-active-faults): {}",
+                self.fault_overflow
             )?;
         }
         Ok(())

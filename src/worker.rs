@@ -106,6 +106,8 @@ pub(crate) struct Worker {
     pub(crate) active_faults: ActiveFaults,
     /// Per-rule counters of tables swapped out, for `/metrics`.
     tally: RefCell<RuleTally>,
+    /// Exchanges holding a `--max-active-faults` slot.
+    pub(crate) fault_holds: Cell<usize>,
     pub(crate) shutdown: Shutdown,
     /// The reverse-mode upstream's TLS server name (`--upstream https://…`), shared by every
     /// pool key so keying allocates nothing.
@@ -152,6 +154,7 @@ impl Worker {
             active: Cell::new(0),
             active_faults: ActiveFaults::default(),
             tally: RefCell::default(),
+            fault_holds: Cell::new(0),
             shutdown: Shutdown::default(),
             upstream_name,
             leaves: RefCell::new(LeafCache::new(LEAF_CACHE_ENTRIES)),
@@ -245,7 +248,7 @@ mod tests {
 
     fn snapshot(specs: &[&str], generation: u64) -> Arc<Faults> {
         let rules: Vec<FaultRule> = specs.iter().map(|s| s.parse().unwrap()).collect();
-        Arc::new(Faults::compile(&rules, generation))
+        Arc::new(Faults::compile(&rules, generation).unwrap())
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod deploy;
 mod drivers;
 mod export;
 mod faults;
+mod faults_model;
 mod forward;
 mod framing;
 mod hostile;

@@ -12,8 +12,13 @@ use std::{
 
 use crate::{
     config::Mode,
-    http::body::BodyReader,
-    net::{Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, is_timeout, relay, tls},
+    fault::Pace,
+    http::{BodyKind, body::BodyReader},
+    net::{
+        Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, is_timeout, relay,
+        relay::{Shape, Shaped, relay_shaped},
+        tls,
+    },
     trace::Outcome,
     upstream::{self, Dest, Lease, Pick},
 };
@@ -288,7 +293,13 @@ impl Session<'_> {
             early_response = self.await_continue(up, deadline).await?;
         }
         if !early_response && !request.done {
-            early_response = self.relay_request_body(up, &mut request).await?;
+            early_response = match self.request_shape(facts) {
+                Some(shape) => {
+                    self.relay_shaped_request_body(up, &mut request, shape)
+                        .await?
+                }
+                None => self.relay_request_body(up, &mut request).await?,
+            };
         }
         self.ex.request_body_len = request.data_len;
         let sent = Sent {
@@ -311,7 +322,8 @@ impl Session<'_> {
         reused: bool,
     ) -> Result<(), Failed> {
         let request_head_len = self.out.len();
-        if !facts.expect_continue {
+        // A shaped request body goes through the shaping relay only, none of it with the head.
+        if !facts.expect_continue && self.request_shape(facts).is_none() {
             let limit = self.capture_limit;
             self.request_body.clear();
             let n = request
@@ -391,6 +403,60 @@ impl Session<'_> {
         .await;
         let why = match relayed {
             Ok(()) => return Ok(false),
+            Err(RelayError::Destination) => return Ok(true),
+            Err(RelayError::Framing) => UpstreamFailure::BadRequestBody,
+            Err(RelayError::Source { timed_out: true }) => UpstreamFailure::ClientTimeout,
+            Err(RelayError::Source { timed_out: false }) => UpstreamFailure::ClientGone,
+        };
+        Err(Failed::new(why, false))
+    }
+
+    /// The plan's shaping of this request body (`side=request`), if any.
+    fn request_shape(&self, facts: RequestFacts) -> Option<Shape> {
+        let plan = &self.ex.decision;
+        let len = match facts.body {
+            BodyKind::Length(n) => Some(n),
+            _ => None,
+        };
+        let cut_at = plan.request_cut.and_then(|limit| limit.resolve(len));
+        (plan.request_pace != Pace::Full || cut_at.is_some()).then_some(Shape {
+            pace: plan.request_pace,
+            chunk_delay: Duration::ZERO,
+            cut_at,
+            len,
+        })
+    }
+
+    /// Streams the request body upstream through the fault's shaping. A cut body is never
+    /// completed: the upstream connection is dropped and the client answered 502.
+    async fn relay_shaped_request_body(
+        &mut self,
+        up: &mut Conn,
+        request: &mut BodyReader,
+        shape: Shape,
+    ) -> Result<bool, Failed> {
+        let w = self.w;
+        let limit = self.capture_limit;
+        let body = &mut self.request_body;
+        body.clear();
+        let timeouts = RelayTimeouts {
+            read: w.config.idle_timeout,
+            write: w.config.upstream_timeout,
+        };
+        let relayed = relay_shaped(
+            &mut self.client,
+            up,
+            request,
+            timeouts,
+            |d| capture(body, limit, d),
+            &w.timer,
+            shape,
+        )
+        .await;
+        let why = match relayed {
+            Ok(Shaped::Done) => return Ok(false),
+            // Nothing to drain: the 502 closes the client connection with the rest unread.
+            Ok(Shaped::Cut) => return Err(Failed::new(UpstreamFailure::Error, true)),
             Err(RelayError::Destination) => return Ok(true),
             Err(RelayError::Framing) => UpstreamFailure::BadRequestBody,
             Err(RelayError::Source { timed_out: true }) => UpstreamFailure::ClientTimeout,

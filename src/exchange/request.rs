@@ -12,7 +12,11 @@ use crate::{
     trace,
 };
 
-use super::{Exchange, SMALL_HEADERS, Session, VIA};
+use super::{
+    Exchange, SMALL_HEADERS, Session, VIA,
+    decide::{FAULT_HEADER, decide_request},
+};
+use crate::fault::RequestView;
 
 /// Where a request goes.
 #[derive(Debug, Clone, Copy)]
@@ -161,9 +165,38 @@ impl Session<'_> {
                 && http::headers::is_websocket_upgrade(method, head.version, head.headers),
             target,
         };
+        // Each exchange pins the snapshot it decides with, for its whole life.
+        self.faults = self.w.table.pin();
+        let view = RequestView::from_url(&self.url)
+            .with_method(method.as_bytes())
+            .with_headers(head.headers);
+        (self.ex.decision, self.ex.holding) = decide_request(self.w, &self.faults, &view);
         if !is_connect {
+            // The fault header is never forwarded, honoured or not.
+            let mut kept = [httparse::EMPTY_HEADER; N];
+            let stripped;
+            let head = if head
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case(FAULT_HEADER))
+            {
+                let mut n = 0;
+                for h in head.headers {
+                    if !h.name.eq_ignore_ascii_case(FAULT_HEADER) {
+                        kept[n] = *h;
+                        n += 1;
+                    }
+                }
+                stripped = RequestHead {
+                    headers: &kept[..n],
+                    ..head
+                };
+                &stripped
+            } else {
+                &head
+            };
             let upstream = UpstreamHead {
-                head: &head,
+                head,
                 target: origin_target,
                 facts,
             };

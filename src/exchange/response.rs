@@ -7,8 +7,12 @@
 use std::{io, time::Instant};
 
 use crate::{
+    fault::{Cut, Pace},
     http::{self, BodyError, BodyKind, MAX_HEADERS_CAP, ResponseHead, Version, body::BodyReader},
-    net::{Conn, RelayError, RelayTimeouts, is_timeout, relay},
+    net::{
+        Conn, RelayError, RelayTimeouts, is_timeout, relay,
+        relay::{Shape, Shaped, relay_shaped},
+    },
     trace::Outcome,
 };
 
@@ -115,14 +119,54 @@ impl Session<'_> {
         }
         let whole_exchange = !sent.early_response && sent.request_done;
         let mut body = BodyReader::new(resp.body);
-        // Body bytes already here ride along with the head.
-        self.stage_buffered_body(up, &mut body, resp.dechunk)
-            .map_err(|_| Failed::new(UpstreamFailure::Error, sent.request_done))?;
-        if !self.write_out_to_client().await {
+        let shape = self.response_shape(&resp);
+        if shape.is_some() {
+            // A shaped body goes through the shaping relay only, none of it with the head.
+            self.response_body.clear();
+        } else {
+            // Body bytes already here ride along with the head.
+            self.stage_buffered_body(up, &mut body, resp.dechunk)
+                .map_err(|_| Failed::new(UpstreamFailure::Error, sent.request_done))?;
+        }
+        // A `delay:…:at=head` fault: slow time to first byte, with the upstream's real answer.
+        let head_delay = self.ex.decision.head_delay_ns;
+        if head_delay > 0
+            && !self
+                .delay(std::time::Duration::from_nanos(head_delay))
+                .await
+        {
             self.ex.outcome = Outcome::ClientClosed;
             return Ok(Relayed::CLOSED);
         }
-        if !body.done
+        let slow_head = self.ex.decision.slow_head_ns;
+        if !self
+            .write_out_paced(self.ex.response_head_len, slow_head)
+            .await
+        {
+            self.ex.outcome = Outcome::ClientClosed;
+            return Ok(Relayed::CLOSED);
+        }
+        if let Some((shape, reset)) = shape
+            && !body.done
+        {
+            match self.relay_shaped_body(up, &mut body, shape).await {
+                Ok(Shaped::Done) => {}
+                Ok(Shaped::Cut) => {
+                    // Short of its framing: the client can tell it is not the whole body.
+                    if reset {
+                        self.client.reset_on_close();
+                    }
+                    self.ex.outcome = Outcome::Fault;
+                    self.ex.response_body_len = body.data_len;
+                    return Ok(Relayed::CLOSED);
+                }
+                Err(outcome) => {
+                    self.ex.outcome = outcome;
+                    self.ex.response_body_len = body.data_len;
+                    return Ok(Relayed::CLOSED);
+                }
+            }
+        } else if !body.done
             && let Err(outcome) = self.relay_response_body(up, &mut body, resp.dechunk).await
         {
             self.ex.outcome = outcome;
@@ -199,6 +243,65 @@ impl Session<'_> {
         }
         up.consume(n);
         Ok(())
+    }
+
+    /// The plan's shaping of this response body, if any, and whether its cut is a reset.
+    /// Not for a de-chunked body (an HTTP/1.0 client): that one is relayed unshaped.
+    fn response_shape(&self, resp: &ResponseFacts) -> Option<(Shape, bool)> {
+        let plan = &self.ex.decision;
+        let len = match resp.body {
+            BodyKind::Length(n) => Some(n),
+            _ => None,
+        };
+        let (cut_at, reset) = match plan.response_cut {
+            Cut::None => (None, false),
+            Cut::Truncate(limit) => (limit.resolve(len), false),
+            Cut::Reset(after) => (Some(after), true),
+        };
+        let shaped =
+            plan.response_pace != Pace::Full || plan.chunk_delay_ns > 0 || cut_at.is_some();
+        (shaped && !resp.dechunk).then_some((
+            Shape {
+                pace: plan.response_pace,
+                chunk_delay: std::time::Duration::from_nanos(plan.chunk_delay_ns),
+                cut_at,
+                len,
+            },
+            reset,
+        ))
+    }
+
+    /// Streams the response body through the fault's shaping; `Err` with the outcome when the
+    /// upstream or the client broke off.
+    async fn relay_shaped_body(
+        &mut self,
+        up: &mut Conn,
+        body: &mut BodyReader,
+        shape: Shape,
+    ) -> Result<Shaped, Outcome> {
+        let w = self.w;
+        let limit = self.capture_limit;
+        let captured = &mut self.response_body;
+        let timeouts = RelayTimeouts {
+            read: w.config.upstream_timeout,
+            write: w.config.idle_timeout,
+        };
+        let relayed = relay_shaped(
+            up,
+            &mut self.client,
+            body,
+            timeouts,
+            |d| capture(captured, limit, d),
+            &w.timer,
+            shape,
+        )
+        .await;
+        relayed.map_err(|e| match e {
+            RelayError::Destination => Outcome::ClientClosed,
+            RelayError::Framing => Outcome::UpstreamError,
+            RelayError::Source { timed_out: true } => Outcome::UpstreamTimeout,
+            RelayError::Source { timed_out: false } => Outcome::UpstreamError,
+        })
     }
 
     /// Streams the rest of the response body; `Err` with the outcome when it broke off.

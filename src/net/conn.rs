@@ -50,6 +50,13 @@ impl Conn {
         self.transport.take()
     }
 
+    /// Makes the coming close a reset ([`Transport::reset_on_close`]).
+    pub(crate) fn reset_on_close(&self) {
+        if let Some(transport) = &self.transport {
+            transport.reset_on_close();
+        }
+    }
+
     /// Whether an idle connection can carry a new request: still open, nothing unread, and
     /// nothing waiting in the transport ([`Transport::is_idle_clean`]).
     pub(crate) fn is_idle_clean(&mut self) -> bool {

@@ -106,6 +106,30 @@ impl Transport {
         }
     }
 
+    /// Makes closing this connection send RST instead of FIN (`SO_LINGER` on with a zero
+    /// timeout): the `reset` fault. Best effort; a failed `setsockopt` leaves a normal close.
+    pub(crate) fn reset_on_close(&self) {
+        let fd = match self {
+            Transport::Plain(stream) => stream.as_raw_fd(),
+            Transport::Tls(tls) => tls.raw_fd(),
+        };
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: the fd is owned by this transport and alive for the call; `linger` is a valid
+        // `struct linger` of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+
     /// Turns Nagle off, so heads and small bodies go out at once.
     ///
     /// # Errors
