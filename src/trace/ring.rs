@@ -385,6 +385,13 @@ pub struct Cursor {
     pub skipped: u64,
 }
 
+impl Cursor {
+    /// Sequence number of the record this cursor reads next.
+    pub fn next_seq(&self) -> u64 {
+        self.want
+    }
+}
+
 /// Follows the frame chain from `cur`; on a gap, consults the header to tell "caught up" from
 /// "lapped" from "corrupt" and re-synchronises. Shared by readers and writer recovery.
 fn read_next(view: View, cur: &mut Cursor, out: &mut Vec<u8>) -> Option<u64> {
