@@ -391,8 +391,8 @@ fn trace_ledger_adds_up_on_known_delays() {
     assert_eq!(slow["injected_delay_us"], DELAY_MS * 1000, "{slow:#}");
     assert_eq!(slow["faults"][0]["kind"], "delay");
     assert_eq!(
-        slow["faults"][0]["rule_id"], "r1",
-        "a record's default id of the second rule (r<index> from r0)"
+        slow["faults"][0]["rule_id"], "r2",
+        "the default id of the second rule"
     );
     assert_eq!(slow["faults"][0]["value"], DELAY_MS * 1_000_000);
     let refused = &records(d, &["--url", "/b"])[0];

@@ -196,8 +196,8 @@ pub struct AppliedFault<'a> {
     pub kind: FaultKind,
     /// Index of the rule in its table (0-based, in the order given).
     pub rule: u32,
-    /// The rule's stable id: the one the rules file or admin API gave it, else `r<index>` from
-    /// `r0` (the table, the rules file and `/metrics` count their defaults from `r1`).
+    /// The rule's stable id (`r1` for the first rule, `r2` … unless the rules file or admin API
+    /// named it).
     #[rkyv(with = rkyv::with::InlineAsBox)]
     pub rule_id: &'a str,
     /// The rule's canonical spec text, e.g. `error:503:0.5`.

@@ -240,11 +240,11 @@ pub(super) fn encode_json(rec: &ArchivedTraceEvent<'_>, opts: &RenderOptions, ou
         let mut fault = JsonObject::start(obj.out);
         fault.string("kind", kind.as_str());
         fault.number("rule", u64::from(f.rule.to_native()));
-        // A record that names no id gets the record's default, `r<index>` from `r0`.
+        // A record that names no id gets the fault table's default: `r1` for the first rule.
         match f.rule_id.get() {
             "" => {
                 fault.key("rule_id");
-                write!(fault.out, "\"r{}\"", f.rule.to_native()).ok();
+                write!(fault.out, "\"r{}\"", u64::from(f.rule.to_native()) + 1).ok();
             }
             id => fault.string("rule_id", id),
         }
