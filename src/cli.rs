@@ -20,6 +20,7 @@ use crate::{
     },
     control::client::{self, Call},
     error::Error,
+    export::{self, ExportSettings, Start},
     fault::FaultRule,
     http::{self, Limits, MAX_HEADERS_CAP},
     net::tls,
@@ -35,6 +36,7 @@ Examples:
   phantom-fast traces --status 5xx --since 10m
   phantom-fast traces get 00f067aa0ba902b7
   phantom-fast stats
+  phantom-fast --upstream 127.0.0.1:3000 --otlp-endpoint http://127.0.0.1:4318
   phantom-fast --upstream 127.0.0.1:3000 --admin 127.0.0.1:9901   # then: phantom-fast faults list --admin 127.0.0.1:9901";
 
 /// A high-throughput HTTP/1.1 proxy for fault injection under load.
@@ -60,6 +62,9 @@ pub enum Command {
     Faults(FaultsArgs),
     /// Print the MITM CA certificate (creating it on first use) and how to trust it.
     Ca(CaArgs),
+    /// Follow the trace rings and send one span per exchange to an OpenTelemetry collector
+    /// (OTLP/HTTP, protobuf) until SIGINT/SIGTERM.
+    Export(ExportArgs),
 }
 
 /// `ca` options.
@@ -197,6 +202,78 @@ pub struct RunArgs {
     /// Directory of the MITM CA (ca.pem, ca-key.pem) [default: $XDG_DATA_HOME/phantom-fast/ca].
     #[arg(long, value_name = "DIR", requires = "mitm")]
     pub ca_dir: Option<PathBuf>,
+    /// OTLP export from the proxy's own thread.
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
+}
+
+/// OTLP export options, shared by the proxy and `export`.
+#[derive(Debug, Args)]
+pub struct OtlpArgs {
+    /// Send a span per exchange to this OpenTelemetry collector (OTLP/HTTP base URL;
+    /// /v1/traces is appended) [default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as is, else
+    /// $OTEL_EXPORTER_OTLP_ENDPOINT]. OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT,
+    /// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are honoured.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Spans per OTLP export request at most.
+    #[arg(long, value_name = "N", default_value_t = export::DEFAULT_BATCH_SPANS)]
+    pub otlp_batch_size: usize,
+    /// A batch that is not full is sent after this long.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = config::parse_duration)]
+    pub otlp_batch_delay: Duration,
+}
+
+impl OtlpArgs {
+    /// The export settings from these flags and the `OTEL_*` variables; `None` when no
+    /// endpoint is set.
+    ///
+    /// # Errors
+    /// `Error::Config` naming the unusable flag or variable (exit status 2).
+    pub fn settings(&self) -> Result<Option<ExportSettings>, Error> {
+        ExportSettings::resolve(
+            self.otlp_endpoint.as_deref(),
+            self.otlp_batch_size,
+            self.otlp_batch_delay,
+            &|name| std::env::var(name).ok(),
+        )
+        .map_err(Error::Config)
+    }
+}
+
+/// `export` options.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Directory of the rings [default: $XDG_DATA_HOME/phantom-fast/traces].
+    #[arg(long, value_name = "DIR")]
+    pub trace_dir: Option<PathBuf>,
+    /// Export only records written from now on, not what the rings already hold.
+    #[arg(long)]
+    pub skip_backlog: bool,
+    /// Where and how.
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
+}
+
+impl ExportArgs {
+    /// The settings (an endpoint is required), the trace directory and where to start.
+    ///
+    /// # Errors
+    /// `Error::Config` when no endpoint is set or a setting is unusable.
+    pub fn into_parts(self) -> Result<(ExportSettings, PathBuf, Start), Error> {
+        let settings = self.otlp.settings()?.ok_or_else(|| {
+            Error::Config(
+                "export needs --otlp-endpoint URL (or OTEL_EXPORTER_OTLP_ENDPOINT)".into(),
+            )
+        })?;
+        let dir = self.trace_dir.unwrap_or_else(trace::default_trace_dir);
+        let start = if self.skip_backlog {
+            Start::Newest
+        } else {
+            Start::Oldest
+        };
+        Ok((settings, dir, start))
+    }
 }
 
 /// An `--upstream` value, split: whether it speaks TLS, the host and the port.
@@ -319,13 +396,13 @@ pub enum FaultsOp {
         /// The fault spec, e.g. error:503:0.1:/api.
         #[arg(value_name = "SPEC")]
         spec: String,
-        /// Its id [default: the next free r<N>].
+        /// Its id (default: the first free one of r1, r2, …).
         #[arg(long, value_name = "ID")]
         id: Option<String>,
         /// Probability ramp FROM..TO/DURATION, e.g. 0..0.5/60s.
         #[arg(long, value_name = "RAMP")]
         ramp: Option<String>,
-        /// Active windows START+LENGTH[,..][/PERIOD], e.g. 0s+10s/1m.
+        /// Active windows `START+LENGTH[,START+LENGTH...][/PERIOD]`, e.g. 0s+10s/1m.
         #[arg(long, value_name = "SCHEDULE")]
         schedule: Option<String>,
         /// Endpoint.
@@ -494,7 +571,7 @@ pub struct RenderArgs {
     /// Show at most N bytes of each body.
     #[arg(long, value_name = "N", value_parser = parse_size)]
     pub max_body: Option<u64>,
-    /// Show this header's values as [redacted]; repeatable. authorization, cookie, set-cookie
+    /// Redact this header's values in the output; repeatable. authorization, cookie, set-cookie
     /// and proxy-authorization are redacted unless --no-redact.
     #[arg(long = "redact-header", value_name = "NAME", value_parser = parse_header_name)]
     pub redact_headers: Vec<String>,
@@ -757,6 +834,12 @@ impl RunArgs {
             }
             None => Mode::Forward,
         };
+        let export = self.otlp.settings()?;
+        if export.is_some() && self.no_traces {
+            return Err(Error::Config(
+                "OTLP export reads the trace rings: drop --no-traces (or the OTLP endpoint)".into(),
+            ));
+        }
         let trace = if self.no_traces {
             None
         } else {
@@ -805,6 +888,7 @@ impl RunArgs {
                 insecure: self.insecure,
                 mitm,
             },
+            export,
         })
     }
 }

@@ -7,7 +7,9 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use rustls::{ClientConfig, ServerConfig};
 
-use crate::{ca::Ca, fault::FaultRule, http::Limits, net::tls::RootsSource};
+use crate::{
+    ca::Ca, export::ExportSettings, fault::FaultRule, http::Limits, net::tls::RootsSource,
+};
 
 /// Which I/O driver each worker's runtime uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +36,8 @@ pub enum Mode {
 pub struct Upstream {
     /// `HOST:PORT` as given; used for URLs and traces.
     pub authority: String,
-    /// The addresses it resolved to; connections go to the first that answers.
+    /// The addresses it resolved to at startup. Each worker re-resolves the name after a TTL,
+    /// spreads new requests over its addresses and tries the next when a connect fails.
     pub addrs: Vec<SocketAddr>,
     /// `--upstream-host`: the Host header sent instead of the client's.
     pub host_override: Option<String>,
@@ -167,6 +170,8 @@ pub struct Config {
     pub control: ControlSettings,
     /// TLS material: listener, upstream verification, the MITM CA.
     pub tls: TlsSettings,
+    /// OTLP export on its own thread (`--otlp-endpoint` or `OTEL_EXPORTER_OTLP_*ENDPOINT`).
+    pub export: Option<ExportSettings>,
 }
 
 /// Parses `250ms`, `3s`, `2m` or `1h` (a bare number is rejected: units are not guessed).

@@ -6,7 +6,7 @@ use clap::Parser;
 use phantom_fast::{
     cli::{Cli, Command},
     error::Error,
-    server,
+    export, server,
 };
 
 #[global_allocator]
@@ -20,6 +20,9 @@ fn main() -> ExitCode {
         Some(Command::Stats(args)) => args.run_stats(&mut std::io::stdout().lock()),
         Some(Command::Faults(args)) => args.run(&mut std::io::stdout().lock()),
         Some(Command::Ca(args)) => args.run(&mut std::io::stdout().lock()),
+        Some(Command::Export(args)) => args
+            .into_parts()
+            .and_then(|(settings, dir, start)| export::run_until_signal(settings, &dir, start)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

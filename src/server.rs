@@ -2,7 +2,7 @@
 //!
 //! Everything blocking (binding, opening trace rings) happens in [`Server::bind`] on the calling
 //! thread; workers only accept and hand connections to `exchange`. The summary they add up to at
-//! shutdown is [`Summary`](crate::summary::Summary).
+//! shutdown is [`Summary`].
 
 use std::{
     fmt,
@@ -30,6 +30,7 @@ use crate::{
     },
     error::Error,
     exchange::{self, Faults, Stats},
+    export::{ExportThread, Start},
     net::{timer::DelayTimer, transport::ECANCELED},
     summary::Summary,
     trace::{self, RingUsage, TraceConfig, TraceWriter},
@@ -222,6 +223,9 @@ impl Server {
             text.push_str("\n  ");
             text.push_str(&line);
         }
+        if let Some(export) = &self.config.export {
+            text.push_str(&format!("\n  otlp → {}", export.endpoint.url));
+        }
         text
     }
 
@@ -240,6 +244,15 @@ impl Server {
             driver,
             ..
         } = self;
+        // The exporter reads the rings on its own thread, from what this run writes on.
+        let exporter = match (&config.export, &config.trace) {
+            (Some(export), Some(trace)) => Some(ExportThread::spawn(
+                export.clone(),
+                &trace.dir,
+                Start::Newest,
+            )?),
+            _ => None,
+        };
         let admin_exit = Arc::new(AtomicBool::new(false));
         let (links, admin_thread) = match control {
             Some(control) => {
@@ -248,11 +261,14 @@ impl Server {
                     .collect();
                 let (stop, exit) = (Arc::clone(&stop), Arc::clone(&admin_exit));
                 let ControlPlane {
-                    admin,
+                    mut admin,
                     listener,
                     file,
                     ..
                 } = control;
+                if let Some(exporter) = &exporter {
+                    admin.set_export_stats(Arc::clone(exporter.stats()));
+                }
                 let thread = std::thread::Builder::new()
                     .name("pf-admin".into())
                     .spawn(move || listener::serve(listener, admin, file, stop, exit))
@@ -324,6 +340,9 @@ impl Server {
             .trace
             .as_ref()
             .map(|t| trace::ring_usage(&t.dir, config.workers).since(trace_start));
+        if let Some(exporter) = exporter {
+            eprintln!("phantom-fast {}", exporter.finish().summary());
+        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(summary),
@@ -389,13 +408,14 @@ fn bind_control(config: &Config) -> Result<Option<ControlPlane>, Error> {
         None => (None, flags),
     };
     let compile: CompileFn<Faults> =
-        Box::new(|c: Compiled<'_>| Faults::compile_with_ids(c.rules, c.ids, c.generation));
+        Box::new(|c: Compiled<'_>| Ok(Faults::compile_with_ids(c.rules, c.ids, c.generation)));
     let (admin, publisher) = Admin::new(
         config.workers,
         startup,
         compile,
         settings.admin_token.clone(),
-    );
+    )
+    .map_err(Error::Config)?;
     let listener = settings
         .admin
         .map(|addr| listener::bind(addr).map_err(|source| Error::Bind { addr, source }))

@@ -130,6 +130,10 @@ impl Worker {
         };
         let rules = faults.table().len();
         let pool = Pool::new(config.max_upstream_connections);
+        let mut resolver = Resolver::default();
+        if let Mode::Reverse(up) = &config.mode {
+            resolver.seed(&up.authority, &up.addrs);
+        }
         let upstream_name = match &config.mode {
             Mode::Reverse(up) => up.tls.as_ref().map(|t| Rc::from(t.server_name.as_str())),
             Mode::Forward => None,
@@ -139,7 +143,7 @@ impl Worker {
             table: TableSlot::new(faults),
             pool: RefCell::new(pool),
             bufs: RefCell::default(),
-            resolver: RefCell::default(),
+            resolver: RefCell::new(resolver),
             rng: RefCell::new(rng),
             id_rng: RefCell::new(fastrand::Rng::new()),
             timer,

@@ -4,7 +4,9 @@
 //! Each area is a module; `support` holds the proxy process, origins and the raw client.
 
 mod control;
+mod deploy;
 mod drivers;
+mod export;
 mod faults;
 mod forward;
 mod framing;
@@ -12,9 +14,12 @@ mod hostile;
 mod keepalive;
 mod regression;
 mod rejects;
+mod seccomp;
 mod support;
 mod tls;
 mod trace;
 mod trace_query;
 mod trace_survival;
 mod upstream_errors;
+mod upstreams;
+mod websocket;

@@ -569,9 +569,10 @@ fn https_upstream_verified_pooled_100_requests_one_connection() {
         .iter()
         .find(|r| r["url"] == "https://test.local/n/7")
         .unwrap_or_else(|| panic!("https URLs in the trace: {:?}", recs.first()));
-    assert_eq!(rec["tls"]["upstream_tls"], true, "{rec}");
-    assert_eq!(rec["tls"]["server_name"], "localhost", "{rec}");
-    assert_eq!(rec["tls"]["version"], 0x0304, "{rec}");
+    assert_eq!(rec["client_tls"], serde_json::Value::Null, "{rec}");
+    assert_eq!(rec["upstream_tls"]["server_name"], "localhost", "{rec}");
+    assert_eq!(rec["upstream_tls"]["version_code"], 0x0304, "{rec}");
+    assert_eq!(rec["upstream_tls"]["verification"], "verified", "{rec}");
 }
 
 #[test]
@@ -860,9 +861,10 @@ fn mitm_faults_https_requests_and_keeps_its_ca() {
         .iter()
         .find(|r| r["url"] == hello.as_str())
         .expect("the forwarded request");
-    assert_eq!(inner["tls"]["mitm"], true, "{inner}");
-    assert_eq!(inner["tls"]["upstream_tls"], true, "{inner}");
-    assert_eq!(inner["tls"]["server_name"], "localhost", "{inner}");
+    // Intercepted: the client's session with our leaf, and ours with the real host.
+    assert_eq!(inner["client_tls"]["server_name"], "localhost", "{inner}");
+    assert_eq!(inner["upstream_tls"]["server_name"], "localhost", "{inner}");
+    assert_eq!(inner["upstream_tls"]["verification"], "verified", "{inner}");
     assert!(urls.contains(&format!("{base}/api/x").as_str()), "{urls:?}");
     assert!(urls.contains(&format!("{base}/hello").as_str()), "{urls:?}");
 

@@ -36,8 +36,9 @@ pub struct Compiled<'a> {
     pub ids: &'a [Arc<str>],
 }
 
-/// Builds the workers' snapshot from a rule set (the server passes the fault table's compile).
-pub type CompileFn<T> = Box<dyn Fn(Compiled<'_>) -> T + Send>;
+/// Builds the workers' snapshot from a rule set (the server passes the fault table's compile);
+/// an error (e.g. a body file that cannot be read) refuses the set, naming what was wrong.
+pub type CompileFn<T> = Box<dyn Fn(Compiled<'_>) -> Result<T, String> + Send>;
 
 /// One admin request, parsed.
 #[derive(Debug, Clone, Copy)]
@@ -113,17 +114,22 @@ pub struct Admin<T> {
     token: Option<String>,
     /// What was last compiled, to publish a ramp step only when something moved.
     compiled: Vec<Option<FaultRule>>,
+    /// The OTLP exporter's counters, appended to `/metrics` when it runs.
+    export: Option<Arc<crate::export::ExportStats>>,
 }
 
 impl<T: Send + Sync> Admin<T> {
     /// The admin state for `workers` workers starting with `startup` (generation 1, compiled and
     /// published before any worker starts), and the publisher the workers link to.
+    ///
+    /// # Errors
+    /// The compile function's message when the startup set does not compile.
     pub fn new(
         workers: usize,
         startup: Vec<LiveRule>,
         compile: CompileFn<T>,
         token: Option<String>,
-    ) -> (Admin<T>, Publisher<T>) {
+    ) -> Result<(Admin<T>, Publisher<T>), String> {
         let now = Instant::now();
         let rules: Vec<Applied> = startup
             .iter()
@@ -132,7 +138,8 @@ impl<T: Send + Sync> Admin<T> {
                 since: now,
             })
             .collect();
-        let (effective, snapshot) = compile_set(&compile, &rules, 1, now);
+        validate(&compile, &rules, 1)?;
+        let (effective, snapshot) = compile_set(&compile, &rules, 1, now)?;
         let publisher = Publisher::new(workers, 1, Arc::new(snapshot));
         let admin = Admin {
             publisher: publisher.clone(),
@@ -142,8 +149,14 @@ impl<T: Send + Sync> Admin<T> {
             generation: 1,
             token,
             compiled: effective,
+            export: None,
         };
-        (admin, publisher)
+        Ok((admin, publisher))
+    }
+
+    /// Adds the OTLP exporter's counters to `/metrics`.
+    pub fn set_export_stats(&mut self, stats: Arc<crate::export::ExportStats>) {
+        self.export = Some(stats);
     }
 
     /// Shutdown began: `/ready` answers 503 from now on.
@@ -169,33 +182,57 @@ impl<T: Send + Sync> Admin<T> {
             .iter()
             .map(|a| a.rule.effective(now.saturating_duration_since(a.since)))
             .collect();
-        if effective != self.compiled {
-            let (effective, snapshot) =
-                compile_set(&self.compile, &self.rules, self.generation, now);
-            self.compiled = effective;
-            self.publisher.publish(self.generation, Arc::new(snapshot));
+        if effective == self.compiled {
+            return;
+        }
+        // Remembered either way, so a failure is reported once, not every tick.
+        match compile_set(&self.compile, &self.rules, self.generation, now) {
+            Ok((effective, snapshot)) => {
+                self.compiled = effective;
+                self.publisher.publish(self.generation, Arc::new(snapshot));
+            }
+            Err(message) => {
+                self.compiled = effective;
+                eprintln!(
+                    "phantom-fast: a ramp or schedule step did not compile ({message}); keeping the last table"
+                );
+            }
         }
     }
 
     /// Replaces the whole set (rules file, `PUT /faults`), restarting every ramp and schedule.
     /// Returns whether every worker applied it within [`APPLY_TIMEOUT`].
-    pub fn replace(&mut self, rules: Vec<LiveRule>) -> bool {
+    ///
+    /// # Errors
+    /// When the set does not compile; nothing changed then.
+    pub fn replace(&mut self, rules: Vec<LiveRule>) -> Result<bool, RuleError> {
         let now = Instant::now();
-        self.rules = rules
-            .into_iter()
-            .map(|rule| Applied { rule, since: now })
-            .collect();
-        self.apply()
+        self.install(
+            rules
+                .into_iter()
+                .map(|rule| Applied { rule, since: now })
+                .collect(),
+        )
     }
 
-    /// Bumps the generation, compiles, publishes and waits for the workers.
-    fn apply(&mut self) -> bool {
-        self.generation += 1;
+    /// Compiles `candidate` as the next generation; only when it compiles, makes it the live set,
+    /// publishes it and waits for the workers (`Ok(false)`: not all applied within
+    /// [`APPLY_TIMEOUT`]).
+    fn install(&mut self, candidate: Vec<Applied>) -> Result<bool, RuleError> {
+        let generation = self.generation + 1;
+        let refused = |reason: String| RuleError {
+            rule: "rules".into(),
+            spec: String::new(),
+            reason,
+        };
+        validate(&self.compile, &candidate, generation).map_err(refused)?;
         let (effective, snapshot) =
-            compile_set(&self.compile, &self.rules, self.generation, Instant::now());
+            compile_set(&self.compile, &candidate, generation, Instant::now()).map_err(refused)?;
+        self.rules = candidate;
+        self.generation = generation;
         self.compiled = effective;
-        let seq = self.publisher.publish(self.generation, Arc::new(snapshot));
-        self.publisher.wait_applied(seq, APPLY_TIMEOUT)
+        let seq = self.publisher.publish(generation, Arc::new(snapshot));
+        Ok(self.publisher.wait_applied(seq, APPLY_TIMEOUT))
     }
 
     /// Answers one request.
@@ -309,6 +346,9 @@ impl<T: Send + Sync> Admin<T> {
         };
         let mut body = String::new();
         encode_metrics(&scrape, &mut body);
+        if let Some(export) = &self.export {
+            export.encode_metrics(&mut body);
+        }
         Response {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -350,10 +390,10 @@ impl<T: Send + Sync> Admin<T> {
             Body::Text(text) => text.and_then(rules::parse_text),
         };
         match parsed {
-            Ok(set) => {
-                let applied = self.replace(set);
-                self.answer(req, 200, applied)
-            }
+            Ok(set) => match self.replace(set) {
+                Ok(applied) => self.answer(req, 200, applied),
+                Err(err) => Response::json(400, &err.to_json()),
+            },
             Err(err) => Response::json(400, &err.to_json()),
         }
     }
@@ -467,16 +507,21 @@ impl<T: Send + Sync> Admin<T> {
             return Response::json(400, &err.to_json());
         }
         let now = Instant::now();
-        let old = std::mem::take(&mut self.rules);
-        self.rules = list
+        let candidate = list
             .into_iter()
             .map(|rule| {
-                let since = old.iter().find(|a| a.rule == rule).map_or(now, |a| a.since);
+                let since = self
+                    .rules
+                    .iter()
+                    .find(|a| a.rule == rule)
+                    .map_or(now, |a| a.since);
                 Applied { rule, since }
             })
             .collect();
-        let applied = self.apply();
-        self.answer(req, status, applied)
+        match self.install(candidate) {
+            Ok(applied) => self.answer(req, status, applied),
+            Err(err) => Response::json(400, &err.to_json()),
+        }
     }
 
     fn answer(&self, req: &Request<'_, '_>, status: u16, applied: bool) -> Response {
@@ -505,6 +550,25 @@ impl<T: Send + Sync> Admin<T> {
     }
 }
 
+/// Compiles every rule as written, scheduled or not, so a rule that would only fail when its
+/// window opens is refused now.
+fn validate<T>(compile: &CompileFn<T>, rules: &[Applied], generation: u64) -> Result<(), String> {
+    if rules.iter().all(|a| a.rule.schedule.is_none()) {
+        return Ok(()); // compile_set compiles every rule anyway
+    }
+    let ids: Vec<Arc<str>> = rules
+        .iter()
+        .map(|a| Arc::from(a.rule.id.as_str()))
+        .collect();
+    let all: Vec<FaultRule> = rules.iter().map(|a| a.rule.rule.clone()).collect();
+    compile(Compiled {
+        generation,
+        rules: &all,
+        ids: &ids,
+    })
+    .map(drop)
+}
+
 /// Compiles the rules in force at `now`; returns what was compiled (per rule, `None` when off)
 /// and the snapshot.
 fn compile_set<T>(
@@ -512,7 +576,7 @@ fn compile_set<T>(
     rules: &[Applied],
     generation: u64,
     now: Instant,
-) -> (Vec<Option<FaultRule>>, T) {
+) -> Result<(Vec<Option<FaultRule>>, T), String> {
     let effective: Vec<Option<FaultRule>> = rules
         .iter()
         .map(|a| a.rule.effective(now.saturating_duration_since(a.since)))
@@ -526,8 +590,8 @@ fn compile_set<T>(
         generation,
         rules: &live,
         ids: &ids,
-    });
-    (effective, snapshot)
+    })?;
+    Ok((effective, snapshot))
 }
 
 /// How a body is read.
@@ -595,21 +659,29 @@ mod tests {
 
     fn admin(startup: &str, token: Option<&str>) -> (Admin<Snapshot>, Publisher<Snapshot>) {
         let compile: CompileFn<Snapshot> = Box::new(|c: Compiled<'_>| {
+            // A stand-in for a compile failure the grammar cannot see (a missing body file).
+            if let Some(rule) = c
+                .rules
+                .iter()
+                .find(|r| r.to_string().contains("/uncompilable"))
+            {
+                return Err(format!("{rule} does not compile"));
+            }
             let specs = c
                 .ids
                 .iter()
                 .zip(c.rules)
                 .map(|(id, rule)| format!("{id}={rule}"))
                 .collect();
-            (c.generation, specs)
+            Ok((c.generation, specs))
         });
-        let (admin, publisher) = Admin::new(
+        Admin::new(
             1,
             rules::parse_text(startup).unwrap(),
             compile,
             token.map(str::to_owned),
-        );
-        (admin, publisher)
+        )
+        .unwrap()
     }
 
     /// A worker thread acking every publish, as the tick would.
@@ -789,6 +861,24 @@ mod tests {
                 .unwrap()
                 .contains("must be a string")
         );
+        let response = call(
+            &mut admin,
+            "PUT",
+            "/faults",
+            &[],
+            "error:503:/uncompilable schedule=1h+1s\n",
+        );
+        assert_eq!(
+            response.status, 400,
+            "refused although its window is not open yet"
+        );
+        assert!(
+            json_of(&response)["expected"]
+                .as_str()
+                .unwrap()
+                .contains("does not compile")
+        );
+        assert_eq!(admin.generation(), 1);
     }
 
     #[test]

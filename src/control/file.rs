@@ -101,7 +101,16 @@ impl RulesFile {
         match self.read() {
             Ok(set) => {
                 let count = set.len();
-                let applied = admin.replace(set);
+                let applied = match admin.replace(set) {
+                    Ok(applied) => applied,
+                    Err(err) => {
+                        eprintln!(
+                            "phantom-fast: {}: {err}; keeping the live rules",
+                            self.path.display()
+                        );
+                        return;
+                    }
+                };
                 eprintln!(
                     "phantom-fast: {} reloaded: {count} rule{}, generation {}{}",
                     self.path.display(),
@@ -157,8 +166,8 @@ mod tests {
         let (mut file, set) = RulesFile::load(&path, flags).unwrap();
         let ids: Vec<&str> = set.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["flag", "r2"]);
-        let compile: CompileFn<usize> = Box::new(|c: Compiled<'_>| c.rules.len());
-        let (mut admin, publisher) = Admin::new(1, set, compile, None);
+        let compile: CompileFn<usize> = Box::new(|c: Compiled<'_>| Ok(c.rules.len()));
+        let (mut admin, publisher) = Admin::new(1, set, compile, None).unwrap();
         let mut link = publisher.worker(0);
         link.poll();
         link.ack();

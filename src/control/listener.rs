@@ -242,8 +242,9 @@ mod tests {
     fn start(startup: &str) -> (String, Arc<AtomicBool>) {
         let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let compile: CompileFn<usize> = Box::new(|c: Compiled<'_>| c.rules.len());
-        let (admin, publisher) = Admin::new(1, rules::parse_text(startup).unwrap(), compile, None);
+        let compile: CompileFn<usize> = Box::new(|c: Compiled<'_>| Ok(c.rules.len()));
+        let (admin, publisher) =
+            Admin::new(1, rules::parse_text(startup).unwrap(), compile, None).unwrap();
         let exit = Arc::new(AtomicBool::new(false));
         let mut link = publisher.worker(0);
         let flag = Arc::clone(&exit);

@@ -9,7 +9,7 @@
 //! - [`metrics`]: the per-worker report, its sum, and the Prometheus text encoding.
 //! - [`api`]: the routes, the live set, validation, and publishing edits.
 //! - [`listener`]: blocking `std::net` loop, one request per connection, bounded and timed out.
-//! - [`file`]: `--faults-file`, reloaded on change and on SIGHUP.
+//! - [`file`](mod@file): `--faults-file`, reloaded on change and on SIGHUP.
 //! - [`client`]: `phantom-fast faults ...`.
 
 pub mod api;

@@ -55,6 +55,17 @@ impl Synthetic {
     }
 }
 
+/// How reading a request body to its end went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Discarded {
+    /// All of it was read: the connection is in step for the next request.
+    Whole,
+    /// Its chunked framing broke.
+    BadFraming,
+    /// The client closed, failed or went silent for `--idle-timeout`.
+    Gone,
+}
+
 /// Length of the head at the front of a response we built (through the blank line).
 pub(super) fn head_len(bytes: &[u8]) -> usize {
     memchr::memmem::find(bytes, b"\r\n\r\n").map_or(bytes.len(), |i| i + 4)
@@ -69,10 +80,21 @@ impl Session<'_> {
         if facts.body != BodyKind::Empty {
             if facts.expect_continue {
                 keep_alive = false;
-            } else if !self.discard_request_body(facts.body).await {
-                self.ex.outcome = Outcome::ClientClosed;
-                self.record();
-                return Next::Close;
+            } else {
+                match self.discard_request_body(facts.body).await {
+                    Discarded::Whole => {}
+                    // RFC 9112 §7.1: a body whose framing broke is answered 400, as when it is
+                    // forwarded.
+                    Discarded::BadFraming => {
+                        self.ex.outcome = Outcome::BadRequest;
+                        return self.answer_error(400).await;
+                    }
+                    Discarded::Gone => {
+                        self.ex.outcome = Outcome::ClientClosed;
+                        self.record();
+                        return Next::Close;
+                    }
+                }
             }
         }
         let bytes = self.faults.synthetic.get(rule, keep_alive);
@@ -97,8 +119,8 @@ impl Session<'_> {
         }
     }
 
-    /// Reads the request body to its end, keeping only the traced prefix. `false` on failure.
-    pub(super) async fn discard_request_body(&mut self, kind: BodyKind) -> bool {
+    /// Reads the request body to its end, keeping only the traced prefix.
+    pub(super) async fn discard_request_body(&mut self, kind: BodyKind) -> Discarded {
         let mut reader = BodyReader::new(kind);
         let idle = self.w.config.idle_timeout;
         self.request_body.clear();
@@ -107,11 +129,13 @@ impl Session<'_> {
             let scanned = reader.scan(self.client.buffered(), |data| {
                 capture(&mut self.request_body, limit, data);
             });
-            let Ok(n) = scanned else { return false };
+            let Ok(n) = scanned else {
+                return Discarded::BadFraming;
+            };
             self.client.consume(n);
             if reader.done {
                 self.ex.request_body_len = reader.data_len;
-                return true;
+                return Discarded::Whole;
             }
             match self
                 .client
@@ -119,7 +143,7 @@ impl Session<'_> {
                 .await
             {
                 Ok(n) if n > 0 => {}
-                _ => return false,
+                _ => return Discarded::Gone,
             }
         }
     }

@@ -5,6 +5,7 @@
 //! The response side is `response`'s.
 
 use std::{
+    io,
     rc::Rc,
     time::{Duration, Instant},
 };
@@ -14,7 +15,7 @@ use crate::{
     http::body::BodyReader,
     net::{Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, is_timeout, relay, tls},
     trace::Outcome,
-    upstream::{self, Dest, Lease},
+    upstream::{self, Dest, Lease, Pick},
 };
 
 use super::{
@@ -93,12 +94,39 @@ pub(super) fn host_of(authority: &str) -> &str {
 }
 
 impl Session<'_> {
-    /// Forwards the request upstream and relays the response.
+    /// Forwards the request upstream and relays the response. A connect that fails moves on
+    /// to the name's next address; only when each was tried is it a 502 (or 504).
     pub(super) async fn forward(&mut self, facts: RequestFacts) -> Next {
-        let dest = match self.destination(facts).await {
-            Ok(dest) => dest,
+        let (mut pick, tls_name) = match self.destination(facts).await {
+            Ok(route) => route,
             Err(next) => return next,
         };
+        let mut tried = 1;
+        loop {
+            let dest = match &tls_name {
+                Some(name) => Dest::tls(pick.addr, Rc::clone(name)),
+                None => Dest::plain(pick.addr),
+            };
+            let refused = match self.forward_to(facts, dest.clone()).await {
+                Ok(next) => return next,
+                Err(e) => e,
+            };
+            let authority = self.authority(facts.target);
+            let next = self.w.resolver.borrow().next_after(authority, pick, tried);
+            let Some(next) = next else {
+                self.ex.error_reason = tls_failure(&dest, &refused);
+                let (outcome, status) = connect_failure(&refused);
+                self.ex.outcome = outcome;
+                return self.drain_then_error(facts, status).await;
+            };
+            pick = next;
+            tried += 1;
+        }
+    }
+
+    /// Forwards to one destination. `Err` with the connect error when no connection could be
+    /// opened (its pool slot is free again); every other ending is answered here.
+    async fn forward_to(&mut self, facts: RequestFacts, dest: Dest) -> io::Result<Next> {
         self.ex.upstream_addr = Some(dest.addr);
         self.ex.upstream_sni = dest.tls.clone();
         let w = self.w;
@@ -106,7 +134,7 @@ impl Session<'_> {
         let Some(lease) = upstream::acquire(&w.pool, &w.bufs, dest.clone(), deadline).await else {
             // Every allowed connection stayed busy for --upstream-timeout.
             self.ex.outcome = Outcome::UpstreamTimeout;
-            return self.drain_then_error(facts, 504).await;
+            return Ok(self.drain_then_error(facts, 504).await);
         };
         let (mut attempt, mut reused) = match lease {
             Lease::Idle(conn) => (Some(conn), true),
@@ -117,14 +145,17 @@ impl Session<'_> {
                 Some(conn) => conn,
                 None => match upstream::connect_dest(&dest, &w.config.tls, deadline).await {
                     Ok(transport) => Conn::new(transport, w.bufs.borrow_mut().get(READ_BUF_BYTES)),
-                    Err(e) => return self.connect_failed(facts, dest, &e).await,
+                    Err(e) => {
+                        w.pool.borrow_mut().closed(dest);
+                        return Err(e);
+                    }
                 },
             };
             match self
                 .exchange_upstream(&mut up, facts, deadline, reused)
                 .await
             {
-                Ok(relayed) => return self.finish_upstream(up, dest, relayed),
+                Ok(relayed) => return Ok(self.finish_upstream(up, dest, relayed)),
                 // The slot stays ours: the fresh connection takes the dead one's place.
                 Err(failed)
                     if failed.why == UpstreamFailure::Stale && reused && facts.retryable =>
@@ -135,56 +166,55 @@ impl Session<'_> {
                 Err(failed) => {
                     self.release_conn(up);
                     w.pool.borrow_mut().closed(dest);
-                    return self.answer_failure(facts, failed).await;
+                    return Ok(self.answer_failure(facts, failed).await);
                 }
             }
         }
     }
 
-    /// A connect failed: its slot is free again, and the client gets 502 or 504.
-    async fn connect_failed(
-        &mut self,
-        facts: RequestFacts,
-        dest: Dest,
-        e: &std::io::Error,
-    ) -> Next {
-        self.ex.error_reason = tls_failure(&dest, e);
-        self.w.pool.borrow_mut().closed(dest);
-        let (outcome, status) = connect_failure(e);
-        self.ex.outcome = outcome;
-        self.drain_then_error(facts, status).await
+    /// The name this request's destination resolves from (the failover looks up its other
+    /// addresses under it): the reverse-mode upstream, or the authority of the URL.
+    pub(super) fn authority(&self, target: Target) -> &str {
+        match (target, &self.w.config.mode) {
+            (Target::Authority { from, to, .. }, _) => {
+                std::str::from_utf8(&self.url[from..to]).unwrap_or("")
+            }
+            (Target::Upstream, Mode::Reverse(up)) => &up.authority,
+            (Target::Upstream, Mode::Forward) | (Target::Mitm, _) => "",
+        }
     }
 
-    /// Where the request goes (address, and TLS server name); `Err` with the exchange already
-    /// answered.
-    async fn destination(&mut self, facts: RequestFacts) -> Result<Dest, Next> {
-        match (facts.target, &self.w.config.mode) {
-            (Target::Upstream, Mode::Reverse(up)) => Ok(match &self.w.upstream_name {
-                Some(name) => Dest::tls(up.addrs[0], Rc::clone(name)),
-                None => Dest::plain(up.addrs[0]),
-            }),
-            (Target::Upstream, Mode::Forward) => Err(self.answer_error(400).await),
+    /// The address the request goes to first, and the TLS server name when it goes over TLS;
+    /// `Err` with the exchange already answered.
+    async fn destination(&mut self, facts: RequestFacts) -> Result<(Pick, Option<Rc<str>>), Next> {
+        let w = self.w;
+        let (resolved, tls_name) = match (facts.target, &w.config.mode) {
+            (Target::Upstream, Mode::Forward) => return Err(self.answer_error(400).await),
             (Target::Mitm, _) => match &self.mitm {
-                Some(mitm) => Ok(Dest::tls(mitm.addr, Rc::clone(&mitm.name))),
-                None => Err(self.answer_error(400).await),
+                Some(mitm) => return Ok((Pick::literal(mitm.addr), Some(Rc::clone(&mitm.name)))),
+                None => return Err(self.answer_error(400).await),
             },
+            (Target::Upstream, Mode::Reverse(up)) => (
+                upstream::resolve(&w.resolver, &up.authority).await,
+                w.upstream_name.clone(),
+            ),
             (Target::Authority { from, to, tls }, _) => {
                 let authority = std::str::from_utf8(&self.url[from..to]).unwrap_or("");
                 let resolved = if tls && host_of(authority).len() == authority.len() {
                     // `https://host/…`: the default port is 443 (RFC 9110 §4.2.2).
                     let with_port = format!("{authority}:443");
-                    upstream::resolve(&self.w.resolver, &with_port).await
+                    upstream::resolve(&w.resolver, &with_port).await
                 } else {
-                    upstream::resolve(&self.w.resolver, authority).await
+                    upstream::resolve(&w.resolver, authority).await
                 };
-                match resolved {
-                    Ok(addr) if tls => Ok(Dest::tls(addr, Rc::from(host_of(authority)))),
-                    Ok(addr) => Ok(Dest::plain(addr)),
-                    Err(_) => {
-                        self.ex.outcome = Outcome::UpstreamError;
-                        Err(self.drain_then_error(facts, 502).await)
-                    }
-                }
+                (resolved, tls.then(|| Rc::from(host_of(authority))))
+            }
+        };
+        match resolved {
+            Ok(pick) => Ok((pick, tls_name)),
+            Err(_) => {
+                self.ex.outcome = Outcome::UpstreamError;
+                Err(self.drain_then_error(facts, 502).await)
             }
         }
     }
@@ -216,7 +246,10 @@ impl Session<'_> {
     fn finish_upstream(&mut self, up: Conn, dest: Dest, done: Relayed) -> Next {
         if let Some(tls) = up.transport().and_then(|t| t.tls()) {
             let facts = tls.facts();
-            self.ex.upstream_tls = Some((facts.version_code, facts.cipher_suite_code));
+            self.ex.upstream_tls = Some(tls::TlsFacts {
+                server_name: None,
+                ..facts
+            });
         }
         if done.upstream_reusable && up.buffered().is_empty() {
             self.w

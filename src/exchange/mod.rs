@@ -11,7 +11,7 @@
 //! - `answer`: synthetic fault answers and proxy errors.
 //! - `forward`: sending upstream, 100-continue, the stale-connection retry.
 //! - `response`: the response head, 1xx, de-chunking, relaying the body back.
-//! - `tunnel`: `CONNECT`.
+//! - `tunnel`: `CONNECT`, and WebSocket after the upstream's `101`.
 //! - `record`: the exchange → counters and its trace record.
 
 mod answer;
@@ -111,8 +111,8 @@ struct Exchange {
     error_reason: Option<&'static str>,
     /// The server name, when the upstream was spoken to over TLS.
     upstream_sni: Option<Rc<str>>,
-    /// The upstream session's wire version and cipher suite, once it was up.
-    upstream_tls: Option<(u16, u16)>,
+    /// The upstream session's facts, once it was up.
+    upstream_tls: Option<crate::net::tls::TlsFacts<'static>>,
 }
 
 /// The real destination of an intercepted (`--mitm`) tunnel.

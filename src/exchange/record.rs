@@ -8,7 +8,8 @@ use hdrhistogram::Histogram;
 use crate::{
     control::{DurationHistogram, RuleCounters},
     fault::{FaultKind, RuleStats},
-    trace::{self, AppliedFault, Outcome, TlsFacts, TraceEvent},
+    net::tls,
+    trace::{self, AppliedFault, Outcome, TlsSession, TlsVerification, TraceEvent},
 };
 
 use super::Session;
@@ -44,6 +45,8 @@ pub(crate) struct Stats {
     pub(crate) delay_ns: Vec<u64>,
     /// Trace records written.
     pub(crate) trace_records: u64,
+    /// The latency ledger (injected, upstream, overhead), faulted and unfaulted apart.
+    pub(crate) ledger: trace::LedgerSummary,
     /// At shutdown, with a control plane: per-rule counters by id over every table used
     /// (`rules` then only covers the last one).
     pub(crate) by_id: Vec<RuleCounters>,
@@ -61,6 +64,7 @@ impl Stats {
             upstream_ttfb: DurationHistogram::default(),
             delay_ns: vec![0; rules],
             trace_records: 0,
+            ledger: trace::LedgerSummary::new(),
             by_id: Vec::new(),
         }
     }
@@ -97,13 +101,13 @@ impl Session<'_> {
             AppliedFault {
                 kind,
                 rule: rule as u32,
-                rule_id: "",
+                rule_id: &self.faults.ids[rule],
                 spec: &self.faults.specs[rule],
                 value,
             }
         });
         let method = self.request_head.get(..self.ex.method_len).unwrap_or(b"");
-        let tls = self.tls_facts();
+        let (client_tls, upstream_tls) = self.tls_sessions();
         let event = TraceEvent {
             trace_id: self.ex.trace_id,
             span_id: self.ex.span_id,
@@ -116,7 +120,8 @@ impl Session<'_> {
             injected_delay_ns: nanos(decision.delay),
             generation: self.faults.generation,
             faults: fault.as_slice(),
-            tls,
+            client_tls,
+            upstream_tls,
             method,
             url: &self.url,
             version: self.ex.version.as_str(),
@@ -138,31 +143,35 @@ impl Session<'_> {
         self.url.clear();
     }
 
-    /// The TLS facts of the exchange: the client's session when it spoke TLS to us (the https
-    /// listener, an intercepted tunnel), else the upstream's when we spoke TLS to it.
-    fn tls_facts(&self) -> Option<TlsFacts<'_>> {
-        let upstream_tls = self.ex.upstream_sni.is_some();
-        if let Some(client) = self.client.transport().and_then(|t| t.tls()) {
-            let facts = client.facts();
-            return Some(TlsFacts {
-                server_name: facts.server_name.unwrap_or(""),
-                version: facts.version_code,
-                cipher_suite: facts.cipher_suite_code,
-                alpn: client.alpn().unwrap_or(b""),
-                mitm: self.mitm.is_some(),
-                upstream_tls,
-            });
-        }
-        let name = self.ex.upstream_sni.as_deref()?;
-        let (version, cipher_suite) = self.ex.upstream_tls.unwrap_or((0, 0));
-        Some(TlsFacts {
-            server_name: name,
-            version,
-            cipher_suite,
-            alpn: b"",
-            mitm: false,
-            upstream_tls,
-        })
+    /// The exchange's TLS sessions: the client's when it spoke TLS to us (the https listener,
+    /// an intercepted tunnel), and the upstream's when we spoke TLS to it (its failure reason
+    /// when the handshake failed).
+    fn tls_sessions(&self) -> (Option<TlsSession<'_>>, Option<TlsSession<'_>>) {
+        let client = self
+            .client
+            .transport()
+            .and_then(|t| t.tls())
+            .map(|tls| session(&tls.facts(), ""));
+        let upstream = self.ex.upstream_sni.as_deref().map(|name| {
+            let failure = self.ex.error_reason.unwrap_or("");
+            match &self.ex.upstream_tls {
+                Some(facts) => TlsSession {
+                    server_name: name,
+                    ..session(facts, failure)
+                },
+                None => TlsSession {
+                    version: "",
+                    cipher_suite: "",
+                    version_code: 0,
+                    cipher_suite_code: 0,
+                    server_name: name,
+                    verification: TlsVerification::NotApplicable,
+                    resumed: false,
+                    failure,
+                },
+            }
+        });
+        (client, upstream)
     }
 
     /// The worker's counters for one exchange.
@@ -182,10 +191,18 @@ impl Session<'_> {
         if let Some(ttfb) = self.ex.ttfb {
             stats.upstream_ttfb.record(ttfb);
         }
+        let decision = self.ex.decision;
+        let ledger = trace::Ledger::from_parts(
+            nanos(duration),
+            nanos(decision.delay),
+            0,
+            self.ex.ttfb.map_or(0, nanos),
+            0,
+        );
+        stats.ledger.record(&ledger, decision.rule.is_some());
         // The delay is the decision's total; it goes to the rule the decision names when that
         // is a delay rule, and only while this exchange's table is still the worker's (the
         // per-rule slices follow the current table).
-        let decision = self.ex.decision;
         if let Some(rule) = decision.rule
             && !decision.delay.is_zero()
             && self.w.table.is_current(&self.faults)
@@ -194,5 +211,23 @@ impl Session<'_> {
         {
             *slot = slot.saturating_add(nanos(decision.delay));
         }
+    }
+}
+
+/// A TLS session as the trace record keeps it.
+fn session<'a>(facts: &tls::TlsFacts<'a>, failure: &'a str) -> TlsSession<'a> {
+    TlsSession {
+        version: facts.version.unwrap_or(""),
+        cipher_suite: facts.cipher_suite.unwrap_or(""),
+        version_code: facts.version_code,
+        cipher_suite_code: facts.cipher_suite_code,
+        server_name: facts.server_name.unwrap_or(""),
+        verification: match facts.verification {
+            tls::Verification::NotApplicable => TlsVerification::NotApplicable,
+            tls::Verification::Verified => TlsVerification::Verified,
+            tls::Verification::Skipped => TlsVerification::Skipped,
+        },
+        resumed: facts.resumed,
+        failure,
     }
 }

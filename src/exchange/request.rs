@@ -47,6 +47,8 @@ pub(super) struct RequestFacts {
     pub(super) body: BodyKind,
     pub(super) keep_alive: bool,
     pub(super) expect_continue: bool,
+    /// A bodiless WebSocket upgrade (RFC 9110 §7.8): `Upgrade: websocket` goes upstream.
+    pub(super) upgrade: bool,
     pub(super) target: Target,
 }
 
@@ -155,6 +157,8 @@ impl Session<'_> {
             expect_continue: head.version == Version::Http11
                 && body != BodyKind::Empty
                 && http::headers::expects_continue(head.headers),
+            upgrade: body == BodyKind::Empty
+                && http::headers::is_websocket_upgrade(method, head.version, head.headers),
             target,
         };
         if !is_connect {
@@ -314,13 +318,25 @@ impl UpstreamHead<'_, '_, '_> {
         };
         scratch.clear();
         trace::encode_traceparent(ex.trace_id, ex.span_id, ex.trace_flags, scratch);
+        // Upgrade is hop-by-hop: only a WebSocket upgrade is asked for again, hop by hop.
+        let extra = [
+            VIA,
+            ("traceparent", &scratch[..]),
+            ("connection", b"upgrade"),
+            ("upgrade", b"websocket"),
+        ];
+        let extra = if self.facts.upgrade {
+            &extra[..]
+        } else {
+            &extra[..2]
+        };
         out.clear();
         http::encode::encode_request_head(
             self.head,
             self.target,
             host,
             self.facts.body,
-            &[VIA, ("traceparent", scratch)],
+            extra,
             out,
         );
     }

@@ -41,7 +41,7 @@ pub(super) struct Relayed {
 
 impl Relayed {
     /// Both connections close.
-    const CLOSED: Relayed = Relayed {
+    pub(super) const CLOSED: Relayed = Relayed {
         client_keep_alive: false,
         upstream_reusable: false,
     };
@@ -54,6 +54,8 @@ struct ResponseFacts {
     status: u16,
     /// A 1xx interim response: another head follows.
     interim: bool,
+    /// A `101` to WebSocket: after it, the connection is a tunnel.
+    upgraded: bool,
     body: BodyKind,
     /// Chunked from the upstream, de-chunked for an HTTP/1.0 client.
     dechunk: bool,
@@ -67,6 +69,7 @@ impl ResponseFacts {
             head_len: head.head_len,
             status: head.status,
             interim: true,
+            upgraded: false,
             body: BodyKind::Empty,
             dechunk: false,
             client_keep_alive: true,
@@ -107,6 +110,9 @@ impl Session<'_> {
         self.ex.status = resp.status;
         self.ex.response_head_len = self.out.len();
         self.ex.outcome = Outcome::Ok;
+        if resp.upgraded {
+            return Ok(self.upgraded(up).await);
+        }
         let whole_exchange = !sent.early_response && sent.request_done;
         let mut body = BodyReader::new(resp.body);
         // Body bytes already here ride along with the head.
@@ -236,6 +242,42 @@ impl Session<'_> {
         }
     }
 
+    /// A `101 Switching Protocols`: relayed (its head into `self.out`) only as the answer to a
+    /// WebSocket upgrade we forwarded; any other would be an upgrade we never asked for (502).
+    fn switching_protocols(
+        &mut self,
+        head: &ResponseHead<'_, '_>,
+        facts: RequestFacts,
+    ) -> Result<ResponseFacts, ()> {
+        if !facts.upgrade || !http::headers::upgrades_to_websocket(head.headers) {
+            return Err(());
+        }
+        self.out.clear();
+        let extra = [
+            VIA,
+            ("connection", &b"upgrade"[..]),
+            ("upgrade", b"websocket"),
+        ];
+        http::encode::encode_response_head(
+            head,
+            BodyKind::Empty,
+            false,
+            facts.version,
+            &extra,
+            &mut self.out,
+        );
+        Ok(ResponseFacts {
+            head_len: head.head_len,
+            status: head.status,
+            interim: false,
+            upgraded: true,
+            body: BodyKind::Empty,
+            dechunk: false,
+            client_keep_alive: false,
+            upstream_keep_alive: false,
+        })
+    }
+
     /// The status of a complete response head at the front of `up`'s buffer, if one is there.
     pub(super) fn interim_status(&self, up: &Conn) -> Option<u16> {
         let mut headers = [httparse::EMPTY_HEADER; SMALL_HEADERS];
@@ -269,11 +311,10 @@ impl Session<'_> {
         else {
             return Ok(None);
         };
+        if head.status == 101 {
+            return self.switching_protocols(&head, facts).map(Some);
+        }
         if (100..200).contains(&head.status) {
-            // 101 would mean an upgrade we never asked for (Upgrade is hop-by-hop, not forwarded).
-            if head.status == 101 {
-                return Err(());
-            }
             self.out.clear();
             http::encode::encode_response_head(
                 &head,
@@ -308,6 +349,7 @@ impl Session<'_> {
             head_len: head.head_len,
             status: head.status,
             interim: false,
+            upgraded: false,
             body,
             dechunk,
             client_keep_alive,
