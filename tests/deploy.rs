@@ -19,7 +19,11 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// The admin address the banner prints.
 fn admin_addr(proxy: &Proxy) -> SocketAddr {
-    assert!(proxy.wait_for_stderr("admin on http://", WAIT), "{}", proxy.stderr());
+    assert!(
+        proxy.wait_for_stderr("admin on http://", WAIT),
+        "{}",
+        proxy.stderr()
+    );
     let stderr = proxy.stderr();
     stderr
         .split("admin on http://")
@@ -61,14 +65,23 @@ fn probes_answer_and_a_configmap_swap_changes_the_faults() {
     let admin = admin_addr(&proxy);
     for (path, body) in [("/ready", "ready"), ("/live", "live")] {
         let resp = Conn::connect(admin).roundtrip(&request("GET", path, "admin", &[], b""));
-        assert!(resp.status_line().contains(" 200 "), "{path}: {}", resp.status_line());
+        assert!(
+            resp.status_line().contains(" 200 "),
+            "{path}: {}",
+            resp.status_line()
+        );
         assert!(resp.text().starts_with(body), "{path}: {}", resp.text());
     }
     let status = |proxy: &Proxy| {
-        let resp = proxy.connect().roundtrip(&request("GET", "/api/x", "test.local", &[], b""));
+        let resp = proxy
+            .connect()
+            .roundtrip(&request("GET", "/api/x", "test.local", &[], b""));
         resp.status_line()
     };
-    assert!(status(&proxy).contains(" 503 "), "the ConfigMap's first version applies");
+    assert!(
+        status(&proxy).contains(" 503 "),
+        "the ConfigMap's first version applies"
+    );
     // `kubectl apply` of a new ConfigMap: the kubelet writes ..v2 and swaps ..data.
     configmap_version(cm.path(), "v2", "error:500:/api\n");
     std::fs::remove_dir_all(cm.path().join("..v1")).expect("old version removed");
