@@ -160,7 +160,7 @@ if "/ok" in by_path:
 if "/boom" in by_path:
     s, a = by_path["/boom"]
     check("fault attributes", a.get("phantom.fault.kind") == ["error"]
-          and a.get("phantom.fault.rule_id") == ["r0"] and a.get("phantom.fault.spec") == ["error:503:/boom"]
+          and a.get("phantom.fault.rule_id") == ["r1"] and a.get("phantom.fault.spec") == ["error:503:/boom"]
           and a.get("phantom.fault.value") == [503] and a.get("phantom.fault.unit") == ["status"], a)
     check("fault event", [e.name for e in s.events] == ["phantom.fault"]
           and attrs(s.events[0].attributes).get("phantom.fault.kind") == "error")

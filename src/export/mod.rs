@@ -315,8 +315,12 @@ impl Exporter {
                     .batch_since
                     .is_some_and(|t| t.elapsed() >= self.settings.batch_delay)
                 || (self.stopping_since.is_some() && !self.batch.is_empty());
-            if due && let Flushed::GaveUp = self.flush(stop) {
-                break;
+            if due {
+                match self.flush(stop) {
+                    Flushed::GaveUp => break,
+                    // Sending took time: look at the rings again before deciding anything.
+                    Flushed::Done => continue,
+                }
             }
             if self.stopping_since.is_some() && drained && self.batch.is_empty() {
                 break;
