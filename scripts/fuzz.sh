@@ -32,6 +32,14 @@ fi
 # Rust apart from the ring's mmap (whose bounds the ring target exercises through panics instead).
 # Debug assertions and overflow checks stay on (cargo-fuzz's default), so overflow is a crash.
 fuzz_args=(--fuzz-dir "$fuzz_dir" --sanitizer none)
+# The fuzz crate builds from its committed Cargo.lock: cargo-fuzz has no `--locked`, so the lock
+# is checked first (`cargo fetch --locked` fails on a stale lock without building anything).
+# After a dependency change in the main crate: `cargo update --offline --manifest-path
+# tests/fuzz/Cargo.toml --workspace` and commit tests/fuzz/Cargo.lock.
+if ! cargo fetch --locked --manifest-path "$fuzz_dir/Cargo.toml"; then
+    echo "!! $fuzz_dir/Cargo.lock is stale: regenerate and commit it (see scripts/fuzz.sh)" >&2
+    exit 1
+fi
 echo "== building fuzz targets"
 build_start=$(date +%s)
 cargo fuzz build "${fuzz_args[@]}"

@@ -314,6 +314,9 @@ class Target:
     label: str
     port: int
     proc: Owned | None  # None: direct to the origin, no proxy in between
+    # Whether this target was asked to inject error answers (none of the comparison's is: their
+    # rules never match or only delay); any error from a target that was not is a failed run.
+    injects_errors: bool = False
     rounds: list[dict] = field(default_factory=list)
     fixed: list[dict] = field(default_factory=list)
 
@@ -378,8 +381,14 @@ def parse_wrk(text: str) -> dict:
     for line in text.splitlines():
         if line.startswith("WRKJSON "):
             r = json.loads(line[len("WRKJSON "):])
-            r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
-            r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+            # wrk's `requests` counts every response, non-2xx/3xx ones (`status`) included;
+            # socket errors (connect, read, write, timeout) answered nothing. Only good answers
+            # count towards req/s and the CPU-per-request denominators.
+            r["socket_errors"] = r["connect"] + r["read"] + r["write"] + r["timeout"]
+            r["non_2xx"] = r["status"]
+            r["errors"] = r["socket_errors"] + r["non_2xx"]
+            r["good"] = max(r["requests"] - r["non_2xx"], 0)
+            r["rps"] = r["good"] / (r["duration_us"] / 1e6)
             return r
     raise RuntimeError(f"wrk printed no result: {text}")
 
@@ -407,13 +416,16 @@ def parse_oha(text: str) -> dict:
     codes = j.get("statusCodeDistribution", {})
     errors = j.get("errorDistribution", {})
     summary = j.get("summary", {})
+    ok = int(codes.get("200", 0))
     return {
         "requests": sum(int(v) for v in codes.values()),
-        "ok": int(codes.get("200", 0)),
+        "ok": ok,
+        "good": ok,
         "non_200": sum(int(v) for k, v in codes.items() if k != "200"),
         "errors": sum(int(v) for v in errors.values()),
         "error_kinds": errors,
-        "rps": summary.get("requestsPerSec"),
+        # oha's requestsPerSec counts every response and error: only the 200s count here.
+        "rps": ok / summary["total"] if summary.get("total") else summary.get("requestsPerSec"),
         "p50_us": _s_to_us(pct.get("p50")),
         "p90_us": _s_to_us(pct.get("p90")),
         "p99_us": _s_to_us(pct.get("p99")),
@@ -437,7 +449,7 @@ def measure_wrk(t: Target, origin: Owned, tmp: str, duration: float) -> dict:
     p0, o0 = cpu_seconds(proxy_pids), cpu_seconds(origin_pids)
     r = run_wrk(tmp, t.port, duration, WRK_CONNECTIONS, timeout_s=2)
     p1, o1 = cpu_seconds(proxy_pids), cpu_seconds(origin_pids)
-    n = max(r["requests"], 1)
+    n = max(r["good"], 1)
     r["proxy_cpu_us_per_req"] = (p1 - p0) * 1e6 / n if t.proc else None
     r["origin_cpu_us_per_req"] = (o1 - o0) * 1e6 / n
     return r
@@ -448,7 +460,7 @@ def measure_fixed(t: Target, origin: Owned, rate: int, duration: float) -> dict:
     p0 = cpu_seconds(proxy_pids)
     r = run_oha(t.port, rate, duration, OHA_CONNECTIONS)
     p1 = cpu_seconds(proxy_pids)
-    r["proxy_cpu_us_per_req"] = (p1 - p0) * 1e6 / max(r["requests"], 1) if t.proc else None
+    r["proxy_cpu_us_per_req"] = (p1 - p0) * 1e6 / max(r["good"], 1) if t.proc else None
     return r
 
 
@@ -469,7 +481,10 @@ def summarise(targets: list[Target]) -> dict:
             "proxy_cpu_us_per_req": med(r["proxy_cpu_us_per_req"] for r in t.rounds),
             "origin_cpu_us_per_req": med(r["origin_cpu_us_per_req"] for r in t.rounds),
             "errors": sum(r["errors"] for r in t.rounds),
+            "socket_errors": sum(r["socket_errors"] for r in t.rounds),
+            "non_2xx": sum(r["non_2xx"] for r in t.rounds),
             "requests": sum(r["requests"] for r in t.rounds),
+            "good": sum(r["good"] for r in t.rounds),
             "peak_rss_kib": t.rounds[-1].get("peak_rss_kib") if t.rounds else None,
         }
         if t.proc and s["proxy_cpu_us_per_req"] is not None:
@@ -481,6 +496,8 @@ def summarise(targets: list[Target]) -> dict:
             s["fixed_p99_us"] = med(r["p99_us"] for r in t.fixed)
             s["fixed_p999_us"] = med(r["p999_us"] for r in t.fixed)
             s["fixed_errors"] = sum(r["errors"] + r["non_200"] for r in t.fixed)
+            s["fixed_non_200"] = sum(r["non_200"] for r in t.fixed)
+            s["fixed_socket_errors"] = sum(r["errors"] for r in t.fixed)
             s["fixed_proxy_cpu_us_per_req"] = med(r["proxy_cpu_us_per_req"] for r in t.fixed)
             # Added latency: paired with direct's run of the same round, then the median.
             for key in ("p50_us", "p99_us", "p999_us"):
@@ -502,7 +519,7 @@ def ratio(a, b) -> str:
 def print_table(summary: dict, rate: int) -> None:
     ng = summary["nginx"]
     head = ("target", "req/s", "vs nginx", "p50 µs", "p99 µs", "CPU µs/req", "vs nginx",
-            "× origin", "peak RSS", f"+p50 @{rate}/s", "+p99", "+p99.9")
+            "× origin", "peak RSS", f"+p50 @{rate}/s", "+p99", "+p99.9", "non-2xx", "sock err")
     rows = []
     for s in summary.values():
         rss = s.get("peak_rss_kib")
@@ -515,6 +532,8 @@ def print_table(summary: dict, rate: int) -> None:
             "-" if not rss else f"{rss / 1024:.1f} MiB",
             fmt(s.get("added_p50_us"), "+.0f"), fmt(s.get("added_p99_us"), "+.0f"),
             fmt(s.get("added_p999_us"), "+.0f"),
+            str(s["non_2xx"] + s.get("fixed_non_200", 0)),
+            str(s["socket_errors"] + s.get("fixed_socket_errors", 0)),
         ))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |"
@@ -524,44 +543,92 @@ def print_table(summary: dict, rate: int) -> None:
         print("| " + " | ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
                                 for i, (x, w) in enumerate(zip(r, widths))) + " |")
     o = summary["direct"]
+    print("(req/s and CPU/request count good answers only: 2xx/3xx from wrk, 200 from oha)")
     print(f"\norigin (nginx, 1 worker, return 200) CPU per request served directly: "
           f"{fmt(o['origin_cpu_us_per_req'], '.1f')} µs")
 
 
-def paired(a: Target, b: Target, key: str) -> float | None:
-    """Median over rounds of a[key] / b[key] within the same round: a round's runs are minutes
-    closer in time than the rounds are to each other, so drift cancels better than in a ratio
-    of medians."""
-    return med(x[key] / y[key] for x, y in zip(a.rounds, b.rounds)
-               if x.get(key) is not None and y.get(key))
+@dataclass
+class Paired:
+    """a[key] / b[key] within each round (a round's runs are minutes closer in time than the
+    rounds are to each other, so drift cancels better than in a ratio of medians): the median
+    over rounds and the spread (lowest and highest round)."""
+
+    median: float
+    lo: float
+    hi: float
+    rounds: int
+
+    def text(self, scale: float = 1.0, offset: float = 0.0, spec: str = ".3f",
+             unit: str = "") -> str:
+        f = lambda v: format((v + offset) * scale, spec) + unit  # noqa: E731
+        return f"{f(self.median)} (rounds {f(self.lo)} … {f(self.hi)}, n={self.rounds})"
+
+
+def paired(a: Target, b: Target, key: str) -> Paired | None:
+    vals = [x[key] / y[key] for x, y in zip(a.rounds, b.rounds)
+            if x.get(key) is not None and y.get(key)]
+    if not vals:
+        return None
+    return Paired(statistics.median(vals), min(vals), max(vals), len(vals))
+
+
+def verdict(p: Paired, ok) -> str:
+    """MET only when every round meets the limit, NOT MET when the median misses it, and
+    UNDECIDED between (or with one round): the spread does not allow a call."""
+    if not ok(p.median):
+        return "NOT MET"
+    if p.rounds >= 2 and ok(p.lo) and ok(p.hi):
+        return "MET"
+    return "UNDECIDED"
 
 
 def checks(summary: dict, targets: dict[str, Target]) -> list[dict]:
     ng, on = summary["nginx"], summary["pf-trace"]
     out = []
 
-    def add(name, value, limit, ok, unit=""):
-        out.append({"target": name, "value": value, "limit": limit, "met": bool(ok), "unit": unit})
+    def add(name, value, limit, status):
+        out.append({"target": name, "value": value, "limit": limit, "status": status,
+                    "met": status == "MET"})
 
     c = paired(targets["pf-trace"], targets["nginx"], "proxy_cpu_us_per_req")
-    add("CPU/request, phantom-fast (tracing on) vs nginx, paired by round", f"{c:.3f}",
-        "≤ 0.75", c <= 0.75, "×")
-    c = on["proxy_cpu_us_per_req"] / ng["proxy_cpu_us_per_req"]
-    add("CPU/request, phantom-fast (tracing on) vs nginx, ratio of medians", f"{c:.3f}",
-        "≤ 0.75", c <= 0.75, "×")
+    if c:
+        add("CPU/request, phantom-fast (tracing on) vs nginx, paired by round",
+            c.text(unit="×"), "≤ 0.75×", verdict(c, lambda v: v <= 0.75))
+    if on["proxy_cpu_us_per_req"] and ng["proxy_cpu_us_per_req"]:
+        m = on["proxy_cpu_us_per_req"] / ng["proxy_cpu_us_per_req"]
+        add("CPU/request, phantom-fast (tracing on) vs nginx, ratio of medians", f"{m:.3f}×",
+            "≤ 0.75×", "MET" if m <= 0.75 else "NOT MET")
     if on.get("added_p50_us") is not None and ng.get("added_p50_us") is not None:
         add("added p50 at fixed rate, phantom-fast (tracing on) vs nginx",
-            f"{on['added_p50_us']:+.0f} vs {ng['added_p50_us']:+.0f}", "≤ nginx",
-            on["added_p50_us"] <= ng["added_p50_us"], " µs")
+            f"{on['added_p50_us']:+.0f} µs vs {ng['added_p50_us']:+.0f} µs", "≤ nginx",
+            "MET" if on["added_p50_us"] <= ng["added_p50_us"] else "NOT MET")
     base = targets["pf-notrace"]
     for name, what, limit in (("pf-16rules", "16 non-matching rules vs none", 0.03),
                               ("pf-trace", "tracing on vs off", 0.05)):
-        r = paired(targets[name], base, "rps") - 1
-        add(f"req/s, {what}, paired by round", f"{r * 100:+.1f}", f"≥ -{limit * 100:g}",
-            r >= -limit, "%")
-        c = paired(targets[name], base, "proxy_cpu_us_per_req") - 1
-        add(f"(also) CPU/request, {what}, paired by round", f"{c * 100:+.1f}",
-            f"≤ +{limit * 100:g}", c <= limit, "%")
+        r = paired(targets[name], base, "rps")
+        if r:
+            add(f"req/s, {what}, paired ratio by round (median, spread)",
+                r.text(100, -1, "+.1f", "%"), f"≥ -{limit * 100:g}%",
+                verdict(r, lambda v, lim=limit: v - 1 >= -lim))
+        c = paired(targets[name], base, "proxy_cpu_us_per_req")
+        if c:
+            add(f"(also) CPU/request, {what}, paired ratio by round (median, spread)",
+                c.text(100, -1, "+.1f", "%"), f"≤ +{limit * 100:g}%",
+                verdict(c, lambda v, lim=limit: v - 1 <= lim))
+    return out
+
+
+def unexpected_errors(targets: list[Target]) -> list[str]:
+    """One line per target that answered errors it was not asked to inject."""
+    out = []
+    for t in targets:
+        if t.injects_errors:
+            continue
+        sock = sum(r["socket_errors"] for r in t.rounds) + sum(r["errors"] for r in t.fixed)
+        bad = sum(r["non_2xx"] for r in t.rounds) + sum(r["non_200"] for r in t.fixed)
+        if sock or bad:
+            out.append(f"{t.name}: {bad} non-2xx answers, {sock} socket errors")
     return out
 
 
@@ -609,7 +676,8 @@ def compare(args, tmp: str, procs: Processes) -> dict:
             t.rounds.append(r)
             log(f"  {t.name:12} {r['rps']:9.0f} req/s  p50 {r['p50_us']:6.0f} µs  "
                 f"p99 {r['p99_us']:6.0f} µs  cpu {fmt(r['proxy_cpu_us_per_req'], '.1f'):>5} µs/req"
-                f"  origin {r['origin_cpu_us_per_req']:.1f}  errors {r['errors']}")
+                f"  origin {r['origin_cpu_us_per_req']:.1f}  non-2xx {r['non_2xx']}  socket "
+                f"errors {r['socket_errors']}")
         if args.rate > 0:
             for t in order:
                 r = measure_fixed(t, origin, args.rate, args.fixed_duration)
@@ -623,7 +691,8 @@ def compare(args, tmp: str, procs: Processes) -> dict:
     summary = summarise(targets)
     return {"summary": summary,
             "rounds": {t.name: {"wrk": t.rounds, "fixed_rate": t.fixed} for t in targets},
-            "checks": checks(summary, {t.name: t for t in targets})}
+            "checks": checks(summary, {t.name: t for t in targets}),
+            "unexpected_errors": unexpected_errors(targets)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -878,7 +947,7 @@ def scale(args, tmp: str, procs: Processes) -> dict:
                  kernel=netstat_delta(ns0, netstat()),
                  generator_cpu_pct=peak["generator_cpu_pct"],
                  origin_cpu_pct=(cpu_seconds(origin.pids()) - o0) / args.held_duration * 100,
-                 proxy_cpu_us_per_req=(p1 - p0) * 1e6 / max(r["requests"], 1),
+                 proxy_cpu_us_per_req=(p1 - p0) * 1e6 / max(r["good"], 1),
                  proxy_cpu_pct=(p1 - p0) / args.held_duration * 100,
                  vm_hwm_kib=status_kib(proxy.pid, "VmHWM"))
         res["open_loop"] = r
@@ -901,7 +970,7 @@ def scale(args, tmp: str, procs: Processes) -> dict:
         w.update(peak_clients=peak["clients"], peak_proxy_fds=peak["proxy_fds"],
                  generator_cpu_pct=peak["generator_cpu_pct"],
                  kernel=netstat_delta(ns0, netstat()),
-                 proxy_cpu_us_per_req=(p1 - p0) * 1e6 / max(w["requests"], 1),
+                 proxy_cpu_us_per_req=(p1 - p0) * 1e6 / max(w["good"], 1),
                  proxy_cpu_pct=(p1 - p0) / (w["duration_us"] / 1e6) * 100,
                  origin_cpu_pct=(o1 - o0) / (w["duration_us"] / 1e6) * 100,
                  vm_hwm_kib=status_kib(proxy.pid, "VmHWM"))
@@ -924,7 +993,7 @@ def scale(args, tmp: str, procs: Processes) -> dict:
         r.update(connections_flag=c, peak_clients=peak["clients"],
                  generator_cpu_pct=peak["generator_cpu_pct"], peak_proxy_fds=peak["proxy_fds"],
                  kernel=netstat_delta(ns0, netstat()),
-                 proxy_cpu_us_per_req=(p1 - p0) * 1e6 / max(r["requests"], 1),
+                 proxy_cpu_us_per_req=(p1 - p0) * 1e6 / max(r["good"], 1),
                  proxy_cpu_pct=(p1 - p0) / args.new_duration * 100)
         res["new_connections"] = r
         log(f"  {r['requests']} requests ({r['rps']:.0f}/s), errors {r['errors']}, non-200 "
@@ -938,7 +1007,9 @@ def _ms(us) -> str:
     return "-" if us is None else f"{us / 1e3:.0f}"
 
 
-def print_scale(res: dict) -> None:
+def print_scale(res: dict) -> list[str]:
+    """Prints the scale report; returns one line per phase that had errors (the scale fault only
+    delays, so every error is unexpected)."""
     b, n_conns = res["burst"], res["connections"]
     print(f"## Scale: {n_conns} keep-alive connections through one worker, "
           f"--fault {res['fault']}")
@@ -1018,6 +1089,7 @@ def print_scale(res: dict) -> None:
                                "p99": o["p99_us"] and o["p99_us"] / 1e3})
         print(f"expectation: latency matches the injected delay, open loop: "
               f"{'yes' if ok else 'no'}")
+    return [f"{name}: {errors} errors" for name, errors in phases if errors]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1151,15 +1223,14 @@ def main(argv: list[str]) -> int:
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     print()
     if args.scale:
-        print_scale(report["scale"])
+        report["unexpected_errors"] = print_scale(report["scale"])
     else:
         print(f"## {args.rounds} interleaved round(s): wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} "
               f"-d{args.duration:g}s (medians); fixed rate oha -q {args.rate} -c {OHA_CONNECTIONS}"
               f" -z {args.fixed_duration:g}s --latency-correction, latency added over direct")
         print_table(report["summary"], args.rate)
         for c in report["checks"]:
-            print(f"target: {c['target']}: {c['value']}{c['unit']} (want {c['limit']}"
-                  f"{c['unit']}) → {'MET' if c['met'] else 'NOT MET'}")
+            print(f"target: {c['target']}: {c['value']} (want {c['limit']}) → {c['status']}")
     la = report["load_after"]
     print(f"\nelapsed {report['elapsed_s']:.0f}s; load average before {report['load_before'][0]:.2f}"
           f", after {la[0]:.2f} (the run's own load)" +
@@ -1169,6 +1240,10 @@ def main(argv: list[str]) -> int:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2, ensure_ascii=False)
         print(f"JSON written to {args.json}")
+    if report["unexpected_errors"]:
+        print("FAILED: errors no target was asked to inject: "
+              + "; ".join(report["unexpected_errors"]))
+        return 1
     return 0
 
 

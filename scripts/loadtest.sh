@@ -4,6 +4,8 @@
 #   scripts/loadtest.sh [--quick] [--json FILE]     the comparison table (~5 min; --quick ~40 s)
 #   scripts/loadtest.sh --scale [--quick]           10 000 delayed keep-alive connections, and
 #                                                   2 000 new connections/s without keep-alive
+#   scripts/loadtest.sh --tls [--quick]             https listener vs nginx (keep-alive, handshakes/s)
+#                                                   and MITM CPU per request (scripts/loadtest_tls.py)
 #   scripts/loadtest.sh --help                      every option (scripts/loadtest.py does the work)
 #
 # This script installs what is missing (wrk and nginx from apt, oha with `cargo install --locked`),
@@ -18,37 +20,12 @@ helper="$repo/scripts/loadtest.py"
 for arg in "$@"; do
     case "$arg" in
     -h | --help) exec python3 "$helper" --help ;;
+    --tls) helper="$repo/scripts/loadtest_tls.py" ;;
     esac
 done
 
-apt_updated=0
-apt_install() {
-    if [ "$(id -u)" -ne 0 ]; then
-        if command -v sudo >/dev/null; then
-            sudo_cmd=(sudo)
-        else
-            echo "loadtest: $* missing and not root: install it first" >&2
-            exit 1
-        fi
-    else
-        sudo_cmd=()
-    fi
-    if [ "$apt_updated" -eq 0 ]; then
-        "${sudo_cmd[@]}" apt-get update -qq
-        apt_updated=1
-    fi
-    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "$@" >/dev/null
-}
-
-command -v python3 >/dev/null || apt_install python3
-command -v wrk >/dev/null || apt_install wrk
-# nginx lives in sbin, which a non-root PATH may lack.
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
+"$repo/scripts/load-deps.sh"
 PATH="$PATH:/usr/sbin:${CARGO_HOME:-$HOME/.cargo}/bin"
-if ! command -v oha >/dev/null; then
-    echo "loadtest: installing oha (cargo install --locked oha), a few minutes once" >&2
-    cargo install --locked --quiet oha
-fi
 
 (cd "$repo" && cargo build --release --locked --quiet)
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"

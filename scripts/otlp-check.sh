@@ -161,7 +161,7 @@ if "/boom" in by_path:
     s, a = by_path["/boom"]
     check("fault attributes", a.get("phantom.fault.kind") == ["error"]
           and a.get("phantom.fault.rule_id") == ["r0"] and a.get("phantom.fault.spec") == ["error:503:/boom"]
-          and a.get("phantom.fault.value") == [503], a)
+          and a.get("phantom.fault.value") == [503] and a.get("phantom.fault.unit") == ["status"], a)
     check("fault event", [e.name for e in s.events] == ["phantom.fault"]
           and attrs(s.events[0].attributes).get("phantom.fault.kind") == "error")
     check("a 503 is an error with error.type",
@@ -169,7 +169,8 @@ if "/boom" in by_path:
     check("a root span has no parent", s.parent_span_id == b"" and len(s.trace_id) == 16)
 if "/slow" in by_path:
     s, a = by_path["/slow"]
-    check("delay fault value is the sampled delay", a.get("phantom.fault.value") == [20_000_000], a)
+    check("delay fault value is the sampled delay",
+          a.get("phantom.fault.value") == [20_000_000] and a.get("phantom.fault.unit") == ["ns"], a)
     check("the span lasts at least the delay", s.end_time_unix_nano - s.start_time_unix_nano >= 20_000_000)
     check("request body size", a.get("http.request.body.size") == 5, a.get("http.request.body.size"))
 check("proxy exited 0 with the export summary",

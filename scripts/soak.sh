@@ -2,8 +2,11 @@
 # Soak test on loopback: builds release, starts an origin (nginx if installed, else a Python
 # stdlib server) and phantom-fast with mixed faults and tracing, drives mixed traffic (wrk if
 # installed, else a Python stdlib load generator) for MINUTES (default 10), and every 10 s prints
-# the proxy's RSS, open fds, requests answered so far and ring health. At the end it checks that
-# RSS and fds were flat after warm-up and exits 1 if not (or if the proxy died or stalled).
+# the proxy's RSS, open fds, requests answered so far, and the records the rings hold by outcome
+# (ok, injected fault, other, and 5xx that were not injected). At the end it checks that RSS and fds were flat after warm-up and
+# exits 1 if not, or if the proxy died or stalled, if a readiness probe gave up, if the load
+# generator failed, or if any 5xx was not an injected fault (a 502/504 means the proxy or the
+# origin broke under load; the injected 503s and 500s are expected).
 #
 #   scripts/soak.sh            # 10 minutes
 #   scripts/soak.sh 1          # smoke run
@@ -136,10 +139,19 @@ EOF
     python3 "$dir/origin.py" "$origin_port" 2>"$dir/origin.log" &
     pids+=($!)
 fi
+origin_ready=
 for _ in $(seq 50); do
-    curl -s -o /dev/null "http://127.0.0.1:$origin_port/" && break
+    if curl -s -o /dev/null "http://127.0.0.1:$origin_port/"; then
+        origin_ready=1
+        break
+    fi
     sleep 0.1
 done
+if [[ -z $origin_ready ]]; then
+    echo "FAILED: the $origin_kind origin on 127.0.0.1:$origin_port never answered:" >&2
+    cat "$dir/origin.log" >&2
+    exit 1
+fi
 
 # ---- proxy ----------------------------------------------------------------------------------
 # SOAK_THP=off starts the proxy with PR_SET_THP_DISABLE (41), which exec keeps: mimalloc asks for
@@ -213,10 +225,10 @@ MIX = [
 ]
 deadline = time.monotonic() + secs
 lock = threading.Lock()
-totals = {"requests": 0, "errors": 0}
+totals = {"requests": 0, "errors": 0, "status": {}}
 
 def run(k):
-    conn, i, done, errors = None, k, 0, 0
+    conn, i, done, errors, status = None, k, 0, 0, {}
     while time.monotonic() < deadline:
         method, path, headers, body = MIX[i % len(MIX)]
         i += 1
@@ -227,6 +239,7 @@ def run(k):
             resp = conn.getresponse()
             resp.read()
             done += 1
+            status[resp.status] = status.get(resp.status, 0) + 1
             if resp.will_close:
                 conn.close()
                 conn = None
@@ -239,13 +252,18 @@ def run(k):
     with lock:
         totals["requests"] += done
         totals["errors"] += errors
+        for code, n in status.items():
+            totals["status"][code] = totals["status"].get(code, 0) + n
 
 threads = [threading.Thread(target=run, args=(k,)) for k in range(conns)]
 for t in threads:
     t.start()
 for t in threads:
     t.join()
-print("python load: %(requests)d responses, %(errors)d connection errors" % totals)
+print("python load: %(requests)d responses, %(errors)d connection errors, by status %(status)s"
+      % totals)
+# No answer at all is a failed load generator, whatever the proxy's rings say.
+sys.exit(0 if totals["requests"] > 0 else 1)
 EOF
     python3 "$dir/load.py" "$proxy_port" "$connections" "$total_s" >"$dir/load.log" 2>&1 &
     load_pid=$!
@@ -265,7 +283,18 @@ answered() {
     echo "$sum"
 }
 
-printf '%6s %10s %6s %12s %9s %14s\n' t_s rss_kib fds requests req_s ring_records
+# The records the rings still hold, by outcome, from `stats`: ok, fault (an injected answer),
+# other (everything else), and the 5xx that are not injected faults (must stay 0).
+outcomes() {
+    python3 -c 'import json, sys
+s = json.load(sys.stdin)
+o, c = s.get("by_outcome", {}), s.get("by_status_class", {})
+ok, fault = o.get("ok", 0), o.get("fault", 0)
+print(s.get("records", 0), ok, fault, s.get("records", 0) - ok - fault, c.get("5xx", 0) - fault)'
+}
+
+printf '%6s %10s %6s %12s %9s %10s %9s %8s %8s %12s\n' t_s rss_kib fds requests req_s \
+    ring_recs ok fault other bad_5xx
 ts=() rss=() fds=()
 prev=0
 failure=
@@ -279,13 +308,14 @@ for ((t = interval_s; t <= total_s; t += interval_s)); do
     r=$(awk '/^VmRSS:/ {print $2}' "/proc/$proxy_pid/status")
     f=$(find "/proc/$proxy_pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
     n=$(answered)
-    if stats=$("$bin" stats --trace-dir "$dir/traces" 2>&1); then
-        records=$(grep -o '"records": *[0-9]*' <<<"$stats" | grep -o '[0-9]*$')
+    if stats=$("$bin" stats --trace-dir "$dir/traces" 2>&1) && by=$(outcomes <<<"$stats"); then
+        read -r records ok fault other bad5xx <<<"$by"
     else
-        records="ERROR"
+        records=ERROR ok=- fault=- other=- bad5xx=-
         failure="stats failed at t=${t}s: $stats"
     fi
-    printf '%6d %10d %6d %12d %9d %14s\n' "$t" "$r" "$f" "$n" $(((n - prev) / interval_s)) "$records"
+    printf '%6d %10d %6d %12d %9d %10s %9s %8s %8s %12s\n' "$t" "$r" "$f" "$n" \
+        $(((n - prev) / interval_s)) "$records" "$ok" "$fault" "$other" "$bad5xx"
     if ((n == prev)); then
         failure=${failure:-"no request answered between t=$((t - interval_s))s and t=${t}s"}
     fi
@@ -296,13 +326,38 @@ for ((t = interval_s; t <= total_s; t += interval_s)); do
     fi
 done
 
-wait "$load_pid" 2>/dev/null || true
-echo "== load generator:"
+load_status=0
+if [[ -n $failure ]]; then
+    kill "$load_pid" 2>/dev/null || true
+fi
+wait "$load_pid" 2>/dev/null || load_status=$?
+echo "== load generator ($load_kind, exit $load_status):"
 sed 's/^/   /' "$dir/load.log" | tail -n 20
+if [[ -z $failure ]] && ((load_status != 0)); then
+    failure="the $load_kind load generator failed (exit $load_status)"
+fi
+if [[ -z $failure && $load_kind == wrk ]] && ! grep -q 'requests in' "$dir/load.log"; then
+    failure="wrk printed no result"
+fi
 kill -TERM "$proxy_pid" 2>/dev/null || true
 wait "$proxy_pid" 2>/dev/null || true
 echo "== proxy shutdown summary:"
 tail -n 25 "$dir/proxy.log" | sed 's/^/   /'
+# The whole run by outcome, from the shutdown summary's `outcomes:` line (the rings may have
+# wrapped; the summary counts every request). Injected answers are `fault`; an `upstream-error`
+# or `upstream-timeout` is a 502/504 nobody asked for.
+outcome_line=$(grep -m1 '^  outcomes: ' "$dir/proxy.log" || true)
+count_of() { grep -o "$1 [0-9]*" <<<"$outcome_line" | grep -o '[0-9]*$' || echo 0; }
+echo "== by outcome (whole run): ${outcome_line#  outcomes: }"
+if [[ -z $failure ]]; then
+    if [[ -z $outcome_line ]]; then
+        failure="the proxy printed no outcomes line at shutdown"
+    elif (($(count_of 'ok') == 0)); then
+        failure="no request was answered ok"
+    elif ((($(count_of 'upstream-error') + $(count_of 'upstream-timeout')) > 0)); then
+        failure="5xx the rules did not inject: upstream-error $(count_of 'upstream-error'), upstream-timeout $(count_of 'upstream-timeout')"
+    fi
+fi
 
 # ---- verdict --------------------------------------------------------------------------------
 verdict() {

@@ -121,14 +121,31 @@ pub struct RunArgs {
     ///   error:503:0.5        the same with probability 0.5
     ///   error:500:0.1:/api   10% 500s on URLs containing /api
     ///
-    /// Durations are ms, s or a bare number of milliseconds. The URL is the full
-    /// http://host:port/path?query. Every matching delay adds up; the first error
-    /// that fires answers the request and no later rule runs.
+    ///   delay:lognormal(20ms,400ms):0.25:at=head:method=GET
+    ///                        25% of GETs: a slow first byte, p50 20 ms, p99 400 ms
+    ///   error:429:1in10:set.retry-after=2:header.x-tenant=acme
+    ///   bandwidth:64KiB/s  dribble:10,2s  truncate:50%  reset:after=1KiB
+    ///   reset  close  hang  garbage  slow-head:2s
+    ///
+    /// SPEC = KIND[:ARGS][:RATE][:OPTION...][:/FILTER]; the README's "Fault grammar"
+    /// has all of it. Durations are ms, s or a bare number of milliseconds. The URL
+    /// filter is a substring of the full http://host:port/path?query. Every matching
+    /// delay adds up; the first answer that fires (error, reset, close, hang,
+    /// garbage) answers the request and no later rule runs.
     #[arg(short, long = "fault", value_name = "SPEC", verbatim_doc_comment)]
     pub faults: Vec<String>,
     /// Seed the fault RNG for reproducible runs (each worker derives its own stream).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// Apply the fault spec of each `x-phantom-fault` request header to its own request
+    /// (same grammar as --fault). The header is never forwarded; without this flag it is
+    /// stripped and ignored.
+    #[arg(long)]
+    pub allow_header_faults: bool,
+    /// At most N requests per worker inside a holding fault at once (delays, hangs); beyond
+    /// it a request goes through unfaulted and is counted as an overflow [default: no cap].
+    #[arg(long, value_name = "N")]
+    pub max_active_faults: Option<usize>,
     /// Time in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = config::parse_duration)]
     pub grace: Duration,
@@ -571,7 +588,7 @@ pub struct RenderArgs {
     /// Show at most N bytes of each body.
     #[arg(long, value_name = "N", value_parser = parse_size)]
     pub max_body: Option<u64>,
-    /// Show this header's values as [redacted]; repeatable. authorization, cookie, set-cookie
+    /// Redact this header's values in the output; repeatable. authorization, cookie, set-cookie
     /// and proxy-authorization are redacted unless --no-redact.
     #[arg(long = "redact-header", value_name = "NAME", value_parser = parse_header_name)]
     pub redact_headers: Vec<String>,
@@ -861,6 +878,8 @@ impl RunArgs {
             },
             faults,
             seed: self.seed,
+            allow_header_faults: self.allow_header_faults,
+            max_active_faults: self.max_active_faults,
             grace: self.grace,
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,

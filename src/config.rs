@@ -36,7 +36,8 @@ pub enum Mode {
 pub struct Upstream {
     /// `HOST:PORT` as given; used for URLs and traces.
     pub authority: String,
-    /// The addresses it resolved to; connections go to the first that answers.
+    /// The addresses it resolved to at startup. Each worker re-resolves the name after a TTL,
+    /// spreads new requests over its addresses and tries the next when a connect fails.
     pub addrs: Vec<SocketAddr>,
     /// `--upstream-host`: the Host header sent instead of the client's.
     pub host_override: Option<String>,
@@ -148,6 +149,10 @@ pub struct Config {
     pub faults: Vec<FaultRule>,
     /// Seed for the fault RNG (`--seed`), for reproducible runs.
     pub seed: Option<u64>,
+    /// `--allow-header-faults`: apply `x-phantom-fault` request headers (always stripped).
+    pub allow_header_faults: bool,
+    /// `--max-active-faults`: requests per worker inside a holding fault at once.
+    pub max_active_faults: Option<usize>,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
     pub grace: Duration,
     /// A client must send a complete head within this time of its first byte.

@@ -11,12 +11,13 @@
 //! - [`fault`]: pure: the `--fault` grammar and the precompiled, allocation-free `FaultTable`.
 //! - [`trace`]: rkyv records, the per-core ring file, and the `traces`/`stats` readers.
 //! - [`net`]: monoio, no HTTP: the `Transport` (plain TCP or TLS, rustls driven sans-IO in
-//!   [`net::tls`]) with cancelable reads and writes and the idle check, the buffered `Conn` with deadlines, body `relay`, the buffer pool and the
-//!   precise delay `timer`.
-//! - `upstream`: the per-core pool keyed by destination identity (`Dest`), connect, resolve.
+//!   [`net::tls`]) with cancelable reads and writes and the idle check, the buffered `Conn`
+//!   with deadlines, body `relay`, the buffer pool and the precise delay `timer`.
+//! - `upstream`: the per-core pool keyed by destination identity (`Dest`: address, TLS server
+//!   name), connect, resolve (every address of a name, re-resolved after a TTL).
 //! - `exchange`: one client connection's exchanges, a file per phase: `request` → `decide`
 //!   (snapshot pinning, delay) → `answer` | `forward` → `response` → `record`; `tunnel` for
-//!   `CONNECT`.
+//!   `CONNECT` and WebSocket after a `101`.
 //! - `worker`: per-core state: the fault-table slot, pools, RNGs, counters, ring, timer.
 //! - `shutdown`: one worker's shutdown signal.
 //! - [`control`]: the admin thread (`--admin`, `--faults-file`): probes, Prometheus metrics, the

@@ -2,7 +2,7 @@
 //!
 //! Everything blocking (binding, opening trace rings) happens in [`Server::bind`] on the calling
 //! thread; workers only accept and hand connections to `exchange`. The summary they add up to at
-//! shutdown is [`Summary`](crate::summary::Summary).
+//! shutdown is [`Summary`].
 
 use std::{
     fmt,
@@ -130,7 +130,7 @@ impl Server {
         let (faults, control) = match bind_control(&config)? {
             Some(control) => (control.publisher.latest().1, Some(control)),
             None => (
-                Arc::new(Faults::compile(&config.faults, STARTUP_GENERATION)),
+                Arc::new(Faults::compile(&config.faults, STARTUP_GENERATION)?),
                 None,
             ),
         };
@@ -248,6 +248,15 @@ impl Server {
             driver,
             ..
         } = self;
+        // The exporter reads the rings on its own thread, from what this run writes on.
+        let exporter = match (&config.export, &config.trace) {
+            (Some(export), Some(trace)) => Some(ExportThread::spawn(
+                export.clone(),
+                &trace.dir,
+                Start::Newest,
+            )?),
+            _ => None,
+        };
         let admin_exit = Arc::new(AtomicBool::new(false));
         let (links, admin_thread) = match control {
             Some(control) => {
@@ -256,7 +265,7 @@ impl Server {
                     .collect();
                 let (stop, exit) = (Arc::clone(&stop), Arc::clone(&admin_exit));
                 let ControlPlane {
-                    admin,
+                    mut admin,
                     listener,
                     file,
                     ..
@@ -267,6 +276,9 @@ impl Server {
                     RulesFile::install_sighup().map_err(|e| {
                         Error::Config(format!("cannot install the SIGHUP handler: {e}"))
                     })?;
+                }
+                if let Some(exporter) = &exporter {
+                    admin.set_export_stats(Arc::clone(exporter.stats()));
                 }
                 let thread = std::thread::Builder::new()
                     .name("pf-admin".into())
@@ -285,15 +297,6 @@ impl Server {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let pin = config.workers >= cores;
         let started = Instant::now();
-        // The exporter reads the rings on its own thread, from what this run writes on.
-        let exporter = match (&config.export, &config.trace) {
-            (Some(export), Some(trace)) => Some(ExportThread::spawn(
-                export.clone(),
-                &trace.dir,
-                Start::Newest,
-            )?),
-            _ => None,
-        };
         let handles: Vec<_> = listeners
             .into_iter()
             .zip(traces)

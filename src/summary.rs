@@ -11,7 +11,7 @@ use crate::{
     control::{RuleCounters, metrics::add_counters},
     exchange::{Stats, latency_histogram},
     fault::{FaultRule, RuleStats},
-    trace::{Outcome, RingUsage},
+    trace::{LedgerSummary, Outcome, RingUsage},
 };
 
 /// What all workers did, printed at shutdown.
@@ -32,6 +32,10 @@ pub struct Summary {
     /// Trace records written, overwritten by wrapping and dropped in this run (`None`:
     /// `--no-traces`).
     pub traces: Option<RingUsage>,
+    /// The latency ledger: injected, upstream and overhead, faulted and unfaulted apart.
+    pub ledger: LedgerSummary,
+    /// Requests sent through unfaulted because `--max-active-faults` was reached.
+    pub fault_overflow: u64,
 }
 
 impl Summary {
@@ -48,6 +52,8 @@ impl Summary {
             latency_us: latency_histogram(),
             elapsed: Duration::ZERO,
             traces: None,
+            ledger: LedgerSummary::new(),
+            fault_overflow: 0,
         }
     }
 
@@ -63,6 +69,8 @@ impl Summary {
         }
         add_counters(&mut self.by_id, stats.by_id.iter().cloned());
         let _ = self.latency_us.add(&stats.latency_us);
+        self.ledger.merge(&stats.ledger);
+        self.fault_overflow += stats.fault_overflow;
     }
 }
 
@@ -96,6 +104,10 @@ impl fmt::Display for Summary {
                 ms(0.999),
                 self.latency_us.max() as f64 / 1000.0
             )?;
+            write!(f, "{}", self.ledger)?;
+        }
+        if let Some(traces) = &self.traces {
+            writeln!(f, "{}", traces.summary_line())?;
         }
         if !self.by_id.is_empty() {
             for rule in &self.by_id {
@@ -114,8 +126,12 @@ impl fmt::Display for Summary {
                 stats.matched, stats.faulted
             )?;
         }
-        if let Some(traces) = &self.traces {
-            writeln!(f, "{}", traces.summary_line())?;
+        if self.fault_overflow > 0 {
+            writeln!(
+                f,
+                "  fault overflow (--max-active-faults): {}",
+                self.fault_overflow
+            )?;
         }
         Ok(())
     }

@@ -106,6 +106,8 @@ pub(crate) struct Worker {
     pub(crate) active_faults: ActiveFaults,
     /// Per-rule counters of tables swapped out, for `/metrics`.
     tally: RefCell<RuleTally>,
+    /// Exchanges holding a `--max-active-faults` slot.
+    pub(crate) fault_holds: Cell<usize>,
     pub(crate) shutdown: Shutdown,
     /// The reverse-mode upstream's TLS server name (`--upstream https://…`), shared by every
     /// pool key so keying allocates nothing.
@@ -130,6 +132,10 @@ impl Worker {
         };
         let rules = faults.table().len();
         let pool = Pool::new(config.max_upstream_connections);
+        let mut resolver = Resolver::default();
+        if let Mode::Reverse(up) = &config.mode {
+            resolver.seed(&up.authority, &up.addrs);
+        }
         let upstream_name = match &config.mode {
             Mode::Reverse(up) => up.tls.as_ref().map(|t| Rc::from(t.server_name.as_str())),
             Mode::Forward => None,
@@ -139,7 +145,7 @@ impl Worker {
             table: TableSlot::new(faults),
             pool: RefCell::new(pool),
             bufs: RefCell::default(),
-            resolver: RefCell::default(),
+            resolver: RefCell::new(resolver),
             rng: RefCell::new(rng),
             id_rng: RefCell::new(fastrand::Rng::new()),
             timer,
@@ -148,6 +154,7 @@ impl Worker {
             active: Cell::new(0),
             active_faults: ActiveFaults::default(),
             tally: RefCell::default(),
+            fault_holds: Cell::new(0),
             shutdown: Shutdown::default(),
             upstream_name,
             leaves: RefCell::new(LeafCache::new(LEAF_CACHE_ENTRIES)),
@@ -243,7 +250,7 @@ mod tests {
 
     fn snapshot(specs: &[&str], generation: u64) -> Arc<Faults> {
         let rules: Vec<FaultRule> = specs.iter().map(|s| s.parse().unwrap()).collect();
-        Arc::new(Faults::compile(&rules, generation))
+        Arc::new(Faults::compile(&rules, generation).unwrap())
     }
 
     #[test]

@@ -226,7 +226,7 @@ fn proxy_exports_forwarded_faulted_and_failed_exchanges() {
     );
     assert_eq!(
         first(boom, "phantom.fault.rule_id"),
-        Some(Value::StringValue("r0".into()))
+        Some(Value::StringValue("r1".into()))
     );
     assert_eq!(
         first(boom, "phantom.fault.kind"),
@@ -258,7 +258,7 @@ fn proxy_exports_forwarded_faulted_and_failed_exchanges() {
     );
     assert_eq!(
         first(slow, "phantom.fault.rule_id"),
-        Some(Value::StringValue("r1".into()))
+        Some(Value::StringValue("r2".into()))
     );
     assert_eq!(
         first(slow, "phantom.fault.value"),
@@ -547,4 +547,49 @@ fn records_the_ring_overwrote_while_the_collector_was_down_are_counted() {
     let ids: BTreeSet<String> = spans.iter().map(|s| hex(&s.span_id)).collect();
     assert_eq!(ids.len() as u64, exported, "{stderr}");
     assert!(ids.is_subset(&forwarded_span_ids(&origin)));
+}
+
+#[test]
+fn admin_metrics_carry_the_exporter_counters() {
+    let origin = Origin::echo();
+    let collector = Collector::start();
+    let mut flags = otlp_flags(&collector.url());
+    flags.extend(["--admin", "127.0.0.1:0"].map(str::to_owned));
+    let proxy = Proxy::reverse(origin.addr(), &args(&flags));
+    assert!(
+        proxy.wait_for_stderr("admin on http://", SPAN_WAIT),
+        "{}",
+        proxy.stderr()
+    );
+    let stderr = proxy.stderr();
+    let admin: std::net::SocketAddr = stderr
+        .split("admin on http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("admin address in {stderr}"));
+    for i in 0..3 {
+        let target = format!("/metered/{i}");
+        proxy
+            .connect()
+            .roundtrip(&request("GET", &target, "test.local", &[], b""));
+    }
+    collector.wait_for_spans(3, SPAN_WAIT);
+    let started = Instant::now();
+    loop {
+        let mut conn = crate::support::Conn::connect(admin);
+        let metrics = conn
+            .roundtrip(&request("GET", "/metrics", "admin", &[], b""))
+            .text();
+        if metrics.contains("phantom_export_spans_total{result=\"exported\"} 3\n") {
+            assert!(metrics.contains("# TYPE phantom_export_records_lost_total counter\n"));
+            assert!(metrics.contains("phantom_export_records_lost_total 0\n"));
+            break;
+        }
+        assert!(
+            started.elapsed() < SPAN_WAIT,
+            "no exporter counters in /metrics:\n{metrics}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 }

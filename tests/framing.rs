@@ -653,3 +653,90 @@ fn response_content_length_body_byte_by_byte_delivered() {
     assert_eq!(first.text(), "0123456789abcdef");
     assert_eq!(second.text(), "0123456789abcdef");
 }
+
+#[test]
+fn http10_client_chunked_response_dechunked_close_delimited() {
+    // README: HTTP/1.0 clients get chunked responses de-chunked and close-delimited (RFC 9112
+    // §7.1: a 1.0 recipient cannot parse chunked).
+    let origin = RawOrigin::start(|mut conn, _| {
+        if let Ok(Some(_)) = conn.read_request(false) {
+            let _ = conn.try_send(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            );
+            let _ = conn.read_until_close();
+        }
+    });
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+
+    let resp = c.roundtrip(b"GET /chunked HTTP/1.0\r\nhost: t\r\n\r\n");
+
+    assert_eq!(resp.status, 200, "{}", resp.status_line());
+    assert_eq!(
+        resp.header("transfer-encoding"),
+        None,
+        "chunked sent to an HTTP/1.0 client: {:?}",
+        String::from_utf8_lossy(&resp.head)
+    );
+    assert_eq!(
+        resp.header("content-length"),
+        None,
+        "a close-delimited body"
+    );
+    // Close-delimited: the client read until the close, so the raw bytes are the payload.
+    assert_eq!(
+        resp.raw_body, b"hello world",
+        "the body as it came on the wire"
+    );
+    assert_eq!(c.wait_closed(), Ok(()), "the close ends the body");
+}
+
+/// How long the proxy waits for an upstream's verdict on `Expect: 100-continue` before it
+/// sends `100 Continue` itself (README: "within 1 s").
+const EXPECT_CONTINUE_WAIT: Duration = Duration::from_secs(1);
+/// How late the proxy's own `100 Continue` may come on a loaded machine: the point is that it
+/// comes by itself instead of the client waiting for ever.
+const EXPECT_CONTINUE_LATEST: Duration = Duration::from_secs(5);
+
+#[test]
+fn expect_100_continue_upstream_silent_proxy_sends_100_after_1s() {
+    // The origin never says 100 (read_request without answering it): it waits for the body.
+    let origin = RawOrigin::start(|mut conn, _| {
+        while let Ok(Some(req)) = conn.read_request(false) {
+            if conn.try_send(&echo(&req)).is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+    c.set_timeout(EXPECT_CONTINUE_LATEST * 2);
+    let started = std::time::Instant::now();
+
+    c.send(
+        b"POST /upload HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n",
+    );
+    let interim = c
+        .read_head()
+        .expect("a 100 Continue from the proxy while the upstream is silent")
+        .expect("a 100 Continue, not a close");
+    let waited = started.elapsed();
+    c.send(b"hello");
+    let resp = c.read_response().expect("the final response");
+
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 "),
+        "want 100 Continue, got {:?}",
+        String::from_utf8_lossy(&interim)
+    );
+    assert!(
+        waited >= EXPECT_CONTINUE_WAIT,
+        "100 Continue after only {waited:?}: the proxy did not wait for the upstream"
+    );
+    assert!(
+        waited < EXPECT_CONTINUE_LATEST,
+        "100 Continue only after {waited:?}"
+    );
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "hello");
+}

@@ -19,9 +19,12 @@ use crate::support::{
 /// debug build idles at a few MiB; the point is "bounded", not "small").
 const MAX_RSS_KIB: u64 = 200 * 1024;
 
-/// How much a stalled 50 MB download may grow the proxy's RSS: it holds one 16 KiB buffer per
-/// direction, so anything near the body size means it buffers instead of applying backpressure.
-const MAX_STALL_RSS_GROWTH_KIB: u64 = 32 * 1024;
+/// How much a stalled 50 MB download may grow the proxy's anonymous RSS (heap, not code pages
+/// or the ring; transparent huge pages off, or one 2 MiB page is the whole reading): it holds one
+/// 16 KiB buffer per direction (measured: 16–28 KiB of growth on a debug build), so a few
+/// hundred KiB leaves room for allocator noise while a relay that buffers what the client does
+/// not read (even one 1 MiB read) fails it.
+const MAX_STALL_RSS_GROWTH_KIB: u64 = 256;
 
 /// How long a hostile-peer test waits for something the proxy must do by itself (close a
 /// stalled connection, drop an upstream) before calling it stuck. Not a performance bound.
@@ -212,9 +215,9 @@ fn client_stops_reading_50mb_backpressure_rss_bounded_closed_after_idle_timeout(
             }
         })
     };
-    let proxy = Proxy::reverse(origin.addr(), &["--idle-timeout", "1s"]);
+    let proxy = Proxy::reverse_without_thp(origin.addr(), &["--idle-timeout", "1s"]);
     assert_serving(&proxy, "warm-up");
-    let baseline_kib = proxy.rss_kib();
+    let baseline_kib = proxy.rss_anon_kib();
 
     let mut stalled = proxy.connect();
     stalled.send(&get("/big"));
@@ -228,9 +231,9 @@ fn client_stops_reading_50mb_backpressure_rss_bounded_closed_after_idle_timeout(
         still
     });
     let in_flight = seen.written.load(Ordering::SeqCst);
-    let stalled_kib = proxy.rss_kib();
+    let stalled_kib = proxy.rss_anon_kib();
     eprintln!(
-        "stalled download: {in_flight} bytes in flight, RSS {baseline_kib} → {stalled_kib} KiB"
+        "stalled download: {in_flight} bytes in flight, anon RSS {baseline_kib} → {stalled_kib} KiB"
     );
     assert_serving(&proxy, "beside-stalled-download");
 
@@ -241,7 +244,7 @@ fn client_stops_reading_50mb_backpressure_rss_bounded_closed_after_idle_timeout(
     );
     assert!(
         stalled_kib.saturating_sub(baseline_kib) < MAX_STALL_RSS_GROWTH_KIB,
-        "proxy RSS grew {baseline_kib} → {stalled_kib} KiB with {in_flight} bytes in flight"
+        "proxy anon RSS grew {baseline_kib} → {stalled_kib} KiB with {in_flight} bytes in flight"
     );
     assert!(
         wait_until(PROXY_ACTION_DEADLINE, || seen
@@ -268,9 +271,53 @@ const RESET_SENT_BYTES: usize = 100 * 1024;
 /// Uploads reset one after another.
 const RESET_CLIENTS: usize = 3;
 
+/// What the upload origin saw: uploads begun, uploads whose connection the proxy closed before
+/// the body was whole, and uploads that completed (none may: every client resets).
+#[derive(Default)]
+struct Uploads {
+    started: AtomicUsize,
+    closed_unfinished: AtomicUsize,
+    completed: AtomicUsize,
+}
+
 #[test]
-fn client_resets_mid_upload_origin_connection_not_reused_others_served() {
-    let origin = Origin::echo();
+fn client_resets_mid_upload_origin_connection_closed_not_reused_others_served() {
+    // The origin serves GETs (echo) and, for the upload, reads its declared body: the proxy must
+    // close that connection (EOF or reset) when its client resets. Reusing it instead would feed
+    // later requests in as body bytes; leaking it would leave the origin waiting for ever.
+    let uploads = Arc::new(Uploads::default());
+    let origin = {
+        let uploads = Arc::clone(&uploads);
+        RawOrigin::start(move |mut conn, _| {
+            conn.set_timeout(Duration::from_secs(60));
+            loop {
+                let Ok(Some(head)) = conn.read_head() else {
+                    return;
+                };
+                if contains(&head, b"POST /upload ") {
+                    uploads.started.fetch_add(1, Ordering::SeqCst);
+                    match conn.read_exact_bytes(RESET_DECLARED_BYTES) {
+                        Ok(_) => uploads.completed.fetch_add(1, Ordering::SeqCst),
+                        Err(e) if is_timeout(&e) => return,
+                        Err(_) => uploads.closed_unfinished.fetch_add(1, Ordering::SeqCst),
+                    };
+                    return;
+                }
+                let target = String::from_utf8_lossy(&head)
+                    .split(' ')
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned();
+                let body = format!("GET {target}");
+                if conn
+                    .try_send(&response("200 OK", &[], body.as_bytes()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
     let proxy = Proxy::reverse(origin.addr(), &[]);
     let head = format!(
         "POST /upload HTTP/1.1\r\nhost: t\r\ncontent-length: {RESET_DECLARED_BYTES}\r\n\r\n"
@@ -282,12 +329,24 @@ fn client_resets_mid_upload_origin_connection_not_reused_others_served() {
         c.send(head.as_bytes());
         c.send(&part);
         // Let the proxy open the upstream exchange and stream part of the body into it.
-        thread::sleep(Duration::from_millis(100));
+        assert!(
+            wait_until(PROXY_ACTION_DEADLINE, || uploads
+                .started
+                .load(Ordering::SeqCst)
+                > i),
+            "upload {i} never reached the origin"
+        );
         assert_serving(&proxy, &format!("during-upload-{i}"));
         c.reset();
-        thread::sleep(Duration::from_millis(50));
-        // A fresh client right after the reset: if the half-fed origin connection were pooled,
-        // this GET would become body bytes of the broken upload and never be answered.
+        assert!(
+            wait_until(PROXY_ACTION_DEADLINE, || uploads
+                .closed_unfinished
+                .load(Ordering::SeqCst)
+                > i),
+            "the origin connection of upload {i} still open {PROXY_ACTION_DEADLINE:?} after its \
+             client reset"
+        );
+        // A fresh client right after the reset is served on a sound connection.
         let after = format!("/after-{i}");
         let resp = proxy.connect().roundtrip(&get(&after));
         assert_eq!(
@@ -297,26 +356,26 @@ fn client_resets_mid_upload_origin_connection_not_reused_others_served() {
         );
     }
 
-    let requests = origin.requests();
-    assert!(
-        requests.iter().all(|r| r.method == "GET"),
-        "origin got a complete request it should not have: {:?}",
-        requests.iter().map(Req::request_line).collect::<Vec<_>>()
+    assert_eq!(
+        uploads.completed.load(Ordering::SeqCst),
+        0,
+        "the origin got a whole upload body although every client reset"
     );
-    assert!(
-        origin.connections() > RESET_CLIENTS,
-        "{} origin connections for {RESET_CLIENTS} broken uploads plus normal requests: a \
-         broken upload's connection was reused",
-        origin.connections()
-    );
+    assert_eq!(uploads.started.load(Ordering::SeqCst), RESET_CLIENTS);
     assert_serving(&proxy, "after-resets");
 }
 
 /// Connection attempts in the burst, and the threads making them.
 const BURST_CONNECTIONS: usize = 50_000;
 const BURST_THREADS: usize = 4;
-/// A connect that takes this long counts as failed (a full backlog drops SYNs for a while).
-const BURST_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A connect that takes this long counts as failed. The burst clients close at once, so while
+/// the proxy gets no CPU (a loaded 2-core machine) its accept queue fills with closed connections
+/// and the kernel drops SYNs; Linux resends a SYN after 1, 3 and 7 s. 10 s rides out a few
+/// seconds of starvation, while a proxy that stops accepting (or accepts slowly) still fails
+/// every connect past its 4096-deep backlog, far over the 1% allowed.
+const BURST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connect slower than this needed a SYN resend: counted and printed, not failed.
+const BURST_CONNECT_SLOW: Duration = Duration::from_secs(1);
 /// The proxy may keep this many more descriptors after the burst than before it (pooled
 /// upstream connections, lazily opened files).
 const FD_SLACK: usize = 8;
@@ -330,15 +389,22 @@ fn connect_burst_50000_then_normal_request_served_fds_return() {
     let addr = proxy.addr();
     let started = Instant::now();
     let failed = Arc::new(AtomicUsize::new(0));
+    let slow = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
 
     let threads: Vec<_> = (0..BURST_THREADS)
         .map(|t| {
             let failed = Arc::clone(&failed);
+            let slow = Arc::clone(&slow);
             let done = Arc::clone(&done);
             thread::spawn(move || {
                 for i in 0..BURST_CONNECTIONS / BURST_THREADS {
-                    match TcpStream::connect_timeout(&addr, BURST_CONNECT_TIMEOUT) {
+                    let connecting = Instant::now();
+                    let connected = TcpStream::connect_timeout(&addr, BURST_CONNECT_TIMEOUT);
+                    if connecting.elapsed() > BURST_CONNECT_SLOW {
+                        slow.fetch_add(1, Ordering::SeqCst);
+                    }
+                    match connected {
                         // Half close with a FIN, half with a reset: both must be shrugged off.
                         Ok(s) if (i + t) % 2 == 0 => reset(s),
                         Ok(s) => drop(s),
@@ -362,9 +428,10 @@ fn connect_burst_50000_then_normal_request_served_fds_return() {
     }
     let burst = started.elapsed();
     let failed = failed.load(Ordering::SeqCst);
+    let slow = slow.load(Ordering::SeqCst);
     eprintln!(
-        "burst: {BURST_CONNECTIONS} connects in {burst:?}, {failed} failed, \
-         {served_meanwhile} normal requests served meanwhile"
+        "burst: {BURST_CONNECTIONS} connects in {burst:?}, {failed} failed, {slow} over \
+         {BURST_CONNECT_SLOW:?}, {served_meanwhile} normal requests served meanwhile"
     );
 
     assert!(
@@ -506,6 +573,7 @@ fn assert_extra_upstream_bytes_never_relayed(delay: Duration) {
     assert_eq!(first.text(), "hello", "the declared body");
     assert_eq!(same_conn.text(), "GET /same", "next request, same client");
     assert_eq!(fresh.text(), "GET /fresh", "next request, fresh client");
+    assert_serving(&proxy, &format!("after-extra-bytes-{delay:?}"));
 }
 
 #[test]
@@ -625,6 +693,7 @@ fn upstream_trickles_body_1_byte_per_50ms_delivered_whole_keep_alive() {
         "GET /next",
         "keep-alive after the trickled body"
     );
+    assert_serving(&proxy, "after-trickle");
 }
 
 #[test]
@@ -665,7 +734,7 @@ fn upstream_closes_mid_body_client_connection_closed_never_complete() {
 const EARLY_UPLOAD_BYTES: usize = 5 * 1024 * 1024;
 
 #[test]
-fn upstream_answers_413_before_upload_sent_client_sees_413_or_close_never_hang() {
+fn upstream_answers_413_before_upload_sent_client_sees_413_then_close() {
     let origin = RawOrigin::start(|mut conn, _| {
         let Ok(Some(head)) = conn.read_head() else {
             return;
@@ -690,24 +759,25 @@ fn upstream_answers_413_before_upload_sent_client_sees_413_or_close_never_hang()
         let _ = w.write_all(&upload);
     });
 
-    let outcome = c.read_response_to("POST");
-    match &outcome {
-        Ok(resp) => {
-            assert_eq!(
-                resp.status,
-                413,
-                "early answer not relayed: {:?}",
-                String::from_utf8_lossy(&resp.head)
-            );
-            assert_eq!(
-                c.wait_closed(),
-                Ok(()),
-                "client connection after the early 413"
-            );
-        }
-        Err(e) => assert!(!is_timeout(e), "client left hanging: {e}"),
-    }
-    eprintln!("early 413: client saw {:?}", outcome.map(|r| r.status));
+    // The early answer must reach the client: a reset or a bare close instead is the bug.
+    let resp = c.read_response_to("POST").unwrap_or_else(|e| {
+        panic!(
+            "early 413 not relayed (client saw {e}); proxy stderr:\n{}",
+            proxy.stderr()
+        )
+    });
+    assert_eq!(
+        resp.status,
+        413,
+        "early answer not relayed: {:?}",
+        String::from_utf8_lossy(&resp.head)
+    );
+    assert_eq!(resp.text(), "too big\n", "the early answer's body");
+    assert_eq!(
+        c.wait_closed(),
+        Ok(()),
+        "client connection after the early 413"
+    );
     writer.join().expect("the upload writer panicked");
     assert_serving(&proxy, "after-early-413");
 }
@@ -744,6 +814,9 @@ fn max_connections_2_third_waits_in_backlog_until_one_closes() {
         .unwrap_or_else(|e| panic!("third connection not served after a slot freed: {e}"));
     assert_eq!(late.text(), "GET /3");
     assert_eq!(second.roundtrip(&get("/2b")).text(), "GET /2b");
+    // Two of two slots are still taken (second, third): free one for the normal client.
+    drop(third);
+    assert_serving(&proxy, "after-max-connections");
 }
 
 /// The proxy's open-file limit in the exhaustion test, and the clients that overrun it.

@@ -4,9 +4,11 @@
 //! Each area is a module; `support` holds the proxy process, origins and the raw client.
 
 mod control;
+mod deploy;
 mod drivers;
 mod export;
 mod faults;
+mod faults_model;
 mod forward;
 mod framing;
 mod hostile;
@@ -14,9 +16,12 @@ mod keepalive;
 mod regression;
 mod rejects;
 mod seccomp;
+mod shutdown;
 mod support;
 mod tls;
 mod trace;
 mod trace_query;
 mod trace_survival;
 mod upstream_errors;
+mod upstreams;
+mod websocket;

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{Conn, Origin, Proxy, RawOrigin, Req, echo, get, request, response};
+use crate::support::{
+    Conn, Origin, Proxy, RawOrigin, Req, assert_proxy_error, echo, get, request, response,
+};
 
 #[test]
 fn pipelined_three_requests_answered_in_order() {
@@ -183,21 +185,38 @@ fn upstream_connection_close_not_reused_client_kept() {
     assert_eq!(origin.connections(), 2);
 }
 
-#[test]
-fn upstream_stale_pooled_connection_get_retried() {
-    // Answers one request per connection, then closes without saying so: the pooled
-    // connection is stale when the next request comes.
-    let origin = RawOrigin::start(|mut conn, _| {
+/// An origin whose first connection answers one request, stays open (so the pool's idle check
+/// passes), then closes on receipt of the next request without answering it: that request finds
+/// the pooled connection stale only after it was sent. Later connections serve normally.
+fn origin_stale_after_first_answer() -> RawOrigin {
+    RawOrigin::start(|mut conn, index| {
+        if index > 0 {
+            while let Ok(Some(req)) = conn.read_request(false) {
+                let body = format!("{} {} fresh", req.method, req.target);
+                if conn
+                    .try_send(&response("200 OK", &[], body.as_bytes()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            return;
+        }
         if let Ok(Some(req)) = conn.read_request(false) {
             let _ = conn.try_send(&response("200 OK", &[], req.target.as_bytes()));
         }
-    });
+        // The next request arrives whole, then the connection dies unanswered.
+        let _ = conn.read_request(false);
+    })
+}
+
+#[test]
+fn upstream_stale_pooled_connection_get_retried_once_on_fresh_connection() {
+    let origin = origin_stale_after_first_answer();
     let proxy = Proxy::reverse(origin.addr(), &[]);
     let mut c = proxy.connect();
 
     let first = c.roundtrip(&get("/a"));
-    // Let the origin's FIN reach the proxy's pooled socket.
-    thread::sleep(Duration::from_millis(100));
     let second = c.roundtrip(&get("/b"));
 
     assert_eq!(first.text(), "/a");
@@ -207,7 +226,34 @@ fn upstream_stale_pooled_connection_get_retried() {
         "head {:?}",
         String::from_utf8_lossy(&second.head)
     );
-    assert_eq!(second.text(), "/b");
+    assert_eq!(
+        second.text(),
+        "GET /b fresh",
+        "retried on a fresh connection"
+    );
+    assert_eq!(
+        origin.connections(),
+        2,
+        "the pooled connection, then one retry"
+    );
+}
+
+#[test]
+fn upstream_stale_pooled_connection_post_not_retried_502() {
+    let origin = origin_stale_after_first_answer();
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+
+    let first = c.roundtrip(&get("/a"));
+    let second = c.roundtrip(&request("POST", "/b", "t", &[], b"not idempotent"));
+
+    assert_eq!(first.text(), "/a");
+    assert_proxy_error(&second, 502);
+    assert_eq!(
+        origin.connections(),
+        1,
+        "a POST sent on a stale connection must not be sent again"
+    );
 }
 
 #[test]

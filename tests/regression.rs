@@ -49,6 +49,27 @@ fn issue_9_bad_chunk_size_in_second_write_is_400_and_close() {
     assert_eq!(c.wait_closed(), Ok(()), "connection after the 400");
 }
 
+// See: issue 9, bug 1 (the same bad chunk size, read while answering with a fault)
+#[test]
+fn issue_9_bad_chunk_size_in_second_write_under_error_fault_is_400() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "error:503"]);
+    let mut c = proxy.connect();
+
+    c.send(b"POST /up HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    thread::sleep(SECOND_WRITE_AFTER);
+    c.send(b"zz\r\nmore\r\n0\r\n\r\n");
+    let resp = c.read_response().unwrap_or_else(|e| {
+        panic!(
+            "no 400 for a bad chunk size: {e}; stderr:\n{}",
+            proxy.stderr()
+        )
+    });
+
+    assert_proxy_error(&resp, 400);
+    assert_eq!(c.wait_closed(), Ok(()), "connection after the 400");
+}
+
 /// One run of `SEQUENCE_REQUESTS` keep-alive GETs through a fresh proxy with `--seed 7` and a
 /// 50 % error rule: the statuses in order, and the trace ids the origin saw (from the
 /// `traceparent` the proxy forwards). With `with_traceparent`, every other request carries one.

@@ -565,11 +565,14 @@ fn https_upstream_verified_pooled_100_requests_one_connection() {
     let stats = client.roundtrip(&get("/stats"));
     assert_eq!(stats.text(), "connections=1 sni=localhost");
     let recs = records(&proxy, 101);
-    assert!(
-        recs.iter().any(|r| r["url"] == "https://test.local/n/7"),
-        "https URLs in the trace: {:?}",
-        recs.first()
-    );
+    let rec = recs
+        .iter()
+        .find(|r| r["url"] == "https://test.local/n/7")
+        .unwrap_or_else(|| panic!("https URLs in the trace: {:?}", recs.first()));
+    assert_eq!(rec["client_tls"], serde_json::Value::Null, "{rec}");
+    assert_eq!(rec["upstream_tls"]["server_name"], "localhost", "{rec}");
+    assert_eq!(rec["upstream_tls"]["version_code"], 0x0304, "{rec}");
+    assert_eq!(rec["upstream_tls"]["verification"], "verified", "{rec}");
 }
 
 #[test]
@@ -853,6 +856,15 @@ fn mitm_faults_https_requests_and_keeps_its_ca() {
     assert!(text.contains("GET /hello HTTP/1.1\n 200"), "{text}");
     let recs = records(&proxy, 3);
     let urls: Vec<&str> = recs.iter().filter_map(|r| r["url"].as_str()).collect();
+    let hello = format!("{base}/hello");
+    let inner = recs
+        .iter()
+        .find(|r| r["url"] == hello.as_str())
+        .expect("the forwarded request");
+    // Intercepted: the client's session with our leaf, and ours with the real host.
+    assert_eq!(inner["client_tls"]["server_name"], "localhost", "{inner}");
+    assert_eq!(inner["upstream_tls"]["server_name"], "localhost", "{inner}");
+    assert_eq!(inner["upstream_tls"]["verification"], "verified", "{inner}");
     assert!(urls.contains(&format!("{base}/api/x").as_str()), "{urls:?}");
     assert!(urls.contains(&format!("{base}/hello").as_str()), "{urls:?}");
 

@@ -10,7 +10,11 @@
 //!
 //! The last two tests run the whole proxy in this process, as `tests/alloc.rs` does, with TLS on
 //! one side and the peer on that side in Python: the https listener, and an https upstream. The
-//! bound per request is the same two allocations, all of them rustls' record queues.
+//! steady state is the same two allocations per request, rustls' record queues; under load a
+//! record now and then arrives split across socket reads, and rustls' deframer buffer then grows
+//! past its 4 KiB read size and shrinks back (`DeframerVecBuffer::prepare_read`: two
+//! reallocations). Hence [`MAX_PROXY_ALLOCATIONS_PER_REQUEST`]: measured 2.0000 on an idle
+//! machine, up to 2.0022 with seven builds running on two cores.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -38,6 +42,8 @@ mod fixed;
 const MAX_ALLOCATIONS_PER_EXCHANGE: f64 = 2.0;
 const WARM_UP: usize = 200;
 const MEASURED: usize = 2_000;
+/// Two per request plus the split-record reallocations under load (see the module doc).
+const MAX_PROXY_ALLOCATIONS_PER_REQUEST: f64 = 2.05;
 /// Through the whole proxy, as `tests/alloc.rs` warms up: pools, the ring's first pages, the
 /// timer wheel reach steady state.
 const PROXY_WARM_UP: usize = 2_000;
@@ -335,8 +341,8 @@ fn proxy_https_listener_keep_alive_allocation_bound() {
     let per_request = (after - before) as f64 / PROXY_MEASURED as f64;
     println!("proxy, https listener: {per_request:.4} allocations per keep-alive request");
     assert!(
-        per_request <= MAX_ALLOCATIONS_PER_EXCHANGE,
-        "{per_request:.4} allocations per request (bound {MAX_ALLOCATIONS_PER_EXCHANGE})"
+        per_request <= MAX_PROXY_ALLOCATIONS_PER_REQUEST,
+        "{per_request:.4} allocations per request (bound {MAX_PROXY_ALLOCATIONS_PER_REQUEST})"
     );
 }
 
@@ -382,7 +388,7 @@ fn proxy_https_upstream_keep_alive_allocation_bound() {
     let per_request = (after - before) as f64 / PROXY_MEASURED as f64;
     println!("proxy, https upstream: {per_request:.4} allocations per keep-alive request");
     assert!(
-        per_request <= MAX_ALLOCATIONS_PER_EXCHANGE,
-        "{per_request:.4} allocations per request (bound {MAX_ALLOCATIONS_PER_EXCHANGE})"
+        per_request <= MAX_PROXY_ALLOCATIONS_PER_REQUEST,
+        "{per_request:.4} allocations per request (bound {MAX_PROXY_ALLOCATIONS_PER_REQUEST})"
     );
 }

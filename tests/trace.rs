@@ -973,33 +973,91 @@ fn valid_ring() -> (Vec<u8>, Vec<Value>) {
     (bytes, records)
 }
 
+/// Where a ring file states its header size (`header bytes u32` at offset 12, little-endian):
+/// the frames start right after the header.
+const RING_HEADER_BYTES_AT: usize = 12;
+/// A frame's own header: `seq u64 | len u32 | crc32 u32`, then the payload padded to 16.
+const FRAME_HEADER_BYTES: usize = 16;
+
+/// The file offsets of the first two frames' payloads, as (start, len), read off the ring's
+/// own header and framing (see `src/trace/ring.rs`).
+fn frame_payloads(ring: &[u8]) -> [(usize, usize); 2] {
+    let u32_at = |at: usize| u32::from_le_bytes(ring[at..at + 4].try_into().expect("4 bytes"));
+    let payload = |frame: usize| (frame + FRAME_HEADER_BYTES, u32_at(frame + 8) as usize);
+    let first = payload(u32_at(RING_HEADER_BYTES_AT) as usize);
+    let second = payload(first.0 + first.1.div_ceil(16) * 16);
+    [first, second]
+}
+
+/// The `span_id`s of `records`, sorted (a multiset: a copied ring repeats the good one's ids).
+fn span_ids<'a>(records: impl IntoIterator<Item = &'a Value>) -> Vec<String> {
+    let mut ids: Vec<String> = records
+        .into_iter()
+        .map(|r| str_field(r, "span_id").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
 #[test]
-fn trace_corrupted_ring_clear_error_or_skipped_no_panic() {
+fn trace_corrupted_ring_clear_error_or_exact_good_records_no_panic() {
     let (valid, valid_records) = valid_ring();
-    let mut flipped = valid.clone();
-    for b in flipped.iter_mut().skip(200).take(400) {
-        *b ^= 0x5a;
-    }
-    let rows: &[(&str, Vec<u8>)] = &[
-        ("empty", Vec::new()),
-        ("truncated_header", valid[..10].to_vec()),
-        ("truncated_half", valid[..valid.len() / 2].to_vec()),
-        ("zeroed", vec![0; valid.len()]),
-        ("random_garbage", pattern(valid.len())),
-        ("short_garbage", pattern(100)),
-        ("records_bit_flipped", flipped),
+    assert_eq!(valid_records.len(), 2, "the valid ring holds two records");
+    let [first, second] = frame_payloads(&valid);
+    let flip = |range: std::ops::Range<usize>| {
+        let mut bytes = valid.clone();
+        for b in &mut bytes[range] {
+            *b ^= 0x5a;
+        }
+        bytes
+    };
+    let by_url = |url: &str| {
+        valid_records
+            .iter()
+            .find(|r| str_field(r, "url").ends_with(url))
+            .unwrap_or_else(|| panic!("no record for {url}"))
+            .clone()
+    };
+    let (rec0, rec1) = (by_url("/v/0"), by_url("/v/1"));
+    // Each row: the bytes of core-9.ring and the records that may be read from it (none when
+    // nothing in it is whole; the untouched frames when only some are damaged).
+    let rows: Vec<(&str, Vec<u8>, Vec<Value>)> = vec![
+        ("empty", Vec::new(), vec![]),
+        ("truncated_header", valid[..10].to_vec(), vec![]),
+        ("truncated_half", valid[..valid.len() / 2].to_vec(), vec![]),
+        ("zeroed", vec![0; valid.len()], vec![]),
+        ("random_garbage", pattern(valid.len()), vec![]),
+        ("short_garbage", pattern(100), vec![]),
+        (
+            "both_records_bit_flipped",
+            flip(first.0 - FRAME_HEADER_BYTES..second.0 + second.1),
+            vec![],
+        ),
+        (
+            "first_payload_byte_flipped",
+            flip(first.0 + first.1 / 2..first.0 + first.1 / 2 + 1),
+            vec![rec1.clone()],
+        ),
+        (
+            "second_payload_byte_flipped",
+            flip(second.0 + second.1 / 2..second.0 + second.1 / 2 + 1),
+            vec![rec0.clone()],
+        ),
         (
             "foreign_text",
             b"this is not a phantom-fast ring\n".repeat(4096),
+            vec![],
         ),
     ];
-    for (name, bytes) in rows {
+    for (name, bytes, from_bad) in &rows {
         for with_valid in [false, true] {
             let dir = tempfile::tempdir().expect("a temp dir");
             std::fs::write(dir.path().join("core-9.ring"), bytes).expect("writing core-9.ring");
+            let mut want: Vec<Value> = from_bad.clone();
             if with_valid {
                 std::fs::write(dir.path().join("core-0.ring"), &valid)
                     .expect("writing core-0.ring");
+                want.extend(valid_records.iter().cloned());
             }
             let path = dir.path().to_str().expect("UTF-8 temp dir");
             for sub in ["traces", "stats"] {
@@ -1016,20 +1074,28 @@ fn trace_corrupted_ring_clear_error_or_skipped_no_panic() {
                         run.stderr.contains("core-9.ring"),
                         "an error must name the file: {context}"
                     );
-                } else if with_valid && sub == "traces" {
-                    // Skipped: the good ring's records are all still there.
-                    let got: Vec<Value> = run
-                        .stdout
-                        .lines()
-                        .filter_map(|l| serde_json::from_str(l).ok())
-                        .collect();
-                    for want in &valid_records {
-                        assert!(
-                            got.iter().any(|r| r["span_id"] == want["span_id"]),
-                            "record {} lost: {context}",
-                            want["url"]
-                        );
-                    }
+                    continue;
+                }
+                if sub == "stats" {
+                    let stats: Value = serde_json::from_str(&run.stdout)
+                        .unwrap_or_else(|e| panic!("stats not JSON ({e}): {context}"));
+                    assert_eq!(stats["records"], want.len(), "record count: {context}");
+                    continue;
+                }
+                // Skipped damage: exactly the good records, each whole, and nothing else.
+                let got: Vec<Value> = run
+                    .stdout
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(|l| {
+                        serde_json::from_str(l)
+                            .unwrap_or_else(|e| panic!("line {l:?} is not JSON ({e}): {context}"))
+                    })
+                    .collect();
+                assert_eq!(span_ids(&got), span_ids(&want), "records read: {context}");
+                for record in &got {
+                    let same = want.iter().find(|w| w["span_id"] == record["span_id"]);
+                    assert_eq!(Some(record), same, "a bogus record: {context}");
                 }
             }
         }

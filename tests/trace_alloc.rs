@@ -4,7 +4,10 @@
 
 use std::net::SocketAddr;
 
-use phantom_fast::trace::{AppliedFault, FaultKind, Outcome, TraceConfig, TraceEvent, TraceWriter};
+use phantom_fast::trace::{
+    AppliedFault, FaultKind, Outcome, TlsSession, TlsVerification, TraceConfig, TraceEvent,
+    TraceWriter,
+};
 
 #[path = "counting/mod.rs"]
 mod counting;
@@ -51,6 +54,16 @@ fn trace_writer_write_allocates_nothing_after_warm_up() {
             value: 503,
         },
     ];
+    let session = TlsSession {
+        version: "TLSv1_3",
+        cipher_suite: "TLS13_AES_128_GCM_SHA256",
+        version_code: 0x0304,
+        cipher_suite_code: 0x1301,
+        server_name: "example.test",
+        verification: TlsVerification::Verified,
+        resumed: false,
+        failure: "",
+    };
     let event = |i: u64| TraceEvent {
         trace_id: u128::from(i) << 64 | 1,
         span_id: i + 1,
@@ -64,7 +77,9 @@ fn trace_writer_write_allocates_nothing_after_warm_up() {
         generation: 4,
         // None, one or several applied faults, as real traffic has.
         faults: &faults[..(i % 3) as usize],
-        tls: None,
+        // TLS sessions on some records, as a TLS listener and https upstreams give.
+        client_tls: i.is_multiple_of(2).then_some(session),
+        upstream_tls: i.is_multiple_of(5).then_some(session),
         method: b"GET",
         url: b"http://example.test/items/42",
         version: "HTTP/1.1",

@@ -351,6 +351,17 @@ fn trace_clear_refused_while_proxy_runs_then_deletes_with_yes() {
     assert!(ring.exists(), "a ring in use was deleted");
     let (status, stderr) = proxy.stop();
     assert!(status.success(), "{stderr}");
+    // The shutdown summary carries the ledger and the ring counts of the run.
+    for want in [
+        "  faulted µs p50/p90/p99/p99.9: injected ",
+        "  unfaulted µs p50/p90/p99/p99.9: injected 0/0/0/0  upstream ",
+        "  traces: 7 records",
+    ] {
+        assert!(
+            stderr.contains(want),
+            "no {want:?} in the summary:\n{stderr}"
+        );
+    }
     let done = cli(&["traces", "clear", "--yes", "--trace-dir", d]);
     assert!(done.status.success(), "{}", done.stderr);
     assert!(!ring.exists(), "ring still there after clear --yes");
@@ -380,7 +391,7 @@ fn trace_ledger_adds_up_on_known_delays() {
     assert_eq!(slow["injected_delay_us"], DELAY_MS * 1000, "{slow:#}");
     assert_eq!(slow["faults"][0]["kind"], "delay");
     assert_eq!(
-        slow["faults"][0]["rule_id"], "r1",
+        slow["faults"][0]["rule_id"], "r2",
         "the default id of the second rule"
     );
     assert_eq!(slow["faults"][0]["value"], DELAY_MS * 1_000_000);

@@ -114,6 +114,8 @@ pub struct Admin<T> {
     token: Option<String>,
     /// What was last compiled, to publish a ramp step only when something moved.
     compiled: Vec<Option<FaultRule>>,
+    /// The OTLP exporter's counters, appended to `/metrics` when it runs.
+    export: Option<Arc<crate::export::ExportStats>>,
 }
 
 impl<T: Send + Sync> Admin<T> {
@@ -147,8 +149,14 @@ impl<T: Send + Sync> Admin<T> {
             generation: 1,
             token,
             compiled: effective,
+            export: None,
         };
         Ok((admin, publisher))
+    }
+
+    /// Adds the OTLP exporter's counters to `/metrics`.
+    pub fn set_export_stats(&mut self, stats: Arc<crate::export::ExportStats>) {
+        self.export = Some(stats);
     }
 
     /// Shutdown began: `/ready` answers 503 from now on.
@@ -338,6 +346,9 @@ impl<T: Send + Sync> Admin<T> {
         };
         let mut body = String::new();
         encode_metrics(&scrape, &mut body);
+        if let Some(export) = &self.export {
+            export.encode_metrics(&mut body);
+        }
         Response {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",

@@ -18,7 +18,7 @@ use std::{fmt, time::Duration};
 use serde_json::{Map, Value, json};
 
 use crate::fault::{
-    FaultAction, FaultRule,
+    FaultAction, FaultRule, Rate,
     schedule::{Ramp, Schedule},
 };
 
@@ -83,9 +83,10 @@ impl std::error::Error for RuleError {}
 impl LiveRule {
     /// The rule's own probability (1 for a rule kind without one).
     pub fn base_probability(&self) -> f64 {
-        match self.rule.action {
-            FaultAction::Error { probability, .. } => probability,
-            FaultAction::Delay { .. } => 1.0,
+        match self.rule.rate {
+            Rate::Always => 1.0,
+            Rate::Probability(p) => p,
+            Rate::Ratio { hits, every } => f64::from(hits) / f64::from(every.max(1)),
         }
     }
 
@@ -113,9 +114,14 @@ impl LiveRule {
             return None;
         }
         let mut rule = self.rule.clone();
-        if let (Some(ramp), FaultAction::Error { probability, .. }) = (&self.ramp, &mut rule.action)
-        {
-            *probability = ramp.probability_at(elapsed);
+        // Every kind takes a probability; a ramp replaces the rule's own rate.
+        if let Some(ramp) = &self.ramp {
+            let p = ramp.probability_at(elapsed);
+            rule.rate = if p >= 1.0 {
+                Rate::Always
+            } else {
+                Rate::Probability(p)
+            };
         }
         Some(rule)
     }
@@ -552,8 +558,9 @@ id=ramp error:500:/x ramp=0..0.5/60s schedule=0s+30s/1m
         let rule = parse_line("error:503 ramp=0..0.5/10s schedule=0s+20s/30s", 0, "x")
             .unwrap()
             .unwrap();
-        let probability = |t| match rule.effective(t).map(|r| r.action) {
-            Some(FaultAction::Error { probability, .. }) => Some(probability),
+        let probability = |t| match rule.effective(t).map(|r| r.rate) {
+            Some(Rate::Probability(p)) => Some(p),
+            Some(Rate::Always) => Some(1.0),
             _ => None,
         };
         assert_eq!(probability(s(0)), Some(0.0));

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use crate::{
-    fault::{FaultAction, FaultRule},
+    fault::{Answer, DEFAULT_BODY, FaultTable, GARBAGE},
     http::{self, BodyKind, Version, body::BodyReader},
     net::READ_BUF_BYTES,
     trace::Outcome,
@@ -17,33 +17,34 @@ use super::{Next, Session, record::capture, request::RequestFacts};
 /// Names why the proxy answered an error itself, when it knows (a TLS handshake's reason).
 pub(super) const ERROR_REASON_HEADER: &str = "x-phantom-fast-error";
 
-/// The body of every synthetic fault response.
-pub(super) const FAULT_BODY: &[u8] = br#"{"fault":"injected"}"#;
-
 /// Each error rule's synthetic responses, encoded once per snapshot so answering allocates
 /// nothing: per rule, the one for a keep-alive client and the one for a closing client (both
 /// empty for a delay rule).
 pub(crate) struct Synthetic(Vec<[Vec<u8>; 2]>);
 
 impl Synthetic {
-    /// Encodes the answers of every error rule in `rules`.
-    pub(super) fn compile(rules: &[FaultRule]) -> Synthetic {
-        let answers = rules
-            .iter()
-            .map(|rule| match rule.action {
-                FaultAction::Error { status, .. } => [true, false].map(|keep_alive| {
+    /// Encodes the answers of every error rule of `table`.
+    pub(super) fn compile(table: &FaultTable) -> Synthetic {
+        let answers = (0..table.len())
+            .map(|index| match table.synthetic(index) {
+                Some(answer) => [true, false].map(|keep_alive| {
+                    let headers: Vec<(&str, &[u8])> = answer
+                        .headers
+                        .iter()
+                        .map(|(name, value)| (name.as_str(), value.as_slice()))
+                        .collect();
                     let mut out = Vec::new();
                     http::encode::encode_simple_response(
-                        status,
-                        "application/json",
-                        &[("x-fault-injected", b"phantom")],
-                        FAULT_BODY,
+                        answer.status,
+                        &answer.content_type,
+                        &headers,
+                        &answer.body,
                         keep_alive,
                         &mut out,
                     );
                     out
                 }),
-                FaultAction::Delay { .. } => [Vec::new(), Vec::new()],
+                None => [Vec::new(), Vec::new()],
             })
             .collect();
         Synthetic(answers)
@@ -55,6 +56,17 @@ impl Synthetic {
     }
 }
 
+/// How reading a request body to its end went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Discarded {
+    /// All of it was read: the connection is in step for the next request.
+    Whole,
+    /// Its chunked framing broke.
+    BadFraming,
+    /// The client closed, failed or went silent for `--idle-timeout`.
+    Gone,
+}
+
 /// Length of the head at the front of a response we built (through the blank line).
 pub(super) fn head_len(bytes: &[u8]) -> usize {
     memchr::memmem::find(bytes, b"\r\n\r\n").map_or(bytes.len(), |i| i + 4)
@@ -62,31 +74,62 @@ pub(super) fn head_len(bytes: &[u8]) -> usize {
 
 impl Session<'_> {
     /// Answers with the synthetic response of error rule `rule` of the pinned snapshot.
-    pub(super) async fn answer_fault(&mut self, rule: usize, facts: RequestFacts) -> Next {
+    /// `rule: None` (a header fault) sends the default body with the plan's status.
+    pub(super) async fn answer_fault(&mut self, rule: Option<usize>, facts: RequestFacts) -> Next {
         let mut keep_alive = facts.keep_alive && facts.version == Version::Http11;
         // The request body is read and dropped, so the next request on the connection is found;
         // a client waiting for 100-continue is spared sending it and the connection closes.
         if facts.body != BodyKind::Empty {
             if facts.expect_continue {
                 keep_alive = false;
-            } else if !self.discard_request_body(facts.body).await {
-                self.ex.outcome = Outcome::ClientClosed;
-                self.record();
-                return Next::Close;
+            } else {
+                match self.discard_request_body(facts.body).await {
+                    Discarded::Whole => {}
+                    // RFC 9112 §7.1: a body whose framing broke is answered 400, as when it is
+                    // forwarded.
+                    Discarded::BadFraming => {
+                        self.ex.outcome = Outcome::BadRequest;
+                        return self.answer_error(400).await;
+                    }
+                    Discarded::Gone => {
+                        self.ex.outcome = Outcome::ClientClosed;
+                        self.record();
+                        return Next::Close;
+                    }
+                }
             }
         }
-        let bytes = self.faults.synthetic.get(rule, keep_alive);
-        let head_len = head_len(bytes);
-        // RFC 9110 §9.3.2: the answer to HEAD is the head alone.
-        let body = if facts.is_head { &[][..] } else { FAULT_BODY };
+        let status = self.ex.decision.synthetic_status().unwrap_or(500);
         self.out.clear();
-        self.out.extend_from_slice(&bytes[..head_len]);
-        self.out.extend_from_slice(body);
+        match rule {
+            Some(rule) => {
+                let bytes = self.faults.synthetic.get(rule, keep_alive);
+                self.out.extend_from_slice(bytes);
+            }
+            // Into the reused buffer: no allocation once it has grown.
+            None => http::encode::encode_simple_response(
+                status,
+                "application/json",
+                &[("x-fault-injected", b"phantom")],
+                DEFAULT_BODY,
+                keep_alive,
+                &mut self.out,
+            ),
+        }
+        let head_len = head_len(&self.out);
+        // RFC 9110 §9.3.2: the answer to HEAD is the head alone.
+        if facts.is_head {
+            self.out.truncate(head_len);
+        }
         self.response_body.clear();
-        capture(&mut self.response_body, self.capture_limit, body);
-        self.ex.response_body_len = body.len() as u64;
+        capture(
+            &mut self.response_body,
+            self.capture_limit,
+            &self.out[head_len..],
+        );
+        self.ex.response_body_len = (self.out.len() - head_len) as u64;
         self.ex.response_head_len = head_len;
-        self.ex.status = self.ex.decision.error.unwrap_or(0);
+        self.ex.status = self.ex.decision.synthetic_status().unwrap_or(0);
         self.ex.outcome = Outcome::Fault;
         let sent = self.write_out_to_client().await;
         self.record();
@@ -97,8 +140,44 @@ impl Session<'_> {
         }
     }
 
-    /// Reads the request body to its end, keeping only the traced prefix. `false` on failure.
-    pub(super) async fn discard_request_body(&mut self, kind: BodyKind) -> bool {
+    /// Carries out a connection fault instead of an answer: `reset` (RST via `SO_LINGER` 0),
+    /// `close` (FIN), `garbage` (bytes that are not HTTP, then FIN) or `hang` (nothing until
+    /// the client closes or `--idle-timeout` passes, then FIN). Always closes.
+    pub(super) async fn answer_connection_fault(&mut self, answer: Answer) -> Next {
+        self.ex.outcome = Outcome::Fault;
+        self.ex.status = 0;
+        match answer {
+            Answer::Reset => self.client.reset_on_close(),
+            Answer::Garbage => {
+                self.out.clear();
+                self.out.extend_from_slice(GARBAGE);
+                self.ex.response_head_len = 0;
+                self.write_out_to_client().await;
+            }
+            Answer::Hang => self.hang().await,
+            _ => {}
+        }
+        self.record();
+        Next::Close
+    }
+
+    /// Waits, reading and dropping whatever the client sends, until it closes or
+    /// `--idle-timeout` passes without a byte. Costs no CPU while it waits.
+    async fn hang(&mut self) {
+        let idle = self.w.config.idle_timeout;
+        loop {
+            let len = self.client.buffered().len();
+            self.client.consume(len);
+            let deadline = Instant::now() + idle;
+            match self.client.fill(READ_BUF_BYTES, deadline).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads the request body to its end, keeping only the traced prefix.
+    pub(super) async fn discard_request_body(&mut self, kind: BodyKind) -> Discarded {
         let mut reader = BodyReader::new(kind);
         let idle = self.w.config.idle_timeout;
         self.request_body.clear();
@@ -107,11 +186,13 @@ impl Session<'_> {
             let scanned = reader.scan(self.client.buffered(), |data| {
                 capture(&mut self.request_body, limit, data);
             });
-            let Ok(n) = scanned else { return false };
+            let Ok(n) = scanned else {
+                return Discarded::BadFraming;
+            };
             self.client.consume(n);
             if reader.done {
                 self.ex.request_body_len = reader.data_len;
-                return true;
+                return Discarded::Whole;
             }
             match self
                 .client
@@ -119,7 +200,7 @@ impl Session<'_> {
                 .await
             {
                 Ok(n) if n > 0 => {}
-                _ => return false,
+                _ => return Discarded::Gone,
             }
         }
     }

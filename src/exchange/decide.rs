@@ -10,11 +10,16 @@ use std::{
 };
 
 use crate::{
-    fault::{Decision, FaultRule, FaultTable},
+    fault::{FaultPlan, FaultRule, FaultTable, HeaderFault, RequestView, SpecError},
     net::{READ_BUF_BYTES, is_timeout},
 };
 
 use super::{Session, answer::Synthetic};
+use crate::worker::{Pinned, Worker};
+
+/// The request header that names a request's own fault (`--allow-header-faults`); never
+/// forwarded.
+pub(super) const FAULT_HEADER: &str = "x-phantom-fault";
 
 /// How far past a delay's deadline the wheel-based read deadline sits (it only guards
 /// against a timer that never fires).
@@ -35,26 +40,65 @@ pub(crate) struct Faults {
 }
 
 impl Faults {
-    /// Compiles the rules and prebuilds each error rule's answers.
-    pub(crate) fn compile(rules: &[FaultRule], generation: u64) -> Faults {
-        let ids: Vec<Arc<str>> = (0..rules.len())
-            .map(|i| Arc::from(crate::control::rules::default_id(i)))
+    /// Compiles the rules and prebuilds each error rule's answers, with each rule's own id
+    /// (`id=NAME`) or its position's default (`r1` first).
+    ///
+    /// # Errors
+    /// [`SpecError`] for a table that does not compile (a duplicate rule id, an unreadable
+    /// `body=@PATH` file).
+    pub(crate) fn compile(rules: &[FaultRule], generation: u64) -> Result<Faults, SpecError> {
+        let table = FaultTable::compile(rules)?.with_generation(generation);
+        let ids = (0..table.len())
+            .map(|i| Arc::from(table.rule_id(i)))
             .collect();
-        Faults::compile_with_ids(rules, &ids, generation)
+        let specs = rules.iter().map(ToString::to_string).collect();
+        Ok(Faults::from_table(table, ids, specs, generation))
     }
 
-    /// [`Faults::compile`] with the control plane's rule ids (`ids.len() == rules.len()`).
+    /// [`Faults::compile`] with the control plane's rule ids (`ids.len() == rules.len()`),
+    /// which win over a spec's own `id=`. The control plane's compile step cannot fail, so a
+    /// table that does not compile (a `body=@PATH` file gone since it was validated) is
+    /// reported and compiled with those bodies replaced by the reason.
     pub(crate) fn compile_with_ids(
         rules: &[FaultRule],
         ids: &[Arc<str>],
         generation: u64,
     ) -> Faults {
+        let specs = rules.iter().map(ToString::to_string).collect();
+        let mut rules = rules.to_vec();
+        for (rule, id) in rules.iter_mut().zip(ids) {
+            rule.id = Some(id.to_string());
+        }
+        let table = FaultTable::compile(&rules).unwrap_or_else(|err| {
+            eprintln!("phantom-fast: {err}; serving that rule set without its body files");
+            for rule in &mut rules {
+                if let Some(crate::fault::Body::File(path)) = &rule.body {
+                    let reason = format!("phantom-fast: body file {path:?} unreadable");
+                    rule.body = Some(crate::fault::Body::Inline(reason.into_bytes()));
+                }
+            }
+            FaultTable::compile(&rules).unwrap_or_else(|err| {
+                eprintln!("phantom-fast: {err}; serving no rules");
+                FaultTable::compile(&[]).expect("an empty table always compiles")
+            })
+        });
+        let table = table.with_generation(generation);
+        Faults::from_table(table, ids.to_vec(), specs, generation)
+    }
+
+    fn from_table(
+        table: FaultTable,
+        ids: Vec<Arc<str>>,
+        specs: Vec<String>,
+        generation: u64,
+    ) -> Faults {
+        let synthetic = Synthetic::compile(&table);
         Faults {
-            table: FaultTable::compile(rules),
-            specs: rules.iter().map(ToString::to_string).collect(),
-            synthetic: Synthetic::compile(rules),
+            specs,
+            table,
+            synthetic,
             generation,
-            ids: ids.to_vec(),
+            ids,
         }
     }
 
@@ -64,18 +108,47 @@ impl Faults {
     }
 }
 
+/// Decides one request against the pinned snapshot: the table's rules, then (with
+/// `--allow-header-faults`) each `x-phantom-fault` line, then the `--max-active-faults` cap. Says
+/// whether the exchange took an active-fault slot ([`Session::release_fault_slot`] gives it back).
+/// Allocates nothing.
+pub(super) fn decide_request(
+    w: &Worker,
+    faults: &Pinned,
+    view: &RequestView<'_>,
+) -> (FaultPlan, bool) {
+    let mut stats = w.stats.borrow_mut();
+    let mut rng = w.rng.borrow_mut();
+    let mut plan = faults.table().decide(view, &mut rng, &mut stats.rules);
+    if w.config.allow_header_faults {
+        for value in view.headers_named(FAULT_HEADER) {
+            // A malformed header fault is ignored, as a header the proxy does not know.
+            if let Ok(fault) = HeaderFault::parse(value) {
+                plan.apply_header(fault, &mut rng);
+            }
+        }
+    }
+    if !plan.holds() {
+        return (plan, false);
+    }
+    if let Some(max) = w.config.max_active_faults
+        && w.fault_holds.get() >= max
+    {
+        stats.fault_overflow += 1;
+        return (FaultPlan::NONE, false);
+    }
+    w.fault_holds.set(w.fault_holds.get() + 1);
+    (plan, true)
+}
+
 impl Session<'_> {
-    /// Pins the worker's current snapshot for this exchange and decides with it.
-    pub(super) fn decide(&mut self) -> Decision {
-        self.faults = self.w.table.pin();
-        let mut stats = self.w.stats.borrow_mut();
-        let mut rng = self.w.rng.borrow_mut();
-        let decision = self
-            .faults
-            .table()
-            .decide(&self.url, &mut rng, &mut stats.rules);
-        self.ex.decision = decision;
-        decision
+    /// Gives back the exchange's active-fault slot, if it took one.
+    pub(super) fn release_fault_slot(&mut self) {
+        if std::mem::take(&mut self.ex.holding) {
+            self.w
+                .fault_holds
+                .set(self.w.fault_holds.get().saturating_sub(1));
+        }
     }
 
     /// Sleeps for an injected delay while watching the client: `false` when it hung up.

@@ -5,16 +5,22 @@
 //! The response side is `response`'s.
 
 use std::{
+    io,
     rc::Rc,
     time::{Duration, Instant},
 };
 
 use crate::{
     config::Mode,
-    http::body::BodyReader,
-    net::{Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, is_timeout, relay, tls},
+    fault::Pace,
+    http::{BodyKind, body::BodyReader},
+    net::{
+        Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, is_timeout, relay,
+        relay::{Shape, Shaped, relay_shaped},
+        tls,
+    },
     trace::Outcome,
-    upstream::{self, Dest, Lease},
+    upstream::{self, Dest, Lease, Pick},
 };
 
 use super::{
@@ -93,19 +99,47 @@ pub(super) fn host_of(authority: &str) -> &str {
 }
 
 impl Session<'_> {
-    /// Forwards the request upstream and relays the response.
+    /// Forwards the request upstream and relays the response. A connect that fails moves on
+    /// to the name's next address; only when each was tried is it a 502 (or 504).
     pub(super) async fn forward(&mut self, facts: RequestFacts) -> Next {
-        let dest = match self.destination(facts).await {
-            Ok(dest) => dest,
+        let (mut pick, tls_name) = match self.destination(facts).await {
+            Ok(route) => route,
             Err(next) => return next,
         };
+        let mut tried = 1;
+        loop {
+            let dest = match &tls_name {
+                Some(name) => Dest::tls(pick.addr, Rc::clone(name)),
+                None => Dest::plain(pick.addr),
+            };
+            let refused = match self.forward_to(facts, dest.clone()).await {
+                Ok(next) => return next,
+                Err(e) => e,
+            };
+            let authority = self.authority(facts.target);
+            let next = self.w.resolver.borrow().next_after(authority, pick, tried);
+            let Some(next) = next else {
+                self.ex.error_reason = tls_failure(&dest, &refused);
+                let (outcome, status) = connect_failure(&refused);
+                self.ex.outcome = outcome;
+                return self.drain_then_error(facts, status).await;
+            };
+            pick = next;
+            tried += 1;
+        }
+    }
+
+    /// Forwards to one destination. `Err` with the connect error when no connection could be
+    /// opened (its pool slot is free again); every other ending is answered here.
+    async fn forward_to(&mut self, facts: RequestFacts, dest: Dest) -> io::Result<Next> {
         self.ex.upstream_addr = Some(dest.addr);
+        self.ex.upstream_sni = dest.tls.clone();
         let w = self.w;
         let deadline = Instant::now() + w.config.upstream_timeout;
         let Some(lease) = upstream::acquire(&w.pool, &w.bufs, dest.clone(), deadline).await else {
             // Every allowed connection stayed busy for --upstream-timeout.
             self.ex.outcome = Outcome::UpstreamTimeout;
-            return self.drain_then_error(facts, 504).await;
+            return Ok(self.drain_then_error(facts, 504).await);
         };
         let (mut attempt, mut reused) = match lease {
             Lease::Idle(conn) => (Some(conn), true),
@@ -116,14 +150,17 @@ impl Session<'_> {
                 Some(conn) => conn,
                 None => match upstream::connect_dest(&dest, &w.config.tls, deadline).await {
                     Ok(transport) => Conn::new(transport, w.bufs.borrow_mut().get(READ_BUF_BYTES)),
-                    Err(e) => return self.connect_failed(facts, dest, &e).await,
+                    Err(e) => {
+                        w.pool.borrow_mut().closed(dest);
+                        return Err(e);
+                    }
                 },
             };
             match self
                 .exchange_upstream(&mut up, facts, deadline, reused)
                 .await
             {
-                Ok(relayed) => return self.finish_upstream(up, dest, relayed),
+                Ok(relayed) => return Ok(self.finish_upstream(up, dest, relayed)),
                 // The slot stays ours: the fresh connection takes the dead one's place.
                 Err(failed)
                     if failed.why == UpstreamFailure::Stale && reused && facts.retryable =>
@@ -134,56 +171,55 @@ impl Session<'_> {
                 Err(failed) => {
                     self.release_conn(up);
                     w.pool.borrow_mut().closed(dest);
-                    return self.answer_failure(facts, failed).await;
+                    return Ok(self.answer_failure(facts, failed).await);
                 }
             }
         }
     }
 
-    /// A connect failed: its slot is free again, and the client gets 502 or 504.
-    async fn connect_failed(
-        &mut self,
-        facts: RequestFacts,
-        dest: Dest,
-        e: &std::io::Error,
-    ) -> Next {
-        self.ex.error_reason = tls_failure(&dest, e);
-        self.w.pool.borrow_mut().closed(dest);
-        let (outcome, status) = connect_failure(e);
-        self.ex.outcome = outcome;
-        self.drain_then_error(facts, status).await
+    /// The name this request's destination resolves from (the failover looks up its other
+    /// addresses under it): the reverse-mode upstream, or the authority of the URL.
+    pub(super) fn authority(&self, target: Target) -> &str {
+        match (target, &self.w.config.mode) {
+            (Target::Authority { from, to, .. }, _) => {
+                std::str::from_utf8(&self.url[from..to]).unwrap_or("")
+            }
+            (Target::Upstream, Mode::Reverse(up)) => &up.authority,
+            (Target::Upstream, Mode::Forward) | (Target::Mitm, _) => "",
+        }
     }
 
-    /// Where the request goes (address, and TLS server name); `Err` with the exchange already
-    /// answered.
-    async fn destination(&mut self, facts: RequestFacts) -> Result<Dest, Next> {
-        match (facts.target, &self.w.config.mode) {
-            (Target::Upstream, Mode::Reverse(up)) => Ok(match &self.w.upstream_name {
-                Some(name) => Dest::tls(up.addrs[0], Rc::clone(name)),
-                None => Dest::plain(up.addrs[0]),
-            }),
-            (Target::Upstream, Mode::Forward) => Err(self.answer_error(400).await),
+    /// The address the request goes to first, and the TLS server name when it goes over TLS;
+    /// `Err` with the exchange already answered.
+    async fn destination(&mut self, facts: RequestFacts) -> Result<(Pick, Option<Rc<str>>), Next> {
+        let w = self.w;
+        let (resolved, tls_name) = match (facts.target, &w.config.mode) {
+            (Target::Upstream, Mode::Forward) => return Err(self.answer_error(400).await),
             (Target::Mitm, _) => match &self.mitm {
-                Some(mitm) => Ok(Dest::tls(mitm.addr, Rc::clone(&mitm.name))),
-                None => Err(self.answer_error(400).await),
+                Some(mitm) => return Ok((Pick::literal(mitm.addr), Some(Rc::clone(&mitm.name)))),
+                None => return Err(self.answer_error(400).await),
             },
+            (Target::Upstream, Mode::Reverse(up)) => (
+                upstream::resolve(&w.resolver, &up.authority).await,
+                w.upstream_name.clone(),
+            ),
             (Target::Authority { from, to, tls }, _) => {
                 let authority = std::str::from_utf8(&self.url[from..to]).unwrap_or("");
                 let resolved = if tls && host_of(authority).len() == authority.len() {
                     // `https://host/…`: the default port is 443 (RFC 9110 §4.2.2).
                     let with_port = format!("{authority}:443");
-                    upstream::resolve(&self.w.resolver, &with_port).await
+                    upstream::resolve(&w.resolver, &with_port).await
                 } else {
-                    upstream::resolve(&self.w.resolver, authority).await
+                    upstream::resolve(&w.resolver, authority).await
                 };
-                match resolved {
-                    Ok(addr) if tls => Ok(Dest::tls(addr, Rc::from(host_of(authority)))),
-                    Ok(addr) => Ok(Dest::plain(addr)),
-                    Err(_) => {
-                        self.ex.outcome = Outcome::UpstreamError;
-                        Err(self.drain_then_error(facts, 502).await)
-                    }
-                }
+                (resolved, tls.then(|| Rc::from(host_of(authority))))
+            }
+        };
+        match resolved {
+            Ok(pick) => Ok((pick, tls_name)),
+            Err(_) => {
+                self.ex.outcome = Outcome::UpstreamError;
+                Err(self.drain_then_error(facts, 502).await)
             }
         }
     }
@@ -213,6 +249,13 @@ impl Session<'_> {
 
     /// Puts a reusable upstream connection back and records the exchange.
     fn finish_upstream(&mut self, up: Conn, dest: Dest, done: Relayed) -> Next {
+        if let Some(tls) = up.transport().and_then(|t| t.tls()) {
+            let facts = tls.facts();
+            self.ex.upstream_tls = Some(tls::TlsFacts {
+                server_name: None,
+                ..facts
+            });
+        }
         if done.upstream_reusable && up.buffered().is_empty() {
             self.w
                 .pool
@@ -250,7 +293,13 @@ impl Session<'_> {
             early_response = self.await_continue(up, deadline).await?;
         }
         if !early_response && !request.done {
-            early_response = self.relay_request_body(up, &mut request).await?;
+            early_response = match self.request_shape(facts) {
+                Some(shape) => {
+                    self.relay_shaped_request_body(up, &mut request, shape)
+                        .await?
+                }
+                None => self.relay_request_body(up, &mut request).await?,
+            };
         }
         self.ex.request_body_len = request.data_len;
         let sent = Sent {
@@ -273,7 +322,8 @@ impl Session<'_> {
         reused: bool,
     ) -> Result<(), Failed> {
         let request_head_len = self.out.len();
-        if !facts.expect_continue {
+        // A shaped request body goes through the shaping relay only, none of it with the head.
+        if !facts.expect_continue && self.request_shape(facts).is_none() {
             let limit = self.capture_limit;
             self.request_body.clear();
             let n = request
@@ -359,5 +409,78 @@ impl Session<'_> {
             Err(RelayError::Source { timed_out: false }) => UpstreamFailure::ClientGone,
         };
         Err(Failed::new(why, false))
+    }
+
+    /// The plan's shaping of this request body (`side=request`), if any.
+    fn request_shape(&self, facts: RequestFacts) -> Option<Shape> {
+        let plan = &self.ex.decision;
+        let len = match facts.body {
+            BodyKind::Length(n) => Some(n),
+            _ => None,
+        };
+        let cut_at = plan.request_cut.and_then(|limit| limit.resolve(len));
+        (plan.request_pace != Pace::Full || cut_at.is_some()).then_some(Shape {
+            pace: plan.request_pace,
+            chunk_delay: Duration::ZERO,
+            cut_at,
+            len,
+        })
+    }
+
+    /// Streams the request body upstream through the fault's shaping. A cut body is never
+    /// completed: the upstream connection is dropped and the client answered 502.
+    async fn relay_shaped_request_body(
+        &mut self,
+        up: &mut Conn,
+        request: &mut BodyReader,
+        shape: Shape,
+    ) -> Result<bool, Failed> {
+        let w = self.w;
+        let limit = self.capture_limit;
+        let body = &mut self.request_body;
+        body.clear();
+        let timeouts = RelayTimeouts {
+            read: w.config.idle_timeout,
+            write: w.config.upstream_timeout,
+        };
+        let relayed = relay_shaped(
+            &mut self.client,
+            up,
+            request,
+            timeouts,
+            |d| capture(body, limit, d),
+            &w.timer,
+            shape,
+        )
+        .await;
+        let why = match relayed {
+            Ok(Shaped::Done) => return Ok(false),
+            // Nothing to drain: the 502 closes the client connection with the rest unread.
+            Ok(Shaped::Cut) => return Err(Failed::new(UpstreamFailure::Error, true)),
+            Err(RelayError::Destination) => return Ok(true),
+            Err(RelayError::Framing) => UpstreamFailure::BadRequestBody,
+            Err(RelayError::Source { timed_out: true }) => UpstreamFailure::ClientTimeout,
+            Err(RelayError::Source { timed_out: false }) => UpstreamFailure::ClientGone,
+        };
+        Err(Failed::new(why, false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_of_rows() {
+        let rows: &[(&str, &str, &str)] = &[
+            ("name_and_port", "api.example.test:8443", "api.example.test"),
+            ("name_alone", "api.example.test", "api.example.test"),
+            ("ipv4_and_port", "127.0.0.1:443", "127.0.0.1"),
+            ("ipv6_and_port", "[::1]:443", "::1"),
+            ("ipv6_alone", "[::1]", "::1"),
+        ];
+        for (name, authority, want) in rows {
+            assert_eq!(host_of(authority), *want, "{name}");
+        }
     }
 }

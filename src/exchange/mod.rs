@@ -11,7 +11,7 @@
 //! - `answer`: synthetic fault answers and proxy errors.
 //! - `forward`: sending upstream, 100-continue, the stale-connection retry.
 //! - `response`: the response head, 1xx, de-chunking, relaying the body back.
-//! - `tunnel`: `CONNECT`.
+//! - `tunnel`: `CONNECT`, and WebSocket after the upstream's `101`.
 //! - `record`: the exchange → counters and its trace record.
 
 mod answer;
@@ -32,7 +32,7 @@ use std::{
 use monoio::net::TcpStream;
 
 use crate::{
-    fault::Decision,
+    fault::{Answer, FaultPlan},
     http::Version,
     net::{Conn, READ_BUF_BYTES, Transport, tls::TlsStream},
     trace::Outcome,
@@ -81,6 +81,9 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
     worker.active.set(worker.active.get() - 1);
 }
 
+/// Most pieces a `slow-head` fault cuts a response head into.
+const SLOW_HEAD_PIECES: usize = 16;
+
 /// Whether a connection carries another exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -102,13 +105,19 @@ struct Exchange {
     outcome: Outcome,
     upstream_addr: Option<SocketAddr>,
     ttfb: Option<Duration>,
-    decision: Decision,
+    decision: FaultPlan,
+    /// The exchange holds an active-fault slot (`--max-active-faults`).
+    holding: bool,
     request_body_len: u64,
     response_body_len: u64,
     /// `out[..response_head_len]` is the response head as sent (0: none).
     response_head_len: usize,
     /// Why the proxy answered an error itself, when it knows (a TLS handshake's reason).
     error_reason: Option<&'static str>,
+    /// The server name, when the upstream was spoken to over TLS.
+    upstream_sni: Option<Rc<str>>,
+    /// The upstream session's facts, once it was up.
+    upstream_tls: Option<crate::net::tls::TlsFacts<'static>>,
 }
 
 /// The real destination of an intercepted (`--mitm`) tunnel.
@@ -192,6 +201,13 @@ impl<'w> Session<'w> {
 
     /// One request/response exchange; says whether the connection stays open.
     async fn exchange(&mut self) -> Next {
+        let next = self.exchange_once().await;
+        self.release_fault_slot();
+        next
+    }
+
+    /// [`Session::exchange`] proper: head, decision, delay, then the answer the plan asks for.
+    async fn exchange_once(&mut self) -> Next {
         let facts = match self.read_head().await {
             Ok(facts) => facts,
             Err(request::HeadEnd::Close) => return Next::Close,
@@ -200,20 +216,63 @@ impl<'w> Session<'w> {
                 return self.answer_error(status).await;
             }
         };
-        let decision = self.decide();
-        if !decision.delay.is_zero() && !self.delay(decision.delay).await {
+        let decision = self.ex.decision;
+        if decision.forward_delay_ns > 0 && !self.delay(decision.forward_delay()).await {
             self.ex.outcome = Outcome::ClientClosed;
             self.ex.status = 0;
             self.record();
             return Next::Close;
         }
-        if let Some(rule) = decision.rule.filter(|_| decision.error.is_some()) {
-            return self.answer_fault(rule, facts).await;
+        match decision.answer {
+            Answer::Forward => {}
+            Answer::Synthetic { rule, .. } => {
+                return self.answer_fault(rule.map(usize::from), facts).await;
+            }
+            answer @ (Answer::Reset | Answer::Close | Answer::Hang | Answer::Garbage) => {
+                return self.answer_connection_fault(answer).await;
+            }
         }
         if facts.is_connect {
             return self.tunnel(facts).await;
         }
         self.forward(facts).await
+    }
+
+    /// Writes `self.out` to the client with its first `head_len` bytes (the head) spread evenly
+    /// over `over_ns` in up to [`SLOW_HEAD_PIECES`] pieces, each after a timer wait: a
+    /// `slow-head` fault. At once when `over_ns` is 0. `false` if it could not be delivered.
+    async fn write_out_paced(&mut self, head_len: usize, over_ns: u64) -> bool {
+        use monoio::buf::IoBuf;
+        if over_ns == 0 {
+            return self.write_out_to_client().await;
+        }
+        let mut out = std::mem::take(&mut self.out);
+        let (len, head_len) = (out.len(), head_len.min(out.len()));
+        let pieces = head_len.clamp(1, SLOW_HEAD_PIECES);
+        let start = Instant::now();
+        let mut delivered = true;
+        for i in 0..pieces {
+            let from = head_len * i / pieces;
+            let to = if i + 1 == pieces {
+                len
+            } else {
+                head_len * (i + 1) / pieces
+            };
+            if i > 0 {
+                let at = u128::from(over_ns) * i as u128 / (pieces - 1) as u128;
+                let due = start + Duration::from_nanos(u64::try_from(at).unwrap_or(u64::MAX));
+                self.w.timer.sleep_until(due).await;
+            }
+            let deadline = Instant::now() + self.w.config.idle_timeout;
+            let (res, slice) = self.client.write_all(out.slice(from..to), deadline).await;
+            out = slice.into_inner();
+            if res.is_err() {
+                delivered = false;
+                break;
+            }
+        }
+        self.out = out;
+        delivered
     }
 
     /// Writes `self.out` to the client; `false` if it could not be delivered.
@@ -249,11 +308,14 @@ impl Exchange {
             outcome: Outcome::Ok,
             upstream_addr: None,
             ttfb: None,
-            decision: Decision::NONE,
+            decision: FaultPlan::NONE,
+            holding: false,
             request_body_len: 0,
             response_body_len: 0,
             response_head_len: 0,
             error_reason: None,
+            upstream_sni: None,
+            upstream_tls: None,
         }
     }
 }

@@ -7,8 +7,21 @@ use hdrhistogram::Histogram;
 
 use crate::{
     control::{DurationHistogram, RuleCounters},
-    fault::{FaultKind, RuleStats},
-    trace::{self, AppliedFault, Outcome, TraceEvent},
+    fault::{self, DelayAt, FaultKind, FaultSource, MAX_APPLIED, RuleStats, Side},
+    net::tls,
+    trace::{self, AppliedFault, Outcome, TlsSession, TlsVerification, TraceEvent},
+};
+
+/// The trace record's rule index for a fault from an `x-phantom-fault` header.
+const HEADER_RULE: u32 = u32::MAX;
+
+/// A blank slot of the on-stack list of applied faults.
+const EMPTY_FAULT: AppliedFault<'static> = AppliedFault {
+    kind: trace::FaultKind::Delay,
+    rule: 0,
+    rule_id: "",
+    spec: "",
+    value: 0,
 };
 
 use super::Session;
@@ -44,9 +57,13 @@ pub(crate) struct Stats {
     pub(crate) delay_ns: Vec<u64>,
     /// Trace records written.
     pub(crate) trace_records: u64,
+    /// The latency ledger (injected, upstream, overhead), faulted and unfaulted apart.
+    pub(crate) ledger: trace::LedgerSummary,
     /// At shutdown, with a control plane: per-rule counters by id over every table used
     /// (`rules` then only covers the last one).
     pub(crate) by_id: Vec<RuleCounters>,
+    /// Requests sent through unfaulted because `--max-active-faults` was reached.
+    pub(crate) fault_overflow: u64,
 }
 
 impl Stats {
@@ -61,7 +78,9 @@ impl Stats {
             upstream_ttfb: DurationHistogram::default(),
             delay_ns: vec![0; rules],
             trace_records: 0,
+            ledger: trace::LedgerSummary::new(),
             by_id: Vec::new(),
+            fault_overflow: 0,
         }
     }
 }
@@ -89,20 +108,14 @@ impl Session<'_> {
         };
         let decision = self.ex.decision;
         // The rule index is read against the snapshot this exchange pinned.
-        let fault = decision.rule.map(|rule| {
-            let (kind, value) = match self.faults.table().rules()[rule].kind() {
-                FaultKind::Delay => (trace::FaultKind::Delay, nanos(decision.delay)),
-                FaultKind::Error => (trace::FaultKind::Error, u64::from(self.ex.status)),
-            };
-            AppliedFault {
-                kind,
-                rule: rule as u32,
-                rule_id: "",
-                spec: &self.faults.specs[rule],
-                value,
-            }
-        });
+        let mut faults = [EMPTY_FAULT; MAX_APPLIED];
+        let mut n = 0;
+        for (slot, applied) in faults.iter_mut().zip(decision.applied.as_slice()) {
+            *slot = self.trace_fault(applied);
+            n += 1;
+        }
         let method = self.request_head.get(..self.ex.method_len).unwrap_or(b"");
+        let (client_tls, upstream_tls) = self.tls_sessions();
         let event = TraceEvent {
             trace_id: self.ex.trace_id,
             span_id: self.ex.span_id,
@@ -112,10 +125,11 @@ impl Session<'_> {
             upstream_connect_ns: 0,
             upstream_ttfb_ns: self.ex.ttfb.map(nanos),
             upstream_body_ns: 0,
-            injected_delay_ns: nanos(decision.delay),
+            injected_delay_ns: decision.forward_delay_ns,
             generation: self.faults.generation,
-            faults: fault.as_slice(),
-            tls: None,
+            faults: &faults[..n],
+            client_tls,
+            upstream_tls,
             method,
             url: &self.url,
             version: self.ex.version.as_str(),
@@ -137,6 +151,80 @@ impl Session<'_> {
         self.url.clear();
     }
 
+    /// The exchange's TLS sessions: the client's when it spoke TLS to us (the https listener,
+    /// an intercepted tunnel), and the upstream's when we spoke TLS to it (its failure reason
+    /// when the handshake failed).
+    fn tls_sessions(&self) -> (Option<TlsSession<'_>>, Option<TlsSession<'_>>) {
+        let client = self
+            .client
+            .transport()
+            .and_then(|t| t.tls())
+            .map(|tls| session(&tls.facts(), ""));
+        let upstream = self.ex.upstream_sni.as_deref().map(|name| {
+            let failure = self.ex.error_reason.unwrap_or("");
+            match &self.ex.upstream_tls {
+                Some(facts) => TlsSession {
+                    server_name: name,
+                    ..session(facts, failure)
+                },
+                None => TlsSession {
+                    version: "",
+                    cipher_suite: "",
+                    version_code: 0,
+                    cipher_suite_code: 0,
+                    server_name: name,
+                    verification: TlsVerification::NotApplicable,
+                    resumed: false,
+                    failure,
+                },
+            }
+        });
+        (client, upstream)
+    }
+
+    /// One applied fault as the trace record names it, read against the pinned snapshot.
+    fn trace_fault(&self, applied: &fault::AppliedFault) -> AppliedFault<'_> {
+        let (rule, rule_id, spec) = match applied.source {
+            FaultSource::Rule(rule) => {
+                let index = usize::from(rule);
+                (
+                    u32::from(rule),
+                    self.faults.ids.get(index).map_or("", |id| &**id),
+                    self.faults.specs.get(index).map_or("", String::as_str),
+                )
+            }
+            FaultSource::Header => (HEADER_RULE, "header", "x-phantom-fault"),
+        };
+        let request = applied.side == Side::Request;
+        let kind = match applied.kind {
+            FaultKind::Delay => match applied.at {
+                DelayAt::Forward => trace::FaultKind::Delay,
+                DelayAt::Head => trace::FaultKind::ResponseDelay,
+                DelayAt::Body => trace::FaultKind::BodyDelay,
+            },
+            FaultKind::Error => trace::FaultKind::Error,
+            FaultKind::Bandwidth | FaultKind::Dribble if request => {
+                trace::FaultKind::RequestThrottle
+            }
+            FaultKind::Bandwidth => trace::FaultKind::Throttle,
+            FaultKind::Dribble => trace::FaultKind::Dribble,
+            FaultKind::Truncate if request => trace::FaultKind::RequestTruncate,
+            FaultKind::Truncate => trace::FaultKind::Truncate,
+            FaultKind::Reset => trace::FaultKind::Reset,
+            FaultKind::Close => trace::FaultKind::Close,
+            FaultKind::Hang => trace::FaultKind::Hang,
+            FaultKind::Garbage => trace::FaultKind::Garbage,
+            FaultKind::SlowHead => trace::FaultKind::SlowHeaders,
+        };
+        AppliedFault {
+            kind,
+            rule,
+            rule_id,
+            spec,
+            value: applied.value,
+        }
+    }
+
     /// The worker's counters for one exchange.
     fn count(&self, duration: std::time::Duration) {
         let mut stats = self.w.stats.borrow_mut();
@@ -154,17 +242,53 @@ impl Session<'_> {
         if let Some(ttfb) = self.ex.ttfb {
             stats.upstream_ttfb.record(ttfb);
         }
-        // The delay is the decision's total; it goes to the rule the decision names when that
-        // is a delay rule, and only while this exchange's table is still the worker's (the
-        // per-rule slices follow the current table).
         let decision = self.ex.decision;
-        if let Some(rule) = decision.rule
-            && !decision.delay.is_zero()
-            && self.w.table.is_current(&self.faults)
-            && self.faults.table().rules()[rule].kind() == FaultKind::Delay
-            && let Some(slot) = stats.delay_ns.get_mut(rule)
-        {
-            *slot = slot.saturating_add(nanos(decision.delay));
+        // Every delay the plan injected (before forwarding, before the head, between chunks).
+        let injected: u64 = decision
+            .applied
+            .as_slice()
+            .iter()
+            .filter(|a| a.kind == FaultKind::Delay)
+            .map(|a| a.value)
+            .sum();
+        let ledger = trace::Ledger::from_parts(
+            nanos(duration),
+            injected,
+            0,
+            self.ex.ttfb.map_or(0, nanos),
+            0,
+        );
+        stats
+            .ledger
+            .record(&ledger, !decision.applied.as_slice().is_empty());
+        // Each delay goes to the rule that drew it, and only while this exchange's table is
+        // still the worker's (the per-rule slices follow the current table).
+        if self.w.table.is_current(&self.faults) {
+            for applied in self.ex.decision.applied.as_slice() {
+                if let (FaultSource::Rule(rule), FaultKind::Delay) = (applied.source, applied.kind)
+                    && let Some(slot) = stats.delay_ns.get_mut(usize::from(rule))
+                {
+                    *slot = slot.saturating_add(applied.value);
+                }
+            }
         }
+    }
+}
+
+/// A TLS session as the trace record keeps it.
+fn session<'a>(facts: &tls::TlsFacts<'a>, failure: &'a str) -> TlsSession<'a> {
+    TlsSession {
+        version: facts.version.unwrap_or(""),
+        cipher_suite: facts.cipher_suite.unwrap_or(""),
+        version_code: facts.version_code,
+        cipher_suite_code: facts.cipher_suite_code,
+        server_name: facts.server_name.unwrap_or(""),
+        verification: match facts.verification {
+            tls::Verification::NotApplicable => TlsVerification::NotApplicable,
+            tls::Verification::Verified => TlsVerification::Verified,
+            tls::Verification::Skipped => TlsVerification::Skipped,
+        },
+        resumed: facts.resumed,
+        failure,
     }
 }

@@ -12,7 +12,11 @@ use crate::{
     trace,
 };
 
-use super::{Exchange, SMALL_HEADERS, Session, VIA};
+use super::{
+    Exchange, SMALL_HEADERS, Session, VIA,
+    decide::{FAULT_HEADER, decide_request},
+};
+use crate::fault::RequestView;
 
 /// Where a request goes.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +51,8 @@ pub(super) struct RequestFacts {
     pub(super) body: BodyKind,
     pub(super) keep_alive: bool,
     pub(super) expect_continue: bool,
+    /// A bodiless WebSocket upgrade (RFC 9110 §7.8): `Upgrade: websocket` goes upstream.
+    pub(super) upgrade: bool,
     pub(super) target: Target,
 }
 
@@ -155,11 +161,42 @@ impl Session<'_> {
             expect_continue: head.version == Version::Http11
                 && body != BodyKind::Empty
                 && http::headers::expects_continue(head.headers),
+            upgrade: body == BodyKind::Empty
+                && http::headers::is_websocket_upgrade(method, head.version, head.headers),
             target,
         };
+        // Each exchange pins the snapshot it decides with, for its whole life.
+        self.faults = self.w.table.pin();
+        let view = RequestView::from_url(&self.url)
+            .with_method(method.as_bytes())
+            .with_headers(head.headers);
+        (self.ex.decision, self.ex.holding) = decide_request(self.w, &self.faults, &view);
         if !is_connect {
+            // The fault header is never forwarded, honoured or not.
+            let mut kept = [httparse::EMPTY_HEADER; N];
+            let stripped;
+            let head = if head
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case(FAULT_HEADER))
+            {
+                let mut n = 0;
+                for h in head.headers {
+                    if !h.name.eq_ignore_ascii_case(FAULT_HEADER) {
+                        kept[n] = *h;
+                        n += 1;
+                    }
+                }
+                stripped = RequestHead {
+                    headers: &kept[..n],
+                    ..head
+                };
+                &stripped
+            } else {
+                &head
+            };
             let upstream = UpstreamHead {
-                head: &head,
+                head,
                 target: origin_target,
                 facts,
             };
@@ -314,13 +351,25 @@ impl UpstreamHead<'_, '_, '_> {
         };
         scratch.clear();
         trace::encode_traceparent(ex.trace_id, ex.span_id, ex.trace_flags, scratch);
+        // Upgrade is hop-by-hop: only a WebSocket upgrade is asked for again, hop by hop.
+        let extra = [
+            VIA,
+            ("traceparent", &scratch[..]),
+            ("connection", b"upgrade"),
+            ("upgrade", b"websocket"),
+        ];
+        let extra = if self.facts.upgrade {
+            &extra[..]
+        } else {
+            &extra[..2]
+        };
         out.clear();
         http::encode::encode_request_head(
             self.head,
             self.target,
             host,
             self.facts.body,
-            &[VIA, ("traceparent", scratch)],
+            extra,
             out,
         );
     }

@@ -7,8 +7,12 @@
 use std::{io, time::Instant};
 
 use crate::{
+    fault::{Cut, Pace},
     http::{self, BodyError, BodyKind, MAX_HEADERS_CAP, ResponseHead, Version, body::BodyReader},
-    net::{Conn, RelayError, RelayTimeouts, is_timeout, relay},
+    net::{
+        Conn, RelayError, RelayTimeouts, is_timeout, relay,
+        relay::{Shape, Shaped, relay_shaped},
+    },
     trace::Outcome,
 };
 
@@ -41,7 +45,7 @@ pub(super) struct Relayed {
 
 impl Relayed {
     /// Both connections close.
-    const CLOSED: Relayed = Relayed {
+    pub(super) const CLOSED: Relayed = Relayed {
         client_keep_alive: false,
         upstream_reusable: false,
     };
@@ -54,6 +58,8 @@ struct ResponseFacts {
     status: u16,
     /// A 1xx interim response: another head follows.
     interim: bool,
+    /// A `101` to WebSocket: after it, the connection is a tunnel.
+    upgraded: bool,
     body: BodyKind,
     /// Chunked from the upstream, de-chunked for an HTTP/1.0 client.
     dechunk: bool,
@@ -67,6 +73,7 @@ impl ResponseFacts {
             head_len: head.head_len,
             status: head.status,
             interim: true,
+            upgraded: false,
             body: BodyKind::Empty,
             dechunk: false,
             client_keep_alive: true,
@@ -107,16 +114,59 @@ impl Session<'_> {
         self.ex.status = resp.status;
         self.ex.response_head_len = self.out.len();
         self.ex.outcome = Outcome::Ok;
+        if resp.upgraded {
+            return Ok(self.upgraded(up).await);
+        }
         let whole_exchange = !sent.early_response && sent.request_done;
         let mut body = BodyReader::new(resp.body);
-        // Body bytes already here ride along with the head.
-        self.stage_buffered_body(up, &mut body, resp.dechunk)
-            .map_err(|_| Failed::new(UpstreamFailure::Error, sent.request_done))?;
-        if !self.write_out_to_client().await {
+        let shape = self.response_shape(&resp);
+        if shape.is_some() {
+            // A shaped body goes through the shaping relay only, none of it with the head.
+            self.response_body.clear();
+        } else {
+            // Body bytes already here ride along with the head.
+            self.stage_buffered_body(up, &mut body, resp.dechunk)
+                .map_err(|_| Failed::new(UpstreamFailure::Error, sent.request_done))?;
+        }
+        // A `delay:…:at=head` fault: slow time to first byte, with the upstream's real answer.
+        let head_delay = self.ex.decision.head_delay_ns;
+        if head_delay > 0
+            && !self
+                .delay(std::time::Duration::from_nanos(head_delay))
+                .await
+        {
             self.ex.outcome = Outcome::ClientClosed;
             return Ok(Relayed::CLOSED);
         }
-        if !body.done
+        let slow_head = self.ex.decision.slow_head_ns;
+        if !self
+            .write_out_paced(self.ex.response_head_len, slow_head)
+            .await
+        {
+            self.ex.outcome = Outcome::ClientClosed;
+            return Ok(Relayed::CLOSED);
+        }
+        if let Some((shape, reset)) = shape
+            && !body.done
+        {
+            match self.relay_shaped_body(up, &mut body, shape).await {
+                Ok(Shaped::Done) => {}
+                Ok(Shaped::Cut) => {
+                    // Short of its framing: the client can tell it is not the whole body.
+                    if reset {
+                        self.client.reset_on_close();
+                    }
+                    self.ex.outcome = Outcome::Fault;
+                    self.ex.response_body_len = body.data_len;
+                    return Ok(Relayed::CLOSED);
+                }
+                Err(outcome) => {
+                    self.ex.outcome = outcome;
+                    self.ex.response_body_len = body.data_len;
+                    return Ok(Relayed::CLOSED);
+                }
+            }
+        } else if !body.done
             && let Err(outcome) = self.relay_response_body(up, &mut body, resp.dechunk).await
         {
             self.ex.outcome = outcome;
@@ -195,6 +245,65 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// The plan's shaping of this response body, if any, and whether its cut is a reset.
+    /// Not for a de-chunked body (an HTTP/1.0 client): that one is relayed unshaped.
+    fn response_shape(&self, resp: &ResponseFacts) -> Option<(Shape, bool)> {
+        let plan = &self.ex.decision;
+        let len = match resp.body {
+            BodyKind::Length(n) => Some(n),
+            _ => None,
+        };
+        let (cut_at, reset) = match plan.response_cut {
+            Cut::None => (None, false),
+            Cut::Truncate(limit) => (limit.resolve(len), false),
+            Cut::Reset(after) => (Some(after), true),
+        };
+        let shaped =
+            plan.response_pace != Pace::Full || plan.chunk_delay_ns > 0 || cut_at.is_some();
+        (shaped && !resp.dechunk).then_some((
+            Shape {
+                pace: plan.response_pace,
+                chunk_delay: std::time::Duration::from_nanos(plan.chunk_delay_ns),
+                cut_at,
+                len,
+            },
+            reset,
+        ))
+    }
+
+    /// Streams the response body through the fault's shaping; `Err` with the outcome when the
+    /// upstream or the client broke off.
+    async fn relay_shaped_body(
+        &mut self,
+        up: &mut Conn,
+        body: &mut BodyReader,
+        shape: Shape,
+    ) -> Result<Shaped, Outcome> {
+        let w = self.w;
+        let limit = self.capture_limit;
+        let captured = &mut self.response_body;
+        let timeouts = RelayTimeouts {
+            read: w.config.upstream_timeout,
+            write: w.config.idle_timeout,
+        };
+        let relayed = relay_shaped(
+            up,
+            &mut self.client,
+            body,
+            timeouts,
+            |d| capture(captured, limit, d),
+            &w.timer,
+            shape,
+        )
+        .await;
+        relayed.map_err(|e| match e {
+            RelayError::Destination => Outcome::ClientClosed,
+            RelayError::Framing => Outcome::UpstreamError,
+            RelayError::Source { timed_out: true } => Outcome::UpstreamTimeout,
+            RelayError::Source { timed_out: false } => Outcome::UpstreamError,
+        })
+    }
+
     /// Streams the rest of the response body; `Err` with the outcome when it broke off.
     async fn relay_response_body(
         &mut self,
@@ -236,6 +345,42 @@ impl Session<'_> {
         }
     }
 
+    /// A `101 Switching Protocols`: relayed (its head into `self.out`) only as the answer to a
+    /// WebSocket upgrade we forwarded; any other would be an upgrade we never asked for (502).
+    fn switching_protocols(
+        &mut self,
+        head: &ResponseHead<'_, '_>,
+        facts: RequestFacts,
+    ) -> Result<ResponseFacts, ()> {
+        if !facts.upgrade || !http::headers::upgrades_to_websocket(head.headers) {
+            return Err(());
+        }
+        self.out.clear();
+        let extra = [
+            VIA,
+            ("connection", &b"upgrade"[..]),
+            ("upgrade", b"websocket"),
+        ];
+        http::encode::encode_response_head(
+            head,
+            BodyKind::Empty,
+            false,
+            facts.version,
+            &extra,
+            &mut self.out,
+        );
+        Ok(ResponseFacts {
+            head_len: head.head_len,
+            status: head.status,
+            interim: false,
+            upgraded: true,
+            body: BodyKind::Empty,
+            dechunk: false,
+            client_keep_alive: false,
+            upstream_keep_alive: false,
+        })
+    }
+
     /// The status of a complete response head at the front of `up`'s buffer, if one is there.
     pub(super) fn interim_status(&self, up: &Conn) -> Option<u16> {
         let mut headers = [httparse::EMPTY_HEADER; SMALL_HEADERS];
@@ -269,11 +414,10 @@ impl Session<'_> {
         else {
             return Ok(None);
         };
+        if head.status == 101 {
+            return self.switching_protocols(&head, facts).map(Some);
+        }
         if (100..200).contains(&head.status) {
-            // 101 would mean an upgrade we never asked for (Upgrade is hop-by-hop, not forwarded).
-            if head.status == 101 {
-                return Err(());
-            }
             self.out.clear();
             http::encode::encode_response_head(
                 &head,
@@ -308,6 +452,7 @@ impl Session<'_> {
             head_len: head.head_len,
             status: head.status,
             interim: false,
+            upgraded: false,
             body,
             dechunk,
             client_keep_alive,

@@ -1,10 +1,11 @@
-//! `CONNECT` tunnels: the proxy connects, answers 200, then bytes go both ways between the
-//! client and the upstream until both sides close (or neither speaks for `--idle-timeout`).
-//! With `--mitm`, a tunnel whose client starts TLS is intercepted instead: the client's TLS is
-//! terminated with a leaf for its SNI name (signed by our CA), and the connection goes on as
-//! HTTP/1.1 exchanges, each one forwarded over verified TLS to the real host.
+//! Tunnels: `CONNECT` (the proxy connects and answers 200) and WebSocket after the upstream's
+//! `101`; then bytes go both ways between the client and the upstream until both sides close
+//! (or neither speaks for `--idle-timeout`). With `--mitm`, a `CONNECT` whose client starts TLS
+//! is intercepted instead: the client's TLS is terminated with a leaf for its SNI name (signed by
+//! our CA), and the connection goes on as HTTP/1.1 exchanges, each one forwarded over verified
+//! TLS to the real host.
 //!
-//! An opaque tunnel knows no HTTP after the 200: it carries whatever the client speaks.
+//! An opaque tunnel knows no HTTP after the 200 or 101: it carries whatever the peers speak.
 
 use std::{
     cell::Cell,
@@ -32,8 +33,8 @@ use crate::{
 use super::{
     MitmDest, Next, Session,
     forward::{connect_failure, host_of},
-    request::RequestFacts,
-    request::Target,
+    request::{RequestFacts, Target},
+    response::Relayed,
 };
 
 /// The first byte of a TLS record carrying a handshake message (RFC 8446 §5.1): a ClientHello.
@@ -57,7 +58,8 @@ impl Session<'_> {
         };
         let w = self.w;
         let authority = std::str::from_utf8(&self.url[from..to]).unwrap_or("");
-        let Ok(addr) = upstream::resolve(&w.resolver, authority).await else {
+        let Ok(upstream::Pick { addr, .. }) = upstream::resolve(&w.resolver, authority).await
+        else {
             self.ex.outcome = Outcome::UpstreamError;
             return self.answer_error(502).await;
         };
@@ -109,6 +111,17 @@ impl Session<'_> {
         Next::Close
     }
 
+    /// After a `101` to WebSocket (its head in `self.out`): sends it, then tunnels until
+    /// either side closes. Neither connection carries HTTP again.
+    pub(super) async fn upgraded(&mut self, up: &mut Conn) -> Relayed {
+        if !self.write_out_to_client().await {
+            self.ex.outcome = Outcome::ClientClosed;
+            return Relayed::CLOSED;
+        }
+        self.pump_tunnel(up).await;
+        Relayed::CLOSED
+    }
+
     /// `--mitm`: waits (up to `--header-timeout`) for the client's first byte; a TLS handshake
     /// record is intercepted (leaf for the SNI name, else the CONNECT host), anything else or
     /// silence (a server-speaks-first protocol) stays an opaque tunnel.
@@ -158,19 +171,28 @@ impl Session<'_> {
         Intercept::Intercepted
     }
 
-    /// Moves the bytes: first those the client sent right behind its `CONNECT` head (they
-    /// belong to the tunnel), then both directions until the tunnel ends.
+    /// Moves the bytes: first those already read on either side (behind the client's head,
+    /// behind the upstream's `101`), then both directions until the tunnel ends.
     async fn pump_tunnel(&mut self, up: &mut Conn) {
         let w = self.w;
         let idle = w.config.idle_timeout;
         let early = self.client.buffered().len();
-        let relayed = early == 0
-            || self
+        let early_back = up.buffered().len();
+        if early > 0
+            && self
                 .client
                 .relay_to(up, early, Instant::now() + idle)
                 .await
-                .is_ok();
-        if !relayed {
+                .is_err()
+        {
+            return;
+        }
+        if early_back > 0
+            && up
+                .relay_to(&mut self.client, early_back, Instant::now() + idle)
+                .await
+                .is_err()
+        {
             return;
         }
         let (Some(Transport::Plain(client)), Some(Transport::Plain(upstream))) =
@@ -184,7 +206,7 @@ impl Session<'_> {
         };
         let spliced = splice(client, upstream, bufs, idle).await;
         self.ex.request_body_len = spliced.sent + early as u64;
-        self.ex.response_body_len = spliced.received;
+        self.ex.response_body_len = spliced.received + early_back as u64;
         let mut pool = w.bufs.borrow_mut();
         spliced.bufs.into_iter().for_each(|b| pool.put(b));
     }

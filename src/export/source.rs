@@ -1,8 +1,9 @@
 //! Where the exporter's records come from: every `core-<n>.ring` of a trace directory, followed
 //! as it grows, with the records the writer overwrote before they were read counted.
 //!
-//! A small adapter over today's `trace::RingReader`; it is what `trace::tail` will provide once
-//! the trace module is split, and it does not filter or render records.
+//! An adapter over `trace::RingReader`, like `trace::Tail` but pulled one record at a time:
+//! `Tail::poll` hands every pending record in one call, and the exporter must be able to stop at
+//! a full batch (its memory is one batch, whatever the rings hold). It does not filter or render.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -77,11 +78,25 @@ impl RingSource {
         Ok(source)
     }
 
-    /// Opens rings that appeared since the last call.
+    /// Opens rings that appeared since the last call, and reopens (from their oldest record)
+    /// rings whose file was replaced (`--trace-reset` renames a fresh file over the old one).
     ///
     /// # Errors
     /// As [`RingSource::open`].
     pub fn refresh(&mut self) -> Result<(), TraceError> {
+        // A replaced file's records not yet read are let go with it, and counted as lost.
+        let (lost, frame) = (&mut self.lost, &mut self.frame);
+        self.rings
+            .retain_mut(|ring| match std::fs::metadata(&ring.path) {
+                Ok(meta) if ring.reader.is_file(&meta) => true,
+                _ => {
+                    while ring.reader.next(&mut ring.cursor, frame).is_some() {
+                        *lost += 1;
+                    }
+                    *lost += ring.cursor.skipped - ring.counted;
+                    false
+                }
+            });
         for path in ring_paths(&self.dir)? {
             if self.rings.iter().all(|r| r.path != path) {
                 let reader = RingReader::open(&path)?;
@@ -225,6 +240,27 @@ mod tests {
         assert_eq!(drain(&mut source), Vec::<u64>::new());
         w.write(&event(6));
         assert_eq!(drain(&mut source), [6]);
+    }
+
+    #[test]
+    fn a_replaced_ring_is_reopened_from_its_oldest() {
+        let dir = TempDir::new("export-replaced");
+        let mut w = writer(dir.path(), 0);
+        w.write(&event(1));
+        let mut source = RingSource::open(dir.path(), Start::Oldest).expect("open");
+        assert_eq!(drain(&mut source), [1]);
+        w.write(&event(2));
+        drop(w);
+        let cfg = TraceConfig {
+            dir: dir.path().to_path_buf(),
+            capacity_bytes: MIN_RING_BYTES,
+            reset: true,
+        };
+        let mut w = TraceWriter::open(&cfg, 0).expect("reset writer");
+        w.write(&event(3));
+        source.refresh().expect("refresh");
+        assert_eq!(drain(&mut source), [3]);
+        assert_eq!(source.take_lost(), 1, "record 2 went with the old file");
     }
 
     #[test]

@@ -145,62 +145,58 @@ fn phantom_attributes(rec: &ArchivedTraceEvent<'_>, out: &mut Vec<KeyValue>) {
 }
 
 /// Each applied fault: one element of each `phantom.fault.*` array attribute (in the order the
-/// faults were applied) and one `phantom.fault` event per fault with the same facts as scalars.
-///
-/// The sampled value is the record's own: a delay in ns, a status code for an error, bytes for
-/// body shaping (the fault kind's unit).
+/// faults were applied) and one `phantom.fault` event with the same facts as scalars. The value
+/// is the one sampled for the fault, in `phantom.fault.unit` (`ns` for delays, `status` for an
+/// error, …).
 fn fault_attributes(rec: &ArchivedTraceEvent<'_>, start: u64, span: &mut Span) {
-    let faults = &rec.faults;
+    let faults = rec.faults.get();
+    span.attributes.push(int(
+        "phantom.fault_table.generation",
+        clamp(rec.generation.to_native()),
+    ));
     if faults.is_empty() {
         return;
     }
-    let facts: Vec<[(&str, Value); 4]> = faults
-        .iter()
-        .map(|fault| {
-            [
-                (
-                    "phantom.fault.rule_id",
-                    Value::StringValue(fault.rule_id.get().to_owned()),
-                ),
-                (
-                    "phantom.fault.kind",
-                    Value::StringValue(fault.kind.get().as_str().to_owned()),
-                ),
-                (
-                    "phantom.fault.spec",
-                    Value::StringValue(fault.spec.get().to_owned()),
-                ),
-                (
-                    "phantom.fault.value",
-                    Value::IntValue(clamp(fault.value.to_native())),
-                ),
-            ]
-        })
-        .collect();
-    span.attributes
-        .push(int("phantom.fault.count", facts.len() as i64));
-    for column in 0..4 {
-        let values = facts
-            .iter()
-            .map(|row| AnyValue {
-                value: Some(row[column].1.clone()),
-            })
-            .collect();
-        span.attributes.push(key_value(
-            facts[0][column].0,
-            Value::ArrayValue(ArrayValue { values }),
-        ));
-    }
-    for row in facts {
+    let mut columns: [(&str, Vec<AnyValue>); 5] = [
+        ("phantom.fault.rule_id", Vec::new()),
+        ("phantom.fault.kind", Vec::new()),
+        ("phantom.fault.spec", Vec::new()),
+        ("phantom.fault.value", Vec::new()),
+        ("phantom.fault.unit", Vec::new()),
+    ];
+    for fault in faults {
+        let kind = fault.kind.get();
+        // No id recorded: the default id, `r<position>` (1-based, as the fault table names it).
+        let rule_id = match fault.rule_id.get() {
+            "" => format!("r{}", u64::from(fault.rule.to_native()) + 1),
+            id => id.to_owned(),
+        };
+        let facts = [
+            Value::StringValue(rule_id),
+            Value::StringValue(kind.as_str().to_owned()),
+            Value::StringValue(fault.spec.get().to_owned()),
+            Value::IntValue(clamp(fault.value.to_native())),
+            Value::StringValue(kind.unit().to_owned()),
+        ];
         span.events.push(Event {
             time_unix_nano: start,
             name: FAULT_EVENT.to_owned(),
-            attributes: row
-                .into_iter()
-                .map(|(key, value)| key_value(key, value))
+            attributes: columns
+                .iter()
+                .zip(&facts)
+                .map(|((key, _), value)| key_value(key, value.clone()))
                 .collect(),
             dropped_attributes_count: 0,
         });
+        for ((_, column), value) in columns.iter_mut().zip(facts) {
+            column.push(AnyValue { value: Some(value) });
+        }
+    }
+    span.attributes
+        .push(int("phantom.fault.count", faults.len() as i64));
+    for (key, values) in columns {
+        span.attributes
+            .push(key_value(key, Value::ArrayValue(ArrayValue { values })));
     }
 }
 
@@ -343,6 +339,7 @@ mod tests {
     use crate::trace::tests::{full_event, stored_bytes};
     use crate::trace::{TraceEvent, access_record};
 
+    /// The span of `ev`, read back from the bytes a writer stores.
     fn span(ev: &TraceEvent<'_>) -> Span {
         let bytes = stored_bytes(ev);
         span_of(access_record(&bytes).expect("valid record"))
@@ -420,7 +417,7 @@ mod tests {
     }
 
     #[test]
-    fn faults_are_array_attributes_and_one_event_each() {
+    fn each_fault_is_an_array_element_and_an_event() {
         let s = span(&full_event());
         let column = |key: &str| match attr(&s, key) {
             Some(Value::ArrayValue(a)) => a
@@ -432,7 +429,7 @@ mod tests {
         };
         let strings = |v: &[&str]| {
             v.iter()
-                .map(|s| Value::StringValue((*s).into()))
+                .map(|s| Value::StringValue((*s).to_owned()))
                 .collect::<Vec<_>>()
         };
         assert_eq!(
@@ -446,33 +443,62 @@ mod tests {
         );
         assert_eq!(
             column("phantom.fault.value"),
-            vec![Value::IntValue(250_000_000), Value::IntValue(503)]
+            [Value::IntValue(250_000_000), Value::IntValue(503)]
         );
+        assert_eq!(column("phantom.fault.unit"), strings(&["ns", "status"]));
+        assert_eq!(number(&s, "phantom.fault.count"), Some(2));
         assert_eq!(s.events.len(), 2);
-        for event in &s.events {
+        for (event, kind) in s.events.iter().zip(["delay", "error"]) {
             assert_eq!(event.name, FAULT_EVENT);
-            assert_eq!(event.attributes.len(), 4);
+            assert_eq!(event.attributes.len(), 5);
+            let got = event
+                .attributes
+                .iter()
+                .find(|kv| kv.key == "phantom.fault.kind")
+                .and_then(|kv| kv.value.clone())
+                .and_then(|v| v.value);
+            assert_eq!(got, Some(Value::StringValue(kind.into())));
         }
     }
 
     #[test]
-    fn delay_fault_value_is_the_injected_delay() {
+    fn empty_rule_id_is_the_default_id() {
+        let faults = [crate::trace::AppliedFault {
+            rule_id: "",
+            ..crate::trace::tests::FULL_FAULTS[1]
+        }];
         let ev = TraceEvent {
-            faults: &crate::trace::tests::FULL_FAULTS[..1],
+            faults: &faults,
+            ..full_event()
+        };
+        let s = span(&ev);
+        let id = match attr(&s, "phantom.fault.rule_id") {
+            Some(Value::ArrayValue(a)) => a.values[0].value.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            id,
+            Some(Value::StringValue("r3".into())),
+            "rule 2 is the third"
+        );
+    }
+
+    #[test]
+    fn no_fault_no_fault_attributes_but_the_generation() {
+        let ev = TraceEvent {
+            faults: &[],
             status: 200,
             outcome: Outcome::Ok,
             ..full_event()
         };
         let s = span(&ev);
-        assert_eq!(s.events[0].attributes[3].key, "phantom.fault.value");
+        assert!(s.events.is_empty());
+        assert_eq!(attr(&s, "phantom.fault.kind"), None);
         assert_eq!(
-            s.events[0].attributes[3]
-                .value
-                .as_ref()
-                .and_then(|v| v.value.clone()),
-            Some(Value::IntValue(250_000_000))
+            number(&s, "phantom.fault_table.generation"),
+            Some(i64::try_from(ev.generation).expect("small"))
         );
-        assert!(s.status.is_none(), "a delayed 200 is not an error");
+        assert!(s.status.is_none(), "a 200 is not an error");
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
 /// `/`, RFC 9112 §3.2.1), then `Host: <host>` first when `host` is `Some` (replacing every
 /// `Host` line of `head`), then each header of `head` except hop-by-hop ones (see
 /// [`is_hop_by_hop`](super::is_hop_by_hop)), `Content-Length` and those `extra` replaces (see
-/// [`replaced_by_extra`]), then `extra` verbatim, then
+/// `replaced_by_extra`), then `extra` verbatim, then
 /// the framing for `body`:
 /// - `Length(n)`: `content-length: n`;
 /// - `Chunked`: the request's own `Transfer-Encoding` lines (validated to end in `chunked`, so
@@ -136,7 +136,7 @@ pub fn encode_request_head(
 ///
 /// Writes `HTTP/1.1 status reason` (HTTP/1.1 even to an HTTP/1.0 client, RFC 9110 §6.2; the
 /// upstream's reason, or [`reason_phrase`] when it sent none), each header of `head` except
-/// hop-by-hop ones, `Content-Length` and those `extra` replaces (see [`replaced_by_extra`]), then
+/// hop-by-hop ones, `Content-Length` and those `extra` replaces (see `replaced_by_extra`), then
 /// `extra` verbatim, then the framing for `body`:
 /// - `Length(n)`: `content-length: n`;
 /// - `Chunked`: the upstream's `Transfer-Encoding` lines, or `transfer-encoding: chunked` if it

@@ -1,5 +1,5 @@
-//! Header lookups over parsed httparse headers: `Connection` tokens, keep-alive, hop-by-hop and
-//! `Expect`.
+//! Header lookups over parsed httparse headers: `Connection` tokens, keep-alive, hop-by-hop,
+//! WebSocket upgrades and `Expect`.
 //!
 //! Nothing here allocates or rewrites headers; encoding the forwarded set is `encode.rs`'s job.
 
@@ -92,6 +92,21 @@ pub fn is_hop_by_hop(name: &str, headers: &[Header<'_>]) -> bool {
 /// Lets the encoder skip the per-field `Connection` scan when the message has no `Connection`.
 pub(crate) fn is_fixed_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Whether a request asks to switch to WebSocket (RFC 9110 §7.8, RFC 6455 §4.1): an HTTP/1.1
+/// `GET` whose `Upgrade` lists `websocket` and whose `Connection` lists `upgrade`. Other
+/// protocols (h2c, TLS/1.0) are not upgrades the proxy forwards.
+pub fn is_websocket_upgrade(method: &str, version: Version, headers: &[Header<'_>]) -> bool {
+    method == "GET"
+        && version == Version::Http11
+        && any_list_item(headers, "upgrade", "websocket")
+        && connection_has(headers, "upgrade")
+}
+
+/// Whether a `101 Switching Protocols` switches to WebSocket (its `Upgrade` lists `websocket`).
+pub fn upgrades_to_websocket(headers: &[Header<'_>]) -> bool {
+    any_list_item(headers, "upgrade", "websocket")
 }
 
 /// Whether the request carries `Expect: 100-continue` (RFC 9110 §10.1.1, case-insensitive).
@@ -261,5 +276,60 @@ mod tests {
         for (name, input, want) in rows {
             assert_eq!(trim_ows(input), *want, "{name}");
         }
+    }
+
+    #[test]
+    fn is_websocket_upgrade_table() {
+        let ws = [
+            h("Upgrade", "websocket"),
+            h("Connection", "keep-alive, Upgrade"),
+        ];
+        let h2c = [
+            h("Upgrade", "h2c"),
+            h("Connection", "Upgrade, HTTP2-Settings"),
+        ];
+        let no_connection = [h("Upgrade", "websocket")];
+        let listed = [h("upgrade", "foo/2, WebSocket"), h("connection", "upgrade")];
+        let rows: &[(&str, &str, Version, &[Header<'_>], bool)] = &[
+            (
+                "websocket_get_is_upgrade",
+                "GET",
+                Version::Http11,
+                &ws,
+                true,
+            ),
+            (
+                "websocket_listed_among_others_is_upgrade",
+                "GET",
+                Version::Http11,
+                &listed,
+                true,
+            ),
+            ("websocket_post_is_not", "POST", Version::Http11, &ws, false),
+            (
+                "websocket_http10_is_not",
+                "GET",
+                Version::Http10,
+                &ws,
+                false,
+            ),
+            ("h2c_is_not", "GET", Version::Http11, &h2c, false),
+            (
+                "upgrade_without_connection_token_is_not",
+                "GET",
+                Version::Http11,
+                &no_connection,
+                false,
+            ),
+        ];
+        for (name, method, version, headers, want) in rows {
+            assert_eq!(
+                is_websocket_upgrade(method, *version, headers),
+                *want,
+                "{name}"
+            );
+        }
+        assert!(upgrades_to_websocket(&ws), "101_websocket");
+        assert!(!upgrades_to_websocket(&h2c), "101_h2c");
     }
 }

@@ -22,7 +22,10 @@ pub use encode::{
     encode_error, encode_parse_error, encode_request_head, encode_response_head,
     encode_simple_response, reason_phrase,
 };
-pub use headers::{connection_has, expects_continue, header, is_hop_by_hop, keep_alive};
+pub use headers::{
+    connection_has, expects_continue, header, is_hop_by_hop, is_websocket_upgrade, keep_alive,
+    upgrades_to_websocket,
+};
 pub use parse::{
     AbsoluteTarget, Limits, MAX_HEADERS_CAP, MAX_URI_BYTES, ParseError, RequestHead, ResponseHead,
     Version, parse_request, parse_response, split_absolute_form,

@@ -50,6 +50,13 @@ impl Conn {
         self.transport.take()
     }
 
+    /// Makes the coming close a reset ([`Transport::reset_on_close`]).
+    pub(crate) fn reset_on_close(&self) {
+        if let Some(transport) = &self.transport {
+            transport.reset_on_close();
+        }
+    }
+
     /// Whether an idle connection can carry a new request: still open, nothing unread, and
     /// nothing waiting in the transport ([`Transport::is_idle_clean`]).
     pub(crate) fn is_idle_clean(&mut self) -> bool {
@@ -58,6 +65,11 @@ impl Conn {
                 .transport
                 .as_mut()
                 .is_some_and(Transport::is_idle_clean)
+    }
+
+    /// The transport (for its TLS facts), unless a tunnel took it.
+    pub(crate) fn transport(&self) -> Option<&Transport> {
+        self.transport.as_ref()
     }
 
     /// Ends the transport politely (a TLS `close_notify`) before `deadline`; the connection

@@ -3,12 +3,16 @@
 //!
 //! It decides nothing about the exchange: the caller maps a [`RelayError`] to an answer.
 
-use std::time::{Duration, Instant};
+use std::{
+    rc::Rc,
+    time::{Duration, Instant},
+};
 
-use crate::http::body::BodyReader;
+use crate::{fault::Pace, http::body::BodyReader};
 
 use super::{
     conn::{Conn, READ_BUF_BYTES},
+    timer::DelayTimer,
     transport::is_timeout,
 };
 
@@ -99,4 +103,137 @@ pub(crate) async fn relay(
             }
         }
     }
+}
+
+/// How a fault plan shapes one relayed body (the pure [`crate::fault::FaultPlan`] resolved
+/// against the body's declared length).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    /// Pacing of the bytes.
+    pub(crate) pace: Pace,
+    /// Wait before each piece the sender delivers after the first.
+    pub(crate) chunk_delay: Duration,
+    /// Bytes let through before the body is cut (wire bytes, framing included).
+    pub(crate) cut_at: Option<u64>,
+    /// The declared length, when there is one (dribble piece size).
+    pub(crate) len: Option<u64>,
+}
+
+/// How a shaped relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shaped {
+    /// The whole body went through.
+    Done,
+    /// It was cut at [`Shape::cut_at`]: the caller closes (or resets) the receiver.
+    Cut,
+}
+
+/// Dribble pieces when the length is unknown.
+const UNKNOWN_LEN_PIECE_BYTES: u64 = 16 * 1024;
+
+/// Bandwidth pacing step: bytes per second divided by this (a write every 50 ms).
+const PACE_STEPS_PER_SEC: u64 = 20;
+
+/// [`relay`] (framing passed through) with a fault's shaping: bandwidth pacing or dribbling by
+/// the worker's timer (no busy waiting: between writes the task sleeps), a delay between the
+/// sender's pieces, and a cut after some bytes.
+///
+/// # Errors
+/// As [`relay`].
+///
+/// # Cancel safety
+/// Not cancel safe; bounded by `timeouts` and the shaping's own schedule.
+pub(crate) async fn relay_shaped(
+    src: &mut Conn,
+    dst: &mut Conn,
+    body: &mut BodyReader,
+    timeouts: RelayTimeouts,
+    mut capture: impl FnMut(&[u8]),
+    timer: &Rc<DelayTimer>,
+    shape: Shape,
+) -> Result<Shaped, RelayError> {
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    let mut pieces: u64 = 0;
+    let mut first_read = true;
+    loop {
+        let n = body
+            .scan(src.buffered(), &mut capture)
+            .map_err(|_| RelayError::Framing)?;
+        if n > 0 && !first_read && !shape.chunk_delay.is_zero() {
+            timer.sleep_until(Instant::now() + shape.chunk_delay).await;
+        }
+        first_read = false;
+        let mut pending = n as u64;
+        while pending > 0 {
+            let mut step = match shape.pace {
+                Pace::Full => pending,
+                Pace::Bandwidth { bytes_per_sec } => (bytes_per_sec / PACE_STEPS_PER_SEC).max(1),
+                Pace::Dribble { pieces: p, .. } => {
+                    shape.len.map_or(UNKNOWN_LEN_PIECE_BYTES, |len| {
+                        len.div_ceil(u64::from(p)).max(1)
+                    })
+                }
+            }
+            .min(pending);
+            let cut = shape.cut_at.is_some_and(|at| sent + step >= at);
+            if let Some(at) = shape.cut_at {
+                step = step.min(at - sent);
+            }
+            // When this piece may go: bandwidth sends it once its bytes are "due"; a dribble
+            // spreads its pieces evenly over the total time.
+            let due = match shape.pace {
+                Pace::Full => None,
+                Pace::Bandwidth { bytes_per_sec } => Some(
+                    start
+                        + Duration::from_nanos(mul_div(sent + step, 1_000_000_000, bytes_per_sec)),
+                ),
+                Pace::Dribble {
+                    pieces: p,
+                    total_ns,
+                } => {
+                    let gaps = u64::from(p).saturating_sub(1).max(1);
+                    let at = mul_div(pieces.min(gaps), total_ns, gaps);
+                    Some(start + Duration::from_nanos(at))
+                }
+            };
+            if let Some(due) = due
+                && due > Instant::now()
+            {
+                timer.sleep_until(due).await;
+            }
+            if step > 0 {
+                src.relay_to(dst, step as usize, Instant::now() + timeouts.write)
+                    .await
+                    .map_err(|_| RelayError::Destination)?;
+            }
+            sent += step;
+            pieces += 1;
+            pending -= step;
+            if cut {
+                return Ok(Shaped::Cut);
+            }
+        }
+        if body.done {
+            return Ok(Shaped::Done);
+        }
+        match src
+            .fill(READ_BUF_BYTES, Instant::now() + timeouts.read)
+            .await
+        {
+            Ok(0) if body.end_at_close() => return Ok(Shaped::Done),
+            Ok(0) => return Err(RelayError::Source { timed_out: false }),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(RelayError::Source {
+                    timed_out: is_timeout(&e),
+                });
+            }
+        }
+    }
+}
+
+/// `a * b / c` without overflow (saturating), `c > 0`.
+fn mul_div(a: u64, b: u64, c: u64) -> u64 {
+    u64::try_from(u128::from(a) * u128::from(b) / u128::from(c.max(1))).unwrap_or(u64::MAX)
 }

@@ -601,6 +601,11 @@ impl TlsStream {
         self.tcp.set_nodelay(true)
     }
 
+    /// The TCP socket's descriptor (for socket options such as `SO_LINGER`).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.tcp.as_raw_fd()
+    }
+
     /// Encrypts and writes all of `data` before `deadline`.
     ///
     /// # Errors

@@ -78,6 +78,14 @@ impl Transport {
         }
     }
 
+    /// The TLS session, if this is one (for the trace's TLS facts).
+    pub(crate) fn tls(&self) -> Option<&TlsStream> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(tls) => Some(tls),
+        }
+    }
+
     /// Ends the stream politely: a TLS `close_notify` (best effort, before `deadline`); nothing
     /// for plain TCP (dropping it closes it).
     pub(crate) async fn close(&mut self, deadline: Instant) {
@@ -95,6 +103,30 @@ impl Transport {
         match self {
             Transport::Plain(stream) => socket_is_quiet(stream),
             Transport::Tls(tls) => tls.is_idle_clean(),
+        }
+    }
+
+    /// Makes closing this connection send RST instead of FIN (`SO_LINGER` on with a zero
+    /// timeout): the `reset` fault. Best effort; a failed `setsockopt` leaves a normal close.
+    pub(crate) fn reset_on_close(&self) {
+        let fd = match self {
+            Transport::Plain(stream) => stream.as_raw_fd(),
+            Transport::Tls(tls) => tls.raw_fd(),
+        };
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: the fd is owned by this transport and alive for the call; `linger` is a valid
+        // `struct linger` of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
         }
     }
 

@@ -39,7 +39,7 @@ pub struct Ledger {
 impl Ledger {
     /// The ledger of a record about to be written.
     pub fn of(ev: &TraceEvent<'_>) -> Ledger {
-        Ledger::from_ns(
+        Ledger::from_parts(
             ev.duration_ns,
             ev.injected_delay_ns,
             ev.upstream_connect_ns,
@@ -50,7 +50,7 @@ impl Ledger {
 
     /// The ledger of a record read back from a ring.
     pub fn of_archived(rec: &ArchivedTraceEvent<'_>) -> Ledger {
-        Ledger::from_ns(
+        Ledger::from_parts(
             rec.duration_ns.to_native(),
             rec.injected_delay_ns.to_native(),
             rec.upstream_connect_ns.to_native(),
@@ -59,7 +59,9 @@ impl Ledger {
         )
     }
 
-    fn from_ns(duration: u64, injected: u64, connect: u64, ttfb: u64, body: u64) -> Ledger {
+    /// The ledger of an exchange from its parts in ns (what a record would hold), for counting
+    /// without a record (`--no-traces`).
+    pub fn from_parts(duration: u64, injected: u64, connect: u64, ttfb: u64, body: u64) -> Ledger {
         let us = |ns: u64| ns / 1_000;
         let (connect, ttfb, body) = (us(connect), us(ttfb), us(body));
         let upstream = connect.saturating_add(ttfb).saturating_add(body);

@@ -37,9 +37,10 @@ pub use query::{
     write_traces_with,
 };
 pub use record::{
-    AppliedFault, ArchivedAppliedFault, ArchivedFaultKind, ArchivedOutcome, ArchivedTlsFacts,
-    ArchivedTraceEvent, FaultKind, Outcome, RECORD_SCHEMA, TlsFacts, TraceEvent,
-    encode_traceparent, parse_traceparent, random_span_id, random_trace_id,
+    AppliedFault, ArchivedAppliedFault, ArchivedFaultKind, ArchivedOutcome, ArchivedTlsSession,
+    ArchivedTlsVerification, ArchivedTraceEvent, FaultKind, Outcome, RECORD_SCHEMA, TlsSession,
+    TlsVerification, TraceEvent, encode_traceparent, parse_traceparent, random_span_id,
+    random_trace_id,
 };
 pub use render::{DEFAULT_REDACTED_HEADERS, Format, RenderOptions};
 pub use ring::{AppendError, Cursor, MIN_RING_BYTES, RingLock, RingReader, RingUsage, RingWriter};
@@ -462,13 +463,25 @@ pub(crate) mod tests {
             injected_delay_ns: 250_000_000,
             generation: 7,
             faults: FULL_FAULTS,
-            tls: Some(TlsFacts {
+            client_tls: Some(TlsSession {
+                version: "TLSv1_3",
+                cipher_suite: "TLS13_AES_128_GCM_SHA256",
+                version_code: 0x0304,
+                cipher_suite_code: 0x1301,
                 server_name: "api.test",
-                version: 0x0304,
-                cipher_suite: 0x1301,
-                alpn: b"http/1.1",
-                mitm: true,
-                upstream_tls: false,
+                verification: TlsVerification::NotApplicable,
+                resumed: true,
+                failure: "",
+            }),
+            upstream_tls: Some(TlsSession {
+                version: "",
+                cipher_suite: "",
+                version_code: 0,
+                cipher_suite_code: 0,
+                server_name: "origin.test",
+                verification: TlsVerification::Verified,
+                resumed: false,
+                failure: "unknown issuer",
             }),
             method: b"POST",
             url: b"http://127.0.0.1:3000/api/items?id=7",
@@ -518,7 +531,8 @@ pub(crate) mod tests {
             parent_span_id: None,
             upstream_ttfb_ns: None,
             faults: &[],
-            tls: None,
+            client_tls: None,
+            upstream_tls: None,
             upstream_addr: None,
             request_body: b"",
             response_body: b"",
@@ -560,15 +574,20 @@ pub(crate) mod tests {
                 })
                 .collect();
             assert_eq!(faults, want.faults);
-            let tls = a.tls.as_ref().map(|t| TlsFacts {
-                server_name: t.server_name.get(),
-                version: t.version.to_native(),
-                cipher_suite: t.cipher_suite.to_native(),
-                alpn: t.alpn.get(),
-                mitm: t.mitm,
-                upstream_tls: t.upstream_tls,
-            });
-            assert_eq!(tls, want.tls);
+            fn session<'r>(t: &'r ArchivedTlsSession<'static>) -> TlsSession<'r> {
+                TlsSession {
+                    version: t.version.get(),
+                    cipher_suite: t.cipher_suite.get(),
+                    version_code: t.version_code.to_native(),
+                    cipher_suite_code: t.cipher_suite_code.to_native(),
+                    server_name: t.server_name.get(),
+                    verification: t.verification.get(),
+                    resumed: t.resumed,
+                    failure: t.failure.get(),
+                }
+            }
+            assert_eq!(a.client_tls.as_ref().map(session), want.client_tls);
+            assert_eq!(a.upstream_tls.as_ref().map(session), want.upstream_tls);
             assert_eq!(a.method.get(), want.method);
             assert_eq!(a.url.get(), want.url);
             assert_eq!(a.version.get(), want.version);

@@ -2,8 +2,8 @@
 //! time), filtered, paged, rendered, followed live, looked up by span id, cleared, or summarised
 //! as one JSON object of statistics.
 //!
-//! It never writes a ring and parses no command-line text: `cli.rs` turns flags into a
-//! [`Filter`] and [`RenderOptions`].
+//! It never writes a ring (`traces clear` deletes them, under the writer's lock) and parses no
+//! command-line text: `cli.rs` turns flags into a [`Filter`] and [`RenderOptions`].
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -576,7 +576,7 @@ mod tests {
     const REFUSED: &[AppliedFault<'static>] = &[AppliedFault {
         kind: FaultKind::Error,
         rule: 0,
-        rule_id: "r0",
+        rule_id: "r1",
         spec: "error:503:0.5",
         value: 503,
     }];

@@ -196,7 +196,8 @@ pub struct AppliedFault<'a> {
     pub kind: FaultKind,
     /// Index of the rule in its table (0-based, in the order given).
     pub rule: u32,
-    /// The rule's stable id (`r<index>` unless the rules file or admin API named it).
+    /// The rule's stable id (`r1` for the first rule, `r2` … unless the rules file or admin API
+    /// named it).
     #[rkyv(with = rkyv::with::InlineAsBox)]
     pub rule_id: &'a str,
     /// The rule's canonical spec text, e.g. `error:503:0.5`.
@@ -206,23 +207,65 @@ pub struct AppliedFault<'a> {
     pub value: u64,
 }
 
-/// TLS facts of an exchange (client side, and upstream side when the proxy originated TLS).
+/// How a TLS peer's certificate was judged.
 #[derive(Archive, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TlsFacts<'a> {
-    /// Server name the client asked for (SNI), empty if none.
+#[rkyv(derive(Debug, PartialEq, Eq))]
+#[repr(u8)]
+pub enum TlsVerification {
+    /// The proxy was the server and asked for no client certificate.
+    NotApplicable,
+    /// The peer's chain and name were verified.
+    Verified,
+    /// `--insecure`: not checked.
+    Skipped,
+}
+
+impl TlsVerification {
+    /// The name used in JSON output: `not-applicable`, `verified`, `skipped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVerification::NotApplicable => "not-applicable",
+            TlsVerification::Verified => "verified",
+            TlsVerification::Skipped => "skipped",
+        }
+    }
+}
+
+impl ArchivedTlsVerification {
+    /// The unarchived value (fieldless enum, so this is a plain copy).
+    pub fn get(&self) -> TlsVerification {
+        match self {
+            ArchivedTlsVerification::NotApplicable => TlsVerification::NotApplicable,
+            ArchivedTlsVerification::Verified => TlsVerification::Verified,
+            ArchivedTlsVerification::Skipped => TlsVerification::Skipped,
+        }
+    }
+}
+
+/// One TLS session of an exchange (the client's, when the proxy terminated TLS, or the one the
+/// proxy opened to the upstream): what `net::tls` reports about it, borrowed.
+#[derive(Archive, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsSession<'a> {
+    /// Protocol version as rustls names it (`TLSv1_3`); empty before the handshake finished.
+    #[rkyv(with = rkyv::with::InlineAsBox)]
+    pub version: &'a str,
+    /// Cipher suite as rustls names it (`TLS13_AES_128_GCM_SHA256`); empty before the handshake.
+    #[rkyv(with = rkyv::with::InlineAsBox)]
+    pub cipher_suite: &'a str,
+    /// The version as on the wire (`0x0304` for TLS 1.3); 0 before the handshake.
+    pub version_code: u16,
+    /// The cipher suite's IANA code point; 0 before the handshake.
+    pub cipher_suite_code: u16,
+    /// The SNI name sent (to an upstream) or received (from a client); empty if none.
     #[rkyv(with = rkyv::with::InlineAsBox)]
     pub server_name: &'a str,
-    /// Negotiated protocol version as on the wire (`0x0304` for TLS 1.3), 0 if none.
-    pub version: u16,
-    /// Negotiated cipher suite as on the wire (IANA code point), 0 if none.
-    pub cipher_suite: u16,
-    /// Negotiated ALPN protocol, empty if none.
+    /// How the peer's certificate was judged.
+    pub verification: TlsVerification,
+    /// The session was resumed rather than fully negotiated.
+    pub resumed: bool,
+    /// Why the handshake failed, in a few words (`unknown issuer`); empty when it did not.
     #[rkyv(with = rkyv::with::InlineAsBox)]
-    pub alpn: &'a [u8],
-    /// The proxy terminated the client's TLS with a leaf of its own CA (`--mitm`).
-    pub mitm: bool,
-    /// The proxy spoke TLS to the upstream.
-    pub upstream_tls: bool,
+    pub failure: &'a str,
 }
 
 /// One answered request, as the proxy saw it. Borrows everything: building one allocates nothing.
@@ -261,8 +304,10 @@ pub struct TraceEvent<'a> {
     /// Every fault applied, in the order they acted (empty: not faulted).
     #[rkyv(with = rkyv::with::InlineAsBox)]
     pub faults: &'a [AppliedFault<'a>],
-    /// TLS facts, when TLS was involved.
-    pub tls: Option<TlsFacts<'a>>,
+    /// The client's TLS session, when the proxy terminated TLS (an https listener, `--mitm`).
+    pub client_tls: Option<TlsSession<'a>>,
+    /// The TLS session to the upstream, when the proxy originated TLS.
+    pub upstream_tls: Option<TlsSession<'a>>,
     /// Request method as received, e.g. `GET`.
     #[rkyv(with = rkyv::with::InlineAsBox)]
     pub method: &'a [u8],

@@ -7,7 +7,7 @@
 use std::io::Write;
 
 use super::ledger::Ledger;
-use super::{ArchivedTraceEvent, TraceError};
+use super::{ArchivedTlsSession, ArchivedTraceEvent, TraceError};
 
 /// Rendered output is handed to the writer in chunks of about this size.
 const OUTPUT_CHUNK_BYTES: usize = 64 * 1024;
@@ -240,11 +240,11 @@ pub(super) fn encode_json(rec: &ArchivedTraceEvent<'_>, opts: &RenderOptions, ou
         let mut fault = JsonObject::start(obj.out);
         fault.string("kind", kind.as_str());
         fault.number("rule", u64::from(f.rule.to_native()));
-        // An exchange that names no id gets the contract's default, `r<index>`.
+        // A record that names no id gets the fault table's default: `r1` for the first rule.
         match f.rule_id.get() {
             "" => {
                 fault.key("rule_id");
-                write!(fault.out, "\"r{}\"", f.rule.to_native()).ok();
+                write!(fault.out, "\"r{}\"", u64::from(f.rule.to_native()) + 1).ok();
             }
             id => fault.string("rule_id", id),
         }
@@ -255,25 +255,46 @@ pub(super) fn encode_json(rec: &ArchivedTraceEvent<'_>, opts: &RenderOptions, ou
     }
     obj.out.push(b']');
     obj.number("generation", rec.generation.to_native());
-    obj.key("tls");
-    match rec.tls.as_ref() {
-        Some(tls) => {
-            let mut t = JsonObject::start(obj.out);
-            t.string("server_name", tls.server_name.get());
-            t.number("version", u64::from(tls.version.to_native()));
-            t.number("cipher_suite", u64::from(tls.cipher_suite.to_native()));
-            t.lossy("alpn", tls.alpn.get());
-            t.key("mitm");
-            t.out
-                .extend_from_slice(if tls.mitm { b"true" } else { b"false" });
-            t.key("upstream_tls");
-            t.out
-                .extend_from_slice(if tls.upstream_tls { b"true" } else { b"false" });
-            t.end();
+    for (key, session) in [
+        ("client_tls", rec.client_tls.as_ref()),
+        ("upstream_tls", rec.upstream_tls.as_ref()),
+    ] {
+        obj.key(key);
+        match session {
+            Some(tls) => encode_tls(tls, obj.out),
+            None => obj.out.extend_from_slice(b"null"),
         }
-        None => obj.out.extend_from_slice(b"null"),
     }
     obj.end();
+}
+
+/// Appends one TLS session as a JSON object; empty names (before a handshake finished) are
+/// `null`.
+fn encode_tls(tls: &ArchivedTlsSession<'_>, out: &mut Vec<u8>) {
+    let mut t = JsonObject::start(out);
+    for (key, value) in [
+        ("version", tls.version.get()),
+        ("cipher_suite", tls.cipher_suite.get()),
+        ("server_name", tls.server_name.get()),
+        ("failure", tls.failure.get()),
+    ] {
+        if value.is_empty() {
+            t.key(key);
+            t.out.extend_from_slice(b"null");
+        } else {
+            t.string(key, value);
+        }
+    }
+    t.number("version_code", u64::from(tls.version_code.to_native()));
+    t.number(
+        "cipher_suite_code",
+        u64::from(tls.cipher_suite_code.to_native()),
+    );
+    t.string("verification", tls.verification.get().as_str());
+    t.key("resumed");
+    t.out
+        .extend_from_slice(if tls.resumed { b"true" } else { b"false" });
+    t.end();
 }
 
 /// Writes a JSON object key by key, in the caller's order.
@@ -548,11 +569,12 @@ mod tests {
             faults: &[AppliedFault {
                 kind: FaultKind::Error,
                 rule: 0,
-                rule_id: "r0",
+                rule_id: "r1",
                 spec: "error:503:0.5",
                 value: 503,
             }],
-            tls: None,
+            client_tls: None,
+            upstream_tls: None,
             method: b"GET",
             url: b"http://127.0.0.1:3000/health",
             version: "HTTP/1.1",
@@ -578,8 +600,8 @@ mod tests {
             r#""source_addr":"127.0.0.1:50000","dest_addr":null,"upstream_ttfb_us":null,"#,
             r#""fault":{"rule":0,"kind":"error","spec":"error:503:0.5"},"injected_delay_ms":0,"outcome":"fault","#,
             r#""injected_delay_us":0,"upstream_connect_us":0,"upstream_body_us":0,"upstream_us":0,"overhead_us":2345,"#,
-            r#""faults":[{"kind":"error","rule":0,"rule_id":"r0","spec":"error:503:0.5","value":503,"unit":"status"}],"#,
-            r#""generation":3,"tls":null}"#,
+            r#""faults":[{"kind":"error","rule":0,"rule_id":"r1","spec":"error:503:0.5","value":503,"unit":"status"}],"#,
+            r#""generation":3,"client_tls":null,"upstream_tls":null}"#,
             "\n"
         );
         assert_eq!(json_line(&ev), want);
@@ -635,9 +657,17 @@ mod tests {
             ),
             ("generation", json!(7)),
             (
-                "tls",
-                json!({"server_name": "api.test", "version": 0x0304, "cipher_suite": 0x1301,
-                       "alpn": "http/1.1", "mitm": true, "upstream_tls": false}),
+                "client_tls",
+                json!({"version": "TLSv1_3", "cipher_suite": "TLS13_AES_128_GCM_SHA256",
+                       "server_name": "api.test", "failure": null, "version_code": 0x0304,
+                       "cipher_suite_code": 0x1301, "verification": "not-applicable",
+                       "resumed": true}),
+            ),
+            (
+                "upstream_tls",
+                json!({"version": null, "cipher_suite": null, "server_name": "origin.test",
+                       "failure": "unknown issuer", "version_code": 0, "cipher_suite_code": 0,
+                       "verification": "verified", "resumed": false}),
             ),
         ];
         for (key, want) in rows {

@@ -385,6 +385,13 @@ pub struct Cursor {
     pub skipped: u64,
 }
 
+impl Cursor {
+    /// Sequence number of the record this cursor reads next.
+    pub fn next_seq(&self) -> u64 {
+        self.want
+    }
+}
+
 /// Follows the frame chain from `cur`; on a gap, consults the header to tell "caught up" from
 /// "lapped" from "corrupt" and re-synchronises. Shared by readers and writer recovery.
 fn read_next(view: View, cur: &mut Cursor, out: &mut Vec<u8>) -> Option<u64> {
@@ -852,12 +859,10 @@ fn reserve(file: &File, len: u64) -> Result<(), FileError> {
     let off_len =
         libc::off_t::try_from(len).map_err(|_| FileError::NoSpace { need: len, free: 0 })?;
     // SAFETY: plain syscall on a descriptor `file` keeps open for the call.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
-    let err = if rc == 0 {
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) } == 0 {
         return Ok(());
-    } else {
-        io::Error::last_os_error()
-    };
+    }
+    let err = io::Error::last_os_error();
     match err.raw_os_error() {
         Some(libc::EOPNOTSUPP | libc::ENOSYS) => reserve_by_writing(file, len),
         Some(libc::ENOSPC | libc::EDQUOT) => Err(FileError::NoSpace {

@@ -57,6 +57,8 @@ struct Followed {
 /// The rings of one directory, each with its read position.
 pub struct Tail {
     dir: PathBuf,
+    /// A missing directory is "no rings yet", not an error ([`Tail::open_or_wait`]).
+    missing_ok: bool,
     rings: Vec<Followed>,
     /// Reused copy of the current frame, as it comes out of the ring.
     frame: Vec<u8>,
@@ -77,8 +79,22 @@ impl Tail {
     /// [`TraceError::Io`] when `dir` cannot be listed or a ring opened; [`TraceError::Format`]
     /// naming a file that is not a ring of this format.
     pub fn open(dir: &Path, start: Start) -> Result<Tail, TraceError> {
+        Tail::open_with(dir, start, false)
+    }
+
+    /// Like [`Tail::open`], but a directory that does not exist yet (or holds no rings) is
+    /// followed until rings appear: for exporters started beside, or before, the proxy.
+    ///
+    /// # Errors
+    /// As [`Tail::open`], except for a missing directory.
+    pub fn open_or_wait(dir: &Path, start: Start) -> Result<Tail, TraceError> {
+        Tail::open_with(dir, start, true)
+    }
+
+    fn open_with(dir: &Path, start: Start, missing_ok: bool) -> Result<Tail, TraceError> {
         let mut tail = Tail {
             dir: dir.to_path_buf(),
+            missing_ok,
             rings: Vec::new(),
             frame: Vec::new(),
             aligned: AlignedVec::new(),
@@ -91,7 +107,9 @@ impl Tail {
     }
 
     /// Hands every record written since the last call to `each`, ring by ring; then looks for
-    /// rings that appeared or were replaced and hands their records too. Returns how many.
+    /// rings that appeared or were replaced and hands their records too. Returns how many. One
+    /// call reads each ring only up to where its writer was when the call began, so a busy ring
+    /// cannot keep the others waiting.
     ///
     /// # Errors
     /// As [`Tail::open`], for a ring that appeared or was replaced.
@@ -134,7 +152,10 @@ impl Tail {
     fn drain(&mut self, each: &mut dyn FnMut(TailRecord<'_>)) -> usize {
         let mut n = 0;
         for ring in &mut self.rings {
-            while let Some(seq) = ring.reader.next(&mut ring.cursor, &mut self.frame) {
+            let until = ring.reader.usage().written;
+            while ring.cursor.next_seq() <= until
+                && let Some(seq) = ring.reader.next(&mut ring.cursor, &mut self.frame)
+            {
                 self.aligned.clear();
                 self.aligned.extend_from_slice(&self.frame);
                 // A frame with a valid crc that is not a valid record (another schema, a bug)
@@ -158,7 +179,14 @@ impl Tail {
     /// Opens rings that appeared and reopens rings whose file was replaced; forgets rings
     /// whose file is gone. Returns whether anything was opened.
     fn rescan(&mut self, start: Start) -> Result<bool, TraceError> {
-        let listed = ring_paths(&self.dir)?;
+        let listed = match ring_paths(&self.dir) {
+            Err(TraceError::Io { source, .. })
+                if self.missing_ok && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Vec::new()
+            }
+            other => other?,
+        };
         let mut kept = Vec::with_capacity(listed.len());
         let mut replaced = Vec::new();
         for ring in self.rings.drain(..) {
@@ -276,5 +304,47 @@ mod tests {
         assert_eq!(newest.reopened(), 1);
         assert_eq!(newest.rings().count(), 2);
         assert_eq!(newest.usage().written, 2);
+    }
+
+    #[test]
+    fn tail_open_or_wait_follows_a_directory_that_appears_later() {
+        let root = TempDir::new("tail-wait");
+        let dir = root.path().join("later");
+        assert!(Tail::open(&dir, Start::Newest).is_err());
+        let mut tail = Tail::open_or_wait(&dir, Start::Newest).expect("missing dir is fine");
+        assert!(urls(&mut tail).is_empty());
+        let mut w = TraceWriter::open(&cfg(&dir, false), 0).expect("ring 0");
+        w.write(&TraceEvent {
+            url: b"first",
+            ..full_event()
+        });
+        assert_eq!(urls(&mut tail), ["first"]);
+    }
+
+    #[test]
+    fn tail_poll_reads_only_what_was_written_when_it_began() {
+        let dir = TempDir::new("tail-bounded");
+        let mut w = TraceWriter::open(&cfg(dir.path(), false), 0).expect("ring 0");
+        w.write(&TraceEvent {
+            url: b"one",
+            ..full_event()
+        });
+        w.write(&TraceEvent {
+            url: b"two",
+            ..full_event()
+        });
+        let mut tail = Tail::open(dir.path(), Start::Oldest).expect("tail");
+        let mut got = Vec::new();
+        // A writer that keeps up with the reader: each record read makes another appear.
+        tail.poll(&mut |rec| {
+            got.push(String::from_utf8_lossy(rec.event.url.get()).into_owned());
+            w.write(&TraceEvent {
+                url: b"more",
+                ..full_event()
+            });
+        })
+        .expect("poll");
+        assert_eq!(got, ["one", "two"]);
+        assert_eq!(urls(&mut tail), ["more", "more"]);
     }
 }

@@ -6,7 +6,8 @@
 //! # Layout
 //! - `pool`: capped per-destination pool with a wait queue ([`Dest`] is its key).
 //! - `connect`: a connect with a deadline, Nagle off.
-//! - `resolve`: the per-core name cache.
+//! - `resolve`: the per-core name cache: every address of a name, re-resolved after a TTL, picked
+//!   in turn.
 
 mod connect;
 mod pool;
@@ -16,7 +17,7 @@ use std::{net::SocketAddr, rc::Rc};
 
 pub(crate) use connect::{connect, connect_dest};
 pub(crate) use pool::{Lease, Pool, acquire};
-pub(crate) use resolve::{Resolver, resolve};
+pub(crate) use resolve::{Pick, Resolver, resolve};
 
 /// Who a pooled connection talks to: connections are only reused for the same identity, the
 /// address plus, for TLS, the server name the session was made (and verified) for.

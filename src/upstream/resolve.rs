@@ -17,25 +17,142 @@ const DNS_TTL: Duration = Duration::from_secs(60);
 /// Names cached per core before the cache is emptied (bounds memory under hostile input).
 const MAX_DNS_ENTRIES: usize = 4096;
 
-/// Forward-mode name cache of one core.
-#[derive(Default)]
-pub(crate) struct Resolver {
-    cache: HashMap<String, (SocketAddr, Instant)>,
+/// One name's addresses as last resolved.
+struct Entry {
+    addrs: Vec<SocketAddr>,
+    /// When they were resolved (or, after a failed refresh, last tried).
+    at: Instant,
+    /// The address the next new request starts with (round-robin).
+    next: usize,
+    /// A refresh failed and was reported; cleared by the next success.
+    failing: bool,
 }
 
-/// Resolves `authority` (`host`, `host:port`, `[v6]:port`; port 80 by default).
+/// The name cache of one core: forward-mode authorities and the reverse-mode upstream, each
+/// with all its addresses, re-resolved after [`DNS_TTL`].
+#[derive(Default)]
+pub(crate) struct Resolver {
+    cache: HashMap<String, Entry>,
+}
+
+/// The address chosen for one request, and where it sits among its name's addresses (so the
+/// next one can be tried when it refuses). `Copy`: picking allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pick {
+    /// The address to connect to.
+    pub(crate) addr: SocketAddr,
+    index: usize,
+}
+
+impl Pick {
+    /// A fixed address (an IP literal, a MITM destination): it has no other to fail over to.
+    pub(crate) fn literal(addr: SocketAddr) -> Pick {
+        Pick { addr, index: 0 }
+    }
+}
+
+impl Resolver {
+    /// Caches the addresses the main thread resolved at startup, so the first requests need no
+    /// lookup.
+    pub(crate) fn seed(&mut self, authority: &str, addrs: &[SocketAddr]) {
+        if !addrs.is_empty() {
+            self.store(authority, addrs.to_vec(), Instant::now());
+        }
+    }
+
+    /// The address after `pick` among `authority`'s, unless every one was `tried` already.
+    pub(crate) fn next_after(&self, authority: &str, pick: Pick, tried: usize) -> Option<Pick> {
+        let entry = self.cache.get(authority)?;
+        if tried >= entry.addrs.len() {
+            return None;
+        }
+        let index = (pick.index + 1) % entry.addrs.len();
+        Some(Pick {
+            addr: entry.addrs[index],
+            index,
+        })
+    }
+
+    /// A cached, still fresh name's next address (round-robin spreads new connections).
+    fn pick_fresh(&mut self, authority: &str, now: Instant) -> Option<Pick> {
+        let entry = self.cache.get_mut(authority)?;
+        if now.saturating_duration_since(entry.at) >= DNS_TTL {
+            return None;
+        }
+        Some(entry.pick())
+    }
+
+    /// Marks an expired name as being refreshed: it counts as fresh until the lookup returns.
+    fn begin_refresh(&mut self, authority: &str, now: Instant) {
+        if let Some(entry) = self.cache.get_mut(authority) {
+            entry.at = now;
+        }
+    }
+
+    /// Any cached name's next address, fresh or not.
+    fn pick_any(&mut self, authority: &str) -> Option<Pick> {
+        self.cache.get_mut(authority).map(Entry::pick)
+    }
+
+    fn store(&mut self, authority: &str, addrs: Vec<SocketAddr>, now: Instant) {
+        if self.cache.len() >= MAX_DNS_ENTRIES && !self.cache.contains_key(authority) {
+            self.cache.clear();
+        }
+        let entry = self.cache.entry(authority.to_owned()).or_insert(Entry {
+            addrs: Vec::new(),
+            at: now,
+            next: 0,
+            failing: false,
+        });
+        if entry.failing {
+            eprintln!("phantom-fast: {authority} resolves again");
+        }
+        entry.addrs = addrs;
+        entry.at = now;
+        entry.failing = false;
+    }
+
+    /// A refresh failed: the last good addresses stay in use (said once on stderr) and the
+    /// next refresh waits another TTL. `None` when there are none.
+    fn keep_stale(&mut self, authority: &str, why: &io::Error, now: Instant) -> Option<Pick> {
+        let entry = self.cache.get_mut(authority)?;
+        if !entry.failing {
+            eprintln!(
+                "phantom-fast: {authority} no longer resolves ({why}); keeping its last {} address(es)",
+                entry.addrs.len()
+            );
+            entry.failing = true;
+        }
+        entry.at = now;
+        Some(entry.pick())
+    }
+}
+
+impl Entry {
+    fn pick(&mut self) -> Pick {
+        let index = self.next % self.addrs.len();
+        self.next = index + 1;
+        Pick {
+            addr: self.addrs[index],
+            index,
+        }
+    }
+}
+
+/// Resolves `authority` (`host`, `host:port`, `[v6]:port`; port 80 by default) and picks one
+/// of its addresses, in turn.
 ///
-/// IP literals and cached names cost no allocation; a miss runs `getaddrinfo` on the blocking
-/// pool so the worker keeps serving.
+/// IP literals and cached names cost no allocation; a miss or an expired name runs
+/// `getaddrinfo` on the blocking pool so the worker keeps serving. A name that stops resolving
+/// keeps its last good addresses.
 ///
 /// # Errors
-/// `InvalidInput` for a malformed authority, `NotFound` when the name has no address.
-pub(crate) async fn resolve(
-    resolver: &RefCell<Resolver>,
-    authority: &str,
-) -> io::Result<SocketAddr> {
+/// `InvalidInput` for a malformed authority, `NotFound` when the name has no address (and
+/// never had one).
+pub(crate) async fn resolve(resolver: &RefCell<Resolver>, authority: &str) -> io::Result<Pick> {
+    let literal = Pick::literal;
     if let Ok(addr) = authority.parse::<SocketAddr>() {
-        return Ok(addr);
+        return Ok(literal(addr));
     }
     let (host, port) = split_authority(authority)?;
     if let Ok(ip) = host
@@ -43,27 +160,37 @@ pub(crate) async fn resolve(
         .trim_end_matches(']')
         .parse::<IpAddr>()
     {
-        return Ok(SocketAddr::new(ip, port));
+        return Ok(literal(SocketAddr::new(ip, port)));
     }
-    if let Some(&(addr, at)) = resolver.borrow().cache.get(authority)
-        && at.elapsed() < DNS_TTL
     {
-        return Ok(addr);
+        let mut resolver = resolver.borrow_mut();
+        let now = Instant::now();
+        if let Some(pick) = resolver.pick_fresh(authority, now) {
+            return Ok(pick);
+        }
+        // This request refreshes the name; the ones behind it keep the last addresses meanwhile.
+        resolver.begin_refresh(authority, now);
     }
     let name = host.to_owned();
-    let looked_up = monoio::spawn_blocking(move || (name.as_str(), port).to_socket_addrs())
-        .await
-        .map_err(|_| io::Error::other("resolver thread gone"))??
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+    let looked_up = monoio::spawn_blocking(move || {
+        let addrs: Vec<SocketAddr> = (name.as_str(), port).to_socket_addrs()?.collect();
+        if addrs.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no address"));
+        }
+        Ok(addrs)
+    })
+    .await
+    .map_err(|_| io::Error::other("resolver thread gone"))
+    .and_then(|found| found);
     let mut resolver = resolver.borrow_mut();
-    if resolver.cache.len() >= MAX_DNS_ENTRIES {
-        resolver.cache.clear();
+    match looked_up {
+        Ok(addrs) => {
+            resolver.store(authority, addrs, Instant::now());
+            let none = || io::Error::new(io::ErrorKind::NotFound, "no address");
+            resolver.pick_any(authority).ok_or_else(none)
+        }
+        Err(e) => resolver.keep_stale(authority, &e, Instant::now()).ok_or(e),
     }
-    resolver
-        .cache
-        .insert(authority.to_owned(), (looked_up, Instant::now()));
-    Ok(looked_up)
 }
 
 /// `host:port` → (host, port); a missing port is 80 (RFC 9110 §4.2.1).
@@ -108,5 +235,69 @@ mod tests {
         for (name, input, want) in rows {
             assert_eq!(split_authority(input).ok(), *want, "{name}");
         }
+    }
+
+    fn addrs(ports: &[u16]) -> Vec<SocketAddr> {
+        ports
+            .iter()
+            .map(|&p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect()
+    }
+
+    #[test]
+    fn resolver_fresh_name_round_robins_over_its_addresses() {
+        let mut r = Resolver::default();
+        r.seed("up.test:80", &addrs(&[1, 2, 3]));
+        let now = Instant::now();
+        let got: Vec<u16> = (0..4)
+            .map(|_| r.pick_fresh("up.test:80", now).unwrap().addr.port())
+            .collect();
+        assert_eq!(got, [1, 2, 3, 1]);
+    }
+
+    #[test]
+    fn resolver_next_after_tries_each_address_once() {
+        let mut r = Resolver::default();
+        r.seed("up.test:80", &addrs(&[1, 2, 3]));
+        let first = r.pick_fresh("up.test:80", Instant::now()).unwrap();
+        let second = r.next_after("up.test:80", first, 1).unwrap();
+        let third = r.next_after("up.test:80", second, 2).unwrap();
+        assert_eq!(
+            [first.addr.port(), second.addr.port(), third.addr.port()],
+            [1, 2, 3]
+        );
+        assert_eq!(r.next_after("up.test:80", third, 3), None, "all tried");
+        assert_eq!(
+            r.next_after("other.test:80", first, 1),
+            None,
+            "unknown name"
+        );
+    }
+
+    #[test]
+    fn resolver_expired_name_needs_a_lookup_and_a_failed_one_keeps_the_last_addresses() {
+        let mut r = Resolver::default();
+        r.seed("up.test:80", &addrs(&[1, 2]));
+        let later = Instant::now() + DNS_TTL;
+        assert_eq!(r.pick_fresh("up.test:80", later), None, "expired");
+
+        let gone = io::Error::new(io::ErrorKind::NotFound, "no address");
+        let kept = r.keep_stale("up.test:80", &gone, later).unwrap();
+        assert!([1, 2].contains(&kept.addr.port()));
+        assert!(
+            r.pick_fresh("up.test:80", later).is_some(),
+            "fresh for another TTL"
+        );
+        assert_eq!(r.keep_stale("never.test:80", &gone, later), None);
+    }
+
+    #[test]
+    fn resolver_new_addresses_replace_the_old_ones() {
+        let mut r = Resolver::default();
+        r.seed("up.test:80", &addrs(&[1, 2]));
+        let now = Instant::now();
+        r.store("up.test:80", addrs(&[7]), now);
+        assert_eq!(r.pick_fresh("up.test:80", now).unwrap().addr.port(), 7);
+        assert_eq!(r.pick_fresh("up.test:80", now).unwrap().addr.port(), 7);
     }
 }

@@ -4,7 +4,6 @@
 //! It does not validate OTLP beyond decoding; the tests assert on the spans.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -17,9 +16,8 @@ use prost::Message;
 
 use std::process::{Child, Command, ExitStatus, Stdio};
 
-use super::{
-    BIN, Conn, EXIT_TIMEOUT, Proxy, Req, collect_stderr, response, signal, snapshot, wait_deadline,
-};
+use super::proxy::{BIN, EXIT_TIMEOUT, collect_stderr, signal, snapshot, wait_deadline};
+use super::{Conn, Req, response};
 
 /// How often `wait_for_spans` looks again.
 const POLL: Duration = Duration::from_millis(20);
@@ -220,13 +218,6 @@ pub fn int(span: &Span, key: &str) -> Option<i64> {
 /// Lower-case hex of an id.
 pub fn hex(id: &[u8]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-impl Proxy {
-    /// The proxy's private trace directory (for `export --trace-dir`).
-    pub fn trace_dir(&self) -> &Path {
-        self._trace_dir.path()
-    }
 }
 
 /// `phantom-fast export …` running in the background, its stderr collected.

@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
-use super::{Proxy, command};
+use super::Proxy;
+use super::proxy::command;
 
 /// A filter allowing every syscall except the three io_uring ones, which fail with EPERM.
 fn io_uring_denied() -> BpfProgram {

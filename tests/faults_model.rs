@@ -1,0 +1,340 @@
+//! Issue 12's faults end to end, a real client over loopback seeing what each fault promises:
+//! reset → ECONNRESET, close, garbage, hang until `--idle-timeout`, slow time to first byte with
+//! the upstream's real body, method matchers, header-driven faults (applied, never forwarded),
+//! and `--max-active-faults` overflow counted. It does not test the grammar (the `fault` unit
+//! tests do). Delays are bounded from below only: the machine may be loaded.
+
+use std::io::{ErrorKind, Read};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::{Conn, Origin, Proxy, get, pattern, request, response};
+
+/// A raw read of the first bytes the proxy sends, or the error it ended with.
+fn first_read(c: &mut Conn) -> std::io::Result<Vec<u8>> {
+    let mut stream = c.writer();
+    let mut buf = [0u8; 256];
+    let n = stream.read(&mut buf)?;
+    Ok(buf[..n].to_vec())
+}
+
+#[test]
+fn fault_model_reset_gives_econnreset_origin_not_contacted() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "reset"]);
+    let mut c = proxy.connect();
+    c.send(&get("/x"));
+    let got = first_read(&mut c);
+    let err = got.expect_err("a reset, not bytes or EOF");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    assert_eq!(origin.connections(), 0);
+}
+
+#[test]
+fn fault_model_close_is_eof_without_a_response() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "close:/api"]);
+    let mut c = proxy.connect();
+    c.send(&get("/api/x"));
+    assert_eq!(first_read(&mut c).expect("a clean close"), b"");
+    // Unmatched requests are forwarded as usual.
+    let mut other = proxy.connect();
+    assert_eq!(other.roundtrip(&get("/home")).status, 200);
+}
+
+#[test]
+fn fault_model_garbage_is_not_http_then_close() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "garbage"]);
+    let mut c = proxy.connect();
+    c.send(&get("/x"));
+    let bytes = c.read_until_close().expect("garbage then close");
+    assert!(
+        !bytes.is_empty() && !bytes.starts_with(b"HTTP/"),
+        "{bytes:?}"
+    );
+}
+
+#[test]
+fn fault_model_hang_answers_nothing_until_idle_timeout() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(
+        origin.addr(),
+        &["--fault", "hang", "--idle-timeout", "1500ms"],
+    );
+    let mut c = proxy.connect();
+    let started = Instant::now();
+    c.send(&get("/x"));
+    // The client's own timeout fires first: nothing came.
+    c.set_timeout(Duration::from_millis(500));
+    let err = first_read(&mut c).expect_err("no answer while hung");
+    assert!(
+        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{err}"
+    );
+    // Then the proxy gives up after --idle-timeout and closes.
+    c.set_timeout(Duration::from_secs(10));
+    assert_eq!(
+        first_read(&mut c).expect("closed after the idle timeout"),
+        b""
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(origin.connections(), 0);
+}
+
+#[test]
+fn fault_model_head_delay_keeps_the_upstream_body() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "delay:400ms:at=head"]);
+    let mut c = proxy.connect();
+    let started = Instant::now();
+    let resp = c.roundtrip(&request("POST", "/echo", "test.local", &[], b"real body"));
+    let elapsed = started.elapsed();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"real body");
+    assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
+    // The upstream had answered long before: the delay sat between its head and ours.
+    assert_eq!(origin.requests().len(), 1);
+    // Keep-alive survives a delay.
+    assert_eq!(c.roundtrip(&get("/again")).status, 200);
+}
+
+#[test]
+fn fault_model_method_matcher_picks_requests() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "error:503:method=POST"]);
+    let mut c = proxy.connect();
+    assert_eq!(c.roundtrip(&get("/x")).status, 200);
+    let post = c.roundtrip(&request("POST", "/x", "test.local", &[], b"b"));
+    assert_eq!(post.status, 503);
+    assert_eq!(post.header("x-fault-injected"), Some("phantom"));
+}
+
+#[test]
+fn fault_model_custom_synthetic_answer() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(
+        origin.addr(),
+        &[
+            "--fault",
+            "error:429:body=slow%20down:set.retry-after=2:set.content-type=text/plain",
+        ],
+    );
+    let mut c = proxy.connect();
+    let resp = c.roundtrip(&get("/x"));
+    assert_eq!(resp.status, 429);
+    assert_eq!(resp.header("retry-after"), Some("2"));
+    assert_eq!(resp.header("content-type"), Some("text/plain"));
+    assert_eq!(resp.header("content-length"), Some("9"));
+    assert_eq!(resp.body, b"slow down");
+}
+
+#[test]
+fn fault_model_header_fault_applied_and_not_forwarded() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--allow-header-faults"]);
+    let mut c = proxy.connect();
+    let teapot = c.roundtrip(&request(
+        "GET",
+        "/x",
+        "test.local",
+        &[("x-phantom-fault", "error:418")],
+        b"",
+    ));
+    assert_eq!(teapot.status, 418);
+    assert_eq!(teapot.header("x-fault-injected"), Some("phantom"));
+    let started = Instant::now();
+    let slow = c.roundtrip(&request(
+        "GET",
+        "/y",
+        "test.local",
+        &[("X-Phantom-Fault", "delay:300ms")],
+        b"",
+    ));
+    assert_eq!(slow.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let seen = origin.requests();
+    assert_eq!(seen.len(), 1, "the 418 never reached the origin");
+    assert_eq!(
+        seen[0].header("x-phantom-fault"),
+        None,
+        "{:?}",
+        seen[0].headers
+    );
+}
+
+#[test]
+fn fault_model_header_fault_without_flag_stripped_and_ignored() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &[]);
+    let mut c = proxy.connect();
+    let resp = c.roundtrip(&request(
+        "GET",
+        "/x",
+        "test.local",
+        &[("x-phantom-fault", "error:418"), ("x-other", "kept")],
+        b"",
+    ));
+    assert_eq!(resp.status, 200);
+    let seen = origin.requests();
+    assert_eq!(seen[0].header("x-phantom-fault"), None);
+    assert_eq!(seen[0].header("x-other"), Some("kept"));
+}
+
+#[test]
+fn fault_model_max_active_faults_overflow_counted() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(
+        origin.addr(),
+        &["--fault", "delay:1500ms", "--max-active-faults", "1"],
+    );
+    let addr = proxy.addr();
+    let held = thread::spawn(move || {
+        let mut c = Conn::connect(addr);
+        let started = Instant::now();
+        let status = c.roundtrip(&get("/held")).status;
+        (status, started.elapsed())
+    });
+    // Let the first request take the one slot.
+    thread::sleep(Duration::from_millis(300));
+    let mut c = proxy.connect();
+    let started = Instant::now();
+    assert_eq!(c.roundtrip(&get("/overflow")).status, 200);
+    let fast = started.elapsed();
+    let (status, slow) = held.join().expect("held client");
+    assert_eq!(status, 200);
+    assert!(slow >= Duration::from_millis(1500), "{slow:?}");
+    assert!(
+        fast < Duration::from_millis(1500),
+        "overflow was delayed: {fast:?}"
+    );
+    let (_, stderr) = proxy.stop();
+    assert!(
+        stderr.contains("fault overflow (--max-active-faults): 1"),
+        "{stderr}"
+    );
+}
+
+/// An origin answering every request with `len` bytes of a known pattern.
+fn big_origin(len: usize) -> Origin {
+    Origin::start(move |_| response("200 OK", &[], &pattern(len)))
+}
+
+#[test]
+fn fault_model_truncate_short_body_then_close() {
+    let origin = big_origin(10_000);
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "truncate:25%"]);
+    let mut c = proxy.connect();
+    c.send(&get("/big"));
+    let bytes = c.read_until_close().expect("a short body, then close");
+    let head_end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let head = String::from_utf8_lossy(&bytes[..head_end]);
+    assert!(head.contains("content-length: 10000"), "{head}");
+    assert_eq!(&bytes[head_end..], &pattern(10_000)[..2_500]);
+}
+
+#[test]
+fn fault_model_reset_after_bytes() {
+    let origin = big_origin(100_000);
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "reset:after=1KiB"]);
+    let mut c = proxy.connect();
+    c.send(&get("/big"));
+    let mut stream = c.writer();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let err = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => panic!("FIN instead of a reset after {} bytes", got.len()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |i| i + 4);
+    // A reset may drop bytes still in flight, never add any.
+    assert!(
+        got.len() - head_end <= 1024,
+        "{} body bytes",
+        got.len() - head_end
+    );
+}
+
+#[test]
+fn fault_model_dribble_spreads_the_whole_body() {
+    let origin = big_origin(50_000);
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "dribble:5,1s"]);
+    let mut c = proxy.connect();
+    let started = Instant::now();
+    let resp = c.roundtrip(&get("/big"));
+    let elapsed = started.elapsed();
+    assert_eq!(resp.body, pattern(50_000));
+    assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
+    assert_eq!(c.roundtrip(&get("/again")).status, 200, "keep-alive kept");
+}
+
+#[test]
+fn fault_model_bandwidth_64kib_per_sec_over_1mib_takes_16s() {
+    let origin = big_origin(1 << 20);
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "bandwidth:64KiB/s"]);
+    let mut c = proxy.connect();
+    c.set_timeout(Duration::from_secs(60));
+    let started = Instant::now();
+    let resp = c.roundtrip(&get("/big"));
+    let elapsed = started.elapsed();
+    assert_eq!(resp.body.len(), 1 << 20);
+    assert!(resp.body == pattern(1 << 20), "body altered");
+    // Bounded from below only: a loaded machine may be slower, never faster.
+    assert!(elapsed >= Duration::from_secs(16), "{elapsed:?}");
+    eprintln!("bandwidth 64KiB/s over 1 MiB: {elapsed:?}");
+}
+
+#[test]
+fn fault_model_slow_head_dribbles_the_head() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "slow-head:800ms"]);
+    let mut c = proxy.connect();
+    let started = Instant::now();
+    let resp = c.roundtrip(&request("POST", "/x", "test.local", &[], b"intact"));
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"intact");
+    assert!(started.elapsed() >= Duration::from_millis(800));
+}
+
+#[test]
+fn fault_model_request_bandwidth_paces_the_upload() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(
+        origin.addr(),
+        &["--fault", "bandwidth:32KiB/s:side=request:method=POST"],
+    );
+    let mut c = proxy.connect();
+    let body = pattern(64 * 1024);
+    let started = Instant::now();
+    let resp = c.roundtrip(&request("POST", "/up", "test.local", &[], &body));
+    let elapsed = started.elapsed();
+    assert_eq!(resp.status, 200);
+    assert!(resp.body == body, "echo differs");
+    assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
+}
+
+#[test]
+fn fault_model_request_truncate_never_completes_the_upload() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "truncate:1KiB:side=request"]);
+    let mut c = proxy.connect();
+    let resp = c.roundtrip(&request("POST", "/up", "test.local", &[], &pattern(8192)));
+    assert_eq!(resp.status, 502);
+    // The origin never saw a complete request.
+    assert!(
+        origin.requests().is_empty(),
+        "{:?}",
+        origin.requests().len()
+    );
+}
