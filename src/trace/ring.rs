@@ -5,7 +5,7 @@
 //!
 //! # File layout (all integers little-endian)
 //! ```text
-//! 0   magic "PFTRACE\0"        8   format version u32   12  header bytes u32 (64)
+//! 0   magic "PFTRACE\0"        8   format version u32   12  header bytes u32 (128)
 //! 16  data capacity u64        24  header generation u64 (odd while the writer updates it)
 //! 32  write position u64       40  next sequence u64
 //! 48  tail position u64        56  tail sequence u64 (== next sequence when empty)
