@@ -47,9 +47,13 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// How often a worker looks at the process-wide stop flag (not on the request path).
 const STOP_POLL: Duration = Duration::from_millis(50);
 
-/// With a control plane, how often a worker also picks up a new fault snapshot and copies its
-/// counters for `/metrics`: a change answers within about this, so 100 edits a second apply.
+/// With a control plane, how often a worker also picks up a new fault snapshot: a change answers
+/// within about this, so 100 edits a second apply.
 const CONTROL_TICK: Duration = Duration::from_millis(10);
+
+/// Every how many control ticks the worker copies its counters for `/metrics` (50 ms: fresher
+/// than any scrape interval, a fifth of the copying).
+const REPORT_EVERY_TICKS: u32 = 5;
 
 /// While at `--max-connections`, how long accepting pauses before looking again.
 const FULL_PAUSE: Duration = Duration::from_millis(5);
@@ -266,6 +270,13 @@ impl Server {
                     file,
                     ..
                 } = control;
+                if file.is_some() {
+                    // Installed here, after the SIGINT/SIGTERM handler (whose crate also takes
+                    // SIGHUP as "terminate"): SIGHUP reloads the rules file instead.
+                    RulesFile::install_sighup().map_err(|e| {
+                        Error::Config(format!("cannot install the SIGHUP handler: {e}"))
+                    })?;
+                }
                 if let Some(exporter) = &exporter {
                     admin.set_export_stats(Arc::clone(exporter.stats()));
                 }
@@ -401,8 +412,6 @@ fn bind_control(config: &Config) -> Result<Option<ControlPlane>, Error> {
     let (file, startup) = match &settings.faults_file {
         Some(path) => {
             let (file, startup) = RulesFile::load(path, flags).map_err(Error::Config)?;
-            RulesFile::install_sighup()
-                .map_err(|e| Error::Config(format!("cannot install the SIGHUP handler: {e}")))?;
             (Some(file), startup)
         }
         None => (None, flags),
@@ -537,12 +546,14 @@ async fn serve_worker(
         STOP_POLL
     };
     if let Some(link) = &mut link {
-        worker.tick(link);
+        worker.tick(link, true);
     }
+    let mut ticks: u32 = 0;
     while !stop.load(Ordering::Relaxed) {
         monoio::time::sleep(tick).await;
         if let Some(link) = &mut link {
-            worker.tick(link);
+            ticks = ticks.wrapping_add(1);
+            worker.tick(link, ticks.is_multiple_of(REPORT_EVERY_TICKS));
         }
     }
     canceller.cancel();

@@ -162,9 +162,9 @@ impl Worker {
     }
 
     /// The worker's periodic step (the server runs it on its stop-poll tick) when a control
-    /// plane publishes: swaps in a newer snapshot and acks it, then copies the counters into the
-    /// worker's board slot. Not on the request path.
-    pub(crate) fn tick(&self, link: &mut WorkerLink<Faults>) {
+    /// plane publishes: swaps in a newer snapshot and acks it, then, when `report`, copies the
+    /// counters into the worker's board slot. Not on the request path.
+    pub(crate) fn tick(&self, link: &mut WorkerLink<Faults>, report: bool) {
         if let Some((generation, latest)) = link.poll() {
             debug_assert_eq!(
                 latest.generation, generation,
@@ -186,7 +186,9 @@ impl Worker {
             }
             link.ack();
         }
-        link.report(|report| self.fill_report(report));
+        if report {
+            link.report(|report| self.fill_report(report));
+        }
     }
 
     /// Per-rule counters by id over every table this worker used (for the shutdown summary).

@@ -322,7 +322,11 @@ fn control_faults_file_edit_applies_within_a_second_and_a_bad_edit_keeps_the_rul
         thread::sleep(Duration::from_millis(10));
     }
 
-    std::fs::write(&path, "error:502:/a\nerror:700\n").unwrap();
+    // Replaced atomically, as an editor's save or a ConfigMap update does (an in-place write
+    // stalled between truncating and writing for over a poll would be read as it stands).
+    let staged = dir.path().join("rules.txt.new");
+    std::fs::write(&staged, "error:502:/a\nerror:700\n").unwrap();
+    std::fs::rename(&staged, &path).unwrap();
     assert!(
         proxy.wait_for_stderr("keeping the live rules", Duration::from_secs(2)),
         "{}",
@@ -334,6 +338,22 @@ fn control_faults_file_edit_applies_within_a_second_and_a_bad_edit_keeps_the_rul
         502,
         "the broken edit changed nothing"
     );
+
+    // SIGHUP reloads (and does not stop the proxy): a fixed file applies at once.
+    std::fs::write(&path, "error:504:/a\n").unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let signalled = Instant::now();
+    while status_of(&mut conn, "/a") != 504 {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(1),
+            "SIGHUP did not reload"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]

@@ -60,8 +60,9 @@ impl RulesFile {
         Ok((file, set))
     }
 
-    /// Installs the SIGHUP handler that makes the next tick reload the file. Call once, before
-    /// the workers start (they inherit the disposition, and no thread then dies of SIGHUP).
+    /// Installs the SIGHUP handler that makes the next tick reload the file. Call once, after any
+    /// other handler that claims SIGHUP (`ctrlc` with its `termination` feature treats it as a
+    /// stop) and before the workers start.
     ///
     /// # Errors
     /// The OS error of `sigaction`.

@@ -18,7 +18,7 @@ use std::{fmt, time::Duration};
 use serde_json::{Map, Value, json};
 
 use crate::fault::{
-    FaultAction, FaultRule, Rate,
+    FaultRule, Rate,
     schedule::{Ramp, Schedule},
 };
 
@@ -245,9 +245,9 @@ pub fn parse_line(line: &str, index: usize, place: &str) -> Result<Option<LiveRu
     let (id, rest) = match first.strip_prefix("id=") {
         Some(id) => {
             check_id(id).map_err(fail)?;
-            (id.to_owned(), &words[1..])
+            (Id::Given(id.to_owned()), &words[1..])
         }
-        None => (default_id(index), &words[..]),
+        None => (Id::Default(default_id(index)), &words[..]),
     };
     let Some((spec, options)) = rest.split_first() else {
         return Err(fail(
@@ -273,25 +273,36 @@ pub fn parse_line(line: &str, index: usize, place: &str) -> Result<Option<LiveRu
         .map_err(|(spec, reason)| RuleError::new(place, spec, reason))
 }
 
+/// A rule's id as the line or object gave it, or the position's default.
+enum Id {
+    Given(String),
+    Default(String),
+}
+
 /// The rule from its parts; the error carries the text at fault and the reason.
 fn build(
-    id: String,
+    id: Id,
     spec: &str,
     ramp: Option<Ramp>,
     schedule: Option<Schedule>,
 ) -> Result<LiveRule, (String, String)> {
-    let rule: FaultRule = spec
+    let mut rule: FaultRule = spec
         .parse()
         .map_err(|e: crate::fault::SpecError| (spec.to_owned(), e.to_string()))?;
-    if ramp.is_some() && !matches!(rule.action, FaultAction::Error { .. }) {
-        return Err((
-            spec.to_owned(),
-            format!(
-                "a ramp moves a probability, and a {} rule has none; expected an error rule",
-                rule.kind()
-            ),
-        ));
-    }
+    // Every kind takes a rate, so a ramp applies to any rule. An `id=` inside the spec names
+    // the rule as the line's prefix does; the live rule keeps it (the table gets it back).
+    let id = match (rule.id.take(), id) {
+        (None, Id::Given(id) | Id::Default(id)) => id,
+        (Some(inner), Id::Default(_)) => inner,
+        (Some(inner), Id::Given(outer)) if inner == outer => inner,
+        (Some(inner), Id::Given(outer)) => {
+            return Err((
+                spec.to_owned(),
+                format!("the spec's id {inner:?} differs from the rule's id {outer:?}; give one"),
+            ));
+        }
+    };
+    check_id(&id).map_err(|reason| (spec.to_owned(), reason))?;
     Ok(LiveRule {
         id,
         rule,
@@ -341,7 +352,7 @@ pub fn parse_json_set(body: &Value) -> Result<Vec<LiveRule>, RuleError> {
 /// A [`RuleError`] naming the rule and what was expected.
 pub fn parse_json_rule(item: &Value, index: usize, place: &str) -> Result<LiveRule, RuleError> {
     if let Value::String(spec) = item {
-        return build(default_id(index), spec, None, None)
+        return build(Id::Default(default_id(index)), spec, None, None)
             .map_err(|(spec, reason)| RuleError::new(place, spec, reason));
     }
     let Value::Object(object) = item else {
@@ -377,11 +388,14 @@ pub fn parse_json_rule(item: &Value, index: usize, place: &str) -> Result<LiveRu
     let id = match text("id")? {
         Some(id) => {
             check_id(id).map_err(|reason| RuleError::new(place, id, reason))?;
-            id.to_owned()
+            Id::Given(id.to_owned())
         }
-        None => default_id(index),
+        None => Id::Default(default_id(index)),
     };
-    let named = |reason: String, spec: &str| RuleError::new(id.clone(), spec, reason);
+    let name = match &id {
+        Id::Given(id) | Id::Default(id) => id.clone(),
+    };
+    let named = |reason: String, spec: &str| RuleError::new(name.clone(), spec, reason);
     let Some(spec) = text("spec")? else {
         return Err(named(
             "missing \"spec\"; expected e.g. \"error:503:/api\"".into(),
@@ -396,7 +410,7 @@ pub fn parse_json_rule(item: &Value, index: usize, place: &str) -> Result<LiveRu
         Some(t) => Some(t.parse::<Schedule>().map_err(|r| named(r, t))?),
         None => None,
     };
-    build(id.clone(), spec, ramp, schedule).map_err(|(spec, reason)| named(reason, &spec))
+    build(id, spec, ramp, schedule).map_err(|(spec, reason)| named(reason, &spec))
 }
 
 /// Set-wide checks: unique ids, at most [`MAX_RULES`].
@@ -503,10 +517,10 @@ id=ramp error:500:/x ramp=0..0.5/60s schedule=0s+30s/1m
                 "unexpected word \"every=1s\"",
             ),
             (
-                "ramp_on_delay",
-                parse_text("delay:1ms ramp=0..1/1s"),
+                "spec_id_differs",
+                parse_text("id=a error:503:id=b"),
                 "line 1",
-                "a ramp moves a probability",
+                "differs from the rule's id",
             ),
             (
                 "duplicate_id",
@@ -551,6 +565,16 @@ id=ramp error:500:/x ramp=0..0.5/60s schedule=0s+30s/1m
             assert!(err.reason.contains(want), "{name}: {err}");
             assert_eq!(err.to_json()["rule"], json!(rule), "{name}");
         }
+    }
+
+    #[test]
+    fn spec_ids_and_ramps_on_any_kind() {
+        let rules =
+            parse_text("delay:5ms:id=slow ramp=0..1/1s\nid=same error:503:id=same\n").unwrap();
+        let ids: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["slow", "same"]);
+        assert_eq!(rules[0].rule.id, None, "the id lives on the live rule");
+        assert_eq!(parse_text(&to_text(&rules)).unwrap(), rules, "round trip");
     }
 
     #[test]
