@@ -299,7 +299,7 @@ pub struct TraceEvent<'a> {
     pub upstream_body_ns: u64,
     /// Every delay the faults added, summed, ns (0 if none).
     pub injected_delay_ns: u64,
-    /// Generation of the fault table the exchange was decided against (0: the startup table).
+    /// Generation of the fault table the exchange was decided against (1: the startup table; each change bumps it).
     pub generation: u64,
     /// Every fault applied, in the order they acted (empty: not faulted).
     #[rkyv(with = rkyv::with::InlineAsBox)]
