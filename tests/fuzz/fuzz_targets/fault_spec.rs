@@ -27,12 +27,18 @@ fuzz_target!(|data: &[u8]| {
             // The message names the spec; rendering it must not panic either.
             assert_eq!(err.spec(), spec, "error names another spec");
             let _ = err.to_string();
-            assert!(header.is_err(), "header accepted what the parser rejects: {spec:?}");
+            assert!(
+                header.is_err(),
+                "header accepted what the parser rejects: {spec:?}"
+            );
             return;
         }
     };
     if let Ok(header) = header {
-        assert_eq!(header.action, rule.action, "header action differs: {spec:?}");
+        assert_eq!(
+            header.action, rule.action,
+            "header action differs: {spec:?}"
+        );
         assert_eq!(header.rate, rule.rate, "header rate differs: {spec:?}");
     }
     match rule.action {
