@@ -283,11 +283,7 @@ fn session<'a>(facts: &tls::TlsFacts<'a>, failure: &'a str) -> TlsSession<'a> {
         version_code: facts.version_code,
         cipher_suite_code: facts.cipher_suite_code,
         server_name: facts.server_name.unwrap_or(""),
-        verification: match facts.verification {
-            tls::Verification::NotApplicable => TlsVerification::NotApplicable,
-            tls::Verification::Verified => TlsVerification::Verified,
-            tls::Verification::Skipped => TlsVerification::Skipped,
-        },
+        verification: facts.verification,
         resumed: facts.resumed,
         failure,
     }

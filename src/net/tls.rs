@@ -233,27 +233,9 @@ impl ServerCertVerifier for NoVerification {
 // Facts for the trace record.
 // ---------------------------------------------------------------------------------------------
 
-/// How the peer's certificate was judged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verification {
-    /// We are the server and ask for no client certificate.
-    NotApplicable,
-    /// The upstream's chain and name were verified.
-    Verified,
-    /// `--insecure`: not checked.
-    Skipped,
-}
-
-impl Verification {
-    /// `not-applicable`, `verified` or `skipped`, for trace records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verification::NotApplicable => "not-applicable",
-            Verification::Verified => "verified",
-            Verification::Skipped => "skipped",
-        }
-    }
-}
+/// How the peer's certificate was judged: the trace record's own type, so the facts go into a
+/// record as they are.
+pub use crate::trace::TlsVerification as Verification;
 
 /// What a trace record says about one TLS session; borrows from the stream, allocates nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
