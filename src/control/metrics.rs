@@ -492,7 +492,7 @@ mod tests {
         report.trace_records = 10;
         let mut total = report.clone();
         total.merge(&WorkerReport {
-            outcomes: [1, 0, 0, 0, 0, 0],
+            outcomes: [1, 0, 0, 0, 0, 0, 0],
             ..WorkerReport::default()
         });
         Scrape {

@@ -144,31 +144,40 @@ impl Session<'_> {
         let Some(Transport::Plain(tcp)) = self.client.take_transport() else {
             return Intercept::Ended;
         };
-        let Ok(hello) = LazyServer::read_hello(tcp, early, Vec::new(), deadline).await else {
-            return Intercept::Ended;
+        let hello = match LazyServer::read_hello(tcp, early, Vec::new(), deadline).await {
+            Ok(hello) => hello,
+            Err(e) => return self.client_tls_failed(tls::handshake_failure(&e)),
         };
         let name: Rc<str> = Rc::from(hello.server_name().unwrap_or(host));
         let Ok(leaf) = w.leaves.borrow_mut().get_or_sign(ca, &name) else {
-            return Intercept::Ended;
+            return self.client_tls_failed("no leaf certificate could be signed for the name");
         };
-        let Ok(mut stream) = hello.into_stream(leaf) else {
-            return Intercept::Ended;
+        let mut stream = match hello.into_stream(leaf) {
+            Ok(stream) => stream,
+            Err(e) => return self.client_tls_failed(tls::handshake_failure(&e)),
         };
-        if let Err(e) = stream.handshake(deadline).await {
-            // Most often the client does not trust our CA (its alert says so).
-            self.ex.error_reason = tls::failure_reason(&e);
-            self.ex.outcome = Outcome::ClientClosed;
-            return Intercept::Ended;
-        }
+        let failed = stream.handshake(deadline).await.err();
         let fresh = Conn::new(
             Transport::Tls(Box::new(stream)),
             w.bufs.borrow_mut().get(READ_BUF_BYTES),
         );
         let plain = std::mem::replace(&mut self.client, fresh);
         self.release_conn(plain);
+        if let Some(e) = failed {
+            // Most often the client does not trust our CA (its alert says so). The failed
+            // session stays as the client's transport so the record shows what was negotiated.
+            return self.client_tls_failed(tls::handshake_failure(&e));
+        }
         self.client_tls = true;
         self.mitm = Some(MitmDest { addr, name });
         Intercept::Intercepted
+    }
+
+    /// The client's TLS handshake with us failed: the CONNECT's record says why.
+    fn client_tls_failed(&mut self, reason: &'static str) -> Intercept {
+        self.ex.outcome = Outcome::ClientTlsFailed;
+        self.ex.error_reason = Some(reason);
+        Intercept::Ended
     }
 
     /// Moves the bytes: first those already read on either side (behind the client's head,
