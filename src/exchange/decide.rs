@@ -21,6 +21,12 @@ pub(super) const FAULT_HEADER: &str = "x-phantom-fault";
 /// at the deadline): a client that leaves is noticed within this, and its connection freed.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
+/// A delay may end up to this fraction of itself late (never early), so that delays due within
+/// that of each other share one timer wake-up: 1/32 is 31 µs of a 1 ms delay…
+const DELAY_SLACK_DIVISOR: u32 = 32;
+/// …and at most this much of any delay (3.1% of 32 ms, 0.3% of 300 ms).
+const MAX_DELAY_SLACK: Duration = Duration::from_millis(1);
+
 /// One compiled fault snapshot: the table, each rule's canonical text and its prebuilt
 /// synthetic answers, stamped with a generation. Immutable; shared across workers in an `Arc`.
 pub(crate) struct Faults {
@@ -160,15 +166,25 @@ impl Session<'_> {
         let start = Instant::now();
         let deadline = start + delay;
         let mut wake = start;
+        // The last wake-up may come up to `slack` late (never early) so that it can share the
+        // worker's wake-up with the delays due about then; the ones before it only watch.
+        let slack = (delay / DELAY_SLACK_DIVISOR).min(MAX_DELAY_SLACK);
+        let mut now = start;
         loop {
             wake = deadline.min(wake + WATCH_EVERY);
-            self.w.timer.sleep_until(wake).await;
+            let within = if wake == deadline {
+                slack
+            } else {
+                WATCH_EVERY / 8
+            };
+            self.w.timer.sleep_within(now, wake, within).await;
             if self.client.peer_hung_up() {
                 return false;
             }
             if wake == deadline {
                 return true;
             }
+            now = Instant::now();
         }
     }
 }
