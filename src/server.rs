@@ -542,6 +542,7 @@ async fn serve_worker(
         Rc::clone(&worker),
         listener,
         canceller.handle(),
+        Arc::clone(&stop),
     ));
     let tick = if link.is_some() {
         CONTROL_TICK
@@ -571,16 +572,21 @@ async fn serve_worker(
     Ok(())
 }
 
+/// Accepts until `cancel` fires (the accept in flight is cancelled) or, while paused at
+/// `--max-connections` with no accept in flight, until `stop` is set: the worker's drain waits
+/// for this loop to end, so a pause must look at the stop itself (else a worker kept at its
+/// limit by keep-alive clients never drains; SIGTERM under load was seen not to stop a proxy).
 async fn accept_loop(
     worker: Rc<Worker>,
     listener: monoio::net::TcpListener,
     cancel: monoio::io::CancelHandle,
+    stop: Arc<AtomicBool>,
 ) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         if worker.active.get() >= worker.config.max_connections {
             monoio::time::sleep(FULL_PAUSE).await;
-            if worker.shutdown.fired() {
+            if stop.load(Ordering::Relaxed) {
                 return;
             }
             continue;

@@ -836,3 +836,22 @@ fn control_trace_ring_losses_are_in_metrics_and_agree_with_the_summary() {
     let line = format!("traces: {requests} records, {overwritten} overwritten by newer ones");
     assert!(stderr.contains(&line), "{line:?} not in\n{stderr}");
 }
+
+#[test]
+fn control_sigterm_at_the_connection_limit_still_stops() {
+    // Seen once: SIGTERM under load left an `--admin` proxy running. At `--max-connections`
+    // the accept loop paused without looking at the stop, so the worker never began its drain
+    // while the clients kept their keep-alive connections open.
+    let origin = Origin::echo();
+    let (proxy, _addr) = start(&origin, &["--max-connections", "2", "--grace", "1s"]);
+    let mut served: Vec<Conn> = (0..2).map(|_| proxy.connect()).collect();
+    for conn in &mut served {
+        assert_eq!(status_of(conn, "/"), 200);
+    }
+    // A third waits in the listen backlog: the worker is at its limit.
+    let _queued = proxy.connect();
+    thread::sleep(Duration::from_millis(100));
+    let (exit, stderr) = proxy.stop();
+    assert!(exit.success(), "{exit}: {stderr}");
+    drop(served);
+}
