@@ -1194,3 +1194,63 @@ fn https_listener_failed_handshakes_are_recorded_with_their_reason() {
     assert_eq!(stats["by_outcome"]["client-tls-failed"], 3, "{stats:#}");
     assert_eq!(stats["by_outcome"]["ok"], 1, "{stats:#}");
 }
+
+// See: issue 16 ("the upstream's share (connect, time to first byte, body)").
+#[test]
+fn ledger_counts_tls_connect_and_a_slow_body_as_upstream_time() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.leaf("origin", &["localhost"], Leaf::Good);
+    let origin = PyOrigin::start(&cert, &key, &[]);
+    let upstream = https_upstream(&origin.authority());
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &upstream,
+        "--upstream-ca",
+        s(&pki.path("ca.pem")),
+        "--fault",
+        "delay:100ms:at=head:/slow-body",
+    ]);
+    let base = format!("http://127.0.0.1:{}", proxy.addr().port());
+    let out = curl(&[&format!("{base}/slow-body"), &format!("{base}/fast")]);
+    assert!(out.status.success(), "{out:?}");
+    let recs = records(&proxy, 2);
+    let n = |rec: &serde_json::Value, k: &str| {
+        rec[k].as_u64().unwrap_or_else(|| panic!("{k} in {rec:#}"))
+    };
+    for rec in &recs {
+        assert_eq!(
+            n(rec, "upstream_us"),
+            n(rec, "upstream_connect_us") + n(rec, "upstream_ttfb_us") + n(rec, "upstream_body_us"),
+            "{rec:#}"
+        );
+        assert_eq!(
+            n(rec, "duration_us"),
+            n(rec, "injected_delay_us") + n(rec, "upstream_us") + n(rec, "overhead_us"),
+            "duration = injected + upstream + overhead: {rec:#}"
+        );
+    }
+    let find = |path: &str| {
+        recs.iter()
+            .find(|r| r["url"].as_str().is_some_and(|u| u.ends_with(path)))
+            .unwrap_or_else(|| panic!("no {path} in {recs:?}"))
+    };
+    let slow = find("/slow-body");
+    // A new connection: TCP and the TLS handshake are the upstream's time.
+    assert!(n(slow, "upstream_connect_us") > 0, "{slow:#}");
+    assert_eq!(n(slow, "injected_delay_us"), 100_000, "{slow:#}");
+    // The origin held the second half of the body back 300 ms after the request: upstream time,
+    // not overhead. The head delay (100 ms) ran meanwhile, so the upstream's share from the
+    // request to the last byte is at least 300 - 100 ms, its body part after the delay ended.
+    let upstream_wait = n(slow, "upstream_ttfb_us") + n(slow, "upstream_body_us");
+    assert!(upstream_wait >= 190_000, "{slow:#}");
+    assert!(n(slow, "upstream_body_us") > 0, "{slow:#}");
+    assert!(n(slow, "overhead_us") < 100_000, "{slow:#}");
+    let fast = find("/fast");
+    assert_eq!(n(fast, "upstream_connect_us"), 0, "pooled: {fast:#}");
+    assert_eq!(
+        n(fast, "upstream_body_us"),
+        0,
+        "body came with the head: {fast:#}"
+    );
+    assert_eq!(n(fast, "injected_delay_us"), 0, "{fast:#}");
+}
