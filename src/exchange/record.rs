@@ -55,7 +55,8 @@ pub(crate) struct Stats {
     pub(crate) durations: DurationHistogram,
     /// Upstream time to first byte, in `/metrics`' fixed buckets.
     pub(crate) upstream_ttfb: DurationHistogram,
-    /// Injected delay per rule of the current table, nanoseconds (same order as `rules`).
+    /// Injected delay per rule of the current table, nanoseconds (same order as `rules`),
+    /// counted when decided, as `rules` is.
     pub(crate) delay_ns: Vec<u64>,
     /// Trace records written.
     pub(crate) trace_records: u64,
@@ -287,17 +288,6 @@ impl Session<'_> {
         stats
             .ledger
             .record(&ledger, !decision.applied.as_slice().is_empty());
-        // Each delay goes to the rule that drew it, and only while this exchange's table is
-        // still the worker's (the per-rule slices follow the current table).
-        if self.w.table.is_current(&self.faults) {
-            for applied in self.ex.decision.applied.as_slice() {
-                if let (FaultSource::Rule(rule), FaultKind::Delay) = (applied.source, applied.kind)
-                    && let Some(slot) = stats.delay_ns.get_mut(usize::from(rule))
-                {
-                    *slot = slot.saturating_add(applied.value);
-                }
-            }
-        }
     }
 }
 
