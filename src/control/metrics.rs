@@ -624,7 +624,7 @@ mod tests {
         report.trace_dropped = 1;
         let mut total = report.clone();
         total.merge(&WorkerReport {
-            outcomes: [1, 0, 0, 0, 0, 0],
+            outcomes: [1, 0, 0, 0, 0, 0, 0],
             ..WorkerReport::default()
         });
         Scrape {

@@ -4,15 +4,11 @@
 //! It answers nothing: `answer` sends the synthetic response a decision asks for.
 
 use std::{
-    pin::pin,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use crate::{
-    fault::{FaultPlan, FaultRule, FaultTable, HeaderFault, RequestView, SpecError},
-    net::{READ_BUF_BYTES, is_timeout},
-};
+use crate::fault::{FaultPlan, FaultRule, FaultTable, HeaderFault, RequestView, SpecError};
 
 use super::{Session, answer::Synthetic};
 use crate::control::{Compiled, rules::RuleError};
@@ -22,9 +18,15 @@ use crate::worker::{Pinned, Worker};
 /// forwarded.
 pub(super) const FAULT_HEADER: &str = "x-phantom-fault";
 
-/// How far past a delay's deadline the wheel-based read deadline sits (it only guards
-/// against a timer that never fires).
-const BACKSTOP_SLACK: Duration = Duration::from_secs(1);
+/// During a long delay the client is asked whether it hung up at least this often (and always
+/// at the deadline): a client that leaves is noticed within this, and its connection freed.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// A delay may end up to this fraction of itself late (never early), so that delays due within
+/// that of each other share one timer wake-up: 1/32 is 31 µs of a 1 ms delay…
+const DELAY_SLACK_DIVISOR: u32 = 32;
+/// …and at most this much of any delay (3.1% of 32 ms, 0.3% of 300 ms).
+const MAX_DELAY_SLACK: Duration = Duration::from_millis(1);
 
 /// One compiled fault snapshot: the table, each rule's canonical text and its prebuilt
 /// synthetic answers, stamped with a generation. Immutable; shared across workers in an `Arc`.
@@ -158,31 +160,36 @@ impl Session<'_> {
         }
     }
 
-    /// Sleeps for an injected delay while watching the client: `false` when it hung up.
-    /// Bytes it sends meanwhile (a body, a pipelined request) are kept.
+    /// Sleeps for an injected delay while watching the client: `false` when it hung up (its
+    /// request is then never forwarded). The client is asked at the deadline and at least every
+    /// [`WATCH_EVERY`] before it ([`Conn::peer_hung_up`]: one `poll(2)`, nothing in the ring), so
+    /// a delay costs its timer wake-ups and no read that must be cancelled. Bytes the client
+    /// sends meanwhile (a body, a pipelined request) stay in its socket for the exchange.
+    ///
+    /// [`Conn::peer_hung_up`]: crate::net::Conn::peer_hung_up
     pub(super) async fn delay(&mut self, delay: Duration) -> bool {
-        let deadline = Instant::now() + delay;
-        let mut elapsed = pin!(self.w.timer.sleep_until(deadline));
-        // The wheel deadline only backs up the precise one; it never ends the delay early.
-        let backstop = deadline + BACKSTOP_SLACK;
+        let start = Instant::now();
+        let deadline = start + delay;
+        let mut wake = start;
+        // The last wake-up may come up to `slack` late (never early) so that it can share the
+        // worker's wake-up with the delays due about then; the ones before it only watch.
+        let slack = (delay / DELAY_SLACK_DIVISOR).min(MAX_DELAY_SLACK);
+        let mut now = start;
         loop {
-            // Bytes that arrive meanwhile are kept, up to one read buffer; past that the client
-            // waits on TCP backpressure like any other.
-            let room = READ_BUF_BYTES;
-            if self.client.buffered().len() >= room {
-                elapsed.await;
+            wake = deadline.min(wake + WATCH_EVERY);
+            let within = if wake == deadline {
+                slack
+            } else {
+                WATCH_EVERY / 8
+            };
+            self.w.timer.sleep_within(now, wake, within).await;
+            if self.client.peer_hung_up() {
+                return false;
+            }
+            if wake == deadline {
                 return true;
             }
-            match self.client.fill_or(room, backstop, &mut elapsed).await {
-                Ok(0) => return false,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return true,
-                Err(e) if is_timeout(&e) => {
-                    elapsed.await;
-                    return true;
-                }
-                Err(_) => return false,
-            }
+            now = Instant::now();
         }
     }
 }
