@@ -11,6 +11,7 @@ use std::{
 use crate::fault::{FaultPlan, FaultRule, FaultTable, HeaderFault, RequestView, SpecError};
 
 use super::{Session, answer::Synthetic};
+use crate::control::{Compiled, rules::RuleError};
 use crate::worker::{Pinned, Worker};
 
 /// The request header that names a request's own fault (`--allow-header-faults`); never
@@ -39,6 +40,9 @@ pub(crate) struct Faults {
     pub(crate) generation: u64,
     /// Each rule's stable id (the `rule` label in `/metrics`), same order as the table.
     pub(crate) ids: Vec<Arc<str>>,
+    /// Every id of the rule set this snapshot belongs to, rules scheduled off included: a
+    /// worker keeps the counters of these ids and folds those of others (`RuleTally`).
+    pub(crate) kept_ids: Vec<Arc<str>>,
 }
 
 impl Faults {
@@ -57,35 +61,36 @@ impl Faults {
         Ok(Faults::from_table(table, ids, specs, generation))
     }
 
-    /// [`Faults::compile`] with the control plane's rule ids (`ids.len() == rules.len()`),
-    /// which win over a spec's own `id=`. The control plane's compile step cannot fail, so a
-    /// table that does not compile (a `body=@PATH` file gone since it was validated) is
-    /// reported and compiled with those bodies replaced by the reason.
-    pub(crate) fn compile_with_ids(
-        rules: &[FaultRule],
-        ids: &[Arc<str>],
-        generation: u64,
-    ) -> Faults {
-        let specs = rules.iter().map(ToString::to_string).collect();
-        let mut rules = rules.to_vec();
-        for (rule, id) in rules.iter_mut().zip(ids) {
+    /// [`Faults::compile`] for the control plane: the rules in force with its ids
+    /// (`c.ids.len() == c.rules.len()`, winning over a spec's own `id=`), and the ids of its
+    /// whole live set (scheduled-off rules too), whose counters the workers keep.
+    ///
+    /// # Errors
+    /// A [`RuleError`] naming the rule by id when the table does not compile (a `body=@PATH`
+    /// file that cannot be read): the control plane then keeps the rules it had.
+    pub(crate) fn compile_with_ids(c: Compiled<'_>) -> Result<Faults, RuleError> {
+        let specs: Vec<String> = c.rules.iter().map(ToString::to_string).collect();
+        let mut rules = c.rules.to_vec();
+        for (rule, id) in rules.iter_mut().zip(c.ids) {
             rule.id = Some(id.to_string());
         }
-        let table = FaultTable::compile(&rules).unwrap_or_else(|err| {
-            eprintln!("phantom-fast: {err}; serving that rule set without its body files");
-            for rule in &mut rules {
-                if let Some(crate::fault::Body::File(path)) = &rule.body {
-                    let reason = format!("phantom-fast: body file {path:?} unreadable");
-                    rule.body = Some(crate::fault::Body::Inline(reason.into_bytes()));
-                }
+        let table = FaultTable::compile(&rules).map_err(|err| {
+            // The error quotes the rule as compiled (with its id): find which one it was.
+            let at = rules.iter().position(|r| r.to_string() == err.spec());
+            RuleError {
+                rule: at.map_or_else(|| "rules".to_owned(), |i| c.ids[i].to_string()),
+                spec: at.map_or_else(|| err.spec().to_owned(), |i| specs[i].clone()),
+                reason: err.reason().to_owned(),
             }
-            FaultTable::compile(&rules).unwrap_or_else(|err| {
-                eprintln!("phantom-fast: {err}; serving no rules");
-                FaultTable::compile(&[]).expect("an empty table always compiles")
-            })
-        });
-        let table = table.with_generation(generation);
-        Faults::from_table(table, ids.to_vec(), specs, generation)
+        })?;
+        let mut faults = Faults::from_table(
+            table.with_generation(c.generation),
+            c.ids.to_vec(),
+            specs,
+            c.generation,
+        );
+        faults.kept_ids = c.live_ids.to_vec();
+        Ok(faults)
     }
 
     fn from_table(
@@ -100,6 +105,7 @@ impl Faults {
             table,
             synthetic,
             generation,
+            kept_ids: ids.clone(),
             ids,
         }
     }
@@ -139,6 +145,7 @@ pub(super) fn decide_request(
         stats.fault_overflow += 1;
         return (FaultPlan::NONE, false);
     }
+    crate::worker::count_delays(&mut stats.delay_ns, &plan);
     w.fault_holds.set(w.fault_holds.get() + 1);
     (plan, true)
 }
@@ -161,8 +168,6 @@ impl Session<'_> {
     ///
     /// [`Conn::peer_hung_up`]: crate::net::Conn::peer_hung_up
     pub(super) async fn delay(&mut self, delay: Duration) -> bool {
-        // Counted as "inside a fault" (`phantom_active_faults`) for the whole wait.
-        let _active = self.w.active_faults.enter();
         let start = Instant::now();
         let deadline = start + delay;
         let mut wake = start;
