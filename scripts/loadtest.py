@@ -1113,6 +1113,11 @@ DELAY_COST_EVENTS = {
 DELAY_COST_MAX_RATIO = 1.25
 # …and ends at most this late at p99 (observed minus injected, proxy's own time included).
 DELAY_COST_MAX_LATE_US = 2000.0
+# A run whose proxy served less than this share of the offered rate, or whose median exchange took
+# longer than this of its own (late p50), fell behind: it was batching a backlog, which flatters
+# its CPU per request, so its figures are flagged.
+DELAY_COST_BEHIND_SHARE = 0.95
+DELAY_COST_BEHIND_US = 5000.0
 
 
 def task_counters(pid: int) -> tuple[int, int]:
@@ -1241,6 +1246,7 @@ def delay_cost_run(args, tmp: str, label: str, binary: str, fault: str, proxy: O
     res = {
         "binary": label, "fault": fault, "rate": rate, "connections": conns,
         "window_s": t1 - t0, "requests": n, "delayed": injected,
+        "served_per_s": n / (t1 - t0) if t1 > t0 else None,
         "load": os.getloadavg()[0],
         "cpu_us_per_req": (c1 - c0) / 1e3 / n if n else None,
         "switches_per_req": (s1 - s0) / n if n else None,
@@ -1486,6 +1492,16 @@ def print_delay_cost(res: dict) -> list[str]:
                       f"{'MET' if ok else 'NOT MET'}")
     print(f"target: never early: {early} record(s) shorter than their injected delay → "
           f"{'MET' if early == 0 else 'NOT MET'}")
+    behind = [r for r in runs
+              if (r.get("served_per_s") or 0) < DELAY_COST_BEHIND_SHARE * r["rate"]
+              or (r["late_p50_us"] or 0) > DELAY_COST_BEHIND_US]
+    for r in behind:
+        print(f"warning: round {r['round'] + 1} {r['binary']} {r['rate']}/s {r['fault']}: served "
+              f"{fmt(r.get('served_per_s'))}/s, late p50 {fmt(r['late_p50_us'])} µs: the machine "
+              f"fell behind, so this run's CPU per request (and its ratio) is not comparable")
+    if behind:
+        print(f"warning: {len(behind)} of {len(runs)} runs fell behind: rerun on a quieter machine "
+              f"or with more --rounds (the medians lean on the runs that kept up)")
     return errors
 
 
