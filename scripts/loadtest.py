@@ -1273,6 +1273,11 @@ DELAY_COST_EVENTS = {
 DELAY_COST_MAX_RATIO = 1.25
 # …and ends at most this late at p99 (observed minus injected, proxy's own time included).
 DELAY_COST_MAX_LATE_US = 2000.0
+# A run whose proxy served less than this share of the offered rate, or whose median exchange took
+# longer than this of its own (late p50), fell behind: it was batching a backlog, which flatters
+# its CPU per request, so its figures are flagged.
+DELAY_COST_BEHIND_SHARE = 0.95
+DELAY_COST_BEHIND_US = 5000.0
 
 
 def task_counters(pid: int) -> tuple[int, int]:
@@ -1309,20 +1314,39 @@ def perf_events_available() -> list[str]:
     return ok
 
 
-def perf_window(pid: int, keys: list[str], seconds: float) -> dict:
-    """Counts `keys` on pid's threads for `seconds` (a plain sleep without perf)."""
+def marked_sleep(seconds: float) -> list[str]:
+    """A workload for perf that prints the wall clock when it starts and when it ends: perf's
+    window, without perf's own start-up and tear-down (which take a while on a loaded machine)."""
+    return ["sh", "-c", f"date +%s.%N; sleep {seconds:g}; date +%s.%N"]
+
+
+def marks(stdout: str, fallback: tuple[float, float]) -> tuple[float, float]:
+    try:
+        t0, t1 = (float(x) for x in stdout.split()[:2])
+        return t0, t1
+    except ValueError:
+        return fallback
+
+
+def perf_window(pid: int, keys: list[str], seconds: float) -> tuple[dict, float, float]:
+    """Counts `keys` on pid's threads for `seconds` (a plain sleep without perf); returns the
+    counts and the window's start and end (wall clock)."""
     if not keys:
+        t0 = time.time()
         time.sleep(seconds)
-        return {}
+        return {}, t0, time.time()
     events = ",".join(DELAY_COST_EVENTS[k] for k in keys)
-    p = subprocess.run(["perf", "stat", "-x,", "-e", events, "-p", str(pid), "--", "sleep",
-                        f"{seconds:g}"], capture_output=True, text=True, timeout=seconds + 30)
+    t = time.time()
+    p = subprocess.run(["perf", "stat", "-x,", "-e", events, "-p", str(pid), "--"]
+                       + marked_sleep(seconds), capture_output=True, text=True,
+                       timeout=seconds + 30)
+    w0, w1 = marks(p.stdout, (t, time.time()))
     by_event = {}
     for line in p.stderr.splitlines():
         parts = line.split(",")
         if len(parts) > 2 and parts[0].strip().isdigit():
             by_event[parts[2]] = int(parts[0])
-    return {k: by_event.get(DELAY_COST_EVENTS[k]) for k in keys}
+    return {k: by_event.get(DELAY_COST_EVENTS[k]) for k in keys}, w0, w1
 
 
 def window_records(binary: str, trace_dir: str, t0: float, t1: float) -> list[dict]:
@@ -1361,7 +1385,7 @@ def delay_cost_run(args, tmp: str, label: str, binary: str, fault: str, proxy: O
         time.sleep(args.cost_warmup)
         t0 = time.time()
         c0, s0 = task_counters(proxy.pid)
-        counts = perf_window(proxy.pid, keys, window)
+        counts, w0, w1 = perf_window(proxy.pid, keys, window)
         c1, s1 = task_counters(proxy.pid)
         t1 = time.time()
         out, err = oha.communicate(timeout=total + 60)
@@ -1372,13 +1396,17 @@ def delay_cost_run(args, tmp: str, label: str, binary: str, fault: str, proxy: O
     if oha.returncode != 0:
         raise RuntimeError(f"oha failed ({oha.returncode}): {err.strip()}")
     o = parse_oha(out)
-    records = window_records(binary, f"{tmp}/{proxy.name}-traces", t0, t1)
+    records = window_records(binary, f"{args.cost_traces}/{proxy.name}", t0, t1)
     n = len(records)
+    # perf counted over its own window, inside [t0, t1]: per request of that window.
+    n_perf = sum(1 for r in records
+                 if w0 <= r["timestamp_ms"] / 1e3 + r["duration_us"] / 1e6 < w1)
     late = sorted(r["duration_us"] - r["injected_delay_us"] for r in records)
     injected = sum(1 for r in records if r["injected_delay_us"] > 0)
     res = {
         "binary": label, "fault": fault, "rate": rate, "connections": conns,
         "window_s": t1 - t0, "requests": n, "delayed": injected,
+        "served_per_s": n / (t1 - t0) if t1 > t0 else None,
         "load": os.getloadavg()[0],
         "cpu_us_per_req": (c1 - c0) / 1e3 / n if n else None,
         "switches_per_req": (s1 - s0) / n if n else None,
@@ -1389,11 +1417,24 @@ def delay_cost_run(args, tmp: str, label: str, binary: str, fault: str, proxy: O
         "not_ok": sum(1 for r in records if r["status_code"] != 200),
     }
     for k, v in counts.items():
-        res[f"{k}_per_req"] = v / n if (v is not None and n) else None
+        res[f"{k}_per_req"] = v / n_perf if (v is not None and n_perf) else None
     return res
 
 
 def delay_cost(args, tmp: str, procs: Processes) -> dict:
+    # The rings go to tmpfs when there is one: the first write to each page of a ring on disk
+    # faults it in through the file system, several µs per request on a fresh ring, which would
+    # be counted as the proxy's CPU and drown the difference measured here.
+    shm = "/dev/shm"
+    args.cost_traces = (tempfile.mkdtemp(prefix="phantom-delay-cost.", dir=shm)
+                        if os.path.isdir(shm) and os.access(shm, os.W_OK) else f"{tmp}/traces")
+    try:
+        return _delay_cost(args, tmp, procs)
+    finally:
+        shutil.rmtree(args.cost_traces, ignore_errors=True)
+
+
+def _delay_cost(args, tmp: str, procs: Processes) -> dict:
     origin_port = free_port()
     origin = start_nginx(procs, tmp, "origin", origin_port,
                          ORIGIN_HTTP.format(port=origin_port, body=ORIGIN_BODY.replace("\n", "\\n")),
@@ -1412,7 +1453,8 @@ def delay_cost(args, tmp: str, procs: Processes) -> dict:
             proxy, port = start_phantom(
                 procs, tmp, binary, name, origin_port,
                 ["--workers", "1", "--max-connections", str(max_conns + 1024),
-                 "--trace-dir", f"{tmp}/{name}-traces", "--trace-capacity", "256MiB"] + extra)
+                 "--trace-dir", f"{args.cost_traces}/{name}", "--trace-capacity", "128MiB"]
+                + extra)
             targets[(label, fault)] = (binary, proxy, port)
     runs = []
     for rnd in range(args.rounds):
@@ -1430,8 +1472,113 @@ def delay_cost(args, tmp: str, procs: Processes) -> dict:
                     f"{fmt(r.get('enter_per_req'), '.2f')}, SQE {fmt(r.get('sqe_per_req'), '.2f')}"
                     f", late µs p50 {fmt(r['late_p50_us'])} p99 {fmt(r['late_p99_us'])}, errors "
                     f"{r['oha_errors']}, load {r['load']:.2f}")
-    return {"delay_cost": {"runs": runs, "perf_events": keys,
+    profiles = []
+    if args.profile:
+        for rate, conns in DELAY_COST_LOADS:
+            for (label, fault), (binary, proxy, port) in targets.items():
+                pr = delay_cost_profile(args, tmp, label, binary, fault, proxy, port, rate, conns)
+                profiles.append(pr)
+                log(f"profile {rate}/s {label:6} {fault:18}: {pr['requests']} requests sampled")
+    return {"delay_cost": {"runs": runs, "perf_events": keys, "profiles": profiles,
                            "binaries": {label: b for label, b in binaries}}}
+
+
+# Where a request's CPU goes: perf record -g of the proxy over one window per case, each sample
+# put in the first of these categories its call chain meets, from the leaf up (substring match).
+PROFILE_CATEGORIES = (
+    ("timerfd (arm, read)", ("timerfd_",)),
+    ("poll(2) hang-up watch", ("do_sys_poll", "__x64_sys_poll")),
+    ("io_uring cancel", ("io_async_cancel", "io_try_cancel")),
+    ("TCP send (with the peer's receive softirq)", ("io_send", "io_sendmsg", "tcp_sendmsg")),
+    ("TCP receive", ("io_recv", "tcp_recvmsg")),
+    ("sleep and wake-up (io_cqring_wait, schedule)", ("io_cqring_wait", "schedule",
+                                                     "finish_task_switch")),
+    ("io_uring completion task work", ("task_work_run", "tctx_task_work", "io_handle_tw_list")),
+    ("page faults", ("asm_exc_page_fault",)),
+    ("io_uring_enter, the rest", ("io_submit_sqes", "__do_sys_io_uring_enter")),
+    ("other syscalls", ("do_syscall_64", "entry_SYSCALL")),
+    ("phantom-fast (user)", ("phantom_fast::",)),
+    ("monoio (user)", ("monoio::",)),
+    # Fallbacks, by the leaf frame: kernel (interrupts, softirqs) or user (libc, std, alloc).
+    ("other kernel", ()),
+    ("libc, std, alloc (user)", ()),
+)
+PROFILE_HZ = 4999
+
+
+def profile_categories(data: str) -> dict:
+    """Samples per PROFILE_CATEGORIES name in a perf.data file."""
+    p = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym"], capture_output=True,
+                       text=True, timeout=300)
+    counts = {name: 0 for name, _ in PROFILE_CATEGORIES}
+
+    def settle(chain: list[str]) -> None:
+        if not chain:
+            return
+        for frame in chain:
+            for name, needles in PROFILE_CATEGORIES[:-2]:
+                if any(n in frame for n in needles):
+                    counts[name] += 1
+                    return
+        counts[PROFILE_CATEGORIES[-2 if chain[0].endswith("[kernel]") else -1][0]] += 1
+
+    chain: list[str] = []
+    for line in p.stdout.splitlines():
+        if not line.strip():
+            settle(chain)
+            chain = []
+            continue
+        parts = line.split(None, 1)
+        ip, sym = parts[0], (parts[1] if len(parts) > 1 else "")
+        chain.append(sym + (" [kernel]" if ip.startswith("ffff") else ""))
+    settle(chain)
+    return counts
+
+
+def delay_cost_profile(args, tmp: str, label: str, binary: str, fault: str, proxy: Owned,
+                       port: int, rate: int, conns: int) -> dict:
+    """One run like delay_cost_run, sampled with perf record -g instead of counted."""
+    window = args.cost_window
+    total = args.cost_warmup + window + 1.0
+    data = f"{tmp}/{proxy.name}-{rate}.perf.data"
+    oha = subprocess.Popen(oha_argv(port, rate, total, conns), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                           preexec_fn=_die_with_parent)
+    try:
+        time.sleep(args.cost_warmup)
+        t = time.time()
+        p = subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(PROFILE_HZ),
+                            "-g", "-p", str(proxy.pid), "-o", data, "--"]
+                           + marked_sleep(window), capture_output=True, text=True,
+                           timeout=window + 60)
+        t0, t1 = marks(p.stdout, (t, time.time()))
+        oha.communicate(timeout=total + 60)
+    finally:
+        if oha.poll() is None:
+            oha.kill()
+            oha.wait()
+    n = len(window_records(binary, f"{args.cost_traces}/{proxy.name}", t0, t1))
+    counts = profile_categories(data)
+    us = {k: v / PROFILE_HZ * 1e6 / n if n else None for k, v in counts.items()}
+    return {"binary": label, "fault": fault, "rate": rate, "connections": conns,
+            "requests": n, "us_per_req": us}
+
+
+def print_delay_profile(profiles: list[dict]) -> None:
+    """Per load point: µs of proxy CPU per request by category, one column per case."""
+    for rate, conns in DELAY_COST_LOADS:
+        cols = [p for p in profiles if p["rate"] == rate]
+        if not cols:
+            continue
+        print(f"\n### Where a request's CPU goes at {rate}/s over {conns} connections "
+              f"(perf record -g -e cpu-clock -F {PROFILE_HZ}, µs per request)")
+        print("| category | " + " | ".join(f"{p['binary']} {p['fault']}" for p in cols) + " |")
+        print("|---|" + "---|" * len(cols))
+        for name, _ in PROFILE_CATEGORIES:
+            print(f"| {name} | " + " | ".join(fmt(p["us_per_req"][name], ".1f") for p in cols)
+                  + " |")
+        totals = [sum(v for v in p["us_per_req"].values() if v is not None) for p in cols]
+        print("| **total (sampled)** | " + " | ".join(f"**{t:.1f}**" for t in totals) + " |")
 
 
 DELAY_COST_COLUMNS = ("cpu_us_per_req", "switches_per_req", "enter_per_req", "sqe_per_req",
@@ -1505,6 +1652,16 @@ def print_delay_cost(res: dict) -> list[str]:
                       f"{'MET' if ok else 'NOT MET'}")
     print(f"target: never early: {early} record(s) shorter than their injected delay → "
           f"{'MET' if early == 0 else 'NOT MET'}")
+    behind = [r for r in runs
+              if (r.get("served_per_s") or 0) < DELAY_COST_BEHIND_SHARE * r["rate"]
+              or (r["late_p50_us"] or 0) > DELAY_COST_BEHIND_US]
+    for r in behind:
+        print(f"warning: round {r['round'] + 1} {r['binary']} {r['rate']}/s {r['fault']}: served "
+              f"{fmt(r.get('served_per_s'))}/s, late p50 {fmt(r['late_p50_us'])} µs: the machine "
+              f"fell behind, so this run's CPU per request (and its ratio) is not comparable")
+    if behind:
+        print(f"warning: {len(behind)} of {len(runs)} runs fell behind: rerun on a quieter machine "
+              f"or with more --rounds (the medians lean on the runs that kept up)")
     return errors
 
 
@@ -1578,6 +1735,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="delay-cost: also measure this binary, interleaved, as `before`")
     p.add_argument("--cost-window", type=float,
                    help="delay-cost: measured seconds per run (default 4, quick 2)")
+    p.add_argument("--profile", action="store_true",
+                   help="delay-cost: then one more run per case under perf record -g, and the "
+                        "table of where each µs goes")
     p.add_argument("--cost-warmup", type=float,
                    help="delay-cost: seconds before the window (default 1.5, quick 1)")
     a = p.parse_args(argv)
@@ -1666,6 +1826,7 @@ def main(argv: list[str]) -> int:
               f"open loop (keep-alive, --latency-correction), {args.cost_window:g} s measured "
               f"after {args.cost_warmup:g} s; medians over rounds")
         report["unexpected_errors"] = print_delay_cost(report["delay_cost"])
+        print_delay_profile(report["delay_cost"]["profiles"])
     elif args.scale:
         report["unexpected_errors"] = print_scale(report["scale"])
     else:
