@@ -56,27 +56,37 @@ const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 /// handshake comes first, bounded by `--header-timeout` (a client that never finishes it, or
 /// speaks plain HTTP to the TLS port, gets an alert where one applies and a close).
 pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+    let accepted = Instant::now();
     let transport = match &worker.config.tls.listener {
-        None => Some(Transport::Plain(stream)),
+        None => Ok(Transport::Plain(stream)),
         Some(config) => {
             let mut tls = TlsStream::server(stream, Arc::clone(config), Vec::new(), Vec::new());
-            let deadline = Instant::now() + worker.config.header_timeout;
+            let deadline = accepted + worker.config.header_timeout;
             match tls.handshake(deadline).await {
-                Ok(()) => Some(Transport::Tls(Box::new(tls))),
-                Err(_) => None,
+                Ok(()) => Ok(Transport::Tls(Box::new(tls))),
+                Err(e) => Err((tls, e)),
             }
         }
     };
-    if let Some(transport) = transport {
-        let _ = transport.set_nodelay();
-        let mut session = Session::new(&worker, transport, peer);
-        session.client_tls = worker.config.tls.listener.is_some();
-        while session.exchange().await == Next::KeepAlive {}
-        session
-            .client
-            .close(Instant::now() + CLOSE_NOTIFY_WAIT)
-            .await;
-        session.release();
+    match transport {
+        Ok(transport) => {
+            let _ = transport.set_nodelay();
+            let mut session = Session::new(&worker, transport, peer);
+            session.client_tls = worker.config.tls.listener.is_some();
+            while session.exchange().await == Next::KeepAlive {}
+            session
+                .client
+                .close(Instant::now() + CLOSE_NOTIFY_WAIT)
+                .await;
+            session.release();
+        }
+        // A failed handshake is an exchange of its own (unless nothing was ever said: a probe).
+        Err((tls, e)) if tls.heard_from_peer() => {
+            let mut session = Session::new(&worker, Transport::Tls(Box::new(tls)), peer);
+            session.record_client_tls_failure(accepted, crate::net::tls::handshake_failure(&e));
+            session.release();
+        }
+        Err(_) => {}
     }
     worker.active.set(worker.active.get() - 1);
 }

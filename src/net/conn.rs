@@ -72,6 +72,11 @@ impl Conn {
         self.transport.as_ref()
     }
 
+    /// The transport, to drive it directly (a tunnel over TLS), `None` once handed over.
+    pub(crate) fn transport_mut(&mut self) -> Option<&mut Transport> {
+        self.transport.as_mut()
+    }
+
     /// Ends the transport politely (a TLS `close_notify`) before `deadline`; the connection
     /// stays usable only for [`Conn::into_buf`].
     pub(crate) async fn close(&mut self, deadline: Instant) {
