@@ -125,7 +125,10 @@ pub(crate) enum Shaped {
     /// The whole body went through.
     Done,
     /// It was cut at [`Shape::cut_at`]: the caller closes (or resets) the receiver.
-    Cut,
+    Cut {
+        /// Body bytes (wire bytes, framing included) written to the receiver before the cut.
+        delivered: u64,
+    },
 }
 
 /// Dribble pieces when the length is unknown.
@@ -231,7 +234,7 @@ pub(crate) async fn relay_shaped(
             pieces += 1;
             pending -= step;
             if cut {
-                return Ok(Shaped::Cut);
+                return Ok(Shaped::Cut { delivered: sent });
             }
         }
         if body.done {
