@@ -42,6 +42,26 @@ OHA_CONNECTIONS = 16
 NON_MATCHING_RULES = [f"delay:{i + 1}ms:/never-{i:02}" for i in range(8)] + [
     f"error:{500 + i}:1.0:/nope-{i:02}" for i in range(8)
 ]
+# Sixteen rules of issue 12's new kinds and matchers that never match wrk's `GET /` with only a
+# Host header: they need a method, header or query parameter that request does not have.
+NEW_KIND_RULES = [
+    "delay:lognormal(20ms,400ms):0.5:header.x-tenant=acme",
+    "error:503:method=POST:path^=/api/",
+    "bandwidth:64KiB/s:method=PUT",
+    "truncate:50%:query.id=7",
+    "reset:0.1:after=1KiB:header.x-canary",
+    "close:0.01:method=DELETE",
+    "hang:0.05:header.x-tenant^=glob",
+    "garbage:0.01:method=PATCH",
+    "dribble:10,1s:query.debug",
+    "slow-head:100ms:header.x-slow",
+    "delay:exp(3ms):1in3:header.x-request-id*=retry",
+    "error:429:0.2:set.retry-after=2:header.authorization",
+    "delay:100ms:at=head:query.mode=slow",
+    "bandwidth:8KiB/s:side=request:method=POST",
+    "delay:pareto(1ms,1.5):at=body:header.accept=text/event-stream",
+    "truncate:1KiB:method=GET:header.range",
+]
 SCALE_FAULT = "delay:100ms-500ms"
 SCALE_DELAY_MS = (100.0, 500.0)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -713,7 +733,10 @@ def checks(summary: dict, targets: dict[str, Target]) -> list[dict]:
             "MET" if on["added_p50_us"] <= ng["added_p50_us"] else "NOT MET")
     base = targets["pf-notrace"]
     for name, what, limit in (("pf-16rules", "16 non-matching rules vs none", 0.03),
+                              ("pf-16new", "16 non-matching new-kind rules vs none", 0.03),
                               ("pf-trace", "tracing on vs off", 0.05)):
+        if name not in targets:
+            continue
         r = paired(targets[name], base, "rps")
         if r:
             add(f"req/s, {what}, paired ratio by round (median, spread)",
@@ -801,6 +824,8 @@ def compare(args, tmp: str, procs: Processes) -> dict:
         ("pf-trace", "phantom-fast, tracing on", ["--trace-dir", f"{tmp}/traces", "--trace-reset"]),
         ("pf-16rules", "phantom-fast, 16 rules, none match",
          ["--no-traces"] + [a for rule in NON_MATCHING_RULES for a in ("--fault", rule)]),
+        ("pf-16new", "phantom-fast, 16 new-kind rules, none match",
+         ["--no-traces"] + [a for rule in NEW_KIND_RULES for a in ("--fault", rule)]),
         ("pf-delay1ms", "phantom-fast, delay:1ms", ["--no-traces", "--fault", "delay:1ms"]),
     ]
     for name, label, extra in variants:
@@ -1668,6 +1693,252 @@ def print_delay_cost(res: dict) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# Throttled and hung connections (issue 12: they cost no CPU while they wait)
+
+# Each fault as the real grammar writes it: the response body at 1 KiB/s, and no answer at all.
+THROTTLE_FAULTS = [("bandwidth", "bandwidth:1KiB/s"), ("hang", "hang")]
+THROTTLE_RATE_BPS = 1024
+# Issue 12: 10 000 connections throttled at 1 KiB/s cost the proxy under 5% of a core.
+THROTTLE_CPU_LIMIT_PCT = 5.0
+# The origin's body: at 1 KiB/s it lasts over four minutes, longer than any window.
+THROTTLE_BODY_BYTES = 256 * 1024
+# Descriptors kept free besides the sockets (listeners, rings, pipes, the runtime's own).
+THROTTLE_FD_SLACK = 256
+# The proxy's limit on a held connection must not end a window early.
+THROTTLE_IDLE_TIMEOUT = "600s"
+
+ORIGIN_FILE_HTTP = """\
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port} backlog=16384;
+        location / {{ root {root}; }}
+    }}"""
+
+
+def user_seconds(pid: int) -> float:
+    """User CPU seconds of pid (all threads; clock ticks), the rest of its CPU being the
+    kernel's (system calls, and loopback TCP processed in the sender's context)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return int(rest[11]) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def raise_nofile(want: int) -> int:
+    """Raises this process's descriptor limit (inherited by what it starts) towards `want`: the
+    soft limit up to the hard one, and the hard one too where permitted (root, up to
+    fs.nr_open). A per-process limit, no system setting. Returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for limits in ((want, max(hard, want)), (min(want, hard), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            break
+        except (ValueError, OSError):
+            continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def throttle_run(args, tmp: str, procs: Processes, origin: Owned, origin_port: int, kind: str,
+                 fault: str, conns: int) -> dict:
+    """Opens `conns` connections through a one-worker proxy injecting `fault`, sends one request
+    on each, lets them settle, then measures the proxy's CPU over the window while every one of
+    them is held (throttled or hung); then drains what each received."""
+    proxy, port = start_phantom(procs, tmp, args.bin, f"pf-{kind}", origin_port,
+                                ["--workers", "1", "--no-traces", "--idle-timeout",
+                                 THROTTLE_IDLE_TIMEOUT, "--max-connections", str(conns + 64),
+                                 "--max-upstream-connections", str(conns + 64),
+                                 "--fault", fault])
+    addr = ("127.0.0.1", port)
+    ep = select.epoll()
+    socks: dict[int, socket.socket] = {}
+    connect_errors = 0
+    t_open = time.monotonic()
+    for _ in range(conns):
+        sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sk.setblocking(False)
+        if sk.connect_ex(addr) not in (0, 115):  # EINPROGRESS
+            connect_errors += 1
+            sk.close()
+            continue
+        socks[sk.fileno()] = sk
+        ep.register(sk.fileno(), select.EPOLLOUT)
+    pending = set(socks)
+    deadline = time.monotonic() + 30
+    while pending and time.monotonic() < deadline:
+        for fd, _ev in ep.poll(1.0):
+            if fd in pending:
+                pending.discard(fd)
+                if socks[fd].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    connect_errors += 1
+    connect_errors += len(pending)
+    deadline = time.monotonic() + 15
+    while established_on_port(port) < len(socks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    request = f"GET /big HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    send_failures = 0
+    t_sent = time.monotonic()
+    for sk in socks.values():
+        try:
+            sk.send(request)
+        except OSError:
+            send_failures += 1
+    open_s = time.monotonic() - t_open
+    for fd in socks:
+        ep.modify(fd, select.EPOLLIN)
+
+    def drain(sk: socket.socket) -> tuple[int, bool]:
+        """Bytes waiting on sk, read and dropped; whether it was closed on us."""
+        n = 0
+        while True:
+            try:
+                chunk = sk.recv(1 << 16)
+            except BlockingIOError:
+                return n, False
+            except OSError:
+                return n, True
+            if not chunk:
+                return n, True
+            n += len(chunk)
+
+    # Settle: a throttled connection has its head and first paced piece (a hung one cannot), and
+    # then a little longer, so the window sees only connections waiting in their fault.
+    first = set() if kind == "bandwidth" else set(socks)
+    deadline = time.monotonic() + args.throttle_first_byte_timeout
+    while len(first) < len(socks) and time.monotonic() < deadline:
+        for fd, _ev in ep.poll(0.5):
+            if fd not in first and drain(socks[fd])[0] > 0:
+                first.add(fd)
+    first_byte_s = time.monotonic() - t_sent
+    time.sleep(args.throttle_settle)
+    for sk in socks.values():
+        drain(sk)
+    held0 = established_on_port(port)
+    # schedstat: CPU time at nanosecond resolution, every thread of the proxy.
+    (c0, sw0), w0, u0 = task_counters(proxy.pid), time.monotonic(), user_seconds(proxy.pid)
+    time.sleep(args.throttle_window)
+    (c1, sw1), w1, u1 = task_counters(proxy.pid), time.monotonic(), user_seconds(proxy.pid)
+    held1 = established_on_port(port)
+    # What each connection received during the window (and which were closed on us).
+    got: list[int] = []
+    closed = 0
+    for sk in socks.values():
+        n, eof = drain(sk)
+        got.append(n)
+        closed += eof
+    t_drain = time.monotonic()
+    for sk in socks.values():
+        sk.close()
+    ep.close()
+    procs.stop(proxy)
+    window = w1 - w0
+    n = max(len(socks), 1)
+    got.sort()
+    cpu = (c1 - c0) / 1e9
+    return {
+        "kind": kind, "fault": fault, "connections": len(socks), "connect_errors": connect_errors,
+        "send_failures": send_failures, "open_s": open_s, "held_at_start": held0,
+        "held_at_end": held1, "window_s": window, "proxy_cpu_s": cpu,
+        "proxy_cpu_pct": cpu / window * 100, "proxy_cpu_us_per_conn_s": cpu * 1e6 / (n * window),
+        "proxy_user_pct": (u1 - u0) / window * 100,
+        "switches_per_s": (sw1 - sw0) / window,
+        "received_bytes_median": got[len(got) // 2] if got else 0,
+        "received_bytes_min": got[0] if got else 0, "received_bytes_max": got[-1] if got else 0,
+        "received_bps_median": (got[len(got) // 2] / (t_drain - w0)) if got else 0.0,
+        "first_bytes": len(first), "first_byte_s": first_byte_s,
+        "closed_early": closed, "load": os.getloadavg()[0],
+    }
+
+
+def throttle(args, tmp: str, procs: Processes) -> dict:
+    # Bandwidth holds an upstream socket beside each client one; hang holds only the client's.
+    soft = raise_nofile(2 * args.connections + THROTTLE_FD_SLACK)
+    conns = {kind: min(args.connections,
+                       (soft - THROTTLE_FD_SLACK) // (2 if kind == "bandwidth" else 1))
+             for kind, _ in THROTTLE_FAULTS}
+    for kind, n in conns.items():
+        if n < args.connections:
+            log(f"throttle: descriptor limit {soft}: {kind} runs with {n} connections, not "
+                f"{args.connections}")
+    root = f"{tmp}/www"
+    os.makedirs(root, exist_ok=True)
+    with open(f"{root}/big", "wb") as f:
+        f.write(b"x" * THROTTLE_BODY_BYTES)
+    origin_port = free_port()
+    origin = start_nginx(procs, tmp, "origin", origin_port,
+                         ORIGIN_FILE_HTTP.format(port=origin_port, root=root),
+                         nofile=max(soft, 1024), conns=max(soft - 64, 1024))
+    runs: dict[str, list[dict]] = {kind: [] for kind, _ in THROTTLE_FAULTS}
+    for rnd in range(args.rounds):
+        order = THROTTLE_FAULTS if rnd % 2 == 0 else list(reversed(THROTTLE_FAULTS))
+        for kind, fault in order:
+            log(f"round {rnd + 1}/{args.rounds} {kind}: {conns[kind]} connections through "
+                f"--fault {fault}, {args.throttle_settle:g} s settle, {args.throttle_window:g} s "
+                f"window, load {os.getloadavg()[0]:.2f}")
+            r = throttle_run(args, tmp, procs, origin, origin_port, kind, fault, conns[kind])
+            r["round"] = rnd
+            runs[kind].append(r)
+            log(f"  first bytes on {r['first_bytes']} after {r['first_byte_s']:.1f} s; held "
+                f"{r['held_at_start']}→{r['held_at_end']}, proxy CPU "
+                f"{r['proxy_cpu_pct']:.2f}% of a core (user {r['proxy_user_pct']:.1f}%; "
+                f"{r['proxy_cpu_us_per_conn_s']:.2f} µs per connection-second), "
+                f"{r['switches_per_s']:.0f} switches/s, window median "
+                f"{r['received_bytes_median']} B ({r['received_bps_median']:.0f} B/s), closed "
+                f"early {r['closed_early']}")
+    return {"throttle": runs, "connections": conns}
+
+
+def print_throttle(res: dict, limit_pct: float) -> list[str]:
+    head = ("fault", "connections", "held (start→end)", "proxy CPU % of a core",
+            "µs per conn-second", "switches/s", "window bytes (median)", "B/s per conn",
+            "closed early", "load")
+    rows, problems = [], []
+    for kind, fault in THROTTLE_FAULTS:
+        rs = res["throttle"][kind]
+        if not rs:
+            continue
+        pct = sorted(r["proxy_cpu_pct"] for r in rs)
+        rows.append((
+            f"--fault {fault}", str(rs[0]["connections"]),
+            " ".join(f"{r['held_at_start']}→{r['held_at_end']}" for r in rs),
+            f"{statistics.median(pct):.2f} ({pct[0]:.2f} … {pct[-1]:.2f})",
+            f"{med(r['proxy_cpu_us_per_conn_s'] for r in rs):.2f}",
+            f"{med(r['switches_per_s'] for r in rs):.0f}",
+            f"{med(r['received_bytes_median'] for r in rs):.0f} B",
+            f"{med(r['received_bps_median'] for r in rs):.0f}",
+            str(sum(r["closed_early"] for r in rs)),
+            " ".join(f"{r['load']:.1f}" for r in rs)))
+        for r in rs:
+            if r["closed_early"] or r["connect_errors"] or r["send_failures"]:
+                problems.append(f"{kind} round {r['round'] + 1}: {r['closed_early']} closed "
+                                f"early, {r['connect_errors']} connect errors, "
+                                f"{r['send_failures']} send failures")
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
+                                for i, (x, w) in enumerate(zip(r, widths))) + " |")
+    for kind, fault in THROTTLE_FAULTS:
+        rs = res["throttle"][kind]
+        if not rs:
+            continue
+        pct = [r["proxy_cpu_pct"] for r in rs]
+        status = ("NOT MET" if statistics.median(pct) >= limit_pct else
+                  "MET" if max(pct) < limit_pct else "UNDECIDED")
+        print(f"target: proxy CPU while {rs[0]['connections']} connections wait in --fault "
+              f"{fault}: {statistics.median(pct):.2f}% of a core (want < {limit_pct:g}%) → "
+              f"{status}")
+    bw = res["throttle"].get("bandwidth") or []
+    if bw:
+        bps = med(r["received_bps_median"] for r in bw)
+        print(f"(bandwidth fidelity: the median connection received {bps:.0f} B/s during the "
+              f"window, {THROTTLE_RATE_BPS} B/s asked; pieces of one 1448-byte segment)")
+    return problems
+
+
 def machine() -> dict:
     model = ""
     try:
@@ -1731,6 +2002,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--delay-cost", action="store_true",
                    help="CPU, switches and io_uring calls per delayed vs undelayed request "
                         "(issue 14) instead of the comparison (~5 min; --quick ~90 s)")
+    p.add_argument("--throttle", action="store_true",
+                   help="proxy CPU while --connections (10 000) connections are throttled at "
+                        "1 KiB/s, and while as many hang (issue 12; ~2 min; --quick ~40 s)")
+    p.add_argument("--throttle-window", type=float,
+                   help="throttle: measured seconds per run (default 10, quick 4)")
+    p.add_argument("--throttle-settle", type=float,
+                   help="throttle: seconds between the last first byte and the window "
+                        "(default 2, quick 1)")
+    p.add_argument("--throttle-first-byte-timeout", type=float, default=60.0,
+                   help="throttle: longest wait for every throttled connection's first bytes")
     p.add_argument("--bin-before", metavar="PATH",
                    help="delay-cost: also measure this binary, interleaved, as `before`")
     p.add_argument("--cost-window", type=float,
@@ -1750,6 +2031,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             a.bin_before = os.path.abspath(a.bin_before)
         if a.bin_before and not os.access(a.bin_before, os.X_OK):
             p.error(f"--bin-before {a.bin_before}: not an executable")
+    if a.throttle:
+        a.rounds = a.rounds or (1 if q else 2)
+        a.throttle_window = a.throttle_window or (4.0 if q else 10.0)
+        a.throttle_settle = a.throttle_settle or (1.0 if q else 2.0)
     a.rounds = a.rounds or (1 if q else 4)
     a.duration = a.duration or (2.0 if q else 5.0)
     a.fixed_duration = a.fixed_duration or (2.0 if q else 4.0)
@@ -1786,7 +2071,8 @@ def main(argv: list[str]) -> int:
                   "nginx": tool_version(["nginx", "-v"]),
                   "phantom-fast": tool_version([args.bin, "--version"])},
         "load_before": os.getloadavg(),
-        "mode": ("delay-cost" if args.delay_cost else "scale" if args.scale
+        "mode": ("delay-cost" if args.delay_cost else "throttle" if args.throttle
+                 else "scale" if args.scale
                  else "quick" if args.quick else "full"),
     }
     print(f"phantom-fast load test — revision {report['revision']}")
@@ -1800,6 +2086,14 @@ def main(argv: list[str]) -> int:
                                 "warmup_s": args.cost_warmup, "loads": DELAY_COST_LOADS,
                                 "faults": [f for f, _ in DELAY_COST_FAULTS]}
             report.update(delay_cost(args, tmp, procs))
+        elif args.throttle:
+            report["params"] = {"rounds": args.rounds, "connections": args.connections,
+                                "window_s": args.throttle_window,
+                                "settle_s": args.throttle_settle,
+                                "faults": [f for _, f in THROTTLE_FAULTS],
+                                "body_bytes": THROTTLE_BODY_BYTES,
+                                "idle_timeout": THROTTLE_IDLE_TIMEOUT}
+            report.update(throttle(args, tmp, procs))
         elif args.scale:
             report["params"] = {k: getattr(args, k) for k in (
                 "connections", "waves", "hold", "rate_held", "held_duration", "scale_duration", "rate_new",
@@ -1810,7 +2104,8 @@ def main(argv: list[str]) -> int:
                                 "wrk": f"-t{WRK_THREADS} -c{WRK_CONNECTIONS}",
                                 "fixed_rate": args.rate, "fixed_seconds": args.fixed_duration,
                                 "oha_connections": OHA_CONNECTIONS,
-                                "non_matching_rules": NON_MATCHING_RULES}
+                                "non_matching_rules": NON_MATCHING_RULES,
+                                "non_matching_new_kind_rules": NEW_KIND_RULES}
             report.update(compare(args, tmp, procs))
     finally:
         procs.stop_all()
@@ -1827,6 +2122,11 @@ def main(argv: list[str]) -> int:
               f"after {args.cost_warmup:g} s; medians over rounds")
         report["unexpected_errors"] = print_delay_cost(report["delay_cost"])
         print_delay_profile(report["delay_cost"]["profiles"])
+    elif args.throttle:
+        print(f"## Throttled and hung connections: {args.rounds} round(s), one worker, tracing "
+              f"off, {args.throttle_window:g} s measured after {args.throttle_settle:g} s; "
+              f"origin body {THROTTLE_BODY_BYTES // 1024} KiB; medians (spread) over rounds")
+        report["unexpected_errors"] = print_throttle(report, THROTTLE_CPU_LIMIT_PCT)
     elif args.scale:
         report["unexpected_errors"] = print_scale(report["scale"])
     else:
