@@ -16,7 +16,7 @@ use crate::{
     config::{Config, Mode},
     control::{RuleCounters, RuleTally, WorkerLink, WorkerReport},
     exchange::{Faults, Stats},
-    net::{BufPool, timer::DelayTimer},
+    net::{BufPool, FramePool, timer::DelayTimer},
     shutdown::Shutdown,
     trace::TraceWriter,
     upstream::{Pool, Resolver},
@@ -90,7 +90,10 @@ pub(crate) struct Worker {
     /// The fault snapshot new exchanges pin.
     pub(crate) table: TableSlot,
     pub(crate) pool: RefCell<Pool>,
-    pub(crate) bufs: RefCell<BufPool>,
+    /// Shared with every connection, which takes and gives back buffers as its needs change.
+    pub(crate) bufs: Rc<RefCell<BufPool>>,
+    /// Blocks for the state of an exchange's running phase (forwarding, a tunnel).
+    pub(crate) frames: FramePool,
     pub(crate) resolver: RefCell<Resolver>,
     /// Fault decisions (seeded by `--seed`), and nothing else.
     pub(crate) rng: RefCell<fastrand::Rng>,
@@ -144,7 +147,8 @@ impl Worker {
             config,
             table: TableSlot::new(faults),
             pool: RefCell::new(pool),
-            bufs: RefCell::default(),
+            bufs: Rc::default(),
+            frames: FramePool::default(),
             resolver: RefCell::new(resolver),
             rng: RefCell::new(rng),
             id_rng: RefCell::new(fastrand::Rng::new()),

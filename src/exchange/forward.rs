@@ -15,7 +15,7 @@ use crate::{
     fault::Pace,
     http::{BodyKind, body::BodyReader},
     net::{
-        Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, is_timeout, relay,
+        Conn, RelayError, RelayTimeouts, is_timeout, relay,
         relay::{Shape, Shaped, relay_shaped},
         tls,
     },
@@ -149,7 +149,7 @@ impl Session<'_> {
             let mut up = match attempt.take() {
                 Some(conn) => conn,
                 None => match upstream::connect_dest(&dest, &w.config.tls, deadline).await {
-                    Ok(transport) => Conn::new(transport, w.bufs.borrow_mut().get(READ_BUF_BYTES)),
+                    Ok(transport) => Conn::new(transport, &w.bufs),
                     Err(e) => {
                         w.pool.borrow_mut().closed(dest);
                         return Err(e);
@@ -321,6 +321,8 @@ impl Session<'_> {
         request: &mut BodyReader,
         reused: bool,
     ) -> Result<(), Failed> {
+        // Its room back only now: an exchange queued for an upstream connection holds its head.
+        self.unpark_out();
         let request_head_len = self.out.len();
         // A shaped request body goes through the shaping relay only, none of it with the head.
         if !facts.expect_continue && self.request_shape(facts).is_none() {

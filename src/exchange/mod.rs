@@ -34,7 +34,7 @@ use monoio::net::TcpStream;
 use crate::{
     fault::{Answer, FaultPlan},
     http::Version,
-    net::{Conn, READ_BUF_BYTES, Transport, tls::TlsStream},
+    net::{Conn, Transport, tls::TlsStream},
     trace::Outcome,
     worker::{Pinned, Worker},
 };
@@ -59,12 +59,17 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
     let transport = match &worker.config.tls.listener {
         None => Some(Transport::Plain(stream)),
         Some(config) => {
-            let mut tls = TlsStream::server(stream, Arc::clone(config), Vec::new(), Vec::new());
             let deadline = Instant::now() + worker.config.header_timeout;
-            match tls.handshake(deadline).await {
-                Ok(()) => Some(Transport::Tls(Box::new(tls))),
-                Err(_) => None,
-            }
+            // In a pooled block: a handshake's state would otherwise size every connection's
+            // future, plain ones included, for its whole life.
+            let handshake = async move {
+                let mut tls = TlsStream::server(stream, Arc::clone(config), Vec::new(), Vec::new());
+                match tls.handshake(deadline).await {
+                    Ok(()) => Some(Transport::Tls(Box::new(tls))),
+                    Err(_) => None,
+                }
+            };
+            worker.frames.boxed(handshake).await
         }
     };
     if let Some(transport) = transport {
@@ -80,6 +85,11 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
     }
     worker.active.set(worker.active.get() - 1);
 }
+
+/// Room for the heads an exchange encodes (and the first body bytes sent with them), taken from
+/// the pool when a request head arrives; an idle connection holds none, a delayed one only the
+/// bytes of the head it will send ([`Session::park_for_wait`]).
+const OUT_BYTES: usize = 4096;
 
 /// Most pieces a `slow-head` fault cuts a response head into.
 const SLOW_HEAD_PIECES: usize = 16;
@@ -163,10 +173,10 @@ impl<'w> Session<'w> {
         let capture_limit = w.config.trace.as_ref().map_or(0, |t| t.body_bytes);
         let session = Session {
             w,
-            client: Conn::new(transport, bufs.get(READ_BUF_BYTES)),
+            client: Conn::new(transport, &w.bufs),
             peer,
             faults: w.table.pin(),
-            out: bufs.get(4096),
+            out: Vec::new(),
             url: bufs.get(256),
             scratch: bufs.get(64),
             // Trace captures grow on first use and keep their capacity for the connection.
@@ -195,6 +205,23 @@ impl<'w> Session<'w> {
         }
     }
 
+    /// Before a wait (between requests, during a delay): the client's read buffer and `out`
+    /// go back to the pool, keeping only their bytes (a delayed request's encoded head) in the
+    /// smallest buffer that holds them; the wait's read takes a small buffer. 10 000 delayed
+    /// connections so hold 10 000 heads, not 10 000 × 20 KiB of room.
+    fn park_for_wait(&mut self) {
+        self.client.park();
+        let out = std::mem::take(&mut self.out);
+        self.out = self.w.bufs.borrow_mut().shrink(out);
+    }
+
+    /// After a wait, before anything more is encoded into `out`: its full room again (its
+    /// bytes kept), from the pool. Forwarding does it only once it has an upstream connection.
+    fn unpark_out(&mut self) {
+        let out = std::mem::take(&mut self.out);
+        self.out = self.w.bufs.borrow_mut().regrow(out, OUT_BYTES);
+    }
+
     fn tracing(&self) -> bool {
         self.w.config.trace.is_some()
     }
@@ -217,11 +244,18 @@ impl<'w> Session<'w> {
             }
         };
         let decision = self.ex.decision;
-        if decision.forward_delay_ns > 0 && !self.delay(decision.forward_delay()).await {
-            self.ex.outcome = Outcome::ClientClosed;
-            self.ex.status = 0;
-            self.record();
-            return Next::Close;
+        if decision.forward_delay_ns > 0 {
+            self.park_for_wait();
+            let watched = self.delay(decision.forward_delay()).await;
+            if !matches!(decision.answer, Answer::Forward) || facts.is_connect {
+                self.unpark_out();
+            }
+            if !watched {
+                self.ex.outcome = Outcome::ClientClosed;
+                self.ex.status = 0;
+                self.record();
+                return Next::Close;
+            }
         }
         match decision.answer {
             Answer::Forward => {}
@@ -232,10 +266,13 @@ impl<'w> Session<'w> {
                 return self.answer_connection_fault(answer).await;
             }
         }
+        // The running phases' state lives in pooled blocks, not in the connection's future: a
+        // waiting connection's future holds only what waiting needs.
+        let w = self.w;
         if facts.is_connect {
-            return self.tunnel(facts).await;
+            return w.frames.boxed(self.tunnel(facts)).await;
         }
-        self.forward(facts).await
+        w.frames.boxed(self.forward(facts)).await
     }
 
     /// Writes `self.out` to the client with its first `head_len` bytes (the head) spread evenly

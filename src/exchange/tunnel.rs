@@ -104,7 +104,7 @@ impl Session<'_> {
                 Intercept::Opaque => {}
             }
         }
-        let mut up = Conn::new(transport, w.bufs.borrow_mut().get(READ_BUF_BYTES));
+        let mut up = Conn::new(transport, &w.bufs);
         self.pump_tunnel(&mut up).await;
         self.release_conn(up);
         self.record();
@@ -160,10 +160,7 @@ impl Session<'_> {
             self.ex.outcome = Outcome::ClientClosed;
             return Intercept::Ended;
         }
-        let fresh = Conn::new(
-            Transport::Tls(Box::new(stream)),
-            w.bufs.borrow_mut().get(READ_BUF_BYTES),
-        );
+        let fresh = Conn::new(Transport::Tls(Box::new(stream)), &w.bufs);
         let plain = std::mem::replace(&mut self.client, fresh);
         self.release_conn(plain);
         self.client_tls = true;

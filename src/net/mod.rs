@@ -16,7 +16,7 @@ pub(crate) mod timer;
 pub mod tls;
 pub(crate) mod transport;
 
-pub(crate) use bufpool::BufPool;
+pub(crate) use bufpool::{BufPool, FramePool};
 pub(crate) use conn::{Conn, READ_BUF_BYTES};
 pub(crate) use relay::{RelayError, RelayTimeouts, relay};
 pub(crate) use transport::{Transport, is_timeout};
