@@ -141,6 +141,22 @@ impl Session<'_> {
             self.ex.outcome = Outcome::UpstreamTimeout;
             return Ok(self.drain_then_error(facts, 504).await);
         };
+        // The exchange proper runs in a pooled block, built only now that it has a connection
+        // (or a slot to open one): requests queued for the pool hold their heads, not its state.
+        w.frames
+            .boxed(self.forward_leased(facts, dest, lease, deadline))
+            .await
+    }
+
+    /// [`Session::forward_to`] once `lease` is in hand.
+    async fn forward_leased(
+        &mut self,
+        facts: RequestFacts,
+        dest: Dest,
+        lease: Lease,
+        deadline: Instant,
+    ) -> io::Result<Next> {
+        let w = self.w;
         let (mut attempt, mut reused) = match lease {
             Lease::Idle(conn) => (Some(conn), true),
             Lease::Connect => (None, false),

@@ -260,19 +260,25 @@ impl<'w> Session<'w> {
         match decision.answer {
             Answer::Forward => {}
             Answer::Synthetic { rule, .. } => {
-                return self.answer_fault(rule.map(usize::from), facts).await;
+                let w = self.w;
+                return w
+                    .frames
+                    .boxed(self.answer_fault(rule.map(usize::from), facts))
+                    .await;
             }
             answer @ (Answer::Reset | Answer::Close | Answer::Hang | Answer::Garbage) => {
-                return self.answer_connection_fault(answer).await;
+                let w = self.w;
+                return w.frames.boxed(self.answer_connection_fault(answer)).await;
             }
         }
-        // The running phases' state lives in pooled blocks, not in the connection's future: a
-        // waiting connection's future holds only what waiting needs.
+        // The running phases' state lives in pooled blocks (a tunnel's here, a forward's once
+        // it has an upstream connection), not in the connection's future: a waiting
+        // connection's future holds only what waiting needs.
         let w = self.w;
         if facts.is_connect {
             return w.frames.boxed(self.tunnel(facts)).await;
         }
-        w.frames.boxed(self.forward(facts)).await
+        self.forward(facts).await
     }
 
     /// Writes `self.out` to the client with its first `head_len` bytes (the head) spread evenly
