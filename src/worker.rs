@@ -139,6 +139,9 @@ impl Worker {
         if let Mode::Reverse(up) = &config.mode {
             resolver.seed(&up.authority, &up.addrs);
         }
+        for (name, addrs) in &config.hosts {
+            resolver.seed(name, addrs);
+        }
         let upstream_name = match &config.mode {
             Mode::Reverse(up) => up.tls.as_ref().map(|t| Rc::from(t.server_name.as_str())),
             Mode::Forward => None,

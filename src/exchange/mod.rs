@@ -222,6 +222,17 @@ impl<'w> Session<'w> {
         self.out = self.w.bufs.borrow_mut().regrow(out, OUT_BYTES);
     }
 
+    /// An error answer (after draining the request body when `drain` says so) in a pooled
+    /// block: from the phases that run inline in the connection's future (forward before it
+    /// has a connection), whose error answers would otherwise size every connection's future.
+    async fn error_pooled(&mut self, drain: Option<request::RequestFacts>, status: u16) -> Next {
+        let w = self.w;
+        match drain {
+            Some(facts) => w.frames.boxed(self.drain_then_error(facts, status)).await,
+            None => w.frames.boxed(self.answer_error(status)).await,
+        }
+    }
+
     fn tracing(&self) -> bool {
         self.w.config.trace.is_some()
     }

@@ -32,10 +32,14 @@ use crate::{
 
 use super::{
     MitmDest, Next, Session,
-    forward::{connect_failure, host_of},
+    forward::{connect_failure, connect_share, host_of},
     request::{RequestFacts, Target},
     response::Relayed,
 };
+
+/// The port of a `CONNECT` target that names none (RFC 9112 §3.2.3 requires one; 80 as for
+/// any authority).
+const CONNECT_PORT: u16 = 80;
 
 /// The first byte of a TLS record carrying a handshake message (RFC 8446 §5.1): a ClientHello.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -58,27 +62,45 @@ impl Session<'_> {
         };
         let w = self.w;
         let authority = std::str::from_utf8(&self.url[from..to]).unwrap_or("");
-        let Ok(upstream::Pick { addr, .. }) = upstream::resolve(&w.resolver, authority).await
-        else {
+        let Ok(mut pick) = upstream::resolve(&w.resolver, authority, CONNECT_PORT).await else {
             self.ex.outcome = Outcome::UpstreamError;
             return self.answer_error(502).await;
         };
-        self.ex.upstream_addr = Some(addr);
         let mitm_host = w
             .config
             .tls
             .mitm
             .is_some()
             .then(|| host_of(authority).to_owned());
-        let deadline = Instant::now() + w.config.upstream_timeout;
-        let transport = match upstream::connect(addr, deadline).await {
-            Ok(transport) => transport,
-            Err(e) => {
-                let (outcome, status) = connect_failure(&e);
-                self.ex.outcome = outcome;
-                return self.answer_error(status).await;
+        // As a forward: a refused or timed-out connect moves on to the name's next address,
+        // every connect together within --upstream-timeout.
+        let connects_by = Instant::now() + w.config.upstream_timeout;
+        let addresses = w.resolver.borrow().addresses(authority, CONNECT_PORT);
+        let mut tried = 1;
+        let transport = loop {
+            self.ex.upstream_addr = Some(pick.addr);
+            let connect_by = connect_share(connects_by, addresses.saturating_sub(tried - 1));
+            let e = match upstream::connect(pick.addr, connect_by).await {
+                Ok(transport) => break transport,
+                Err(e) => e,
+            };
+            let next = w
+                .resolver
+                .borrow()
+                .next_after(authority, CONNECT_PORT, pick, tried);
+            match next {
+                Some(next) => {
+                    pick = next;
+                    tried += 1;
+                }
+                None => {
+                    let (outcome, status) = connect_failure(&e);
+                    self.ex.outcome = outcome;
+                    return self.answer_error(status).await;
+                }
             }
         };
+        let addr = pick.addr;
         self.ex.ttfb = Some(self.ex.started.elapsed());
         self.out.clear();
         self.out
