@@ -1239,6 +1239,262 @@ def print_scale(res: dict) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
+# The delay-cost run (issue 14): what a delayed request costs the proxy next to an undelayed one
+
+
+# (rate req/s, keep-alive connections): the issue's two load points. In flight ≈ rate × delay:
+# 2 000/s × 300 ms mean = 600 of 1 000 connections, 5 000/s = 1 500 of 2 000.
+DELAY_COST_LOADS = ((2000, 1000), (5000, 2000))
+DELAY_COST_FAULTS = (("none", []), ("delay:1ms", ["--fault", "delay:1ms"]),
+                     ("delay:100ms-500ms", ["--fault", "delay:100ms-500ms"]))
+# perf stat tracepoints, counted on the proxy's threads over the measured window.
+DELAY_COST_EVENTS = {
+    "enter": "syscalls:sys_enter_io_uring_enter",
+    "sqe": "io_uring:io_uring_submit_req",
+    "cqe": "io_uring:io_uring_complete",
+    "syscalls": "raw_syscalls:sys_enter",
+    "settime": "syscalls:sys_enter_timerfd_settime",
+}
+# A delayed request costs at most this many times an undelayed one (issue 14's goal)…
+DELAY_COST_MAX_RATIO = 1.25
+# …and ends at most this late at p99 (observed minus injected, proxy's own time included).
+DELAY_COST_MAX_LATE_US = 2000.0
+
+
+def task_counters(pid: int) -> tuple[int, int]:
+    """(CPU ns, context switches) summed over every thread of pid: schedstat's run time
+    (utime + stime at nanosecond resolution) and voluntary + nonvoluntary switches."""
+    cpu_ns = switches = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0, 0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                cpu_ns += int(f.read().split()[0])
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        switches += int(line.split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return cpu_ns, switches
+
+
+def perf_events_available() -> list[str]:
+    """The DELAY_COST_EVENTS keys this kernel and perf can count (none without perf)."""
+    if not shutil.which("perf"):
+        return []
+    ok = []
+    for key, ev in DELAY_COST_EVENTS.items():
+        p = subprocess.run(["perf", "stat", "-x,", "-e", ev, "--", "true"], capture_output=True,
+                           text=True, timeout=30)
+        if p.returncode == 0 and "not supported" not in p.stderr and "<not" not in p.stderr:
+            ok.append(key)
+    return ok
+
+
+def perf_window(pid: int, keys: list[str], seconds: float) -> dict:
+    """Counts `keys` on pid's threads for `seconds` (a plain sleep without perf)."""
+    if not keys:
+        time.sleep(seconds)
+        return {}
+    events = ",".join(DELAY_COST_EVENTS[k] for k in keys)
+    p = subprocess.run(["perf", "stat", "-x,", "-e", events, "-p", str(pid), "--", "sleep",
+                        f"{seconds:g}"], capture_output=True, text=True, timeout=seconds + 30)
+    by_event = {}
+    for line in p.stderr.splitlines():
+        parts = line.split(",")
+        if len(parts) > 2 and parts[0].strip().isdigit():
+            by_event[parts[2]] = int(parts[0])
+    return {k: by_event.get(DELAY_COST_EVENTS[k]) for k in keys}
+
+
+def window_records(binary: str, trace_dir: str, t0: float, t1: float) -> list[dict]:
+    """The trace records of exchanges that ended in [t0, t1) (wall clock, seconds)."""
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0 - 2))
+    p = subprocess.run([binary, "traces", "--trace-dir", trace_dir, "--since", since],
+                       capture_output=True, text=True, timeout=120)
+    out = []
+    for line in p.stdout.splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        end = r["timestamp_ms"] / 1e3 + r["duration_us"] / 1e6
+        if t0 <= end < t1:
+            out.append(r)
+    return out
+
+
+def pct(sorted_vals: list[float], q: float) -> float | None:
+    if not sorted_vals:
+        return None
+    return sorted_vals[min(len(sorted_vals) - 1, int(q * len(sorted_vals)))]
+
+
+def delay_cost_run(args, tmp: str, label: str, binary: str, fault: str, proxy: Owned, port: int,
+                   rate: int, conns: int, keys: list[str]) -> dict:
+    """One oha open-loop run; the proxy's CPU, switches, ring counts and records are taken over
+    a window that starts once every connection is up and the delays are in steady state."""
+    window = args.cost_window
+    total = args.cost_warmup + window + 1.0
+    oha = subprocess.Popen(oha_argv(port, rate, total, conns), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                           preexec_fn=_die_with_parent)
+    try:
+        time.sleep(args.cost_warmup)
+        t0 = time.time()
+        c0, s0 = task_counters(proxy.pid)
+        counts = perf_window(proxy.pid, keys, window)
+        c1, s1 = task_counters(proxy.pid)
+        t1 = time.time()
+        out, err = oha.communicate(timeout=total + 60)
+    finally:
+        if oha.poll() is None:
+            oha.kill()
+            oha.wait()
+    if oha.returncode != 0:
+        raise RuntimeError(f"oha failed ({oha.returncode}): {err.strip()}")
+    o = parse_oha(out)
+    records = window_records(binary, f"{tmp}/{proxy.name}-traces", t0, t1)
+    n = len(records)
+    late = sorted(r["duration_us"] - r["injected_delay_us"] for r in records)
+    injected = sum(1 for r in records if r["injected_delay_us"] > 0)
+    res = {
+        "binary": label, "fault": fault, "rate": rate, "connections": conns,
+        "window_s": t1 - t0, "requests": n, "delayed": injected,
+        "load": os.getloadavg()[0],
+        "cpu_us_per_req": (c1 - c0) / 1e3 / n if n else None,
+        "switches_per_req": (s1 - s0) / n if n else None,
+        "oha_errors": o["errors"] + o["non_200"], "oha_p50_us": o["p50_us"],
+        "oha_p99_us": o["p99_us"],
+        "late_min_us": pct(late, 0.0), "late_p50_us": pct(late, 0.5),
+        "late_p99_us": pct(late, 0.99), "early": sum(1 for d in late if d < 0),
+        "not_ok": sum(1 for r in records if r["status_code"] != 200),
+    }
+    for k, v in counts.items():
+        res[f"{k}_per_req"] = v / n if (v is not None and n) else None
+    return res
+
+
+def delay_cost(args, tmp: str, procs: Processes) -> dict:
+    origin_port = free_port()
+    origin = start_nginx(procs, tmp, "origin", origin_port,
+                         ORIGIN_HTTP.format(port=origin_port, body=ORIGIN_BODY.replace("\n", "\\n")),
+                         nofile=16384, conns=8192)
+    binaries = [("after", args.bin)]
+    if args.bin_before:
+        binaries.insert(0, ("before", args.bin_before))
+    keys = perf_events_available()
+    if len(keys) < len(DELAY_COST_EVENTS):
+        log(f"delay-cost: perf counts only {keys or 'nothing'} here")
+    targets = {}
+    max_conns = max(c for _, c in DELAY_COST_LOADS)
+    for label, binary in binaries:
+        for fault, extra in DELAY_COST_FAULTS:
+            name = f"pf-{label}-{len(targets)}"
+            proxy, port = start_phantom(
+                procs, tmp, binary, name, origin_port,
+                ["--workers", "1", "--max-connections", str(max_conns + 1024),
+                 "--trace-dir", f"{tmp}/{name}-traces", "--trace-capacity", "256MiB"] + extra)
+            targets[(label, fault)] = (binary, proxy, port)
+    runs = []
+    for rnd in range(args.rounds):
+        for rate, conns in DELAY_COST_LOADS:
+            order = list(targets.items())
+            # Rotate the order each round so no case always runs first (or after the same one).
+            k = rnd % len(order)
+            for (label, fault), (binary, proxy, port) in order[k:] + order[:k]:
+                r = delay_cost_run(args, tmp, label, binary, fault, proxy, port, rate, conns, keys)
+                r["round"] = rnd
+                runs.append(r)
+                log(f"round {rnd + 1}/{args.rounds} {rate}/s -c {conns} {label:6} {fault:18}: "
+                    f"{r['requests']} req, {fmt(r['cpu_us_per_req'], '.1f')} µs CPU/req, "
+                    f"{fmt(r['switches_per_req'], '.2f')} cs/req, enter "
+                    f"{fmt(r.get('enter_per_req'), '.2f')}, SQE {fmt(r.get('sqe_per_req'), '.2f')}"
+                    f", late µs p50 {fmt(r['late_p50_us'])} p99 {fmt(r['late_p99_us'])}, errors "
+                    f"{r['oha_errors']}, load {r['load']:.2f}")
+    return {"delay_cost": {"runs": runs, "perf_events": keys,
+                           "binaries": {label: b for label, b in binaries}}}
+
+
+DELAY_COST_COLUMNS = ("cpu_us_per_req", "switches_per_req", "enter_per_req", "sqe_per_req",
+                      "cqe_per_req", "syscalls_per_req", "settime_per_req", "late_min_us",
+                      "late_p50_us", "late_p99_us", "oha_p50_us", "oha_p99_us")
+
+
+def print_delay_cost(res: dict) -> list[str]:
+    """The table, then one check line per goal; returns the unexpected errors."""
+    runs = res["runs"]
+    labels = list(dict.fromkeys(r["binary"] for r in runs))
+    print("| binary | req/s × conns | fault | CPU µs/req | × undelayed | switches/req | "
+          "io_uring_enter/req | SQEs/req | CQEs/req | syscalls/req | timerfd_settime/req | "
+          "late µs min / p50 / p99 | oha ms p50 / p99 | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    ratios: dict = {}
+    worst_late: dict = {}
+    errors = []
+    early = 0
+    for label in labels:
+        for rate, conns in DELAY_COST_LOADS:
+            for fault, _ in DELAY_COST_FAULTS:
+                mine = [r for r in runs if r["binary"] == label and r["fault"] == fault
+                        and r["rate"] == rate]
+                if not mine:
+                    continue
+                m = {c: med(r.get(c) for r in mine) for c in DELAY_COST_COLUMNS}
+                # Delayed ÷ undelayed, paired within each round, median over rounds.
+                per_round = []
+                for r in mine:
+                    base = [b for b in runs if b["binary"] == label and b["fault"] == "none"
+                            and b["rate"] == rate and b["round"] == r["round"]]
+                    if base and base[0]["cpu_us_per_req"] and r["cpu_us_per_req"]:
+                        per_round.append(r["cpu_us_per_req"] / base[0]["cpu_us_per_req"])
+                x = med(per_round)
+                if fault != "none":
+                    ratios[(label, rate, fault)] = x
+                    worst_late[(label, rate, fault)] = m["late_p99_us"]
+                errs = sum(r["oha_errors"] + r["not_ok"] for r in mine)
+                early += sum(r["early"] for r in mine)
+                if errs:
+                    errors.append(f"{label} {rate}/s {fault}: {errs} errors")
+                late = " / ".join(fmt(m[c]) for c in ("late_min_us", "late_p50_us", "late_p99_us"))
+                oha = " / ".join(fmt(m[c] and m[c] / 1e3, ".1f") for c in ("oha_p50_us",
+                                                                          "oha_p99_us"))
+                print(f"| {label} | {rate} × {conns} | {fault} | {fmt(m['cpu_us_per_req'], '.1f')} | "
+                      f"{'-' if fault == 'none' else fmt(x, '.2f') + '×'} | "
+                      f"{fmt(m['switches_per_req'], '.2f')} | {fmt(m['enter_per_req'], '.2f')} | "
+                      f"{fmt(m['sqe_per_req'], '.2f')} | {fmt(m['cqe_per_req'], '.2f')} | "
+                      f"{fmt(m['syscalls_per_req'], '.2f')} | {fmt(m['settime_per_req'], '.3f')} | "
+                      f"{late} | {oha} | {errs} |")
+    print("\nlate = the proxy's record: duration − injected delay (its own time and the origin's "
+          "included; for `none` that is all of it). CPU = schedstat run time (utime + stime) of "
+          "the proxy's threads over the window; counts from perf stat on them; per request = "
+          "per record that ended in the window.\n")
+    for label in labels:
+        for rate, _ in DELAY_COST_LOADS:
+            for fault, _ in DELAY_COST_FAULTS[1:]:
+                x = ratios.get((label, rate, fault))
+                if x is None:
+                    continue
+                ok = x <= DELAY_COST_MAX_RATIO
+                print(f"target: {label}: {fault} at {rate}/s costs ≤ {DELAY_COST_MAX_RATIO}× "
+                      f"undelayed: {x:.2f}× → {'MET' if ok else 'NOT MET'}")
+        for fault, _ in DELAY_COST_FAULTS[1:]:
+            late = worst_late.get((label, 5000, fault))
+            if late is not None:
+                ok = late <= DELAY_COST_MAX_LATE_US
+                print(f"target: {label}: {fault} at 5000/s p99 late ≤ "
+                      f"{DELAY_COST_MAX_LATE_US / 1e3:g} ms: {late / 1e3:.2f} ms → "
+                      f"{'MET' if ok else 'NOT MET'}")
+    print(f"target: never early: {early} record(s) shorter than their injected delay → "
+          f"{'MET' if early == 0 else 'NOT MET'}")
+    return errors
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def machine() -> dict:
@@ -1304,8 +1560,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="scale: also run phases 1-2 with this (older) proxy binary, rounds "
                         "interleaved, and print both side by side (rounds: default 2, quick 1)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
+    p.add_argument("--delay-cost", action="store_true",
+                   help="CPU, switches and io_uring calls per delayed vs undelayed request "
+                        "(issue 14) instead of the comparison (~5 min; --quick ~90 s)")
+    p.add_argument("--bin-before", metavar="PATH",
+                   help="delay-cost: also measure this binary, interleaved, as `before`")
+    p.add_argument("--cost-window", type=float,
+                   help="delay-cost: measured seconds per run (default 4, quick 2)")
+    p.add_argument("--cost-warmup", type=float,
+                   help="delay-cost: seconds before the window (default 1.5, quick 1)")
     a = p.parse_args(argv)
     q = a.quick
+    if a.delay_cost:
+        a.rounds = a.rounds or (1 if q else 3)
+        a.cost_window = a.cost_window or (2.0 if q else 4.0)
+        a.cost_warmup = a.cost_warmup or (1.0 if q else 1.5)
+        if a.bin_before and not os.path.isabs(a.bin_before):
+            a.bin_before = os.path.abspath(a.bin_before)
+        if a.bin_before and not os.access(a.bin_before, os.X_OK):
+            p.error(f"--bin-before {a.bin_before}: not an executable")
     a.rounds = a.rounds or (1 if q else (2 if a.before else 4))
     a.duration = a.duration or (2.0 if q else 5.0)
     a.fixed_duration = a.fixed_duration or (2.0 if q else 4.0)
@@ -1347,7 +1620,8 @@ def main(argv: list[str]) -> int:
                   "nginx": tool_version(["nginx", "-v"]),
                   "phantom-fast": tool_version([args.bin, "--version"])},
         "load_before": os.getloadavg(),
-        "mode": "scale" if args.scale else ("quick" if args.quick else "full"),
+        "mode": ("delay-cost" if args.delay_cost else "scale" if args.scale
+                 else "quick" if args.quick else "full"),
     }
     print(f"phantom-fast load test — revision {report['revision']}")
     m = report["machine"]
@@ -1355,7 +1629,12 @@ def main(argv: list[str]) -> int:
           f"{report['load_before'][0]:.2f}; {report['tools']['nginx']}, {report['tools']['wrk']}, "
           f"{report['tools']['oha']}")
     try:
-        if args.scale:
+        if args.delay_cost:
+            report["params"] = {"rounds": args.rounds, "window_s": args.cost_window,
+                                "warmup_s": args.cost_warmup, "loads": DELAY_COST_LOADS,
+                                "faults": [f for f, _ in DELAY_COST_FAULTS]}
+            report.update(delay_cost(args, tmp, procs))
+        elif args.scale:
             report["params"] = {k: getattr(args, k) for k in (
                 "connections", "waves", "hold", "rate_held", "held_duration", "scale_duration", "rate_new",
                 "rounds", "before",
@@ -1380,7 +1659,12 @@ def main(argv: list[str]) -> int:
     report["load_after"] = os.getloadavg()
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     print()
-    if args.scale and args.before:
+    if args.delay_cost:
+        print(f"## Delay cost: {args.rounds} interleaved round(s), one worker, tracing on, oha "
+              f"open loop (keep-alive, --latency-correction), {args.cost_window:g} s measured "
+              f"after {args.cost_warmup:g} s; medians over rounds")
+        report["unexpected_errors"] = print_delay_cost(report["delay_cost"])
+    elif args.scale and args.before:
         report["unexpected_errors"] = print_scale_compare(report["scale_compare"])
     elif args.scale:
         report["unexpected_errors"] = print_scale(report["scale"])

@@ -23,7 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::{
     config::{Config, Driver, Mode},
     control::{
-        Admin, CompileFn, Compiled, Publisher, WorkerLink,
+        Admin, CompileFn, Publisher, WorkerLink,
         file::RulesFile,
         listener,
         rules::{LiveRule, default_id},
@@ -402,11 +402,15 @@ fn bind_control(config: &Config) -> Result<Option<ControlPlane>, Error> {
         .faults
         .iter()
         .enumerate()
-        .map(|(index, rule)| LiveRule {
-            id: default_id(index),
-            rule: rule.clone(),
-            ramp: None,
-            schedule: None,
+        .map(|(index, rule)| {
+            // A flag's own `id=` names it, as in a rules file; else its position's default.
+            let mut rule = rule.clone();
+            LiveRule {
+                id: rule.id.take().unwrap_or_else(|| default_id(index)),
+                rule,
+                ramp: None,
+                schedule: None,
+            }
         })
         .collect();
     let (file, startup) = match &settings.faults_file {
@@ -416,8 +420,7 @@ fn bind_control(config: &Config) -> Result<Option<ControlPlane>, Error> {
         }
         None => (None, flags),
     };
-    let compile: CompileFn<Faults> =
-        Box::new(|c: Compiled<'_>| Ok(Faults::compile_with_ids(c.rules, c.ids, c.generation)));
+    let compile: CompileFn<Faults> = Box::new(Faults::compile_with_ids);
     let (admin, publisher) = Admin::new(
         config.workers,
         startup,
@@ -539,6 +542,7 @@ async fn serve_worker(
         Rc::clone(&worker),
         listener,
         canceller.handle(),
+        Arc::clone(&stop),
     ));
     let tick = if link.is_some() {
         CONTROL_TICK
@@ -568,16 +572,21 @@ async fn serve_worker(
     Ok(())
 }
 
+/// Accepts until `cancel` fires (the accept in flight is cancelled) or, while paused at
+/// `--max-connections` with no accept in flight, until `stop` is set: the worker's drain waits
+/// for this loop to end, so a pause must look at the stop itself (else a worker kept at its
+/// limit by keep-alive clients never drains; SIGTERM under load was seen not to stop a proxy).
 async fn accept_loop(
     worker: Rc<Worker>,
     listener: monoio::net::TcpListener,
     cancel: monoio::io::CancelHandle,
+    stop: Arc<AtomicBool>,
 ) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         if worker.active.get() >= worker.config.max_connections {
             monoio::time::sleep(FULL_PAUSE).await;
-            if worker.shutdown.fired() {
+            if stop.load(Ordering::Relaxed) {
                 return;
             }
             continue;

@@ -9,6 +9,7 @@ use std::{
     cell::{Cell, RefCell},
     rc::Rc,
     sync::Arc,
+    time::Instant,
 };
 
 use crate::{
@@ -16,9 +17,10 @@ use crate::{
     config::{Config, Mode},
     control::{RuleCounters, RuleTally, WorkerLink, WorkerReport},
     exchange::{Faults, Stats},
+    fault::{FaultKind, FaultPlan, FaultSource},
     net::{BufPool, FramePool, timer::DelayTimer},
     shutdown::Shutdown,
-    trace::TraceWriter,
+    trace::{RingUsage, TraceWriter},
     upstream::{Pool, Resolver},
 };
 
@@ -50,38 +52,6 @@ impl TableSlot {
         *self.0.borrow_mut() = Rc::new(Arc::clone(latest));
         true
     }
-
-    /// Whether `pinned` is still the current snapshot (per-rule counters follow the current
-    /// table only).
-    pub(crate) fn is_current(&self, pinned: &Pinned) -> bool {
-        Rc::ptr_eq(&self.0.borrow(), pinned)
-    }
-}
-
-/// Requests inside a fault now (waiting out a delay), for `phantom_active_faults`.
-#[derive(Default)]
-pub(crate) struct ActiveFaults(Cell<u64>);
-
-impl ActiveFaults {
-    /// Counts one request in until the guard drops.
-    pub(crate) fn enter(&self) -> ActiveFault<'_> {
-        self.0.set(self.0.get() + 1);
-        ActiveFault(self)
-    }
-
-    /// How many there are now.
-    pub(crate) fn get(&self) -> u64 {
-        self.0.get()
-    }
-}
-
-/// One request inside a fault; leaves on drop (also when its exchange is cancelled).
-pub(crate) struct ActiveFault<'a>(&'a ActiveFaults);
-
-impl Drop for ActiveFault<'_> {
-    fn drop(&mut self) {
-        self.0.0.set(self.0.0.get() - 1);
-    }
 }
 
 /// Everything one worker's exchanges share. `!Send`: it lives in one thread's `Rc`.
@@ -103,13 +73,15 @@ pub(crate) struct Worker {
     pub(crate) timer: Rc<DelayTimer>,
     pub(crate) stats: RefCell<Stats>,
     pub(crate) trace: RefCell<Option<TraceWriter>>,
+    /// The ring's counters when this worker opened it: `/metrics` shows what this run lost.
+    trace_start: RingUsage,
     /// Connections being served.
     pub(crate) active: Cell<usize>,
-    /// Requests inside a fault now.
-    pub(crate) active_faults: ActiveFaults,
     /// Per-rule counters of tables swapped out, for `/metrics`.
     tally: RefCell<RuleTally>,
-    /// Exchanges holding a `--max-active-faults` slot.
+    /// Requests inside a holding fault now (a delay at any placement, a hang, a paced body, a
+    /// slow head; [`FaultPlan::holds`]), from decision to the end of the exchange: what
+    /// `--max-active-faults` caps and `phantom_active_faults` shows.
     pub(crate) fault_holds: Cell<usize>,
     pub(crate) shutdown: Shutdown,
     /// The reverse-mode upstream's TLS server name (`--upstream https://…`), shared by every
@@ -157,9 +129,11 @@ impl Worker {
             id_rng: RefCell::new(fastrand::Rng::new()),
             timer,
             stats: RefCell::new(Stats::new(rules)),
+            trace_start: trace
+                .as_ref()
+                .map_or_else(RingUsage::default, TraceWriter::usage),
             trace: RefCell::new(trace),
             active: Cell::new(0),
-            active_faults: ActiveFaults::default(),
             tally: RefCell::default(),
             fault_holds: Cell::new(0),
             shutdown: Shutdown::default(),
@@ -180,11 +154,9 @@ impl Worker {
             let outgoing = self.table.pin();
             if self.table.refresh(&latest) {
                 let mut stats = self.stats.borrow_mut();
-                self.tally.borrow_mut().retire(rule_counters(
-                    &outgoing,
-                    &stats.rules,
-                    &stats.delay_ns,
-                ));
+                let mut tally = self.tally.borrow_mut();
+                tally.retire(rule_counters(&outgoing, &stats.rules, &stats.delay_ns));
+                tally.prune(&latest.kept_ids, Instant::now());
                 let rules = latest.table().len();
                 // Positions mean the new table's rules from now on; the summary keeps the
                 // totals by position of the startup table, `/metrics` by id (the tally).
@@ -194,6 +166,10 @@ impl Worker {
             link.ack();
         }
         if report {
+            // Removed ids fold on time too, not only on the next swap.
+            self.tally
+                .borrow_mut()
+                .prune(&self.table.pin().kept_ids, Instant::now());
             link.report(|report| self.fill_report(report));
         }
     }
@@ -220,12 +196,30 @@ impl Worker {
             rule_counters(&current, &stats.rules, &stats.delay_ns),
             &mut report.rules,
         );
-        report.active_faults = self.active_faults.get();
+        report.active_faults = self.fault_holds.get() as u64;
         report.client_connections = self.active.get() as u64;
         let (busy, idle) = self.pool.borrow().counts();
         report.upstream_busy = busy as u64;
         report.upstream_idle = idle as u64;
         report.trace_records = stats.trace_records;
+        if let Some(trace) = self.trace.borrow().as_ref() {
+            let lost = trace.usage().since(self.trace_start);
+            report.trace_overwritten = lost.overwritten;
+            report.trace_dropped = lost.dropped;
+        }
+    }
+}
+
+/// Adds each delay `plan` applies (at any placement) to the rule that drew it, by position in
+/// the table it was decided with: `phantom_fault_delay_seconds_total` is the sum of the sampled
+/// delays the trace records name. Header faults have no rule and are not counted per rule.
+pub(crate) fn count_delays(delay_ns: &mut [u64], plan: &FaultPlan) {
+    for applied in plan.applied.as_slice() {
+        if let (FaultSource::Rule(rule), FaultKind::Delay) = (applied.source, applied.kind)
+            && let Some(slot) = delay_ns.get_mut(usize::from(rule))
+        {
+            *slot = slot.saturating_add(applied.value);
+        }
     }
 }
 

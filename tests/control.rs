@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{Conn, IO_TIMEOUT, Origin, Proxy, get};
+use crate::support::{Conn, IO_TIMEOUT, Origin, Proxy, get, pattern, response};
 
 /// One admin answer: status, head text, body text.
 struct Answer {
@@ -521,4 +521,337 @@ fn control_ready_turns_503_while_draining_and_live_stays_200() {
     );
     let (exit, _) = proxy.stop();
     assert!(exit.success(), "{exit}");
+}
+
+/// Scrapes until `done` holds for the value of `series` or `within` passes; the last scrape.
+fn scrape_while_not(
+    addr: SocketAddr,
+    series: &str,
+    within: Duration,
+    done: impl Fn(f64) -> bool,
+) -> String {
+    let started = Instant::now();
+    loop {
+        let scrape = admin(addr, "GET", "/metrics", &[], "").body;
+        if done(metric(&scrape, series)) || started.elapsed() > within {
+            return scrape;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn control_active_faults_count_every_holding_fault() {
+    // A 256 KiB body: paced at 1 KiB/s or dribbled over 20 s, it is still being sent.
+    let origin = Origin::start(|_| response("200 OK", &[], &pattern(256 * 1024)));
+    let (proxy, addr) = start(
+        &origin,
+        &[
+            "--fault",
+            "delay:4s:/fwd",
+            "--fault",
+            "delay:4s:at=head:/head",
+            "--fault",
+            "hang:/hang",
+            "--fault",
+            "bandwidth:1KiB/s:/slow",
+            "--fault",
+            "dribble:10,20s:/drib",
+            "--fault",
+            "slow-head:20s:/slowhead",
+        ],
+    );
+    let paths = ["/fwd", "/head", "/hang", "/slow", "/drib", "/slowhead"];
+    let clients: Vec<Conn> = paths
+        .iter()
+        .map(|path| {
+            let mut conn = proxy.connect();
+            conn.send(&get(path));
+            conn
+        })
+        .collect();
+    let want = paths.len() as f64;
+    let scrape = scrape_while_not(addr, "phantom_active_faults", Duration::from_secs(3), |n| {
+        n >= want
+    });
+    assert_eq!(
+        metric(&scrape, "phantom_active_faults"),
+        want,
+        "one per request inside a fault (delays at forward and head, hang, bandwidth, dribble, \
+         slow head):\n{scrape}"
+    );
+    // Every holding fault leaves the gauge when its exchange ends (here: the clients go).
+    drop(clients);
+    let scrape = scrape_while_not(
+        addr,
+        "phantom_active_faults",
+        Duration::from_secs(15),
+        |n| n == 0.0,
+    );
+    assert_eq!(metric(&scrape, "phantom_active_faults"), 0.0, "{scrape}");
+}
+
+/// Per rule id, the sum of the sampled delays the trace records name, in nanoseconds.
+fn traced_delay_ns(records: &[serde_json::Value], rule: &str) -> u64 {
+    records
+        .iter()
+        .flat_map(|r| r["faults"].as_array().cloned().unwrap_or_default())
+        .filter(|f| f["rule_id"] == rule)
+        .map(|f| f["value"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn control_fault_delay_seconds_are_the_applied_delays_of_every_placement() {
+    let origin = Origin::echo();
+    let (proxy, addr) = start(
+        &origin,
+        &[
+            "--seed",
+            "11",
+            "--fault",
+            "delay:20ms:0.5:/d",
+            "--fault",
+            "delay:30ms:at=head:/d",
+            "--fault",
+            "delay:7ms:1in2:at=body:/d",
+        ],
+    );
+    let trace_dir = trace_dir(&proxy);
+    let mut conn = proxy.connect();
+    let requests = 20;
+    for _ in 0..requests {
+        assert_eq!(status_of(&mut conn, "/d"), 200);
+    }
+    let scrape = scrape_until(
+        addr,
+        "phantom_request_duration_seconds_count",
+        requests as f64,
+    );
+    let records = traces(&trace_dir);
+    assert_eq!(records.len(), requests, "one record per request");
+    // (rule, fixed delay in ns): each rule's total is exactly its injected count times its
+    // delay, and exactly what the trace records name for it.
+    for (rule, kind_ns) in [("r1", 20_000_000u64), ("r2", 30_000_000), ("r3", 7_000_000)] {
+        let injected = metric(
+            &scrape,
+            &format!("phantom_faults_injected_total{{rule=\"{rule}\",kind=\"delay\"}}"),
+        ) as u64;
+        let seconds = metric(
+            &scrape,
+            &format!("phantom_fault_delay_seconds_total{{rule=\"{rule}\"}}"),
+        );
+        let ns = (seconds * 1e9).round() as u64;
+        assert!(injected > 0, "{rule} injected nothing:\n{scrape}");
+        assert_eq!(
+            ns,
+            injected * kind_ns,
+            "{rule}: injected {injected}\n{scrape}"
+        );
+        assert_eq!(
+            ns,
+            traced_delay_ns(&records, rule),
+            "{rule}: the records' sum"
+        );
+    }
+    assert!(
+        metric(
+            &scrape,
+            "phantom_faults_injected_total{rule=\"r1\",kind=\"delay\"}"
+        ) < 20.0,
+        "probability 0.5 over 20 requests fired on all:\n{scrape}"
+    );
+
+    // A request inside its delay while another rule is edited (the table swapped under it):
+    // its delay still counts, to its rule's id.
+    let late = admin(addr, "POST", "/faults", &[], "delay:900ms:id=late:/late\n");
+    assert_eq!(late.status, 201, "{}", late.body);
+    let proxy_addr = proxy.addr();
+    let in_flight = thread::spawn(move || {
+        let mut conn = Conn::connect(proxy_addr);
+        status_of(&mut conn, "/late")
+    });
+    let scrape = scrape_while_not(addr, "phantom_active_faults", Duration::from_secs(5), |n| {
+        n >= 1.0
+    });
+    assert_eq!(metric(&scrape, "phantom_active_faults"), 1.0, "{scrape}");
+    let other = admin(addr, "POST", "/faults", &[], "error:418:id=other:/other\n");
+    assert_eq!(other.status, 201, "{}", other.body);
+    assert_eq!(in_flight.join().unwrap(), 200);
+    let series = "phantom_fault_delay_seconds_total{rule=\"late\"}";
+    let scrape = scrape_until(addr, series, 0.9);
+    assert_eq!(metric(&scrape, series), 0.9, "{scrape}");
+}
+
+#[test]
+fn control_missing_body_file_is_400_naming_the_rule_and_the_file() {
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("503.json");
+    std::fs::write(&body, "{\"down\":true}").unwrap();
+    let missing = dir.path().join("gone.json");
+    let rules = dir.path().join("rules.txt");
+    std::fs::write(
+        &rules,
+        format!("error:503:body=@{}:id=api:/api\n", body.display()),
+    )
+    .unwrap();
+    let (proxy, addr) = start(&origin, &["--faults-file", rules.to_str().unwrap()]);
+    let mut conn = proxy.connect();
+    assert_eq!(status_of(&mut conn, "/api"), 503);
+
+    // (name, method, path, body): each names the rule and the file, and changes nothing.
+    let spec = format!("error:502:body=@{}:id=bad:/api", missing.display());
+    let rows: &[(&str, &str, &str, String)] = &[
+        ("put_all", "PUT", "/faults", format!("{spec}\n")),
+        ("post", "POST", "/faults", format!("{spec}\n")),
+        (
+            "put_one",
+            "PUT",
+            "/faults/api",
+            format!("error:502:body=@{}:/api", missing.display()),
+        ),
+    ];
+    for (name, method, path, body) in rows {
+        let answer = admin(addr, method, path, &[], body);
+        assert_eq!(answer.status, 400, "{name}: {}", answer.body);
+        let error = answer.json();
+        let want_rule = if *path == "/faults/api" { "api" } else { "bad" };
+        assert_eq!(error["rule"], want_rule, "{name}: {error}");
+        let message = error["error"].as_str().unwrap();
+        assert!(
+            message.contains(&missing.display().to_string()),
+            "{name}: the file is named: {error}"
+        );
+        assert_eq!(
+            admin(addr, "GET", "/faults", &[], "").json()["generation"],
+            1,
+            "{name} changed nothing"
+        );
+        assert_eq!(status_of(&mut conn, "/api"), 503, "{name}");
+    }
+
+    // The rules file: the same edit keeps the old rules and says why on stderr.
+    let staged = dir.path().join("rules.txt.new");
+    std::fs::write(&staged, format!("{spec}\n")).unwrap();
+    std::fs::rename(&staged, &rules).unwrap();
+    assert!(
+        proxy.wait_for_stderr("keeping the live rules", Duration::from_secs(3)),
+        "{}",
+        proxy.stderr()
+    );
+    let stderr = proxy.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("keeping the live rules"))
+        .unwrap();
+    assert!(
+        line.contains("bad") && line.contains(&missing.display().to_string()),
+        "names the rule and the file: {line}"
+    );
+    let response = conn.roundtrip(&get("/api"));
+    assert_eq!(response.status, 503);
+    assert_eq!(
+        response.text(),
+        "{\"down\":true}",
+        "the old body file's answer"
+    );
+}
+
+#[test]
+fn control_rule_counters_are_bounded_and_kept_ids_keep_theirs() {
+    let origin = Origin::echo();
+    let (proxy, addr) = start(
+        &origin,
+        &[
+            "--fault",
+            "error:503:id=keep:/keep",
+            "--fault",
+            "error:500:id=other:/other",
+        ],
+    );
+    let mut conn = proxy.connect();
+    for _ in 0..3 {
+        assert_eq!(status_of(&mut conn, "/keep"), 503);
+    }
+    // Editing the other rule (and adding 300 more) leaves `keep`'s counters alone.
+    let many = 300;
+    let mut set = String::from("error:503:id=keep:/keep\nerror:502:id=other:/other\n");
+    for i in 0..many {
+        // Slow heads of 1 ms: the first matching one applies, every one matches and counts.
+        set.push_str(&format!("slow-head:1ms:id=m{i}:/many\n"));
+    }
+    let put = admin(addr, "PUT", "/faults", &[], &set);
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(status_of(&mut conn, "/many"), 200);
+    assert_eq!(status_of(&mut conn, "/keep"), 503);
+    // The 300 ids leave the live set at once: at most 256 keep their own series, the oldest
+    // fold into rule="(removed)", and no count is lost.
+    let put = admin(addr, "PUT", "/faults", &[], "error:503:id=keep:/keep\n");
+    assert_eq!(put.status, 200, "{}", put.body);
+    let series = "phantom_faults_matched_total{rule=\"(removed)\",kind=\"slow-head\"}";
+    let scrape = scrape_until(addr, series, 1.0);
+    assert_eq!(
+        metric(
+            &scrape,
+            "phantom_faults_matched_total{rule=\"keep\",kind=\"error\"}"
+        ),
+        4.0,
+        "{scrape}"
+    );
+    let own = scrape
+        .lines()
+        .filter(|l| l.starts_with("phantom_faults_matched_total{rule=\"m"))
+        .count();
+    assert_eq!(own, 256, "removed ids with their own series:\n{scrape}");
+    let matched: f64 = scrape
+        .lines()
+        .filter(|l| l.starts_with("phantom_faults_matched_total{") && l.contains("slow-head"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(matched, many as f64, "every match still counted:\n{scrape}");
+    assert_eq!(metric(&scrape, series), (many - 256) as f64, "{scrape}");
+}
+
+#[test]
+fn control_trace_ring_losses_are_in_metrics_and_agree_with_the_summary() {
+    let origin = Origin::echo();
+    // The smallest ring: a few hundred requests wrap it.
+    let (proxy, addr) = start(&origin, &["--trace-capacity", "64KiB"]);
+    let mut conn = proxy.connect();
+    let requests = 600;
+    for _ in 0..requests {
+        assert_eq!(status_of(&mut conn, "/wrap"), 200);
+    }
+    let scrape = scrape_until(addr, "phantom_trace_records_total", requests as f64);
+    let overwritten = metric(&scrape, "phantom_trace_records_overwritten_total");
+    assert!(overwritten > 0.0, "the ring wrapped:\n{scrape}");
+    assert!(overwritten < requests as f64, "{scrape}");
+    assert!(
+        scrape.contains("phantom_trace_records_dropped_total 0\n"),
+        "{scrape}"
+    );
+    let (exit, stderr) = proxy.stop();
+    assert!(exit.success(), "{exit}: {stderr}");
+    let line = format!("traces: {requests} records, {overwritten} overwritten by newer ones");
+    assert!(stderr.contains(&line), "{line:?} not in\n{stderr}");
+}
+
+#[test]
+fn control_sigterm_at_the_connection_limit_still_stops() {
+    // Seen once: SIGTERM under load left an `--admin` proxy running. At `--max-connections`
+    // the accept loop paused without looking at the stop, so the worker never began its drain
+    // while the clients kept their keep-alive connections open.
+    let origin = Origin::echo();
+    let (proxy, _addr) = start(&origin, &["--max-connections", "2", "--grace", "1s"]);
+    let mut served: Vec<Conn> = (0..2).map(|_| proxy.connect()).collect();
+    for conn in &mut served {
+        assert_eq!(status_of(conn, "/"), 200);
+    }
+    // A third waits in the listen backlog: the worker is at its limit.
+    let _queued = proxy.connect();
+    thread::sleep(Duration::from_millis(100));
+    let (exit, stderr) = proxy.stop();
+    assert!(exit.success(), "{exit}: {stderr}");
+    drop(served);
 }

@@ -992,3 +992,265 @@ fn forward_absolute_https_request_goes_out_over_tls() {
     let recs = records(&proxy, 1);
     assert_eq!(recs[0]["url"], url.as_str());
 }
+
+/// The admin address the banner printed (`admin on http://ADDR`).
+fn admin_addr(proxy: &Proxy) -> String {
+    assert!(
+        proxy.wait_for_stderr("admin on http://", Duration::from_secs(10)),
+        "{}",
+        proxy.stderr()
+    );
+    let stderr = proxy.stderr();
+    let (_, rest) = stderr.split_once("admin on http://").unwrap();
+    rest.split_whitespace().next().unwrap().to_owned()
+}
+
+/// `/metrics` (through curl) until `series` has `want`, or 5 s pass; returns the last scrape.
+fn scrape_until(admin: &str, series: &str, want: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let out = curl(&[&format!("http://{admin}/metrics")]);
+        let scrape = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = format!("{series} {want}\n");
+        if scrape.contains(&line) || started.elapsed() > Duration::from_secs(5) {
+            return scrape;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `phantom-fast traces --format table` and `phantom-fast stats` of the proxy's rings.
+fn table_and_stats(proxy: &Proxy) -> (String, serde_json::Value) {
+    let dir = proxy.trace_dir().to_str().unwrap().to_owned();
+    let table = Command::new(BIN)
+        .args(["traces", "--trace-dir", &dir, "--format", "table"])
+        .output()
+        .unwrap();
+    let stats = Command::new(BIN)
+        .args(["stats", "--trace-dir", &dir])
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&table.stdout).into_owned(),
+        serde_json::from_slice(&stats.stdout).expect("stats prints JSON"),
+    )
+}
+
+// See: issue 10 §3 ("a client that does not trust the CA fails its handshake, recorded as an
+// outcome of its own").
+#[test]
+fn mitm_client_distrusting_the_ca_is_recorded_client_tls_failed() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.leaf("origin", &["localhost"], Leaf::Good);
+    let origin = PyOrigin::start(&cert, &key, &[]);
+    let ca_dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&[
+        "--mitm",
+        "--ca-dir",
+        s(ca_dir.path()),
+        "--upstream-ca",
+        s(&pki.path("ca.pem")),
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin = admin_addr(&proxy);
+    let series = r#"phantom_requests_total{outcome="client-tls-failed"}"#;
+    // Listed from the start, at zero.
+    let scrape = scrape_until(&admin, series, "0");
+    assert!(scrape.contains(&format!("{series} 0\n")), "{scrape}");
+
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.addr().port());
+    let out = curl(&[
+        "-x",
+        &proxy_url,
+        &format!("https://{}/untrusted", origin.authority()),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(60),
+        "curl distrusts our CA: {out:?}"
+    );
+
+    let recs = records(&proxy, 1);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let connect = &recs[0];
+    assert_eq!(connect["method"], "CONNECT", "{connect}");
+    assert_eq!(connect["status_code"], 200, "{connect}");
+    assert_eq!(connect["outcome"], "client-tls-failed", "{connect}");
+    let client_tls = &connect["client_tls"];
+    assert_eq!(client_tls["failure"], "peer alert: unknown CA", "{connect}");
+    assert_eq!(client_tls["server_name"], "localhost", "{connect}");
+    assert_eq!(
+        connect["upstream_tls"],
+        serde_json::Value::Null,
+        "{connect}"
+    );
+
+    let (table, stats) = table_and_stats(&proxy);
+    assert!(
+        table.contains("client-tls-failed")
+            && table.contains(&format!(
+                "{} [client tls: peer alert: unknown CA]",
+                origin.authority()
+            )),
+        "{table}"
+    );
+    assert_eq!(stats["by_outcome"]["client-tls-failed"], 1, "{stats:#}");
+    assert_eq!(
+        stats["tls_failures"]["client"]["peer alert: unknown CA"], 1,
+        "{stats:#}"
+    );
+    let scrape = scrape_until(&admin, series, "1");
+    assert!(scrape.contains(&format!("{series} 1\n")), "{scrape}");
+}
+
+// See: issue 10 §2 ("a failed handshake is an outcome in the trace").
+#[test]
+fn https_listener_failed_handshakes_are_recorded_with_their_reason() {
+    use std::io::{Read, Write};
+    let pki = TestPki::new();
+    let (cert, key) = pki.leaf("listener", &["localhost"], Leaf::Good);
+    let origin = Origin::start(|_| response("200 OK", &[], b"fine"));
+    let proxy = Proxy::reverse(
+        origin.addr(),
+        &[
+            "--tls-cert",
+            s(&cert),
+            "--tls-key",
+            s(&key),
+            "--header-timeout",
+            "500ms",
+        ],
+    );
+    let port = proxy.addr().port();
+    // Connected and gone without a byte: a probe, not a handshake; no record.
+    drop(std::net::TcpStream::connect(proxy.addr()).unwrap());
+    // openssl s_client trusting only an unrelated certificate: it aborts with an alert.
+    let (unrelated, _) = pki.leaf("unrelated", &["elsewhere"], Leaf::SelfSigned);
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", "localhost", "-verify_return_error"])
+        .args(["-CAfile", s(&unrelated)])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    // A garbage ClientHello: our alert, then a close.
+    let mut garbage = std::net::TcpStream::connect(proxy.addr()).unwrap();
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    garbage
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0xff])
+        .unwrap();
+    let mut alert = Vec::new();
+    let _ = garbage.read_to_end(&mut alert);
+    assert_eq!(alert.first(), Some(&0x15), "{alert:?}");
+    // A handshake that starts and stalls: dropped after --header-timeout.
+    let mut stalled = std::net::TcpStream::connect(proxy.addr()).unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stalled.read_to_end(&mut Vec::new());
+    // And a client that trusts us is served.
+    let ca = pki.path("ca.pem");
+    let out = curl(&["--cacert", s(&ca), &format!("https://localhost:{port}/ok")]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "fine", "{out:?}");
+
+    let recs = records(&proxy, 4);
+    let mut failures: Vec<&str> = recs
+        .iter()
+        .filter(|r| r["outcome"] == "client-tls-failed")
+        .map(|r| r["client_tls"]["failure"].as_str().unwrap_or("?"))
+        .collect();
+    failures.sort_unstable();
+    assert_eq!(
+        failures,
+        [
+            "handshake timed out",
+            "not TLS (or corrupt TLS)",
+            "peer alert: unknown CA"
+        ],
+        "{recs:?}"
+    );
+    assert_eq!(recs.len(), 4, "the probe left no record: {recs:?}");
+    let aborted = recs
+        .iter()
+        .find(|r| r["client_tls"]["failure"] == "peer alert: unknown CA")
+        .unwrap();
+    // The session got as far as our certificate: its SNI and version are known.
+    assert_eq!(
+        aborted["client_tls"]["server_name"], "localhost",
+        "{aborted}"
+    );
+    assert_eq!(aborted["status_code"], 0, "{aborted}");
+    assert!(
+        aborted["trace_id"]
+            .as_str()
+            .is_some_and(|t| t != "0".repeat(32))
+    );
+    let (_, stats) = table_and_stats(&proxy);
+    assert_eq!(stats["by_outcome"]["client-tls-failed"], 3, "{stats:#}");
+    assert_eq!(stats["by_outcome"]["ok"], 1, "{stats:#}");
+}
+
+// See: issue 16 ("the upstream's share (connect, time to first byte, body)").
+#[test]
+fn ledger_counts_tls_connect_and_a_slow_body_as_upstream_time() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.leaf("origin", &["localhost"], Leaf::Good);
+    let origin = PyOrigin::start(&cert, &key, &[]);
+    let upstream = https_upstream(&origin.authority());
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &upstream,
+        "--upstream-ca",
+        s(&pki.path("ca.pem")),
+        "--fault",
+        "delay:100ms:at=head:/slow-body",
+    ]);
+    let base = format!("http://127.0.0.1:{}", proxy.addr().port());
+    let out = curl(&[&format!("{base}/slow-body"), &format!("{base}/fast")]);
+    assert!(out.status.success(), "{out:?}");
+    let recs = records(&proxy, 2);
+    let n = |rec: &serde_json::Value, k: &str| {
+        rec[k].as_u64().unwrap_or_else(|| panic!("{k} in {rec:#}"))
+    };
+    for rec in &recs {
+        assert_eq!(
+            n(rec, "upstream_us"),
+            n(rec, "upstream_connect_us") + n(rec, "upstream_ttfb_us") + n(rec, "upstream_body_us"),
+            "{rec:#}"
+        );
+        assert_eq!(
+            n(rec, "duration_us"),
+            n(rec, "injected_delay_us") + n(rec, "upstream_us") + n(rec, "overhead_us"),
+            "duration = injected + upstream + overhead: {rec:#}"
+        );
+    }
+    let find = |path: &str| {
+        recs.iter()
+            .find(|r| r["url"].as_str().is_some_and(|u| u.ends_with(path)))
+            .unwrap_or_else(|| panic!("no {path} in {recs:?}"))
+    };
+    let slow = find("/slow-body");
+    // A new connection: TCP and the TLS handshake are the upstream's time.
+    assert!(n(slow, "upstream_connect_us") > 0, "{slow:#}");
+    assert_eq!(n(slow, "injected_delay_us"), 100_000, "{slow:#}");
+    // The origin held the second half of the body back 300 ms after the request: upstream time,
+    // not overhead. The head delay (100 ms) ran meanwhile, so the upstream's share from the
+    // request to the last byte is at least 300 - 100 ms, its body part after the delay ended.
+    let upstream_wait = n(slow, "upstream_ttfb_us") + n(slow, "upstream_body_us");
+    assert!(upstream_wait >= 190_000, "{slow:#}");
+    assert!(n(slow, "upstream_body_us") > 0, "{slow:#}");
+    assert!(n(slow, "overhead_us") < 100_000, "{slow:#}");
+    let fast = find("/fast");
+    assert_eq!(n(fast, "upstream_connect_us"), 0, "pooled: {fast:#}");
+    assert_eq!(
+        n(fast, "upstream_body_us"),
+        0,
+        "body came with the head: {fast:#}"
+    );
+    assert_eq!(n(fast, "injected_delay_us"), 0, "{fast:#}");
+}

@@ -919,6 +919,7 @@ fn trace_stats_known_traffic_figures_match() {
             "upstream-error": 0,
             "upstream-timeout": 0,
             "client-closed": 0,
+            "client-tls-failed": 0,
         })
     );
     assert_eq!(

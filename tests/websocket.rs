@@ -1,8 +1,9 @@
 //! WebSocket pass-through end to end: a real RFC 6455 server and client (Python `websockets`,
 //! installed by `scripts/ws-deps.sh`) through the proxy in both modes: echoed messages, binary
 //! frames, both close handshakes, a refused upgrade, plain HTTP beside it, the idle timeout on a
-//! silent tunnel, faults on the handshake and the trace record written when the tunnel closes.
-//! It does not cover `CONNECT` tunnels (`forward`).
+//! silent tunnel, faults on the handshake and the trace record written when the tunnel closes;
+//! and the same inside TLS: `wss://` through `--mitm`, and an https listener in front of an https
+//! upstream. It does not cover opaque `CONNECT` tunnels (`forward`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{Proxy, request};
+use crate::tls::{Leaf, TestPki};
 
 /// The binary under test, for reading its traces.
 const BIN: &str = env!("CARGO_BIN_EXE_phantom-fast");
@@ -40,9 +42,19 @@ struct WsServer {
 
 impl WsServer {
     fn start() -> WsServer {
+        WsServer::spawn(&[])
+    }
+
+    /// A `wss://` server with this certificate and key.
+    fn start_tls(cert: &Path, key: &Path) -> WsServer {
+        WsServer::spawn(&[cert.to_str().unwrap(), key.to_str().unwrap()])
+    }
+
+    fn spawn(tls: &[&str]) -> WsServer {
         let mut child = Command::new("python3")
             .arg(peer_script())
             .arg("server")
+            .args(tls)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -260,4 +272,107 @@ fn wait_for_record(dir: &Path, status: u64) -> Value {
         );
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `wss://` through `--mitm`: the client trusts our CA, we trust the server's (a test CA).
+// See: issue 16 ("with --mitm, wss:// works the same inside TLS").
+#[test]
+fn websocket_mitm_wss_1000_messages_and_close_recorded_at_close() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.leaf("origin", &["localhost"], Leaf::Good);
+    let server = WsServer::start_tls(&cert, &key);
+    let ca_dir = tempfile::tempdir().unwrap();
+    let test_ca = pki.path("ca.pem");
+    let proxy = Proxy::start(&[
+        "--mitm",
+        "--ca-dir",
+        ca_dir.path().to_str().unwrap(),
+        "--upstream-ca",
+        test_ca.to_str().unwrap(),
+    ]);
+    assert!(
+        proxy.wait_for_stderr("MITM on", Duration::from_secs(10)),
+        "{}",
+        proxy.stderr()
+    );
+    let our_ca = ca_dir.path().join("ca.pem");
+    let proxy_url = format!("http://{}", proxy.addr());
+    let url = format!("wss://localhost:{}/echo", server.port);
+    run_peer(
+        &["client", &url, "echo", our_ca.to_str().unwrap(), &proxy_url],
+        &proxy,
+    );
+
+    let record = wait_for_record(proxy.trace_dir(), 101);
+    assert_eq!(
+        record["url"],
+        format!("https://localhost:{}/echo", server.port),
+        "{record}"
+    );
+    let sent = record["request_body_bytes"].as_u64().unwrap_or(0);
+    let received = record["response_body_bytes"].as_u64().unwrap_or(0);
+    assert!(sent >= 6_000, "client → server bytes {sent} in {record}");
+    assert!(
+        received >= 2_000,
+        "server → client bytes {received} in {record}"
+    );
+    assert_eq!(record["outcome"], "ok", "{record}");
+    assert_eq!(record["client_tls"]["server_name"], "localhost", "{record}");
+    assert_eq!(
+        record["upstream_tls"]["verification"], "verified",
+        "{record}"
+    );
+    // The ledger: the tunnel's life is the upstream's body time; the parts add up.
+    let n = |k: &str| {
+        record[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {record}"))
+    };
+    assert!(n("upstream_body_us") > 0, "{record}");
+    assert_eq!(
+        n("duration_us"),
+        n("injected_delay_us") + n("upstream_us") + n("overhead_us"),
+        "{record}"
+    );
+}
+
+/// An https listener in front of an https upstream, both directions of close, and the idle
+/// timeout on a silent TLS tunnel.
+#[test]
+fn websocket_https_listener_to_https_upstream_echo_closes_and_idle() {
+    let pki = TestPki::new();
+    let (origin_cert, origin_key) = pki.leaf("origin", &["localhost"], Leaf::Good);
+    let (cert, key) = pki.leaf("listener", &["localhost"], Leaf::Good);
+    let server = WsServer::start_tls(&origin_cert, &origin_key);
+    let test_ca = pki.path("ca.pem");
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("https://localhost:{}", server.port),
+        "--upstream-ca",
+        test_ca.to_str().unwrap(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--idle-timeout",
+        "1s",
+    ]);
+    let url = format!("wss://localhost:{}/echo", proxy.addr().port());
+    let ca = test_ca.to_str().unwrap();
+    for scenario in ["echo", "binary", "close", "server-close"] {
+        run_peer(&["client", &url, scenario, ca], &proxy);
+    }
+    let started = Instant::now();
+    run_peer(&["client", &url, "silent", ca], &proxy);
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}, before --idle-timeout 1s"
+    );
+    let record = wait_for_record(proxy.trace_dir(), 101);
+    assert!(
+        record["client_tls"]["version"].is_string()
+            && record["upstream_tls"]["version"].is_string(),
+        "{record}"
+    );
 }

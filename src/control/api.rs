@@ -34,11 +34,14 @@ pub struct Compiled<'a> {
     pub rules: &'a [FaultRule],
     /// Their ids, same order and length.
     pub ids: &'a [Arc<str>],
+    /// The ids of the whole live set, scheduled-off rules included (whose counters stay).
+    pub live_ids: &'a [Arc<str>],
 }
 
 /// Builds the workers' snapshot from a rule set (the server passes the fault table's compile);
-/// an error (e.g. a body file that cannot be read) refuses the set, naming what was wrong.
-pub type CompileFn<T> = Box<dyn Fn(Compiled<'_>) -> Result<T, String> + Send>;
+/// an error (e.g. a body file that cannot be read) refuses the set, naming the rule by its id
+/// and what was wrong.
+pub type CompileFn<T> = Box<dyn Fn(Compiled<'_>) -> Result<T, RuleError> + Send>;
 
 /// One admin request, parsed.
 #[derive(Debug, Clone, Copy)]
@@ -138,8 +141,9 @@ impl<T: Send + Sync> Admin<T> {
                 since: now,
             })
             .collect();
-        validate(&compile, &rules, 1)?;
-        let (effective, snapshot) = compile_set(&compile, &rules, 1, now)?;
+        validate(&compile, &rules, 1).map_err(|e| e.to_string())?;
+        let (effective, snapshot) =
+            compile_set(&compile, &rules, 1, now).map_err(|e| e.to_string())?;
         let publisher = Publisher::new(workers, 1, Arc::new(snapshot));
         let admin = Admin {
             publisher: publisher.clone(),
@@ -220,14 +224,9 @@ impl<T: Send + Sync> Admin<T> {
     /// [`APPLY_TIMEOUT`]).
     fn install(&mut self, candidate: Vec<Applied>) -> Result<bool, RuleError> {
         let generation = self.generation + 1;
-        let refused = |reason: String| RuleError {
-            rule: "rules".into(),
-            spec: String::new(),
-            reason,
-        };
-        validate(&self.compile, &candidate, generation).map_err(refused)?;
+        validate(&self.compile, &candidate, generation)?;
         let (effective, snapshot) =
-            compile_set(&self.compile, &candidate, generation, Instant::now()).map_err(refused)?;
+            compile_set(&self.compile, &candidate, generation, Instant::now())?;
         self.rules = candidate;
         self.generation = generation;
         self.compiled = effective;
@@ -552,21 +551,31 @@ impl<T: Send + Sync> Admin<T> {
 
 /// Compiles every rule as written, scheduled or not, so a rule that would only fail when its
 /// window opens is refused now.
-fn validate<T>(compile: &CompileFn<T>, rules: &[Applied], generation: u64) -> Result<(), String> {
+fn validate<T>(
+    compile: &CompileFn<T>,
+    rules: &[Applied],
+    generation: u64,
+) -> Result<(), RuleError> {
     if rules.iter().all(|a| a.rule.schedule.is_none()) {
         return Ok(()); // compile_set compiles every rule anyway
     }
-    let ids: Vec<Arc<str>> = rules
-        .iter()
-        .map(|a| Arc::from(a.rule.id.as_str()))
-        .collect();
+    let ids = live_ids(rules);
     let all: Vec<FaultRule> = rules.iter().map(|a| a.rule.rule.clone()).collect();
     compile(Compiled {
         generation,
         rules: &all,
         ids: &ids,
+        live_ids: &ids,
     })
     .map(drop)
+}
+
+/// Every rule's id, in order.
+fn live_ids(rules: &[Applied]) -> Vec<Arc<str>> {
+    rules
+        .iter()
+        .map(|a| Arc::from(a.rule.id.as_str()))
+        .collect()
 }
 
 /// Compiles the rules in force at `now`; returns what was compiled (per rule, `None` when off)
@@ -576,7 +585,7 @@ fn compile_set<T>(
     rules: &[Applied],
     generation: u64,
     now: Instant,
-) -> Result<(Vec<Option<FaultRule>>, T), String> {
+) -> Result<(Vec<Option<FaultRule>>, T), RuleError> {
     let effective: Vec<Option<FaultRule>> = rules
         .iter()
         .map(|a| a.rule.effective(now.saturating_duration_since(a.since)))
@@ -590,6 +599,7 @@ fn compile_set<T>(
         generation,
         rules: &live,
         ids: &ids,
+        live_ids: &live_ids(rules),
     })?;
     Ok((effective, snapshot))
 }
@@ -660,12 +670,17 @@ mod tests {
     fn admin(startup: &str, token: Option<&str>) -> (Admin<Snapshot>, Publisher<Snapshot>) {
         let compile: CompileFn<Snapshot> = Box::new(|c: Compiled<'_>| {
             // A stand-in for a compile failure the grammar cannot see (a missing body file).
-            if let Some(rule) = c
-                .rules
+            if let Some((id, rule)) = c
+                .ids
                 .iter()
-                .find(|r| r.to_string().contains("/uncompilable"))
+                .zip(c.rules)
+                .find(|(_, r)| r.to_string().contains("/uncompilable"))
             {
-                return Err(format!("{rule} does not compile"));
+                return Err(RuleError {
+                    rule: id.to_string(),
+                    spec: rule.to_string(),
+                    reason: "does not compile".into(),
+                });
             }
             let specs = c
                 .ids
@@ -872,8 +887,10 @@ mod tests {
             response.status, 400,
             "refused although its window is not open yet"
         );
+        let body = json_of(&response);
+        assert_eq!(body["rule"], "r1", "the compile error names the rule by id");
         assert!(
-            json_of(&response)["expected"]
+            body["expected"]
                 .as_str()
                 .unwrap()
                 .contains("does not compile")

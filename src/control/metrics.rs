@@ -5,7 +5,12 @@
 //! Names follow Prometheus conventions (base units, `_total` counters); a rule's series are
 //! labelled by its id, never its spec, so a ramp does not mint a new series per step.
 
-use std::{collections::BTreeMap, fmt::Write, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt::Write,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::{fault::FaultKind, trace::Outcome};
 
@@ -95,25 +100,117 @@ pub struct RuleCounters {
     pub delay_ns: u64,
 }
 
+/// The `rule` label the counters of removed ids are folded into: `(` is never part of an id, so
+/// it cannot be taken by a rule.
+pub const REMOVED_RULE_ID: &str = "(removed)";
+
+/// How long the counters of an id that left the live rule set keep their own series before they
+/// fold into [`REMOVED_RULE_ID`]: two minutes, several scrapes at any usual scrape interval, so
+/// Prometheus sees each id's last value.
+pub const REMOVED_ID_KEPT: Duration = Duration::from_secs(120);
+
+/// At most this many removed ids keep their own series (the oldest fold first beyond it), so
+/// minting ids under a fast edit loop cannot grow a worker's counters without bound.
+pub const MAX_REMOVED_IDS: usize = 256;
+
+/// One id's retired counters and, once its id left the live rule set, since when.
+#[derive(Debug, Clone)]
+struct Retired {
+    counters: RuleCounters,
+    removed_at: Option<Instant>,
+}
+
 /// A worker's per-rule counters across table swaps: the counts of tables it no longer uses
 /// (retired, by id and kind) plus those of the live one. Lives in the worker (not `Send` needed);
 /// the tick hook writes [`RuleTally::fill`]'s result into its [`WorkerReport`].
+///
+/// Bounded: an id of the live set (scheduled-off rules included) keeps its counters however the
+/// other rules are edited; an id no longer in it keeps them for [`REMOVED_ID_KEPT`] (at most
+/// [`MAX_REMOVED_IDS`] such ids), then they are added to the [`REMOVED_RULE_ID`] series of their
+/// kind. Sums over every rule stay what they were, and stay monotonic.
 #[derive(Debug, Clone, Default)]
 pub struct RuleTally {
-    retired: Vec<RuleCounters>,
+    retired: Vec<Retired>,
 }
 
 impl RuleTally {
     /// Adds the final counts of a table being swapped out (or of any finished counting period).
     pub fn retire(&mut self, counts: impl IntoIterator<Item = RuleCounters>) {
-        add_counters(&mut self.retired, counts);
+        for rule in counts {
+            match self
+                .retired
+                .iter_mut()
+                .find(|r| r.counters.id == rule.id && r.counters.kind == rule.kind)
+            {
+                Some(total) => total.counters.add(&rule),
+                None => self.retired.push(Retired {
+                    counters: rule,
+                    removed_at: None,
+                }),
+            }
+        }
+    }
+
+    /// Applies the bound at `now`, given the ids of the live rule set: ids back in it are kept
+    /// again, ids that left it start their [`REMOVED_ID_KEPT`]; an id that left with nothing
+    /// counted goes at once, one gone longer (or beyond [`MAX_REMOVED_IDS`], oldest first) is
+    /// folded into [`REMOVED_RULE_ID`].
+    pub fn prune(&mut self, live: &[Arc<str>], now: Instant) {
+        for rule in &mut self.retired {
+            if &*rule.counters.id == REMOVED_RULE_ID || live.contains(&rule.counters.id) {
+                rule.removed_at = None;
+            } else if rule.removed_at.is_none() {
+                rule.removed_at = Some(now);
+            }
+        }
+        self.retired
+            .retain(|r| r.removed_at.is_none() || !r.counters.is_zero());
+        // Oldest removal first: beyond the cap, those fold first.
+        let mut removed: Vec<(Instant, usize)> = self
+            .retired
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((r.removed_at?, i)))
+            .collect();
+        removed.sort_unstable();
+        let excess = removed.len().saturating_sub(MAX_REMOVED_IDS);
+        let mut fold = vec![false; self.retired.len()];
+        for (n, (at, i)) in removed.into_iter().enumerate() {
+            fold[i] = n < excess || now.saturating_duration_since(at) >= REMOVED_ID_KEPT;
+        }
+        let mut folded = Vec::new();
+        let mut index = 0;
+        self.retired.retain(|r| {
+            let keep = !fold[index];
+            index += 1;
+            if !keep {
+                folded.push(RuleCounters {
+                    id: Arc::from(REMOVED_RULE_ID),
+                    ..r.counters.clone()
+                });
+            }
+            keep
+        });
+        self.retire(folded);
     }
 
     /// Retired totals plus the live table's counts, into `out` (cleared first).
     pub fn fill(&self, live: impl IntoIterator<Item = RuleCounters>, out: &mut Vec<RuleCounters>) {
         out.clear();
-        out.extend(self.retired.iter().cloned());
+        out.extend(self.retired.iter().map(|r| r.counters.clone()));
         add_counters(out, live);
+    }
+}
+
+impl RuleCounters {
+    fn add(&mut self, other: &RuleCounters) {
+        self.matched += other.matched;
+        self.injected += other.injected;
+        self.delay_ns = self.delay_ns.saturating_add(other.delay_ns);
+    }
+
+    fn is_zero(&self) -> bool {
+        self.matched == 0 && self.injected == 0 && self.delay_ns == 0
     }
 }
 
@@ -127,11 +224,7 @@ pub fn add_counters(
             .iter_mut()
             .find(|r| r.id == rule.id && r.kind == rule.kind)
         {
-            Some(total) => {
-                total.matched += rule.matched;
-                total.injected += rule.injected;
-                total.delay_ns = total.delay_ns.saturating_add(rule.delay_ns);
-            }
+            Some(total) => total.add(&rule),
             None => totals.push(rule),
         }
     }
@@ -158,6 +251,10 @@ pub struct WorkerReport {
     pub upstream_idle: u64,
     /// Trace records written.
     pub trace_records: u64,
+    /// Trace records of this run overwritten by newer ones when the ring wrapped.
+    pub trace_overwritten: u64,
+    /// Trace records of this run not stored (larger than the ring, or the write failed).
+    pub trace_dropped: u64,
 }
 
 impl WorkerReport {
@@ -174,6 +271,8 @@ impl WorkerReport {
         self.upstream_busy += other.upstream_busy;
         self.upstream_idle += other.upstream_idle;
         self.trace_records += other.trace_records;
+        self.trace_overwritten += other.trace_overwritten;
+        self.trace_dropped += other.trace_dropped;
     }
 }
 
@@ -302,7 +401,7 @@ pub fn encode_metrics(scrape: &Scrape, out: &mut String) {
         out,
         "phantom_active_faults",
         "gauge",
-        "Requests inside a fault now.",
+        "Requests inside a holding fault now (a delay at any placement, a hang, a paced body, a slow head).",
     );
     sample(out, "phantom_active_faults", &[], total.active_faults);
     family(
@@ -374,6 +473,30 @@ pub fn encode_metrics(scrape: &Scrape, out: &mut String) {
         "Trace records written.",
     );
     sample(out, "phantom_trace_records_total", &[], total.trace_records);
+    family(
+        out,
+        "phantom_trace_records_overwritten_total",
+        "counter",
+        "Trace records overwritten by newer ones when a ring wrapped (raise --trace-capacity).",
+    );
+    sample(
+        out,
+        "phantom_trace_records_overwritten_total",
+        &[],
+        total.trace_overwritten,
+    );
+    family(
+        out,
+        "phantom_trace_records_dropped_total",
+        "counter",
+        "Trace records not stored (larger than the ring, or the write failed).",
+    );
+    sample(
+        out,
+        "phantom_trace_records_dropped_total",
+        &[],
+        total.trace_dropped,
+    );
     family(
         out,
         "phantom_build_info",
@@ -486,13 +609,22 @@ mod tests {
             injected: 1,
             delay_ns: 0,
         });
+        report.rules.push(RuleCounters {
+            id: REMOVED_RULE_ID.into(),
+            kind: FaultKind::Delay,
+            matched: 6,
+            injected: 5,
+            delay_ns: 250_000_000,
+        });
         report.client_connections = 4;
         report.upstream_busy = 1;
         report.upstream_idle = 2;
         report.trace_records = 10;
+        report.trace_overwritten = 4;
+        report.trace_dropped = 1;
         let mut total = report.clone();
         total.merge(&WorkerReport {
-            outcomes: [1, 0, 0, 0, 0, 0],
+            outcomes: [1, 0, 0, 0, 0, 0, 0],
             ..WorkerReport::default()
         });
         Scrape {
@@ -638,6 +770,100 @@ mod tests {
         // The new table dropped b and re-added a: a's series keeps counting from 5.
         tally.fill([counters("a", 2), counters("c", 1)], &mut out);
         assert_eq!(out, [counters("a", 7), counters("b", 1), counters("c", 1)]);
+    }
+
+    fn counted(id: &str, kind: FaultKind, n: u64) -> RuleCounters {
+        RuleCounters {
+            id: id.into(),
+            kind,
+            matched: n,
+            injected: n,
+            delay_ns: n * 1_000,
+        }
+    }
+
+    fn ids(list: &[&str]) -> Vec<Arc<str>> {
+        list.iter().map(|id| Arc::from(*id)).collect()
+    }
+
+    fn filled(tally: &RuleTally) -> Vec<RuleCounters> {
+        let mut out = Vec::new();
+        tally.fill([], &mut out);
+        out
+    }
+
+    #[test]
+    fn tally_prune_keeps_live_ids_and_folds_removed_ones_after_the_window() {
+        let t0 = Instant::now();
+        let mut tally = RuleTally::default();
+        tally.retire([
+            counted("kept", FaultKind::Error, 5),
+            counted("gone", FaultKind::Delay, 3),
+            counted("idle", FaultKind::Error, 0),
+        ]);
+        // "kept" stays in the live set (scheduled off, say) through edits of other rules.
+        tally.prune(&ids(&["kept"]), t0);
+        assert_eq!(
+            filled(&tally),
+            [
+                counted("kept", FaultKind::Error, 5),
+                counted("gone", FaultKind::Delay, 3)
+            ],
+            "a removed id with nothing counted goes at once; one that counted keeps its series"
+        );
+        tally.prune(&ids(&["kept"]), t0 + REMOVED_ID_KEPT / 2);
+        assert_eq!(filled(&tally).len(), 2, "within the window");
+        tally.prune(&ids(&["kept"]), t0 + REMOVED_ID_KEPT);
+        assert_eq!(
+            filled(&tally),
+            [
+                counted("kept", FaultKind::Error, 5),
+                counted(REMOVED_RULE_ID, FaultKind::Delay, 3)
+            ],
+            "after the window it folds into (removed), its kind kept"
+        );
+        // Long after: the live id still has its counters, the fold stays.
+        tally.prune(&ids(&["kept"]), t0 + REMOVED_ID_KEPT * 100);
+        assert_eq!(filled(&tally).len(), 2);
+    }
+
+    #[test]
+    fn tally_prune_a_returning_id_keeps_its_counters() {
+        let t0 = Instant::now();
+        let mut tally = RuleTally::default();
+        tally.retire([counted("a", FaultKind::Error, 4)]);
+        tally.prune(&ids(&[]), t0);
+        tally.prune(&ids(&["a"]), t0 + REMOVED_ID_KEPT / 2);
+        tally.prune(&ids(&["a"]), t0 + REMOVED_ID_KEPT * 2);
+        assert_eq!(filled(&tally), [counted("a", FaultKind::Error, 4)]);
+    }
+
+    #[test]
+    fn tally_prune_caps_removed_ids_oldest_first() {
+        let t0 = Instant::now();
+        let mut tally = RuleTally::default();
+        let extra = 10;
+        for i in 0..MAX_REMOVED_IDS + extra {
+            let id = format!("id{i}");
+            tally.retire([counted(&id, FaultKind::Error, 1)]);
+            // Each id leaves the live set a moment after the one before.
+            tally.prune(&ids(&[]), t0 + Duration::from_millis(i as u64));
+        }
+        let out = filled(&tally);
+        assert_eq!(out.len(), MAX_REMOVED_IDS + 1, "the cap plus the fold");
+        let fold = out.iter().find(|r| &*r.id == REMOVED_RULE_ID).unwrap();
+        assert_eq!(fold.matched, extra as u64, "the oldest folded");
+        assert!(!out.iter().any(|r| &*r.id == "id0"));
+        assert!(
+            out.iter()
+                .any(|r| *r.id == *format!("id{}", MAX_REMOVED_IDS + extra - 1))
+        );
+        let total: u64 = out.iter().map(|r| r.matched).sum();
+        assert_eq!(
+            total,
+            (MAX_REMOVED_IDS + extra) as u64,
+            "folding loses no count"
+        );
     }
 
     #[test]

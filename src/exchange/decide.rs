@@ -4,26 +4,29 @@
 //! It answers nothing: `answer` sends the synthetic response a decision asks for.
 
 use std::{
-    pin::pin,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use crate::{
-    fault::{FaultPlan, FaultRule, FaultTable, HeaderFault, RequestView, SpecError},
-    net::{READ_BUF_BYTES, is_timeout},
-};
+use crate::fault::{FaultPlan, FaultRule, FaultTable, HeaderFault, RequestView, SpecError};
 
 use super::{Session, answer::Synthetic};
+use crate::control::{Compiled, rules::RuleError};
 use crate::worker::{Pinned, Worker};
 
 /// The request header that names a request's own fault (`--allow-header-faults`); never
 /// forwarded.
 pub(super) const FAULT_HEADER: &str = "x-phantom-fault";
 
-/// How far past a delay's deadline the wheel-based read deadline sits (it only guards
-/// against a timer that never fires).
-const BACKSTOP_SLACK: Duration = Duration::from_secs(1);
+/// During a long delay the client is asked whether it hung up at least this often (and always
+/// at the deadline): a client that leaves is noticed within this, and its connection freed.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// A delay may end up to this fraction of itself late (never early), so that delays due within
+/// that of each other share one timer wake-up: 1/32 is 31 µs of a 1 ms delay…
+const DELAY_SLACK_DIVISOR: u32 = 32;
+/// …and at most this much of any delay (3.1% of 32 ms, 0.3% of 300 ms).
+const MAX_DELAY_SLACK: Duration = Duration::from_millis(1);
 
 /// One compiled fault snapshot: the table, each rule's canonical text and its prebuilt
 /// synthetic answers, stamped with a generation. Immutable; shared across workers in an `Arc`.
@@ -37,6 +40,9 @@ pub(crate) struct Faults {
     pub(crate) generation: u64,
     /// Each rule's stable id (the `rule` label in `/metrics`), same order as the table.
     pub(crate) ids: Vec<Arc<str>>,
+    /// Every id of the rule set this snapshot belongs to, rules scheduled off included: a
+    /// worker keeps the counters of these ids and folds those of others (`RuleTally`).
+    pub(crate) kept_ids: Vec<Arc<str>>,
 }
 
 impl Faults {
@@ -55,35 +61,36 @@ impl Faults {
         Ok(Faults::from_table(table, ids, specs, generation))
     }
 
-    /// [`Faults::compile`] with the control plane's rule ids (`ids.len() == rules.len()`),
-    /// which win over a spec's own `id=`. The control plane's compile step cannot fail, so a
-    /// table that does not compile (a `body=@PATH` file gone since it was validated) is
-    /// reported and compiled with those bodies replaced by the reason.
-    pub(crate) fn compile_with_ids(
-        rules: &[FaultRule],
-        ids: &[Arc<str>],
-        generation: u64,
-    ) -> Faults {
-        let specs = rules.iter().map(ToString::to_string).collect();
-        let mut rules = rules.to_vec();
-        for (rule, id) in rules.iter_mut().zip(ids) {
+    /// [`Faults::compile`] for the control plane: the rules in force with its ids
+    /// (`c.ids.len() == c.rules.len()`, winning over a spec's own `id=`), and the ids of its
+    /// whole live set (scheduled-off rules too), whose counters the workers keep.
+    ///
+    /// # Errors
+    /// A [`RuleError`] naming the rule by id when the table does not compile (a `body=@PATH`
+    /// file that cannot be read): the control plane then keeps the rules it had.
+    pub(crate) fn compile_with_ids(c: Compiled<'_>) -> Result<Faults, RuleError> {
+        let specs: Vec<String> = c.rules.iter().map(ToString::to_string).collect();
+        let mut rules = c.rules.to_vec();
+        for (rule, id) in rules.iter_mut().zip(c.ids) {
             rule.id = Some(id.to_string());
         }
-        let table = FaultTable::compile(&rules).unwrap_or_else(|err| {
-            eprintln!("phantom-fast: {err}; serving that rule set without its body files");
-            for rule in &mut rules {
-                if let Some(crate::fault::Body::File(path)) = &rule.body {
-                    let reason = format!("phantom-fast: body file {path:?} unreadable");
-                    rule.body = Some(crate::fault::Body::Inline(reason.into_bytes()));
-                }
+        let table = FaultTable::compile(&rules).map_err(|err| {
+            // The error quotes the rule as compiled (with its id): find which one it was.
+            let at = rules.iter().position(|r| r.to_string() == err.spec());
+            RuleError {
+                rule: at.map_or_else(|| "rules".to_owned(), |i| c.ids[i].to_string()),
+                spec: at.map_or_else(|| err.spec().to_owned(), |i| specs[i].clone()),
+                reason: err.reason().to_owned(),
             }
-            FaultTable::compile(&rules).unwrap_or_else(|err| {
-                eprintln!("phantom-fast: {err}; serving no rules");
-                FaultTable::compile(&[]).expect("an empty table always compiles")
-            })
-        });
-        let table = table.with_generation(generation);
-        Faults::from_table(table, ids.to_vec(), specs, generation)
+        })?;
+        let mut faults = Faults::from_table(
+            table.with_generation(c.generation),
+            c.ids.to_vec(),
+            specs,
+            c.generation,
+        );
+        faults.kept_ids = c.live_ids.to_vec();
+        Ok(faults)
     }
 
     fn from_table(
@@ -98,6 +105,7 @@ impl Faults {
             table,
             synthetic,
             generation,
+            kept_ids: ids.clone(),
             ids,
         }
     }
@@ -137,6 +145,7 @@ pub(super) fn decide_request(
         stats.fault_overflow += 1;
         return (FaultPlan::NONE, false);
     }
+    crate::worker::count_delays(&mut stats.delay_ns, &plan);
     w.fault_holds.set(w.fault_holds.get() + 1);
     (plan, true)
 }
@@ -151,33 +160,36 @@ impl Session<'_> {
         }
     }
 
-    /// Sleeps for an injected delay while watching the client: `false` when it hung up.
-    /// Bytes it sends meanwhile (a body, a pipelined request) are kept.
+    /// Sleeps for an injected delay while watching the client: `false` when it hung up (its
+    /// request is then never forwarded). The client is asked at the deadline and at least every
+    /// [`WATCH_EVERY`] before it ([`Conn::peer_hung_up`]: one `poll(2)`, nothing in the ring), so
+    /// a delay costs its timer wake-ups and no read that must be cancelled. Bytes the client
+    /// sends meanwhile (a body, a pipelined request) stay in its socket for the exchange.
+    ///
+    /// [`Conn::peer_hung_up`]: crate::net::Conn::peer_hung_up
     pub(super) async fn delay(&mut self, delay: Duration) -> bool {
-        // Counted as "inside a fault" (`phantom_active_faults`) for the whole wait.
-        let _active = self.w.active_faults.enter();
-        let deadline = Instant::now() + delay;
-        let mut elapsed = pin!(self.w.timer.sleep_until(deadline));
-        // The wheel deadline only backs up the precise one; it never ends the delay early.
-        let backstop = deadline + BACKSTOP_SLACK;
+        let start = Instant::now();
+        let deadline = start + delay;
+        let mut wake = start;
+        // The last wake-up may come up to `slack` late (never early) so that it can share the
+        // worker's wake-up with the delays due about then; the ones before it only watch.
+        let slack = (delay / DELAY_SLACK_DIVISOR).min(MAX_DELAY_SLACK);
+        let mut now = start;
         loop {
-            // Bytes that arrive meanwhile are kept, up to one read buffer; past that the client
-            // waits on TCP backpressure like any other.
-            let room = READ_BUF_BYTES;
-            if self.client.buffered().len() >= room {
-                elapsed.await;
+            wake = deadline.min(wake + WATCH_EVERY);
+            let within = if wake == deadline {
+                slack
+            } else {
+                WATCH_EVERY / 8
+            };
+            self.w.timer.sleep_within(now, wake, within).await;
+            if self.client.peer_hung_up() {
+                return false;
+            }
+            if wake == deadline {
                 return true;
             }
-            match self.client.fill_or(room, backstop, &mut elapsed).await {
-                Ok(0) => return false,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return true,
-                Err(e) if is_timeout(&e) => {
-                    elapsed.await;
-                    return true;
-                }
-                Err(_) => return false,
-            }
+            now = Instant::now();
         }
     }
 }

@@ -56,32 +56,41 @@ const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 /// handshake comes first, bounded by `--header-timeout` (a client that never finishes it, or
 /// speaks plain HTTP to the TLS port, gets an alert where one applies and a close).
 pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+    let accepted = Instant::now();
     let transport = match &worker.config.tls.listener {
-        None => Some(Transport::Plain(stream)),
+        None => Ok(Transport::Plain(stream)),
         Some(config) => {
-            let deadline = Instant::now() + worker.config.header_timeout;
+            let deadline = accepted + worker.config.header_timeout;
             // In a pooled block: a handshake's state would otherwise size every connection's
             // future, plain ones included, for its whole life.
             let handshake = async move {
                 let mut tls = TlsStream::server(stream, Arc::clone(config), Vec::new(), Vec::new());
                 match tls.handshake(deadline).await {
-                    Ok(()) => Some(Transport::Tls(Box::new(tls))),
-                    Err(_) => None,
+                    Ok(()) => Ok(Transport::Tls(Box::new(tls))),
+                    Err(e) => Err((Box::new(tls), e)),
                 }
             };
             worker.frames.boxed(handshake).await
         }
     };
-    if let Some(transport) = transport {
-        let _ = transport.set_nodelay();
-        let mut session = Session::new(&worker, transport, peer);
-        session.client_tls = worker.config.tls.listener.is_some();
-        while session.exchange().await == Next::KeepAlive {}
-        session
-            .client
-            .close(Instant::now() + CLOSE_NOTIFY_WAIT)
-            .await;
-        session.release();
+    match transport {
+        Ok(transport) => {
+            let _ = transport.set_nodelay();
+            let mut session = Session::new(&worker, transport, peer);
+            session.client_tls = worker.config.tls.listener.is_some();
+            while session.exchange().await == Next::KeepAlive {}
+            // Pooled: a lingering close reads, and inline its state would size the future.
+            let closing = session.client.close(Instant::now() + CLOSE_NOTIFY_WAIT);
+            worker.frames.boxed(closing).await;
+            session.release();
+        }
+        // A failed handshake is an exchange of its own (unless nothing was ever said: a probe).
+        Err((tls, e)) if tls.heard_from_peer() => {
+            let mut session = Session::new(&worker, Transport::Tls(tls), peer);
+            session.record_client_tls_failure(accepted, crate::net::tls::handshake_failure(&e));
+            session.release();
+        }
+        Err(_) => {}
     }
     worker.active.set(worker.active.get() - 1);
 }
@@ -115,6 +124,12 @@ struct Exchange {
     outcome: Outcome,
     upstream_addr: Option<SocketAddr>,
     ttfb: Option<Duration>,
+    /// Connecting to the upstream (TCP, and TLS when originated), every attempt summed.
+    upstream_connect: Duration,
+    /// Relaying the upstream's body after the head went out (unshaped), or a tunnel's life.
+    upstream_body: Duration,
+    /// Injected time beyond the forward delay, ns: a head delay, a slow head, a paced body.
+    injected_ns: u64,
     decision: FaultPlan,
     /// The exchange holds an active-fault slot (`--max-active-faults`).
     holding: bool,
@@ -362,6 +377,9 @@ impl Exchange {
             outcome: Outcome::Ok,
             upstream_addr: None,
             ttfb: None,
+            upstream_connect: Duration::ZERO,
+            upstream_body: Duration::ZERO,
+            injected_ns: 0,
             decision: FaultPlan::NONE,
             holding: false,
             request_body_len: 0,

@@ -3,6 +3,8 @@
 //!
 //! It sends nothing: by the time it runs the client has its answer (or is gone).
 
+use std::time::Instant;
+
 use hdrhistogram::Histogram;
 
 use crate::{
@@ -24,7 +26,7 @@ const EMPTY_FAULT: AppliedFault<'static> = AppliedFault {
     value: 0,
 };
 
-use super::Session;
+use super::{Exchange, Session};
 
 /// Largest exchange duration the latency histograms hold: one hour, in microseconds.
 const LATENCY_MAX_US: u64 = 3_600_000_000;
@@ -53,7 +55,8 @@ pub(crate) struct Stats {
     pub(crate) durations: DurationHistogram,
     /// Upstream time to first byte, in `/metrics`' fixed buckets.
     pub(crate) upstream_ttfb: DurationHistogram,
-    /// Injected delay per rule of the current table, nanoseconds (same order as `rules`).
+    /// Injected delay per rule of the current table, nanoseconds (same order as `rules`),
+    /// counted when decided, as `rules` is.
     pub(crate) delay_ns: Vec<u64>,
     /// Trace records written.
     pub(crate) trace_records: u64,
@@ -122,10 +125,10 @@ impl Session<'_> {
             parent_span_id: self.ex.parent_span_id,
             start_unix_ns: self.ex.start_unix_ns,
             duration_ns: nanos(duration),
-            upstream_connect_ns: 0,
+            upstream_connect_ns: nanos(self.ex.upstream_connect),
             upstream_ttfb_ns: self.ex.ttfb.map(nanos),
-            upstream_body_ns: 0,
-            injected_delay_ns: decision.forward_delay_ns,
+            upstream_body_ns: nanos(self.ex.upstream_body),
+            injected_delay_ns: self.injected_ns(),
             generation: self.faults.generation,
             faults: &faults[..n],
             client_tls,
@@ -151,15 +154,56 @@ impl Session<'_> {
         self.url.clear();
     }
 
+    /// Every delay the faults injected, ns: the forward delay and the head delay as sampled (the
+    /// timer's lateness is the proxy's own), a slow head's total, a paced body's relay time.
+    fn injected_ns(&self) -> u64 {
+        self.ex
+            .decision
+            .forward_delay_ns
+            .saturating_add(self.ex.injected_ns)
+    }
+
+    /// A response body relayed since `from`: the upstream's time, or, when the plan paced it
+    /// (`shaped`: a bandwidth, dribble or body-delay fault), injected time.
+    pub(super) fn body_relayed(&mut self, from: Instant, shaped: bool) {
+        let took = from.elapsed();
+        if shaped {
+            self.ex.injected_ns = self.ex.injected_ns.saturating_add(nanos(took));
+        } else {
+            self.ex.upstream_body += took;
+        }
+    }
+
+    /// The https listener's handshake with a new client failed (`reason`): a record of its own,
+    /// timed from the accept (`accepted`), with what the session got to (SNI, version) and why.
+    pub(super) fn record_client_tls_failure(&mut self, accepted: Instant, reason: &'static str) {
+        self.ex = Exchange::new(accepted);
+        let mut ids = self.w.id_rng.borrow_mut();
+        self.ex.trace_id = trace::random_trace_id(&mut ids);
+        self.ex.span_id = trace::random_span_id(&mut ids);
+        drop(ids);
+        self.ex.outcome = Outcome::ClientTlsFailed;
+        self.ex.error_reason = Some(reason);
+        self.record();
+    }
+
     /// The exchange's TLS sessions: the client's when it spoke TLS to us (the https listener,
-    /// an intercepted tunnel), and the upstream's when we spoke TLS to it (its failure reason
-    /// when the handshake failed).
+    /// an intercepted tunnel; with the reason when its handshake failed), and the upstream's when
+    /// we spoke TLS to it (its failure reason when the handshake failed).
     fn tls_sessions(&self) -> (Option<TlsSession<'_>>, Option<TlsSession<'_>>) {
-        let client = self
-            .client
-            .transport()
-            .and_then(|t| t.tls())
-            .map(|tls| session(&tls.facts(), ""));
+        let client_failure = match self.ex.outcome {
+            Outcome::ClientTlsFailed => Some(self.ex.error_reason.unwrap_or("")),
+            _ => None,
+        };
+        let client = match (
+            self.client.transport().and_then(|t| t.tls()),
+            client_failure,
+        ) {
+            (Some(tls), failure) => Some(session(&tls.facts(), failure.unwrap_or(""))),
+            // It failed before a session existed (not even a ClientHello could be read).
+            (None, Some(failure)) => Some(failed_session("", failure)),
+            (None, None) => None,
+        };
         let upstream = self.ex.upstream_sni.as_deref().map(|name| {
             let failure = self.ex.error_reason.unwrap_or("");
             match &self.ex.upstream_tls {
@@ -167,16 +211,7 @@ impl Session<'_> {
                     server_name: name,
                     ..session(facts, failure)
                 },
-                None => TlsSession {
-                    version: "",
-                    cipher_suite: "",
-                    version_code: 0,
-                    cipher_suite_code: 0,
-                    server_name: name,
-                    verification: TlsVerification::NotApplicable,
-                    resumed: false,
-                    failure,
-                },
+                None => failed_session(name, failure),
             }
         });
         (client, upstream)
@@ -243,35 +278,30 @@ impl Session<'_> {
             stats.upstream_ttfb.record(ttfb);
         }
         let decision = self.ex.decision;
-        // Every delay the plan injected (before forwarding, before the head, between chunks).
-        let injected: u64 = decision
-            .applied
-            .as_slice()
-            .iter()
-            .filter(|a| a.kind == FaultKind::Delay)
-            .map(|a| a.value)
-            .sum();
         let ledger = trace::Ledger::from_parts(
             nanos(duration),
-            injected,
-            0,
+            self.injected_ns(),
+            nanos(self.ex.upstream_connect),
             self.ex.ttfb.map_or(0, nanos),
-            0,
+            nanos(self.ex.upstream_body),
         );
         stats
             .ledger
             .record(&ledger, !decision.applied.as_slice().is_empty());
-        // Each delay goes to the rule that drew it, and only while this exchange's table is
-        // still the worker's (the per-rule slices follow the current table).
-        if self.w.table.is_current(&self.faults) {
-            for applied in self.ex.decision.applied.as_slice() {
-                if let (FaultSource::Rule(rule), FaultKind::Delay) = (applied.source, applied.kind)
-                    && let Some(slot) = stats.delay_ns.get_mut(usize::from(rule))
-                {
-                    *slot = slot.saturating_add(applied.value);
-                }
-            }
-        }
+    }
+}
+
+/// A TLS session that never got far enough to report facts: only its name and why it failed.
+fn failed_session<'a>(server_name: &'a str, failure: &'a str) -> TlsSession<'a> {
+    TlsSession {
+        version: "",
+        cipher_suite: "",
+        version_code: 0,
+        cipher_suite_code: 0,
+        server_name,
+        verification: TlsVerification::NotApplicable,
+        resumed: false,
+        failure,
     }
 }
 

@@ -9,8 +9,10 @@
 
 use std::{
     cell::Cell,
-    future::pending,
+    future::{Future, pending},
+    io,
     rc::Rc,
+    task::{Poll, Waker},
     time::{Duration, Instant},
 };
 
@@ -40,6 +42,9 @@ use super::{
 /// The port of a `CONNECT` target that names none (RFC 9112 §3.2.3 requires one; 80 as for
 /// any authority).
 const CONNECT_PORT: u16 = 80;
+
+/// How long a TLS side of a finished tunnel may take to send its `close_notify`.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 
 /// The first byte of a TLS record carrying a handshake message (RFC 8446 §5.1): a ClientHello.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -74,7 +79,8 @@ impl Session<'_> {
             .then(|| host_of(authority).to_owned());
         // As a forward: a refused or timed-out connect moves on to the name's next address,
         // every connect together within --upstream-timeout.
-        let connects_by = Instant::now() + w.config.upstream_timeout;
+        let connecting = Instant::now();
+        let connects_by = connecting + w.config.upstream_timeout;
         let addresses = w.resolver.borrow().addresses(authority, CONNECT_PORT);
         let mut tried = 1;
         let transport = loop {
@@ -94,14 +100,15 @@ impl Session<'_> {
                     tried += 1;
                 }
                 None => {
+                    self.ex.upstream_connect = connecting.elapsed();
                     let (outcome, status) = connect_failure(&e);
                     self.ex.outcome = outcome;
                     return self.answer_error(status).await;
                 }
             }
         };
+        self.ex.upstream_connect = connecting.elapsed();
         let addr = pick.addr;
-        self.ex.ttfb = Some(self.ex.started.elapsed());
         self.out.clear();
         self.out
             .extend_from_slice(b"HTTP/1.1 200 Connection Established\r\n\r\n");
@@ -166,33 +173,50 @@ impl Session<'_> {
         let Some(Transport::Plain(tcp)) = self.client.take_transport() else {
             return Intercept::Ended;
         };
-        let Ok(hello) = LazyServer::read_hello(tcp, early, Vec::new(), deadline).await else {
-            return Intercept::Ended;
+        let hello = match LazyServer::read_hello(tcp, early, Vec::new(), deadline).await {
+            Ok(hello) => hello,
+            Err(e) => return self.client_tls_failed(tls::handshake_failure(&e)),
         };
         let name: Rc<str> = Rc::from(hello.server_name().unwrap_or(host));
         let Ok(leaf) = w.leaves.borrow_mut().get_or_sign(ca, &name) else {
-            return Intercept::Ended;
+            return self.client_tls_failed("no leaf certificate could be signed for the name");
         };
-        let Ok(mut stream) = hello.into_stream(leaf) else {
-            return Intercept::Ended;
+        let mut stream = match hello.into_stream(leaf) {
+            Ok(stream) => stream,
+            Err(e) => return self.client_tls_failed(tls::handshake_failure(&e)),
         };
-        if let Err(e) = stream.handshake(deadline).await {
-            // Most often the client does not trust our CA (its alert says so).
-            self.ex.error_reason = tls::failure_reason(&e);
-            self.ex.outcome = Outcome::ClientClosed;
-            return Intercept::Ended;
-        }
+        let failed = stream.handshake(deadline).await.err();
         let fresh = Conn::new(Transport::Tls(Box::new(stream)), &w.bufs);
         let plain = std::mem::replace(&mut self.client, fresh);
         self.release_conn(plain);
+        if let Some(e) = failed {
+            // Most often the client does not trust our CA (its alert says so). The failed
+            // session stays as the client's transport so the record shows what was negotiated.
+            return self.client_tls_failed(tls::handshake_failure(&e));
+        }
         self.client_tls = true;
         self.mitm = Some(MitmDest { addr, name });
         Intercept::Intercepted
     }
 
+    /// The client's TLS handshake with us failed: the CONNECT's record says why.
+    fn client_tls_failed(&mut self, reason: &'static str) -> Intercept {
+        self.ex.outcome = Outcome::ClientTlsFailed;
+        self.ex.error_reason = Some(reason);
+        Intercept::Ended
+    }
+
     /// Moves the bytes: first those already read on either side (behind the client's head,
     /// behind the upstream's `101`), then both directions until the tunnel ends.
     async fn pump_tunnel(&mut self, up: &mut Conn) {
+        // The ledger counts a tunnel's life as the upstream's body time.
+        let started = Instant::now();
+        self.pump_tunnel_bytes(up).await;
+        self.ex.upstream_body += started.elapsed();
+    }
+
+    /// [`Session::pump_tunnel`] proper.
+    async fn pump_tunnel_bytes(&mut self, up: &mut Conn) {
         let w = self.w;
         let idle = w.config.idle_timeout;
         let early = self.client.buffered().len();
@@ -214,21 +238,40 @@ impl Session<'_> {
         {
             return;
         }
-        let (Some(Transport::Plain(client)), Some(Transport::Plain(upstream))) =
-            (self.client.take_transport(), up.take_transport())
-        else {
-            return;
+        let plain = matches!(
+            (self.client.transport(), up.transport()),
+            (Some(Transport::Plain(_)), Some(Transport::Plain(_)))
+        );
+        let spliced = if plain {
+            let (Some(Transport::Plain(client)), Some(Transport::Plain(upstream))) =
+                (self.client.take_transport(), up.take_transport())
+            else {
+                return;
+            };
+            splice(client, upstream, tunnel_bufs(w), idle).await
+        } else {
+            // TLS on either side (an https listener, `--mitm`, an https upstream). The
+            // transports stay in their connections, so the record reads their sessions' facts.
+            let (Some(client), Some(upstream)) = (self.client.transport_mut(), up.transport_mut())
+            else {
+                return;
+            };
+            let spliced = pump_either(client, upstream, tunnel_bufs(w), idle).await;
+            let deadline = Instant::now() + CLOSE_NOTIFY_WAIT;
+            monoio::join!(client.close(deadline), upstream.close(deadline));
+            spliced
         };
-        let bufs = {
-            let mut pool = w.bufs.borrow_mut();
-            [pool.get(READ_BUF_BYTES), pool.get(READ_BUF_BYTES)]
-        };
-        let spliced = splice(client, upstream, bufs, idle).await;
         self.ex.request_body_len = spliced.sent + early as u64;
         self.ex.response_body_len = spliced.received + early_back as u64;
         let mut pool = w.bufs.borrow_mut();
         spliced.bufs.into_iter().for_each(|b| pool.put(b));
     }
+}
+
+/// Two pooled buffers, one per direction of a tunnel.
+fn tunnel_bufs(w: &crate::worker::Worker) -> [Vec<u8>; 2] {
+    let mut pool = w.bufs.borrow_mut();
+    [pool.get(READ_BUF_BYTES), pool.get(READ_BUF_BYTES)]
 }
 
 /// Bytes moved each way, and the two buffers back for the pool.
@@ -302,4 +345,175 @@ where
     }
     let _ = to.shutdown().await;
     (total, buf)
+}
+
+/// A one-shot flag one future sets and another (in the same task) waits for: a tunnel's read on
+/// one side tells the read on the other side to stop.
+#[derive(Default)]
+struct Signal {
+    fired: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Signal {
+    fn fire(&self) {
+        self.fired.set(true);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Completes once [`Signal::fire`] was called (and again on every later poll).
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.fired.get() {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// One side of a tunnel as [`pump_either`] drives it.
+struct Side<'t> {
+    transport: &'t mut Transport,
+    buf: Vec<u8>,
+    canceller: Cancel,
+    /// It has not ended its stream yet.
+    open: bool,
+}
+
+impl Side<'_> {
+    /// Reads into this side's buffer until `deadline` or `stop`; then fires `done`. `None`
+    /// when this side already ended.
+    async fn read(
+        &mut self,
+        deadline: Instant,
+        stop: impl Future<Output = ()>,
+        done: &Signal,
+    ) -> Option<io::Result<usize>> {
+        if !self.open {
+            return None;
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let (res, buf) = self
+            .transport
+            .read(buf, &mut self.canceller, deadline, stop)
+            .await;
+        self.buf = buf;
+        done.fire();
+        Some(res)
+    }
+}
+
+/// What one read means for the tunnel.
+enum Step {
+    /// Bytes to pass on (and how many).
+    Data(usize),
+    /// The side ended its stream: half-close the other.
+    Ended,
+    /// Nothing this round (stopped for the other side, or the deadline passed).
+    Quiet,
+    /// The side failed (a reset, a TLS error): the tunnel ends.
+    Failed,
+}
+
+fn step(read: Option<io::Result<usize>>) -> Step {
+    match read {
+        Some(Ok(0)) => Step::Ended,
+        Some(Ok(n)) => Step::Data(n),
+        Some(Err(e)) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => Step::Quiet,
+        Some(Err(_)) => Step::Failed,
+        None => Step::Quiet,
+    }
+}
+
+/// Acts on what one side's read gave: passes its bytes to the other side (counted in `total`),
+/// or half-closes the other side when it ended. `Some(true)` when bytes moved, `None` when the
+/// tunnel is over (a side failed, or the other side would not take the bytes).
+async fn pass_on(
+    step: Step,
+    from: &mut Side<'_>,
+    to: &mut Side<'_>,
+    total: &mut u64,
+    idle: Duration,
+) -> Option<bool> {
+    match step {
+        Step::Data(n) => {
+            let data = std::mem::take(&mut from.buf);
+            let deadline = Instant::now() + idle;
+            let (res, data) = to
+                .transport
+                .write_all(data, &mut to.canceller, deadline)
+                .await;
+            from.buf = data;
+            res.ok()?;
+            *total += n as u64;
+            Some(true)
+        }
+        Step::Ended => {
+            from.open = false;
+            to.transport.shutdown_write(Instant::now() + idle).await;
+            Some(false)
+        }
+        Step::Quiet => Some(false),
+        Step::Failed => None,
+    }
+}
+
+/// The tunnel over any two transports (TLS on either side): each round reads both sides at
+/// once; the first read to finish stops the other (cancelled and awaited, so nothing read is
+/// lost), then what came in is written out, so a TLS session never reads and writes at the
+/// same time. A side that ends its stream half-closes the other (`close_notify` or FIN); the
+/// tunnel ends when both did, when a side fails, or after `idle` with nothing said either way.
+async fn pump_either(
+    client: &mut Transport,
+    upstream: &mut Transport,
+    bufs: [Vec<u8>; 2],
+    idle: Duration,
+) -> Spliced {
+    let [up_buf, down_buf] = bufs;
+    let mut a = Side {
+        transport: client,
+        buf: up_buf,
+        canceller: Cancel::default(),
+        open: true,
+    };
+    let mut b = Side {
+        transport: upstream,
+        buf: down_buf,
+        canceller: Cancel::default(),
+        open: true,
+    };
+    let (mut sent, mut received) = (0u64, 0u64);
+    let mut last_activity = Instant::now();
+    while a.open || b.open {
+        let deadline = last_activity + idle;
+        let (a_done, b_done) = (Signal::default(), Signal::default());
+        let (from_a, from_b) = monoio::join!(
+            a.read(deadline, b_done.wait(), &a_done),
+            b.read(deadline, a_done.wait(), &b_done),
+        );
+        let Some(moved_up) = pass_on(step(from_a), &mut a, &mut b, &mut sent, idle).await else {
+            break;
+        };
+        let Some(moved_down) = pass_on(step(from_b), &mut b, &mut a, &mut received, idle).await
+        else {
+            break;
+        };
+        let moved = moved_up || moved_down;
+        if moved {
+            last_activity = Instant::now();
+        } else if Instant::now() >= last_activity + idle {
+            break;
+        }
+    }
+    Spliced {
+        sent,
+        received,
+        bufs: [a.buf, b.buf],
+    }
 }

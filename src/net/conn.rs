@@ -10,7 +10,7 @@
 //! for reads that move data ([`Conn::fill`]) or a head that did not fit. Ten thousand waiting
 //! connections so hold 10 000 small buffers, not 10 000 full ones.
 
-use std::{cell::RefCell, future::Future, io, rc::Rc, time::Instant};
+use std::{cell::RefCell, future::Future, io, os::fd::AsRawFd, rc::Rc, time::Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
 
@@ -28,6 +28,11 @@ pub(crate) const READ_BUF_BYTES: usize = 16 * 1024;
 /// likewise hold no full buffer for an idle connection (nginx reads an idle one into 1 KiB,
 /// `client_header_buffer_size`).
 pub(crate) const WAIT_BUF_BYTES: usize = 1024;
+
+/// Most bytes a lingering close reads and drops before it gives up on a peer that keeps
+/// sending (nginx reads for up to `lingering_time`, 30 s; we bound the bytes and the caller the
+/// time).
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// A transport plus its read buffer; bytes `buf[pos..]` are read but not yet consumed.
 pub(crate) struct Conn {
@@ -140,12 +145,62 @@ impl Conn {
         self.transport.as_ref()
     }
 
+    /// The transport, to drive it directly (a tunnel over TLS), `None` once handed over.
+    pub(crate) fn transport_mut(&mut self) -> Option<&mut Transport> {
+        self.transport.as_mut()
+    }
+
     /// Ends the transport politely (a TLS `close_notify`) before `deadline`; the connection
     /// stays usable only for [`Conn::into_buf`].
+    ///
+    /// When the peer sent bytes that will not be read (requests pipelined behind a
+    /// `connection: close` answer), the close lingers: this side is shut for writing and what
+    /// the peer still sends is read and dropped until it closes, up to [`LINGER_BYTES`] or
+    /// `deadline`. Closing with unread bytes would make the kernel answer them with a reset,
+    /// and a reset destroys the last answer still in the peer's receive queue (nginx's
+    /// `lingering_close`, RFC 9112 §9.6).
     pub(crate) async fn close(&mut self, deadline: Instant) {
-        if let Some(transport) = self.transport.as_mut() {
-            transport.close(deadline).await;
+        let Some(transport) = self.transport.as_mut() else {
+            return;
+        };
+        transport.close(deadline).await;
+        if self.buffered().is_empty() && !self.peer_sent_more() {
+            return;
         }
+        // TLS already said its close_notify; plain TCP half-closes (a FIN, reading goes on).
+        if let Some(transport @ Transport::Plain(_)) = self.transport.as_mut() {
+            transport.shutdown_write(deadline).await;
+        }
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            let n = self.buffered().len();
+            self.consume(n);
+            dropped += n;
+            match self
+                .read_more(WAIT_BUF_BYTES, usize::MAX, deadline, std::future::pending())
+                .await
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Whether bytes wait unread in the socket (a zero-timeout `poll(2)` for `POLLIN`).
+    fn peer_sent_more(&self) -> bool {
+        let fd = match self.transport.as_ref() {
+            Some(Transport::Plain(stream)) => stream.as_raw_fd(),
+            Some(Transport::Tls(tls)) => tls.raw_fd(),
+            None => return false,
+        };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is a valid, writable pollfd for the call; a zero timeout never blocks.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+        ready > 0 && pfd.revents & libc::POLLIN != 0
     }
 
     /// Bytes read and not yet consumed.

@@ -8,6 +8,7 @@
 //! - `relay`: a body from one connection to another.
 //! - `bufpool`: the per-core buffer pool.
 //! - `timer`: precise deadlines for injected delays (a timerfd per worker).
+//! - `watch`: whether an idle client hung up, without an op in flight.
 
 pub(crate) mod bufpool;
 pub(crate) mod conn;
@@ -15,6 +16,7 @@ pub(crate) mod relay;
 pub(crate) mod timer;
 pub mod tls;
 pub(crate) mod transport;
+mod watch;
 
 pub(crate) use bufpool::{BufPool, FramePool};
 pub(crate) use conn::{Conn, READ_BUF_BYTES};

@@ -6,6 +6,13 @@
 //! parks for whole milliseconds, so `sleep(100ms)` lands anywhere in [100, 102) ms. Under the
 //! epoll driver a timerfd read would block the thread (monoio reads files synchronously there),
 //! so that driver falls back to the wheel. It does not decide how long to wait: `exchange` does.
+//!
+//! # Coalescing
+//! A sleeper may give a slack ([`DelayTimer::sleep_within`]): it ends at its deadline or up to
+//! that much after it, never before. The timerfd is armed for the earliest deadline plus its
+//! slack, and each wake-up ends every sleep already due, so deadlines that fall within a slack of
+//! each other share one wake-up (5 000 delays a second need not be 5 000 wake-ups). A new sleep
+//! also ends the ones already due: the worker is awake for it anyway.
 
 use std::{
     cell::{Cell, RefCell},
@@ -17,7 +24,7 @@ use std::{
     pin::Pin,
     rc::Rc,
     task::{Context, Poll, Waker},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 /// One pending deadline.
@@ -26,6 +33,8 @@ struct Slot {
     generation: u64,
     fired: bool,
     waker: Option<Waker>,
+    /// How long after its deadline the sleep may end (0: as close to it as the kernel wakes).
+    slack: Duration,
 }
 
 /// The per-worker set of precise deadlines.
@@ -36,7 +45,7 @@ pub(crate) struct DelayTimer {
     heap: RefCell<BinaryHeap<Reverse<(Instant, usize, u64)>>>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<usize>>,
-    /// The deadline the timerfd is armed for.
+    /// The instant the timerfd is armed for (a deadline plus its slack).
     armed: Cell<Option<Instant>>,
     /// The reader task, when it waits for work.
     idle_reader: RefCell<Option<Waker>>,
@@ -84,11 +93,24 @@ impl DelayTimer {
         Ok(timer)
     }
 
-    /// A future that completes at `deadline` (not before).
+    /// A future that completes at `deadline` (not before), as close to it as the kernel wakes.
     pub(crate) fn sleep_until(self: &Rc<Self>, deadline: Instant) -> DelaySleep {
+        self.sleep_within(Instant::now(), deadline, Duration::ZERO)
+    }
+
+    /// A future that completes at `deadline` or up to `slack` after it (never before), sharing
+    /// its wake-up with the other sleeps due by then. `now` is the caller's clock reading; sleeps
+    /// already due at `now` end here, without a wake-up of their own.
+    pub(crate) fn sleep_within(
+        self: &Rc<Self>,
+        now: Instant,
+        deadline: Instant,
+        slack: Duration,
+    ) -> DelaySleep {
         if self.fd.is_none() {
             return DelaySleep::Coarse(Box::pin(monoio::time::sleep_until(deadline.into())));
         }
+        self.fire_due_at(now, false);
         let slot = match self.free.borrow_mut().pop() {
             Some(slot) => slot,
             None => {
@@ -97,6 +119,7 @@ impl DelayTimer {
                     generation: 0,
                     fired: false,
                     waker: None,
+                    slack: Duration::ZERO,
                 });
                 slots.len() - 1
             }
@@ -107,13 +130,15 @@ impl DelayTimer {
             s.generation += 1;
             s.fired = false;
             s.waker = None;
+            s.slack = slack;
             s.generation
         };
         self.heap
             .borrow_mut()
             .push(Reverse((deadline, slot, generation)));
-        if self.armed.get().is_none_or(|armed| deadline < armed) {
-            self.arm(deadline);
+        let latest = deadline + slack;
+        if self.armed.get().is_none_or(|armed| latest < armed) {
+            self.arm(latest);
         }
         if let Some(reader) = self.idle_reader.borrow_mut().take() {
             reader.wake();
@@ -158,29 +183,51 @@ impl DelayTimer {
         self.armed.set(Some(deadline));
     }
 
-    /// Wakes every sleeper whose deadline passed and re-arms for the next one.
+    /// Wakes every sleeper whose deadline passed (the timerfd fired) and re-arms for the next.
     fn fire_due(&self) {
-        let now = Instant::now();
-        self.armed.set(None);
+        self.fire_due_at(Instant::now(), true);
+    }
+
+    /// Wakes every sleeper whose deadline is at or before `now`. `expired`: the timerfd fired, so
+    /// it is re-armed for the next deadline (plus its slack), or left idle when none is left.
+    /// Otherwise (a new sleep came) it is re-armed only when it would fire with nothing due, and
+    /// left as it is when nothing was due.
+    fn fire_due_at(&self, now: Instant, expired: bool) {
         let mut heap = self.heap.borrow_mut();
         let mut slots = self.slots.borrow_mut();
-        while let Some(&Reverse((deadline, slot, generation))) = heap.peek() {
+        let mut fired_any = false;
+        let next = loop {
+            let Some(&Reverse((deadline, slot, generation))) = heap.peek() else {
+                break None;
+            };
             let s = &mut slots[slot];
             if s.generation != generation {
                 heap.pop();
                 continue;
             }
             if deadline > now {
-                drop(slots);
-                drop(heap);
-                self.arm(deadline);
-                return;
+                break Some((deadline, s.slack));
             }
             heap.pop();
+            fired_any = true;
             s.fired = true;
             if let Some(waker) = s.waker.take() {
                 waker.wake();
             }
+        };
+        drop(slots);
+        drop(heap);
+        if expired {
+            self.armed.set(None);
+            if let Some((deadline, slack)) = next {
+                self.arm(deadline + slack);
+            }
+        } else if fired_any
+            && let (Some((deadline, slack)), Some(armed)) = (next, self.armed.get())
+            && armed < deadline
+        {
+            // Armed for sleeps that just ended: it would wake with nothing due.
+            self.arm(deadline + slack);
         }
     }
 

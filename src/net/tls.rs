@@ -276,13 +276,7 @@ pub fn failure_reason(err: &io::Error) -> Option<&'static str> {
             CertificateError::BadSignature => "bad certificate signature",
             _ => "invalid certificate",
         },
-        rustls::Error::AlertReceived(alert) => match alert {
-            rustls::AlertDescription::HandshakeFailure => "peer alert: handshake failure",
-            rustls::AlertDescription::UnknownCA => "peer alert: unknown CA",
-            rustls::AlertDescription::BadCertificate => "peer alert: bad certificate",
-            rustls::AlertDescription::ProtocolVersion => "peer alert: protocol version",
-            _ => "peer alert",
-        },
+        rustls::Error::AlertReceived(alert) => alert_reason(*alert),
         rustls::Error::NoCertificatesPresented => "no certificate presented",
         rustls::Error::PeerIncompatible(_) => "no common parameters (version, cipher, group)",
         rustls::Error::InvalidMessage(_) => "not TLS (or corrupt TLS)",
@@ -290,6 +284,49 @@ pub fn failure_reason(err: &io::Error) -> Option<&'static str> {
         rustls::Error::DecryptError => "decrypt error",
         _ => "TLS error",
     })
+}
+
+/// Why a handshake we served failed, for the record of a client whose handshake did: the TLS
+/// reason ([`failure_reason`]), else what the socket said (a stall, a close mid-handshake).
+pub fn handshake_failure(err: &io::Error) -> &'static str {
+    failure_reason(err).unwrap_or(match err.kind() {
+        io::ErrorKind::TimedOut => "handshake timed out",
+        io::ErrorKind::UnexpectedEof => "peer closed during the handshake",
+        _ => "socket error during the handshake",
+    })
+}
+
+/// A fatal alert the peer sent, named as in the IANA registry (RFC 8446 §6.2).
+fn alert_reason(alert: rustls::AlertDescription) -> &'static str {
+    use rustls::AlertDescription as A;
+    match alert {
+        A::CloseNotify => "peer alert: close notify",
+        A::UnexpectedMessage => "peer alert: unexpected message",
+        A::BadRecordMac => "peer alert: bad record mac",
+        A::RecordOverflow => "peer alert: record overflow",
+        A::HandshakeFailure => "peer alert: handshake failure",
+        A::BadCertificate => "peer alert: bad certificate",
+        A::UnsupportedCertificate => "peer alert: unsupported certificate",
+        A::CertificateRevoked => "peer alert: certificate revoked",
+        A::CertificateExpired => "peer alert: certificate expired",
+        A::CertificateUnknown => "peer alert: certificate unknown",
+        A::IllegalParameter => "peer alert: illegal parameter",
+        A::UnknownCA => "peer alert: unknown CA",
+        A::AccessDenied => "peer alert: access denied",
+        A::DecodeError => "peer alert: decode error",
+        A::DecryptError => "peer alert: decrypt error",
+        A::ProtocolVersion => "peer alert: protocol version",
+        A::InsufficientSecurity => "peer alert: insufficient security",
+        A::InternalError => "peer alert: internal error",
+        A::InappropriateFallback => "peer alert: inappropriate fallback",
+        A::UserCanceled => "peer alert: user canceled",
+        A::MissingExtension => "peer alert: missing extension",
+        A::UnsupportedExtension => "peer alert: unsupported extension",
+        A::UnrecognisedName => "peer alert: unrecognized name",
+        A::CertificateRequired => "peer alert: certificate required",
+        A::NoApplicationProtocol => "peer alert: no application protocol",
+        _ => "peer alert",
+    }
 }
 
 fn tls_error(e: rustls::Error) -> io::Error {
@@ -319,6 +356,9 @@ pub struct TlsStream {
     tcp_eof: bool,
     /// The peer sent `close_notify`.
     close_notify: bool,
+    /// Some ciphertext ever arrived from the peer (a connection that closes or stalls before
+    /// saying anything attempted no handshake).
+    heard: bool,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -393,6 +433,7 @@ impl TlsStream {
     ) -> TlsStream {
         rx.reserve(TLS_READ_BYTES);
         tx.clear();
+        let heard = !rx.is_empty();
         TlsStream {
             tcp,
             session,
@@ -404,6 +445,7 @@ impl TlsStream {
             verification,
             tcp_eof: false,
             close_notify: false,
+            heard,
         }
     }
 
@@ -605,12 +647,22 @@ impl TlsStream {
     }
 
     /// Sends `close_notify` (best effort, before `deadline`): the orderly end of a session.
+    /// Nothing for a session whose handshake never finished (a failed one sent its alert).
     ///
     /// # Errors
     /// As [`TlsStream::write_all`].
     pub async fn close(&mut self, deadline: Instant) -> io::Result<()> {
+        if self.session.is_handshaking() {
+            return Ok(());
+        }
         self.session.send_close_notify();
         self.flush(deadline).await
+    }
+
+    /// Whether any ciphertext ever arrived from the peer: a handshake that failed without it
+    /// (a port probe, a client that connects and leaves or stays silent) was never attempted.
+    pub fn heard_from_peer(&self) -> bool {
+        self.heard
     }
 
     /// Whether the peer sent `close_notify`.
@@ -713,6 +765,7 @@ impl TlsStream {
         self.rx = slice.into_inner();
         let n = res?;
         self.tcp_eof |= n == 0;
+        self.heard |= n > 0;
         Ok(n)
     }
 

@@ -94,6 +94,20 @@ impl Transport {
         }
     }
 
+    /// Ends this side's sending, keeping its receiving open (a tunnel whose other side finished):
+    /// a TCP half-close (`shutdown(SHUT_WR)`) for plain TCP, a `close_notify` for TLS (best
+    /// effort, before `deadline`; rustls goes on decrypting what the peer still sends).
+    pub(crate) async fn shutdown_write(&mut self, deadline: Instant) {
+        match self {
+            Transport::Plain(stream) => {
+                let _ = monoio::io::AsyncWriteRent::shutdown(stream).await;
+            }
+            Transport::Tls(tls) => {
+                let _ = tls.close(deadline).await;
+            }
+        }
+    }
+
     /// Whether an idle connection can carry a new request: still open and no unsolicited bytes
     /// waiting (an upstream that wrote past its response would otherwise have those bytes taken
     /// as the next response). Plain: one non-blocking `MSG_PEEK`. TLS: waiting records are read

@@ -364,7 +364,8 @@ pub fn clear_traces(dir: &Path, yes: bool) -> Result<usize, TraceError> {
 }
 
 /// Prints one JSON object summarising the matching records of every ring in `dir`: count, time
-/// span, requests per second, counts by status class, outcome, fault rule and fault kind,
+/// span, requests per second, counts by status class, outcome, fault rule and fault kind, failed
+/// TLS handshakes by reason (the client's with us, ours with the upstream),
 /// duration percentiles (ms) overall, faulted and unfaulted, the latency ledger (µs: injected,
 /// upstream, overhead; faulted and unfaulted) and the records the rings lost.
 ///
@@ -436,8 +437,19 @@ fn stats_of<'r>(records: impl Iterator<Item = &'r ArchivedTraceEvent<'static>>) 
     let (mut all, mut faulted, mut unfaulted) = (Vec::new(), Vec::new(), Vec::new());
     let (mut ledger_faulted, mut ledger_unfaulted) =
         (LedgerSamples::default(), LedgerSamples::default());
+    // Failed TLS handshakes by reason: the client's with us, ours with the upstream.
+    let (mut client_tls, mut upstream_tls): (BTreeMap<&str, u64>, BTreeMap<&str, u64>) =
+        Default::default();
     for rec in records {
         count += 1;
+        for (tls, by_reason) in [
+            (rec.client_tls.as_ref(), &mut client_tls),
+            (rec.upstream_tls.as_ref(), &mut upstream_tls),
+        ] {
+            if let Some(failure) = tls.map(|t| t.failure.get()).filter(|f| !f.is_empty()) {
+                *by_reason.entry(failure).or_default() += 1;
+            }
+        }
         let (start, duration) = (rec.start_unix_ns.to_native(), rec.duration_ns.to_native());
         first_start = first_start.min(start);
         last_end = last_end.max(start.saturating_add(duration));
@@ -514,6 +526,7 @@ fn stats_of<'r>(records: impl Iterator<Item = &'r ArchivedTraceEvent<'static>>) 
         "by_outcome": by_outcome,
         "faults_by_rule": by_rule,
         "faults_by_kind": by_kind,
+        "tls_failures": { "client": client_tls, "upstream": upstream_tls },
         "duration_ms": {
             "all": percentiles(&mut all),
             "faulted": percentiles(&mut faulted),
@@ -814,6 +827,21 @@ mod tests {
             ("outcome_fault", "/by_outcome/fault", json!(2)),
             ("outcome_zero_listed", "/by_outcome/client-closed", json!(0)),
             (
+                "outcome_tls_listed",
+                "/by_outcome/client-tls-failed",
+                json!(0),
+            ),
+            (
+                "tls_failures_by_reason",
+                "/tls_failures/upstream/unknown issuer",
+                json!(10),
+            ),
+            (
+                "tls_failures_client_none",
+                "/tls_failures/client",
+                json!({}),
+            ),
+            (
                 "faults_by_rule",
                 "/faults_by_rule/0",
                 json!({"count": 2, "kind": "error", "spec": "error:503:0.5"}),
@@ -947,7 +975,7 @@ mod tests {
         }
         assert_eq!(
             lines[1],
-            "2023-11-14 22:13:20.003  503           4.000  GET      fault             #0     http://h/item/3"
+            "2023-11-14 22:13:20.003  503           4.000  GET      fault              #0     http://h/item/3 [upstream tls: unknown issuer]"
         );
     }
 

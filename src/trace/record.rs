@@ -10,7 +10,9 @@ use rkyv::{Archive, Serialize};
 /// Version of the record schema this release writes and reads. Bump on any change to
 /// [`TraceEvent`] or what it holds; the ring format version moves with it, so a ring of another
 /// schema is refused with a clear message instead of having every record skipped.
-pub const RECORD_SCHEMA: u16 = 2;
+///
+/// Schema 3: the `client-tls-failed` outcome.
+pub const RECORD_SCHEMA: u16 = 3;
 
 /// What a fault did to an exchange. `trace`'s own list (it names the rule kinds of the fault
 /// model; `fault` maps its plan onto these): the seed's two kinds first, then the response-side,
@@ -148,21 +150,26 @@ pub enum Outcome {
     UpstreamTimeout,
     /// The client went away before the response was complete.
     ClientClosed,
+    /// The client's TLS handshake with the proxy failed (it does not trust the `--mitm` CA,
+    /// spoke garbage or plain HTTP to the https listener, stalled): the reason is the record's
+    /// `client_tls.failure`.
+    ClientTlsFailed,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (stable order for `stats` output).
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Ok,
         Outcome::Fault,
         Outcome::BadRequest,
         Outcome::UpstreamError,
         Outcome::UpstreamTimeout,
         Outcome::ClientClosed,
+        Outcome::ClientTlsFailed,
     ];
 
     /// The kebab-case name used in JSON output: `"ok"`, `"fault"`, `"bad-request"`,
-    /// `"upstream-error"`, `"upstream-timeout"`, `"client-closed"`.
+    /// `"upstream-error"`, `"upstream-timeout"`, `"client-closed"`, `"client-tls-failed"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -171,6 +178,7 @@ impl Outcome {
             Outcome::UpstreamError => "upstream-error",
             Outcome::UpstreamTimeout => "upstream-timeout",
             Outcome::ClientClosed => "client-closed",
+            Outcome::ClientTlsFailed => "client-tls-failed",
         }
     }
 }
@@ -185,6 +193,7 @@ impl ArchivedOutcome {
             ArchivedOutcome::UpstreamError => Outcome::UpstreamError,
             ArchivedOutcome::UpstreamTimeout => Outcome::UpstreamTimeout,
             ArchivedOutcome::ClientClosed => Outcome::ClientClosed,
+            ArchivedOutcome::ClientTlsFailed => Outcome::ClientTlsFailed,
         }
     }
 }
@@ -584,6 +593,11 @@ mod tests {
                 "upstream-timeout",
             ),
             ("client_closed", Outcome::ClientClosed, "client-closed"),
+            (
+                "client_tls_failed",
+                Outcome::ClientTlsFailed,
+                "client-tls-failed",
+            ),
         ];
         for (name, outcome, want) in rows {
             assert_eq!(outcome.as_str(), *want, "row {name}");

@@ -469,19 +469,20 @@ fn encode_headers(head: &[u8], opts: &RenderOptions, out: &mut Vec<u8>) {
 }
 
 pub(super) const TABLE_HEADER: &str =
-    "TIME (UTC)               STATUS  DURATION_MS  METHOD   OUTCOME           FAULT  URL\n";
+    "TIME (UTC)               STATUS  DURATION_MS  METHOD   OUTCOME            FAULT  URL\n";
 
 /// Appends one record as a table row under [`TABLE_HEADER`]: the URL comes last and unpadded,
-/// so long URLs do not break the columns before it.
+/// so long URLs do not break the columns before it; after it, a failed TLS handshake's reason
+/// (`[client tls: peer alert: unknown CA]`).
 pub(super) fn encode_table_row(rec: &ArchivedTraceEvent<'_>, out: &mut Vec<u8>) {
     encode_utc(rec.start_unix_ns.to_native(), out);
     let duration_ms = rec.duration_ns.to_native() as f64 / 1e6;
     let fault = rec
         .first_fault()
         .map_or_else(|| "-".to_owned(), |f| format!("#{}", f.rule.to_native()));
-    writeln!(
+    write!(
         out,
-        "  {:<6}  {:>11.3}  {:<7}  {:<16}  {:<5}  {}",
+        "  {:<6}  {:>11.3}  {:<7}  {:<17}  {:<5}  {}",
         rec.status.to_native(),
         duration_ms,
         String::from_utf8_lossy(rec.method.get()),
@@ -490,6 +491,15 @@ pub(super) fn encode_table_row(rec: &ArchivedTraceEvent<'_>, out: &mut Vec<u8>) 
         String::from_utf8_lossy(rec.url.get()),
     )
     .ok();
+    for (side, tls) in [
+        ("client", rec.client_tls.as_ref()),
+        ("upstream", rec.upstream_tls.as_ref()),
+    ] {
+        if let Some(failure) = tls.map(|t| t.failure.get()).filter(|f| !f.is_empty()) {
+            write!(out, " [{side} tls: {failure}]").ok();
+        }
+    }
+    out.push(b'\n');
 }
 
 /// Appends `2026-01-01 00:00:00.123` for ns since the Unix epoch (UTC, proleptic Gregorian).
@@ -607,6 +617,38 @@ mod tests {
         assert_eq!(json_line(&ev), want);
         let parsed: Value = serde_json::from_str(want).expect("valid JSON");
         assert_eq!(parsed["response_body"], "{\"fault\":\"injected\"}");
+    }
+
+    #[test]
+    fn table_row_names_a_failed_client_handshake() {
+        let ev = TraceEvent {
+            method: b"CONNECT",
+            url: b"localhost:8443",
+            status: 200,
+            faults: &[],
+            outcome: Outcome::ClientTlsFailed,
+            client_tls: Some(crate::trace::TlsSession {
+                failure: "peer alert: unknown CA",
+                ..full_event().client_tls.expect("the full event has one")
+            }),
+            upstream_tls: None,
+            ..full_event()
+        };
+        let bytes = archived(&ev);
+        let mut out = Vec::new();
+        encode_table_row(access_record(&bytes).expect("valid"), &mut out);
+        let row = String::from_utf8(out).expect("utf-8");
+        let header_at = TABLE_HEADER.find("OUTCOME").expect("column");
+        assert_eq!(row.find("client-tls-failed"), Some(header_at), "{row}");
+        assert_eq!(
+            &row[TABLE_HEADER.find("FAULT").expect("column")..][..1],
+            "-"
+        );
+        assert!(
+            row.ends_with("localhost:8443 [client tls: peer alert: unknown CA]\n"),
+            "{row}"
+        );
+        assert_eq!(row.lines().count(), 1);
     }
 
     #[test]

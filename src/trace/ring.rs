@@ -51,9 +51,9 @@ use super::TraceError;
 /// File magic: identifies a phantom-fast ring (the version is a separate field).
 const RING_MAGIC: [u8; 8] = *b"PFTRACE\0";
 /// Ring format version; bump on any change to the header, framing or record schema.
-/// Version 2: the 128-byte header with the dropped-record counter, and record schema 2
-/// ([`super::RECORD_SCHEMA`]).
-const FORMAT_VERSION: u32 = 2;
+/// Version 2: the 128-byte header with the dropped-record counter, and record schema 2.
+/// Version 3: record schema 3 ([`super::RECORD_SCHEMA`]; the same header and framing).
+const FORMAT_VERSION: u32 = 3;
 /// Bytes before the first frame.
 const HEADER_BYTES: u64 = 128;
 /// Bytes of a frame's own header (seq, len, crc) before its payload.

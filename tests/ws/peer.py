@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """WebSocket peers for tests/websocket.rs, built on the `websockets` package (scripts/ws-deps.sh).
 
-  peer.py server                      serve on 127.0.0.1:0, print the port, run until killed
-  peer.py client URL SCENARIO         one scenario through a reverse proxy (websockets' client)
+  peer.py server [CERT KEY]           serve on 127.0.0.1:0 (wss:// with CERT and KEY), print the
+                                      port, run until killed
+  peer.py client URL SCENARIO [CAFILE [PROXY]]
+                                      one scenario through a reverse proxy (websockets' client);
+                                      wss:// trusting CAFILE, through the HTTP proxy PROXY
+                                      (CONNECT) when given
   peer.py raw PROXY ORIGIN SCENARIO   one scenario through a forward proxy: an absolute-form
                                       upgrade written by hand, then hand-framed messages
 
@@ -15,6 +19,7 @@ import base64
 import hashlib
 import os
 import socket
+import ssl
 import struct
 import sys
 
@@ -41,22 +46,41 @@ def refuse(connection, request):
     return None
 
 
-async def run_server():
-    async with serve(echo, "127.0.0.1", 0, process_request=refuse, max_size=None) as server:
+async def run_server(cert=None, key=None):
+    context = None
+    if cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+    async with serve(
+        echo, "127.0.0.1", 0, process_request=refuse, max_size=None, ssl=context
+    ) as server:
         port = server.sockets[0].getsockname()[1]
         print(port, flush=True)
         await asyncio.Future()
 
 
-async def run_client(url, scenario):
+async def run_client(url, scenario, cafile=None, proxy=None):
+    options = {"proxy": proxy, "max_size": None}
+    if cafile:
+        options["ssl"] = ssl.create_default_context(cafile=cafile)
     if scenario == "refused":
         try:
-            async with connect(url, proxy=None):
+            async with connect(url, **options):
                 return "upgraded although the server refused"
         except InvalidStatus as e:
             status = e.response.status_code
             return None if status == 403 else f"refused with {status}, want 403"
-    async with connect(url, proxy=None, max_size=None) as ws:
+    if scenario == "silent":
+        # Say nothing (no pings either): the proxy's --idle-timeout must end the tunnel.
+        async with connect(url, ping_interval=None, **options) as ws:
+            try:
+                got = await asyncio.wait_for(ws.recv(), 30)
+                return f"silent: got message {got!r}"
+            except ConnectionClosed:
+                return None
+            except asyncio.TimeoutError:
+                return "silent: still open after 30 s"
+    async with connect(url, **options) as ws:
         if scenario == "echo":
             for i in range(MESSAGES):
                 await ws.send(f"message {i}")
@@ -169,16 +193,16 @@ def run_raw(proxy, origin, scenario):
 
 def main():
     if sys.argv[1] == "server":
-        asyncio.run(run_server())
+        asyncio.run(run_server(*sys.argv[2:4]))
         return
     if sys.argv[1] == "client":
-        error = asyncio.run(run_client(sys.argv[2], sys.argv[3]))
+        error = asyncio.run(run_client(*sys.argv[2:6]))
     else:
         error = run_raw(sys.argv[2], sys.argv[3], sys.argv[4])
     if error:
         print(f"FAIL {error}", flush=True)
         sys.exit(1)
-    print(f"ok {sys.argv[-1]}", flush=True)
+    print(f"ok {sys.argv[3] if sys.argv[1] == 'client' else sys.argv[-1]}", flush=True)
 
 
 if __name__ == "__main__":
