@@ -64,6 +64,8 @@ NEW_KIND_RULES = [
 ]
 SCALE_FAULT = "delay:100ms-500ms"
 SCALE_DELAY_MS = (100.0, 500.0)
+# What HAProxy holds per connection in the same run (issue 15 §4): the scale run's target.
+HAPROXY_KIB_PER_CONN = 13.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PR_SET_PDEATHSIG = 1
 STARTUP_TIMEOUT_S = 10.0
@@ -186,6 +188,31 @@ def netstat() -> dict:
         for k, v in zip(keys[1:], vals[1:]):
             values[keys[0] + k] = int(v)
     return {k: values.get(k, 0) for k in NETSTAT_KEYS}
+
+
+def kernel_socket_kib() -> dict:
+    """Kernel memory for TCP sockets, machine-wide (not in any process's RSS): the `TCP` and
+    `sock_inode_cache` slabs (one object per socket; /proc/slabinfo, root only) and the socket
+    buffers in use (/proc/net/sockstat `TCP ... mem`, pages)."""
+    out = {"tcp_slab_kib": 0, "sock_inode_kib": 0, "tcp_buffers_kib": 0}
+    try:
+        with open("/proc/slabinfo") as f:
+            for line in f:
+                fields = line.split()
+                if fields and fields[0] in ("TCP", "sock_inode_cache"):
+                    key = "tcp_slab_kib" if fields[0] == "TCP" else "sock_inode_kib"
+                    out[key] = int(fields[1]) * int(fields[3]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/proc/net/sockstat") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    fields = line.split()
+                    out["tcp_buffers_kib"] = int(fields[fields.index("mem") + 1]) * 4
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
 
 
 def netstat_delta(before: dict, after: dict) -> dict:
@@ -903,6 +930,8 @@ def burst(port: int, conns: int, waves: int, proxy: Owned, origin: Owned,
     connect_errors = 0
     rss0 = status_kib(proxy.pid, "VmRSS")
     anon0 = status_kib(proxy.pid, "RssAnon")
+    hwm0 = status_kib(proxy.pid, "VmHWM")
+    kern0 = kernel_socket_kib()
     ns0 = netstat()
     t0 = time.monotonic()
     for _ in range(conns):
@@ -930,6 +959,9 @@ def burst(port: int, conns: int, waves: int, proxy: Owned, origin: Owned,
         time.sleep(0.1)
     accepted = established_on_port(port)
     connect_s = time.monotonic() - t0
+    # Every connection open, none has sent a byte: what an idle connection costs.
+    time.sleep(0.5)
+    rss_idle = status_kib(proxy.pid, "VmRSS")
     ns1 = netstat()
     for fd in socks:
         ep.modify(fd, select.EPOLLIN)
@@ -1007,6 +1039,7 @@ def burst(port: int, conns: int, waves: int, proxy: Owned, origin: Owned,
     rss1 = status_kib(proxy.pid, "VmRSS")
     anon1 = status_kib(proxy.pid, "RssAnon")
     hwm = status_kib(proxy.pid, "VmHWM")
+    kern1 = kernel_socket_kib()
     # Idle hold: every connection open, nothing to do; the proxy should use next to no CPU.
     c0 = cpu_seconds([proxy.pid])
     time.sleep(hold_s)
@@ -1028,8 +1061,15 @@ def burst(port: int, conns: int, waves: int, proxy: Owned, origin: Owned,
         "rss_before_kib": rss0, "rss_with_conns_kib": rss1, "vm_hwm_kib": hwm,
         "rss_anon_before_kib": anon0, "rss_anon_with_conns_kib": anon1,
         "rss_per_conn_bytes": (rss1 - rss0) * 1024 / n,
+        "rss_idle_kib": rss_idle, "rss_idle_per_conn_bytes": (rss_idle - rss0) * 1024 / n,
         "rss_anon_per_conn_bytes": (anon1 - anon0) * 1024 / n,
         "hwm_per_conn_bytes": hwm * 1024 / n,
+        # What the connections added to the peak, over the proxy's size before them.
+        "hwm_added_per_conn_bytes": (hwm - hwm0) * 1024 / n,
+        "kernel_kib_before": kern0, "kernel_kib_with_conns": kern1,
+        # Both ends of every loopback connection (the client's socket and the proxy's), plus
+        # whatever else the machine opened meanwhile: an upper bound for the proxy's side.
+        "kernel_per_conn_bytes": sum(kern1[k] - kern0[k] for k in kern0) * 1024 / n,
     }
 
 
@@ -1188,6 +1228,102 @@ def scale(args, tmp: str, procs: Processes) -> dict:
     return res
 
 
+def scale_compare(args, tmp: str, procs: Processes) -> dict:
+    """`--scale --bin-before BIN`: the burst (phase 1) and the open loop (phase 2) for BIN and for this
+    binary, one proxy at a time against the same origin, rounds interleaved in alternating order
+    so load on the machine falls on both alike."""
+    origin_port = free_port()
+    origin = start_nginx(procs, tmp, "origin", origin_port,
+                         ORIGIN_HTTP.format(port=origin_port, body=ORIGIN_BODY.replace("\n", "\\n")),
+                         nofile=16384, conns=8192)
+    conns = args.connections
+    bins = {"before": args.bin_before, "after": args.bin}
+    runs: dict[str, list[dict]] = {k: [] for k in bins}
+    for r in range(args.rounds):
+        for label in (("before", "after") if r % 2 == 0 else ("after", "before")):
+            proxy, port = start_phantom(
+                procs, tmp, bins[label], f"pf-{label}-{r}", origin_port,
+                ["--workers", "1", "--no-traces", "--max-connections", str(conns + 1024),
+                 "--fault", SCALE_FAULT])
+            load = os.getloadavg()[0]
+            log(f"round {r + 1}/{args.rounds}, {label} ({bins[label]}), load average {load:.2f}: "
+                f"{conns} connections, {args.waves} wave(s)")
+            res: dict = {"load": load, "burst": burst(port, conns, args.waves, proxy, origin,
+                                                       args.hold)}
+            b = res["burst"]
+            log(f"  peak RSS {b['hwm_per_conn_bytes'] / 1024:.1f} KiB per connection, "
+                f"failures {b['failures']}")
+            if args.rate_held > 0:
+                text, _peak = run_sampled(oha_argv(port, args.rate_held, args.held_duration, conns),
+                                          f"{tmp}/oha-{label}-{r}.json", port, proxy,
+                                          args.held_duration + 60)
+                res["open_loop"] = parse_oha(text)
+            procs.stop(proxy)
+            runs[label].append(res)
+    return {"fault": SCALE_FAULT, "connections": conns, "rounds": args.rounds, "bins": bins,
+            "runs": runs}
+
+
+def print_scale_compare(res: dict) -> list[str]:
+    """The before/after table (medians over rounds); returns the phases that had errors."""
+    runs = res["runs"]
+
+    def col(label: str, get) -> str:
+        vals = [v for v in (get(r) for r in runs[label]) if v is not None]
+        return "-" if not vals else f"{statistics.median(vals):.1f}"
+
+    def burst(key, scale=1.0):
+        return lambda r: r["burst"][key] * scale
+
+    def lat(q):
+        return lambda r: r["burst"]["latency_ms"].get(q, {}).get("observed")
+
+    def open_loop(key, scale=1.0):
+        return lambda r: (r["open_loop"][key] or 0) * scale if "open_loop" in r else None
+
+    rows = [
+        ("peak RSS ÷ connections (KiB)", burst("hwm_per_conn_bytes", 1 / 1024)),
+        ("RSS per connection, opened, no request yet (KiB)",
+         burst("rss_idle_per_conn_bytes", 1 / 1024)),
+        ("RSS added per connection after the waves (KiB)", burst("rss_per_conn_bytes", 1 / 1024)),
+        ("  of it anonymous (KiB)", burst("rss_anon_per_conn_bytes", 1 / 1024)),
+        ("peak added per connection (KiB)", burst("hwm_added_per_conn_bytes", 1 / 1024)),
+        ("kernel per connection, both ends (KiB)", burst("kernel_per_conn_bytes", 1 / 1024)),
+        ("burst: failed requests", lambda r: r["burst"]["failures"]
+         + r["burst"]["connect_errors"]),
+        ("burst: latency p1 (ms; injected 104)", lat("p1")),
+        ("burst: latency p50 (ms; injected 300)", lat("p50")),
+        ("burst: latency p99 (ms; injected 496)", lat("p99")),
+        ("burst: proxy CPU per request (µs)", lambda r: statistics.mean(
+            w["proxy_cpu_us_per_req"] for w in r["burst"]["waves"])),
+        ("open loop: errors + non-200", lambda r: r["open_loop"]["errors"]
+         + r["open_loop"]["non_200"] if "open_loop" in r else None),
+        ("open loop: p50 (ms; injected 300)", open_loop("p50_us", 1e-3)),
+        ("open loop: p99 (ms; injected 496)", open_loop("p99_us", 1e-3)),
+        ("load average at the start", lambda r: r["load"]),
+    ]
+    print(f"## Scale before/after: {res['connections']} keep-alive connections through one "
+          f"worker, --fault {res['fault']}; {res['rounds']} round(s) interleaved, medians")
+    print(f"   before: {res['bins']['before']}\n   after:  {res['bins']['after']}\n")
+    width = max(len(name) for name, _ in rows)
+    print(f"   {'':{width}}  {'before':>9}  {'after':>9}")
+    for name, get in rows:
+        print(f"   {name:{width}}  {col('before', get):>9}  {col('after', get):>9}")
+    print()
+    after = statistics.median(r["burst"]["hwm_per_conn_bytes"] for r in runs["after"]) / 1024
+    print(f"target: ≤ {HAPROXY_KIB_PER_CONN:g} KiB per connection (HAProxy), peak RSS ÷ "
+          f"connections: {after:.1f} KiB → {'MET' if after <= HAPROXY_KIB_PER_CONN else 'NOT MET'}")
+    errors = []
+    for label in ("before", "after"):
+        for i, r in enumerate(runs[label]):
+            n = r["burst"]["failures"] + r["burst"]["connect_errors"]
+            if "open_loop" in r:
+                n += r["open_loop"]["errors"] + r["open_loop"]["non_200"]
+            if n:
+                errors.append(f"{label} round {i + 1}: {n} errors")
+    return errors
+
+
 def _ms(us) -> str:
     return "-" if us is None else f"{us / 1e3:.0f}"
 
@@ -1218,10 +1354,20 @@ def print_scale(res: dict) -> list[str]:
     print(f"   idle hold {b['idle_hold_s']:g}s with every connection open: proxy CPU "
           f"{b['idle_hold_proxy_cpu_ms']:.0f} ms ({b['idle_hold_proxy_cpu_pct']:.2f}% of a core)")
     print(f"   RSS {b['rss_before_kib'] / 1024:.1f} MiB before, "
-          f"{b['rss_with_conns_kib'] / 1024:.1f} MiB with the connections → "
+          f"{b['rss_idle_kib'] / 1024:.1f} MiB with every connection open before any request "
+          f"({b['rss_idle_per_conn_bytes'] / 1024:.1f} KiB each), "
+          f"{b['rss_with_conns_kib'] / 1024:.1f} MiB after the waves → "
           f"{b['rss_per_conn_bytes'] / 1024:.1f} KiB per connection (anonymous "
           f"{b['rss_anon_per_conn_bytes'] / 1024:.1f} KiB); VmHWM {b['vm_hwm_kib'] / 1024:.1f} "
           f"MiB = {b['hwm_per_conn_bytes'] / 1024:.1f} KiB per connection, everything included")
+    if "kernel_per_conn_bytes" in b:
+        k0, k1 = b["kernel_kib_before"], b["kernel_kib_with_conns"]
+        print(f"   kernel (not in RSS, machine-wide, both ends of each loopback connection): TCP "
+              f"slab {k0['tcp_slab_kib'] / 1024:.1f} → {k1['tcp_slab_kib'] / 1024:.1f} MiB, "
+              f"socket inodes {k0['sock_inode_kib'] / 1024:.1f} → "
+              f"{k1['sock_inode_kib'] / 1024:.1f} MiB, socket buffers "
+              f"{k0['tcp_buffers_kib'] / 1024:.1f} → {k1['tcp_buffers_kib'] / 1024:.1f} MiB: "
+              f"{b['kernel_per_conn_bytes'] / 1024:.1f} KiB per connection")
     phases = [("burst", b["failures"] + b["connect_errors"]
                + (n_conns * len(b["waves"]) - b["answered"]))]
     o = res.get("open_loop")
@@ -1263,8 +1409,8 @@ def print_scale(res: dict) -> list[str]:
     for name, errors in phases:
         print(f"target: no errors, {name}: {errors} → {'MET' if errors == 0 else 'NOT MET'}")
     per = b["hwm_per_conn_bytes"] / 1024
-    print(f"target: under 64 KiB RSS per connection: {per:.1f} KiB (peak RSS ÷ connections) → "
-          f"{'MET' if per < 64 else 'NOT MET'}")
+    print(f"target: ≤ {HAPROXY_KIB_PER_CONN:g} KiB RSS per connection (HAProxy's): {per:.1f} KiB "
+          f"(peak RSS ÷ connections) → {'MET' if per <= HAPROXY_KIB_PER_CONN else 'NOT MET'}")
     pick = ("p1", "p50", "p99")
     burst_ok = matches_injected({k: b["latency_ms"].get(k, {}).get("observed") for k in pick})
     print(f"expectation: latency matches the injected delay, all at once: "
@@ -2013,7 +2159,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--throttle-first-byte-timeout", type=float, default=60.0,
                    help="throttle: longest wait for every throttled connection's first bytes")
     p.add_argument("--bin-before", metavar="PATH",
-                   help="delay-cost: also measure this binary, interleaved, as `before`")
+                   help="delay-cost and scale: also measure this (older) binary, rounds "
+                        "interleaved, as `before`, and print both side by side (scale runs "
+                        "phases 1-2 for both; rounds: default 2, quick 1)")
     p.add_argument("--cost-window", type=float,
                    help="delay-cost: measured seconds per run (default 4, quick 2)")
     p.add_argument("--profile", action="store_true",
@@ -2027,15 +2175,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         a.rounds = a.rounds or (1 if q else 3)
         a.cost_window = a.cost_window or (2.0 if q else 4.0)
         a.cost_warmup = a.cost_warmup or (1.0 if q else 1.5)
-        if a.bin_before and not os.path.isabs(a.bin_before):
-            a.bin_before = os.path.abspath(a.bin_before)
-        if a.bin_before and not os.access(a.bin_before, os.X_OK):
+    if a.bin_before:
+        a.bin_before = os.path.abspath(a.bin_before)
+        if not os.access(a.bin_before, os.X_OK):
             p.error(f"--bin-before {a.bin_before}: not an executable")
     if a.throttle:
         a.rounds = a.rounds or (1 if q else 2)
         a.throttle_window = a.throttle_window or (4.0 if q else 10.0)
         a.throttle_settle = a.throttle_settle or (1.0 if q else 2.0)
-    a.rounds = a.rounds or (1 if q else 4)
+    a.rounds = a.rounds or (1 if q else (2 if a.scale and a.bin_before else 4))
     a.duration = a.duration or (2.0 if q else 5.0)
     a.fixed_duration = a.fixed_duration or (2.0 if q else 4.0)
     a.held_duration = a.held_duration or (6.0 if q else 15.0)
@@ -2097,8 +2245,12 @@ def main(argv: list[str]) -> int:
         elif args.scale:
             report["params"] = {k: getattr(args, k) for k in (
                 "connections", "waves", "hold", "rate_held", "held_duration", "scale_duration", "rate_new",
+                "rounds", "bin_before",
                 "new_duration")}
-            report["scale"] = scale(args, tmp, procs)
+            if args.bin_before:
+                report["scale_compare"] = scale_compare(args, tmp, procs)
+            else:
+                report["scale"] = scale(args, tmp, procs)
         else:
             report["params"] = {"rounds": args.rounds, "wrk_seconds": args.duration,
                                 "wrk": f"-t{WRK_THREADS} -c{WRK_CONNECTIONS}",
@@ -2127,6 +2279,8 @@ def main(argv: list[str]) -> int:
               f"off, {args.throttle_window:g} s measured after {args.throttle_settle:g} s; "
               f"origin body {THROTTLE_BODY_BYTES // 1024} KiB; medians (spread) over rounds")
         report["unexpected_errors"] = print_throttle(report, THROTTLE_CPU_LIMIT_PCT)
+    elif args.scale and args.bin_before:
+        report["unexpected_errors"] = print_scale_compare(report["scale_compare"])
     elif args.scale:
         report["unexpected_errors"] = print_scale(report["scale"])
     else:
