@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import http.client
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -319,6 +321,8 @@ class Target:
     injects_errors: bool = False
     rounds: list[dict] = field(default_factory=list)
     fixed: list[dict] = field(default_factory=list)
+    # A side load run only while this target is measured (the admin scraper, the table swapper).
+    sidecar: Periodic | None = None
 
 
 def start_nginx(procs: Processes, tmp: str, name: str, port: int, http_body: str,
@@ -440,15 +444,115 @@ def _s_to_us(v) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------
+# Control-plane side loads (issue 11), each run only while its own target is measured
+
+
+# Prometheus' scrape interval the issue names, and the table swap rate it asks to survive.
+ADMIN_SCRAPE_INTERVAL_S = 1.0
+SWAP_INTERVAL_S = 0.01
+# What the swapper PUTs, alternately: one rule that never matches the benchmark's "/", so the
+# load is untouched and only the swapping costs (every PUT is a new generation either way).
+SWAP_RULE_SETS = ("error:503:/never-swapped-a\n", "error:503:/never-swapped-b\n")
+ADMIN_TIMEOUT_S = 2.0
+
+
+class Periodic:
+    """Calls `call(n)` on its own thread every `interval` seconds between start() and stop(), on
+    a fixed schedule (a slow call does not push the later ones back, it only makes them late);
+    stop() says how many calls there were and how many succeeded."""
+
+    def __init__(self, name: str, interval: float, call) -> None:
+        self.name, self.interval, self.call = name, interval, call
+        self.thread: threading.Thread | None = None
+        self.halt = threading.Event()
+        self.calls = self.ok = 0
+        self.last_error = ""
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.halt.clear()
+        self.calls = self.ok = 0
+        self.last_error = ""
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        due = time.monotonic()
+        while not self.halt.is_set():
+            try:
+                self.call(self.calls)
+                self.ok += 1
+            except Exception as e:  # counted and shown, never fatal to the measurement
+                self.last_error = f"{type(e).__name__}: {e}"
+            self.calls += 1
+            due += self.interval
+            self.halt.wait(max(0.0, due - time.monotonic()))
+
+    def stop(self) -> dict:
+        self.halt.set()
+        if self.thread:
+            self.thread.join(timeout=10)
+        seconds = time.monotonic() - self.started
+        return {"calls": self.calls, "ok": self.ok, "failed": self.calls - self.ok,
+                "seconds": round(seconds, 3), "per_s": self.ok / seconds if seconds else 0.0,
+                "last_error": self.last_error}
+
+
+def admin_request(port: int, method: str, path: str, body: str = "") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=ADMIN_TIMEOUT_S)
+    try:
+        headers = {"content-type": "text/plain"} if body or method == "PUT" else {}
+        conn.request(method, path, body=body.encode(), headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def scraper(port: int) -> Periodic:
+    """GET /metrics every second, as Prometheus would."""
+    def scrape(_n: int) -> None:
+        status, body = admin_request(port, "GET", "/metrics")
+        if status != 200 or b"phantom_requests_total" not in body:
+            raise RuntimeError(f"/metrics answered {status}")
+    return Periodic("scraper", ADMIN_SCRAPE_INTERVAL_S, scrape)
+
+
+def swapper(port: int) -> Periodic:
+    """PUT /faults 100 times a second (each answers once every worker applied it)."""
+    def swap(n: int) -> None:
+        status, body = admin_request(port, "PUT", "/faults", SWAP_RULE_SETS[n % 2])
+        if status != 200:
+            raise RuntimeError(f"PUT /faults answered {status}: {body[:200]!r}")
+    return Periodic("swapper", SWAP_INTERVAL_S, swap)
+
+
+def sidecar_totals(t: Target) -> dict:
+    """A target's side-load calls over every wrk run."""
+    runs = [r["sidecar"] for r in t.rounds if "sidecar" in r]
+    seconds = sum(r["seconds"] for r in runs)
+    ok = sum(r["ok"] for r in runs)
+    return {"calls": sum(r["calls"] for r in runs), "ok": ok,
+            "failed": sum(r["failed"] for r in runs), "seconds": seconds,
+            "per_s": ok / seconds if seconds else 0.0,
+            "last_error": next((r["last_error"] for r in reversed(runs) if r["last_error"]), "")}
+
+
+# --------------------------------------------------------------------------------------------
 # The comparison run
 
 
 def measure_wrk(t: Target, origin: Owned, tmp: str, duration: float) -> dict:
     proxy_pids = t.proc.pids() if t.proc else []
     origin_pids = origin.pids()
+    if t.sidecar:
+        t.sidecar.start()
     p0, o0 = cpu_seconds(proxy_pids), cpu_seconds(origin_pids)
     r = run_wrk(tmp, t.port, duration, WRK_CONNECTIONS, timeout_s=2)
     p1, o1 = cpu_seconds(proxy_pids), cpu_seconds(origin_pids)
+    if t.sidecar:
+        r["sidecar"] = t.sidecar.stop()
     n = max(r["good"], 1)
     r["proxy_cpu_us_per_req"] = (p1 - p0) * 1e6 / n if t.proc else None
     r["origin_cpu_us_per_req"] = (o1 - o0) * 1e6 / n
@@ -457,9 +561,13 @@ def measure_wrk(t: Target, origin: Owned, tmp: str, duration: float) -> dict:
 
 def measure_fixed(t: Target, origin: Owned, rate: int, duration: float) -> dict:
     proxy_pids = t.proc.pids() if t.proc else []
+    if t.sidecar:
+        t.sidecar.start()
     p0 = cpu_seconds(proxy_pids)
     r = run_oha(t.port, rate, duration, OHA_CONNECTIONS)
     p1 = cpu_seconds(proxy_pids)
+    if t.sidecar:
+        r["sidecar"] = t.sidecar.stop()
     r["proxy_cpu_us_per_req"] = (p1 - p0) * 1e6 / max(r["good"], 1) if t.proc else None
     return r
 
@@ -616,6 +724,40 @@ def checks(summary: dict, targets: dict[str, Target]) -> list[dict]:
             add(f"(also) CPU/request, {what}, paired ratio by round (median, spread)",
                 c.text(100, -1, "+.1f", "%"), f"≤ +{limit * 100:g}%",
                 verdict(c, lambda v, lim=limit: v - 1 <= lim))
+    if "pf-admin" in targets:
+        admin = targets["pf-admin"]
+        c = paired(admin, base, "proxy_cpu_us_per_req")
+        if c:
+            add("CPU/request, admin on and scraped 1/s vs admin off, paired ratio by round "
+                "(median, spread)", c.text(100, -1, "+.1f", "%"), "≤ +1%",
+                verdict(c, lambda v: v - 1 <= 0.01))
+        r = paired(admin, base, "rps")
+        if r:
+            add("(also) req/s, admin on and scraped 1/s vs admin off, paired ratio by round "
+                "(median, spread)", r.text(100, -1, "+.1f", "%"), "≥ -1%",
+                verdict(r, lambda v: v - 1 >= -0.01))
+        side = sidecar_totals(admin)
+        add("scrapes of /metrics during the admin target's runs (one a second), answered 200",
+            f"{side['ok']} of {side['calls']} over {side['seconds']:.1f} s"
+            + (f"; last error {side['last_error']}" if side["last_error"] else ""),
+            "all", "MET" if side["calls"] and side["ok"] == side["calls"] else "NOT MET")
+    if "pf-swap" in targets:
+        swap = targets["pf-swap"]
+        side = sidecar_totals(swap)
+        answered = sum(r["good"] for r in swap.rounds)
+        bad = sum(r["non_2xx"] + r["socket_errors"] for r in swap.rounds)
+        ok = side["failed"] == 0 and bad == 0 and answered > 0
+        add("table swapped under wrk load: PUT /faults answered 200 (after every worker applied "
+            "it), and no request lost",
+            f"{side['ok']} swaps in {side['seconds']:.1f} s = {side['per_s']:.0f}/s, "
+            f"{side['failed']} failed; wrk {answered} answered, {bad} non-2xx or socket errors"
+            + (f"; last error {side['last_error']}" if side["last_error"] else ""),
+            "≥ 95 swaps/s, none failed, no error",
+            "MET" if ok and side["per_s"] >= 95 else "NOT MET")
+        c = paired(swap, base, "proxy_cpu_us_per_req")
+        if c:
+            add("(info) CPU/request while the table is swapped 100/s vs admin off, paired ratio "
+                "by round", c.text(100, -1, "+.1f", "%"), "-", "INFO")
     return out
 
 
@@ -630,6 +772,14 @@ def unexpected_errors(targets: list[Target]) -> list[str]:
         if sock or bad:
             out.append(f"{t.name}: {bad} non-2xx answers, {sock} socket errors")
     return out
+
+
+def sidecar_note(r: dict) -> str:
+    side = r.get("sidecar")
+    if not side:
+        return ""
+    return (f"  side load {side['ok']}/{side['calls']} ok ({side['per_s']:.0f}/s)"
+            + (f", last error {side['last_error']}" if side["last_error"] else ""))
 
 
 def compare(args, tmp: str, procs: Processes) -> dict:
@@ -657,6 +807,16 @@ def compare(args, tmp: str, procs: Processes) -> dict:
         o, port = start_phantom(procs, tmp, args.bin, name, origin_port,
                                 ["--workers", "1"] + extra)
         targets.append(Target(name, label, port, o))
+    # Issue 11: the admin endpoint scraped every second, and the table swapped 100 times a
+    # second, each against "pf-notrace" (the same flags without --admin).
+    for name, label, side in (("pf-admin", "phantom-fast, admin on, scraped 1/s", scraper),
+                              ("pf-swap", "phantom-fast, table swapped 100/s", swapper)):
+        admin_port = free_port()
+        o, port = start_phantom(procs, tmp, args.bin, name, origin_port,
+                                ["--workers", "1", "--no-traces", "--admin",
+                                 f"127.0.0.1:{admin_port}"])
+        wait_port(admin_port, STARTUP_TIMEOUT_S)
+        targets.append(Target(name, label, port, o, sidecar=side(admin_port)))
 
     # Warm-up: connection pools, page cache, CPU frequency; results discarded.
     for t in targets:
@@ -677,7 +837,7 @@ def compare(args, tmp: str, procs: Processes) -> dict:
             log(f"  {t.name:12} {r['rps']:9.0f} req/s  p50 {r['p50_us']:6.0f} µs  "
                 f"p99 {r['p99_us']:6.0f} µs  cpu {fmt(r['proxy_cpu_us_per_req'], '.1f'):>5} µs/req"
                 f"  origin {r['origin_cpu_us_per_req']:.1f}  non-2xx {r['non_2xx']}  socket "
-                f"errors {r['socket_errors']}")
+                f"errors {r['socket_errors']}" + sidecar_note(r))
         if args.rate > 0:
             for t in order:
                 r = measure_fixed(t, origin, args.rate, args.fixed_duration)
