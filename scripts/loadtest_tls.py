@@ -10,8 +10,10 @@ Three questions, side by side in one run:
      clients, and with a new connection per request (Python clients through CONNECT: oha's
      CONNECT carries no Host, which phantom-fast answers with 400). Their req/s is the clients'
      limit, not the proxy's; the CPU per request is the figure.
-Both proxies use the same ECDSA P-256 certificate; nginx has a shared session cache. Every process
-is started here, in a mktemp dir, and stopped by PID when the run ends. Loopback only, bounded.
+Both proxies use the same ECDSA P-256 certificate, TLS 1.3 and its suite (AES-128-GCM-SHA256, the
+servers choosing it); nginx has a shared session cache. A second nginx row speaks TLS 1.2 only
+(what nginx before 1.23.4 does by default). Every process is started here, in a mktemp dir, and
+stopped by PID when the run ends. Loopback only, bounded.
 """
 import argparse
 import json
@@ -217,29 +219,39 @@ def main():
                         "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem"],
                        check=True, capture_output=True)
         cert, key = f"{tmp}/cert.pem", f"{tmp}/key.pem"
-        origin, origin_tls, ng, pf, mitm = (free_port() for _ in range(5))
+        origin, origin_tls, ng, ng12, pf, mitm = (free_port() for _ in range(6))
         nginx(procs, tmp, "origin", f"""
     server {{ listen 127.0.0.1:{origin}; location / {{ return 200 "{BODY}"; }} }}
     server {{ listen 127.0.0.1:{origin_tls} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
              location / {{ return 200 "{BODY}"; }} }}""")
-        proxy_ng = nginx(procs, tmp, "proxy", f"""
+        # nginx twice: TLS 1.3 with the suite phantom-fast's servers choose (AES-128-GCM with
+        # SHA-256), the like-for-like row; and TLS 1.2 only, what nginx before 1.23.4 speaks when
+        # not told otherwise (its handshake is a different, cheaper one in OpenSSL 3).
+        proxies_ng = {}
+        for name, port, protocols in (("nginx", ng, "TLSv1.2 TLSv1.3"),
+                                      ("nginx TLS 1.2", ng12, "TLSv1.2")):
+            proxies_ng[name] = (nginx(procs, tmp, name.replace(" ", "-").replace(".", ""), f"""
     upstream origin {{ server 127.0.0.1:{origin}; keepalive 64; }}
     ssl_session_cache shared:SSL:10m;
+    ssl_protocols {protocols};
+    ssl_prefer_server_ciphers on;
+    ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;
     server {{
-        listen 127.0.0.1:{ng} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
+        listen 127.0.0.1:{port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
         location / {{ proxy_pass http://origin; proxy_http_version 1.1;
                      proxy_set_header Connection ""; }}
-    }}""")
+    }}"""), port)
         common = ["--workers", "1", "--no-traces"]
         proxy_pf = procs.start([args.bin, "--listen", f"127.0.0.1:{pf}", "--upstream",
                                 f"127.0.0.1:{origin}", "--tls-cert", cert, "--tls-key", key] + common,
                                f"{tmp}/pf.log")
         proxy_mitm = procs.start([args.bin, "--listen", f"127.0.0.1:{mitm}", "--mitm", "--ca-dir",
                                   f"{tmp}/ca", "--insecure"] + common, f"{tmp}/mitm.log")
-        for port in (origin, origin_tls, ng, pf, mitm):
+        for port in (origin, origin_tls, ng, ng12, pf, mitm):
             wait_port(port)
         results = {}
-        for name, pid, port in (("nginx", proxy_ng.pid, ng), ("phantom-fast", proxy_pf.pid, pf)):
+        targets = [(name, proc.pid, port) for name, (proc, port) in proxies_ng.items()]
+        for name, pid, port in targets + [("phantom-fast", proxy_pf.pid, pf)]:
             url = f"https://127.0.0.1:{port}/"
             log(f"{name}: keep-alive over https")
             keep = measure(pid, lambda: wrk(url, seconds, conns))

@@ -1200,6 +1200,19 @@ fn https_listener_failed_handshakes_are_recorded_with_their_reason() {
             .as_str()
             .is_some_and(|t| t != "0".repeat(32))
     );
+    // The stalled handshake's record starts at its accept, --header-timeout before it ended
+    // (and so before the curl request that came after it).
+    let stalled = recs
+        .iter()
+        .find(|r| r["client_tls"]["failure"] == "handshake timed out")
+        .unwrap();
+    let served = recs.iter().find(|r| r["outcome"] == "ok").unwrap();
+    let ms = |r: &serde_json::Value, k: &str| r[k].as_u64().unwrap_or(0);
+    assert!(ms(stalled, "duration_ms") >= 450, "{stalled}");
+    assert!(
+        ms(served, "timestamp_ms") >= ms(stalled, "timestamp_ms") + 450,
+        "{stalled} {served}"
+    );
     let (_, stats) = table_and_stats(&proxy);
     assert_eq!(stats["by_outcome"]["client-tls-failed"], 3, "{stats:#}");
     assert_eq!(stats["by_outcome"]["ok"], 1, "{stats:#}");

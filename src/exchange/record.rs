@@ -178,6 +178,11 @@ impl Session<'_> {
     /// timed from the accept (`accepted`), with what the session got to (SNI, version) and why.
     pub(super) fn record_client_tls_failure(&mut self, accepted: Instant, reason: &'static str) {
         self.ex = Exchange::new(accepted);
+        // `Exchange::new` reads the wall clock now; the exchange began at the accept.
+        self.ex.start_unix_ns = self
+            .ex
+            .start_unix_ns
+            .saturating_sub(nanos(accepted.elapsed()));
         let mut ids = self.w.id_rng.borrow_mut();
         self.ex.trace_id = trace::random_trace_id(&mut ids);
         self.ex.span_id = trace::random_span_id(&mut ids);
