@@ -697,6 +697,30 @@ fn trace_client_closes_during_delay_client_closed_record() {
     assert!(spec == "delay:2s" || spec == "delay:2000ms", "spec {spec}");
 }
 
+/// A delay far longer than the record wait: the client's hang-up must be noticed while it
+/// lasts (the delay asks the socket at least every second, `exchange/decide.rs`), not at its end.
+#[test]
+fn trace_client_closes_during_long_delay_noticed_before_its_end() {
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "delay:60s"]);
+    let dir = trace_dir(&proxy);
+
+    {
+        let mut c = proxy.connect();
+        c.send(&get("/long-gone"));
+        thread::sleep(Duration::from_millis(200));
+    }
+    let record = wait_one(&dir);
+
+    assert_eq!(record["outcome"], "client-closed", "{record:#}");
+    assert_eq!(record["url"], "http://test.local/long-gone");
+    assert!(
+        u64_field(&record, "duration_ms") < 60_000,
+        "noticed only at the deadline: {record:#}"
+    );
+    assert!(origin.requests().is_empty(), "the request was forwarded");
+}
+
 // ---------------------------------------------------------------------------------------------
 // SIGKILL and restart
 // ---------------------------------------------------------------------------------------------

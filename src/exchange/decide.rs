@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::fault::{FaultPlan, FaultRule, FaultTable, HeaderFault, RequestView, SpecError};
+use crate::{
+    fault::{FaultPlan, FaultRule, FaultTable, HeaderFault, RequestView, SpecError},
+    net::{Peer, READ_BUF_BYTES, is_timeout},
+};
 
 use super::{Session, answer::Synthetic};
 use crate::control::{Compiled, rules::RuleError};
@@ -21,6 +24,9 @@ pub(super) const FAULT_HEADER: &str = "x-phantom-fault";
 /// During a long delay the client is asked whether it hung up at least this often (and always
 /// at the deadline): a client that leaves is noticed within this, and its connection freed.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the end of a delay waits for the rest of a TLS record the client is sending.
+const PULL_WAIT: Duration = Duration::from_millis(5);
 
 /// A delay may end up to this fraction of itself late (never early), so that delays due within
 /// that of each other share one timer wake-up: 1/32 is 31 µs of a 1 ms delay…
@@ -162,11 +168,11 @@ impl Session<'_> {
 
     /// Sleeps for an injected delay while watching the client: `false` when it hung up (its
     /// request is then never forwarded). The client is asked at the deadline and at least every
-    /// [`WATCH_EVERY`] before it ([`Conn::peer_hung_up`]: one `poll(2)`, nothing in the ring), so
-    /// a delay costs its timer wake-ups and no read that must be cancelled. Bytes the client
-    /// sends meanwhile (a body, a pipelined request) stay in its socket for the exchange.
+    /// [`WATCH_EVERY`] before it ([`Conn::peer`]: one `poll(2)`, nothing in the ring), so a
+    /// delay costs its timer wake-ups and no read that must be cancelled. Bytes the client sent
+    /// meanwhile (a body, a pipelined request) are read as the delay ends and kept.
     ///
-    /// [`Conn::peer_hung_up`]: crate::net::Conn::peer_hung_up
+    /// [`Conn::peer`]: crate::net::Conn::peer
     pub(super) async fn delay(&mut self, delay: Duration) -> bool {
         let start = Instant::now();
         let deadline = start + delay;
@@ -183,13 +189,31 @@ impl Session<'_> {
                 WATCH_EVERY / 8
             };
             self.w.timer.sleep_within(now, wake, within).await;
-            if self.client.peer_hung_up() {
-                return false;
-            }
-            if wake == deadline {
-                return true;
+            match self.client.peer() {
+                Peer::HungUp => return false,
+                Peer::Quiet if wake == deadline => return true,
+                Peer::Quiet => {}
+                // What the client sent meanwhile is read now, as the delay ends: a pipelined
+                // request is then in hand and gets its answer even if shutdown comes first.
+                Peer::Sent if wake == deadline => return self.take_sent().await,
+                Peer::Sent => {}
             }
             now = Instant::now();
+        }
+    }
+
+    /// Reads what the client sent during a delay (it is waiting in the socket), up to one read
+    /// buffer: `false` when that read finds it gone. A TLS record still arriving is waited for
+    /// [`PULL_WAIT`] at most, then left to the exchange.
+    async fn take_sent(&mut self) -> bool {
+        if self.client.buffered().len() >= READ_BUF_BYTES {
+            return true;
+        }
+        let deadline = Instant::now() + PULL_WAIT;
+        match self.client.fill(READ_BUF_BYTES, deadline).await {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) => is_timeout(&e),
         }
     }
 }

@@ -22,3 +22,4 @@ pub(crate) use bufpool::{BufPool, FramePool};
 pub(crate) use conn::{Conn, READ_BUF_BYTES};
 pub(crate) use relay::{RelayError, RelayTimeouts, relay};
 pub(crate) use transport::{Transport, is_timeout};
+pub(crate) use watch::Peer;
