@@ -749,6 +749,16 @@ fn https_listener_serves_curl_and_s_client_tls12_and_13() {
             .all(|r| r["url"].as_str().unwrap().starts_with("https://")),
         "{recs:?}"
     );
+    // Our suite order, not the clients' (OpenSSL's puts AES-256-GCM first): AES-128-GCM with
+    // SHA-256, the hash CPUs accelerate.
+    let suites: Vec<&str> = recs
+        .iter()
+        .map(|r| r["client_tls"]["cipher_suite"].as_str().unwrap_or("?"))
+        .collect();
+    assert!(
+        suites.iter().all(|s| s.ends_with("AES_128_GCM_SHA256")),
+        "{suites:?}"
+    );
 }
 
 #[test]
@@ -1193,4 +1203,102 @@ fn https_listener_failed_handshakes_are_recorded_with_their_reason() {
     let (_, stats) = table_and_stats(&proxy);
     assert_eq!(stats["by_outcome"]["client-tls-failed"], 3, "{stats:#}");
     assert_eq!(stats["by_outcome"]["ok"], 1, "{stats:#}");
+}
+
+// See: issue 16 ("the upstream's share (connect, time to first byte, body)").
+#[test]
+fn ledger_counts_tls_connect_and_a_slow_body_as_upstream_time() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.leaf("origin", &["localhost"], Leaf::Good);
+    let origin = PyOrigin::start(&cert, &key, &[]);
+    let upstream = https_upstream(&origin.authority());
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &upstream,
+        "--upstream-ca",
+        s(&pki.path("ca.pem")),
+        "--fault",
+        "delay:100ms:at=head:/slow-body",
+    ]);
+    let base = format!("http://127.0.0.1:{}", proxy.addr().port());
+    let out = curl(&[&format!("{base}/slow-body"), &format!("{base}/fast")]);
+    assert!(out.status.success(), "{out:?}");
+    let recs = records(&proxy, 2);
+    let n = |rec: &serde_json::Value, k: &str| {
+        rec[k].as_u64().unwrap_or_else(|| panic!("{k} in {rec:#}"))
+    };
+    for rec in &recs {
+        assert_eq!(
+            n(rec, "upstream_us"),
+            n(rec, "upstream_connect_us") + n(rec, "upstream_ttfb_us") + n(rec, "upstream_body_us"),
+            "{rec:#}"
+        );
+        assert_eq!(
+            n(rec, "duration_us"),
+            n(rec, "injected_delay_us") + n(rec, "upstream_us") + n(rec, "overhead_us"),
+            "duration = injected + upstream + overhead: {rec:#}"
+        );
+    }
+    let find = |path: &str| {
+        recs.iter()
+            .find(|r| r["url"].as_str().is_some_and(|u| u.ends_with(path)))
+            .unwrap_or_else(|| panic!("no {path} in {recs:?}"))
+    };
+    let slow = find("/slow-body");
+    // A new connection: TCP and the TLS handshake are the upstream's time.
+    assert!(n(slow, "upstream_connect_us") > 0, "{slow:#}");
+    assert_eq!(n(slow, "injected_delay_us"), 100_000, "{slow:#}");
+    // The origin held the second half of the body back 300 ms after the request: upstream time,
+    // not overhead. The head delay (100 ms) ran meanwhile, so the upstream's share from the
+    // request to the last byte is at least 300 - 100 ms, its body part after the delay ended.
+    let upstream_wait = n(slow, "upstream_ttfb_us") + n(slow, "upstream_body_us");
+    assert!(upstream_wait >= 190_000, "{slow:#}");
+    assert!(n(slow, "upstream_body_us") > 0, "{slow:#}");
+    assert!(n(slow, "overhead_us") < 100_000, "{slow:#}");
+    let fast = find("/fast");
+    assert_eq!(n(fast, "upstream_connect_us"), 0, "pooled: {fast:#}");
+    assert_eq!(
+        n(fast, "upstream_body_us"),
+        0,
+        "body came with the head: {fast:#}"
+    );
+    assert_eq!(n(fast, "injected_delay_us"), 0, "{fast:#}");
+}
+
+/// A CONNECT to an https listener (curl's HTTPS proxy): the opaque tunnel runs inside the TLS
+/// session with the client.
+#[test]
+fn https_listener_connect_tunnel_runs_inside_tls() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.leaf("listener", &["localhost"], Leaf::Good);
+    let origin = Origin::start(|_| response("200 OK", &[], b"tunnelled"));
+    let proxy = Proxy::start(&["--tls-cert", s(&cert), "--tls-key", s(&key)]);
+    let proxy_url = format!("https://localhost:{}", proxy.addr().port());
+    let out = curl(&[
+        "-p",
+        "--proxy",
+        &proxy_url,
+        "--proxy-cacert",
+        s(&pki.path("ca.pem")),
+        &format!("http://{}/t", origin.addr()),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "tunnelled", "{out:?}");
+    let recs = records(&proxy, 1);
+    let connect = recs
+        .iter()
+        .find(|r| r["method"] == "CONNECT")
+        .expect("the CONNECT's record");
+    assert_eq!(connect["outcome"], "ok", "{connect}");
+    assert_eq!(
+        connect["client_tls"]["server_name"], "localhost",
+        "{connect}"
+    );
+    assert!(
+        connect["request_body_bytes"].as_u64().unwrap_or(0) > 0,
+        "{connect}"
+    );
+    assert!(
+        connect["response_body_bytes"].as_u64().unwrap_or(0) > 0,
+        "{connect}"
+    );
 }

@@ -322,7 +322,18 @@ fn websocket_mitm_wss_1000_messages_and_close_recorded_at_close() {
         record["upstream_tls"]["verification"], "verified",
         "{record}"
     );
-    assert!(record["duration_us"].as_u64().unwrap_or(0) > 0, "{record}");
+    // The ledger: the tunnel's life is the upstream's body time; the parts add up.
+    let n = |k: &str| {
+        record[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {record}"))
+    };
+    assert!(n("upstream_body_us") > 0, "{record}");
+    assert_eq!(
+        n("duration_us"),
+        n("injected_delay_us") + n("upstream_us") + n("overhead_us"),
+        "{record}"
+    );
 }
 
 /// An https listener in front of an https upstream, both directions of close, and the idle

@@ -15,7 +15,7 @@ use crate::{
     fault::Pace,
     http::{BodyKind, body::BodyReader},
     net::{
-        Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, is_timeout, relay,
+        Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, Transport, is_timeout, relay,
         relay::{Shape, Shaped, relay_shaped},
         tls,
     },
@@ -148,7 +148,7 @@ impl Session<'_> {
         loop {
             let mut up = match attempt.take() {
                 Some(conn) => conn,
-                None => match upstream::connect_dest(&dest, &w.config.tls, deadline).await {
+                None => match self.connect_timed(&dest, deadline).await {
                     Ok(transport) => Conn::new(transport, w.bufs.borrow_mut().get(READ_BUF_BYTES)),
                     Err(e) => {
                         w.pool.borrow_mut().closed(dest);
@@ -175,6 +175,15 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// Opens a connection to `dest` (TCP, then TLS when it is https), its time going to the
+    /// ledger's upstream connect (failed attempts too: that was the upstream's time).
+    async fn connect_timed(&mut self, dest: &Dest, deadline: Instant) -> io::Result<Transport> {
+        let started = Instant::now();
+        let connected = upstream::connect_dest(dest, &self.w.config.tls, deadline).await;
+        self.ex.upstream_connect += started.elapsed();
+        connected
     }
 
     /// The name this request's destination resolves from (the failover looks up its other
@@ -287,7 +296,7 @@ impl Session<'_> {
     ) -> Result<Relayed, Failed> {
         let mut request = BodyReader::new(facts.body);
         self.send_head(up, facts, &mut request, reused).await?;
-        let at = Instant::now();
+        let mut at = Instant::now();
         let mut early_response = false;
         if facts.expect_continue {
             early_response = self.await_continue(up, deadline).await?;
@@ -295,8 +304,18 @@ impl Session<'_> {
         if !early_response && !request.done {
             early_response = match self.request_shape(facts) {
                 Some(shape) => {
-                    self.relay_shaped_request_body(up, &mut request, shape)
-                        .await?
+                    let relayed = self
+                        .relay_shaped_request_body(up, &mut request, shape)
+                        .await;
+                    if shape.pace != Pace::Full {
+                        // Paced going up: injected time, and the upstream's wait for its
+                        // answer starts once the body is through.
+                        let now = Instant::now();
+                        let paced = u64::try_from((now - at).as_nanos()).unwrap_or(u64::MAX);
+                        self.ex.injected_ns = self.ex.injected_ns.saturating_add(paced);
+                        at = now;
+                    }
+                    relayed?
                 }
                 None => self.relay_request_body(up, &mut request).await?,
             };

@@ -115,6 +115,12 @@ struct Exchange {
     outcome: Outcome,
     upstream_addr: Option<SocketAddr>,
     ttfb: Option<Duration>,
+    /// Connecting to the upstream (TCP, and TLS when originated), every attempt summed.
+    upstream_connect: Duration,
+    /// Relaying the upstream's body after the head went out (unshaped), or a tunnel's life.
+    upstream_body: Duration,
+    /// Injected time beyond the forward delay, ns: a head delay, a slow head, a paced body.
+    injected_ns: u64,
     decision: FaultPlan,
     /// The exchange holds an active-fault slot (`--max-active-faults`).
     holding: bool,
@@ -318,6 +324,9 @@ impl Exchange {
             outcome: Outcome::Ok,
             upstream_addr: None,
             ttfb: None,
+            upstream_connect: Duration::ZERO,
+            upstream_body: Duration::ZERO,
+            injected_ns: 0,
             decision: FaultPlan::NONE,
             holding: false,
             request_body_len: 0,

@@ -125,10 +125,10 @@ impl Session<'_> {
             parent_span_id: self.ex.parent_span_id,
             start_unix_ns: self.ex.start_unix_ns,
             duration_ns: nanos(duration),
-            upstream_connect_ns: 0,
+            upstream_connect_ns: nanos(self.ex.upstream_connect),
             upstream_ttfb_ns: self.ex.ttfb.map(nanos),
-            upstream_body_ns: 0,
-            injected_delay_ns: decision.forward_delay_ns,
+            upstream_body_ns: nanos(self.ex.upstream_body),
+            injected_delay_ns: self.injected_ns(),
             generation: self.faults.generation,
             faults: &faults[..n],
             client_tls,
@@ -152,6 +152,26 @@ impl Session<'_> {
         self.w.stats.borrow_mut().trace_records += 1;
         self.request_head.clear();
         self.url.clear();
+    }
+
+    /// Every delay the faults injected, ns: the forward delay and the head delay as sampled (the
+    /// timer's lateness is the proxy's own), a slow head's total, a paced body's relay time.
+    fn injected_ns(&self) -> u64 {
+        self.ex
+            .decision
+            .forward_delay_ns
+            .saturating_add(self.ex.injected_ns)
+    }
+
+    /// A response body relayed since `from`: the upstream's time, or, when the plan paced it
+    /// (`shaped`: a bandwidth, dribble or body-delay fault), injected time.
+    pub(super) fn body_relayed(&mut self, from: Instant, shaped: bool) {
+        let took = from.elapsed();
+        if shaped {
+            self.ex.injected_ns = self.ex.injected_ns.saturating_add(nanos(took));
+        } else {
+            self.ex.upstream_body += took;
+        }
     }
 
     /// The https listener's handshake with a new client failed (`reason`): a record of its own,
@@ -258,20 +278,12 @@ impl Session<'_> {
             stats.upstream_ttfb.record(ttfb);
         }
         let decision = self.ex.decision;
-        // Every delay the plan injected (before forwarding, before the head, between chunks).
-        let injected: u64 = decision
-            .applied
-            .as_slice()
-            .iter()
-            .filter(|a| a.kind == FaultKind::Delay)
-            .map(|a| a.value)
-            .sum();
         let ledger = trace::Ledger::from_parts(
             nanos(duration),
-            injected,
-            0,
+            self.injected_ns(),
+            nanos(self.ex.upstream_connect),
             self.ex.ttfb.map_or(0, nanos),
-            0,
+            nanos(self.ex.upstream_body),
         );
         stats
             .ledger

@@ -138,6 +138,7 @@ impl Session<'_> {
             self.ex.outcome = Outcome::ClientClosed;
             return Ok(Relayed::CLOSED);
         }
+        self.ex.injected_ns += head_delay;
         let slow_head = self.ex.decision.slow_head_ns;
         if !self
             .write_out_paced(self.ex.response_head_len, slow_head)
@@ -146,10 +147,16 @@ impl Session<'_> {
             self.ex.outcome = Outcome::ClientClosed;
             return Ok(Relayed::CLOSED);
         }
+        self.ex.injected_ns += slow_head;
+        // The ledger: from here on the body's time is the upstream's, or injected when paced.
+        let body_from = Instant::now();
         if let Some((shape, reset)) = shape
             && !body.done
         {
-            match self.relay_shaped_body(up, &mut body, shape).await {
+            let relayed = self.relay_shaped_body(up, &mut body, shape).await;
+            let paced = shape.pace != Pace::Full || !shape.chunk_delay.is_zero();
+            self.body_relayed(body_from, paced);
+            match relayed {
                 Ok(Shaped::Done) => {}
                 Ok(Shaped::Cut) => {
                     // Short of its framing: the client can tell it is not the whole body.
@@ -166,12 +173,14 @@ impl Session<'_> {
                     return Ok(Relayed::CLOSED);
                 }
             }
-        } else if !body.done
-            && let Err(outcome) = self.relay_response_body(up, &mut body, resp.dechunk).await
-        {
-            self.ex.outcome = outcome;
-            self.ex.response_body_len = body.data_len;
-            return Ok(Relayed::CLOSED);
+        } else if !body.done {
+            let relayed = self.relay_response_body(up, &mut body, resp.dechunk).await;
+            self.body_relayed(body_from, false);
+            if let Err(outcome) = relayed {
+                self.ex.outcome = outcome;
+                self.ex.response_body_len = body.data_len;
+                return Ok(Relayed::CLOSED);
+            }
         }
         self.ex.response_body_len = body.data_len;
         Ok(Relayed {

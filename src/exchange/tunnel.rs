@@ -75,8 +75,11 @@ impl Session<'_> {
             .mitm
             .is_some()
             .then(|| host_of(authority).to_owned());
-        let deadline = Instant::now() + w.config.upstream_timeout;
-        let transport = match upstream::connect(addr, deadline).await {
+        let connecting = Instant::now();
+        let deadline = connecting + w.config.upstream_timeout;
+        let connected = upstream::connect(addr, deadline).await;
+        self.ex.upstream_connect = connecting.elapsed();
+        let transport = match connected {
             Ok(transport) => transport,
             Err(e) => {
                 let (outcome, status) = connect_failure(&e);
@@ -84,7 +87,6 @@ impl Session<'_> {
                 return self.answer_error(status).await;
             }
         };
-        self.ex.ttfb = Some(self.ex.started.elapsed());
         self.out.clear();
         self.out
             .extend_from_slice(b"HTTP/1.1 200 Connection Established\r\n\r\n");
@@ -188,6 +190,14 @@ impl Session<'_> {
     /// Moves the bytes: first those already read on either side (behind the client's head,
     /// behind the upstream's `101`), then both directions until the tunnel ends.
     async fn pump_tunnel(&mut self, up: &mut Conn) {
+        // The ledger counts a tunnel's life as the upstream's body time.
+        let started = Instant::now();
+        self.pump_tunnel_bytes(up).await;
+        self.ex.upstream_body += started.elapsed();
+    }
+
+    /// [`Session::pump_tunnel`] proper.
+    async fn pump_tunnel_bytes(&mut self, up: &mut Conn) {
         let w = self.w;
         let idle = w.config.idle_timeout;
         let early = self.client.buffered().len();

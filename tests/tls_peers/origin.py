@@ -4,7 +4,8 @@
 Prints `listening PORT` on stdout once bound (127.0.0.1, port 0). Each response carries
 `X-Conn` (the connection's number, from 1), `X-Sni` (the SNI name the client sent, or -),
 `X-Tls` (the negotiated version), `X-Resumed` (1 when the session was resumed) and echoes the request line in the body. `GET /close…` answers and closes the connection; `GET /stats` answers
-`connections=N sni=a,b,...`; `--fixed` answers every request with `tests/fixed`'s response
+`connections=N sni=a,b,...`; `GET /slow-body…` sends its head and half its body, then the rest
+300 ms later; `--fixed` answers every request with `tests/fixed`'s response
 instead (for the allocation proof). It stops when stdin closes, so it never outlives its test.
 """
 import argparse
@@ -12,6 +13,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 
 FIXED = b"HTTP/1.1 200 OK\r\ncontent-length: 13\r\ncontent-type: text/plain\r\n\r\nhello, world\n"
 
@@ -82,12 +84,18 @@ def main():
                 else:
                     body = lines[0] + b"\n"
                 close = lines[0].startswith(b"GET /close ")
-                conn.sendall(
+                answer = (
                     b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Conn: %d\r\nX-Sni: %s\r\nX-Tls: %s\r\nX-Resumed: %d\r\n%s\r\n"
                     % (len(body), number, sni.encode(), conn.version().encode(), conn.session_reused,
                        b"Connection: close\r\n" if close else b"")
                     + body
                 )
+                if lines[0].startswith(b"GET /slow-body"):
+                    half = len(answer) - len(body) // 2
+                    conn.sendall(answer[:half])
+                    time.sleep(0.3)
+                    answer = answer[half:]
+                conn.sendall(answer)
                 if close:
                     return
         except (ssl.SSLError, OSError):
