@@ -7,6 +7,9 @@
 #   scripts/loadtest.sh --delay-cost [--quick] [--bin-before PATH]
 #                                                   CPU, switches, io_uring calls and lateness per
 #                                                   request: no fault vs delay:1ms vs 100ms-500ms
+#   scripts/loadtest.sh --throttle [--quick] [--connections N]
+#                                                   proxy CPU while 10 000 connections are throttled
+#                                                   at 1 KiB/s (--fault bandwidth:1KiB/s) or hang
 #   scripts/loadtest.sh --tls [--quick]             https listener vs nginx (keep-alive, handshakes/s)
 #                                                   and MITM CPU per request (scripts/loadtest_tls.py)
 #   scripts/loadtest.sh --help                      every option (scripts/loadtest.py does the work)
