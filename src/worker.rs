@@ -167,9 +167,7 @@ impl Worker {
         }
         if report {
             // Removed ids fold on time too, not only on the next swap.
-            self.tally
-                .borrow_mut()
-                .prune(&self.table.pin().kept_ids, Instant::now());
+            self.tally.borrow_mut().fold_expired(Instant::now());
             link.report(|report| self.fill_report(report));
         }
     }

@@ -6,7 +6,7 @@
 //! labelled by its id, never its spec, so a ramp does not mint a new series per step.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fmt::Write,
     sync::Arc,
     time::{Duration, Instant},
@@ -156,8 +156,9 @@ impl RuleTally {
     /// counted goes at once, one gone longer (or beyond [`MAX_REMOVED_IDS`], oldest first) is
     /// folded into [`REMOVED_RULE_ID`].
     pub fn prune(&mut self, live: &[Arc<str>], now: Instant) {
+        let live: HashSet<&str> = live.iter().map(|id| &**id).collect();
         for rule in &mut self.retired {
-            if &*rule.counters.id == REMOVED_RULE_ID || live.contains(&rule.counters.id) {
+            if &*rule.counters.id == REMOVED_RULE_ID || live.contains(&*rule.counters.id) {
                 rule.removed_at = None;
             } else if rule.removed_at.is_none() {
                 rule.removed_at = Some(now);
@@ -165,6 +166,25 @@ impl RuleTally {
         }
         self.retired
             .retain(|r| r.removed_at.is_none() || !r.counters.is_zero());
+        self.fold_expired(now);
+    }
+
+    /// Folds the removed ids whose [`REMOVED_ID_KEPT`] ended by `now` (or beyond
+    /// [`MAX_REMOVED_IDS`]); between swaps, on the report tick. Allocates nothing when there is
+    /// nothing to fold.
+    pub fn fold_expired(&mut self, now: Instant) {
+        let removed = self
+            .retired
+            .iter()
+            .filter(|r| r.removed_at.is_some())
+            .count();
+        let expired = |r: &Retired| {
+            r.removed_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= REMOVED_ID_KEPT)
+        };
+        if removed <= MAX_REMOVED_IDS && !self.retired.iter().any(expired) {
+            return;
+        }
         // Oldest removal first: beyond the cap, those fold first.
         let mut removed: Vec<(Instant, usize)> = self
             .retired
@@ -811,9 +831,9 @@ mod tests {
             ],
             "a removed id with nothing counted goes at once; one that counted keeps its series"
         );
-        tally.prune(&ids(&["kept"]), t0 + REMOVED_ID_KEPT / 2);
+        tally.fold_expired(t0 + REMOVED_ID_KEPT / 2);
         assert_eq!(filled(&tally).len(), 2, "within the window");
-        tally.prune(&ids(&["kept"]), t0 + REMOVED_ID_KEPT);
+        tally.fold_expired(t0 + REMOVED_ID_KEPT);
         assert_eq!(
             filled(&tally),
             [
