@@ -868,6 +868,7 @@ impl RunArgs {
             })
         };
         Ok(Config {
+            hosts: Vec::new(),
             listen: self.listen,
             mode,
             workers,

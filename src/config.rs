@@ -141,6 +141,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Reverse or forward proxy.
     pub mode: Mode,
+    /// Names whose addresses are known before any lookup (`HOST:PORT` → addresses), seeded
+    /// into every worker's name cache and trusted for its TTL as a lookup would be; the
+    /// command line sets none (the reverse-mode upstream is seeded from [`Mode::Reverse`]).
+    /// Embedders and tests script names no resolver knows with it.
+    pub hosts: Vec<(String, Vec<SocketAddr>)>,
     /// Number of worker threads (one runtime and listener each).
     pub workers: usize,
     /// I/O driver choice.

@@ -18,7 +18,7 @@ use crate::{
     control::{RuleCounters, RuleTally, WorkerLink, WorkerReport},
     exchange::{Faults, Stats},
     fault::{FaultKind, FaultPlan, FaultSource},
-    net::{BufPool, timer::DelayTimer},
+    net::{BufPool, FramePool, timer::DelayTimer},
     shutdown::Shutdown,
     trace::{RingUsage, TraceWriter},
     upstream::{Pool, Resolver},
@@ -60,7 +60,10 @@ pub(crate) struct Worker {
     /// The fault snapshot new exchanges pin.
     pub(crate) table: TableSlot,
     pub(crate) pool: RefCell<Pool>,
-    pub(crate) bufs: RefCell<BufPool>,
+    /// Shared with every connection, which takes and gives back buffers as its needs change.
+    pub(crate) bufs: Rc<RefCell<BufPool>>,
+    /// Blocks for the state of an exchange's running phase (forwarding, a tunnel).
+    pub(crate) frames: FramePool,
     pub(crate) resolver: RefCell<Resolver>,
     /// Fault decisions (seeded by `--seed`), and nothing else.
     pub(crate) rng: RefCell<fastrand::Rng>,
@@ -108,6 +111,9 @@ impl Worker {
         if let Mode::Reverse(up) = &config.mode {
             resolver.seed(&up.authority, &up.addrs);
         }
+        for (name, addrs) in &config.hosts {
+            resolver.seed(name, addrs);
+        }
         let upstream_name = match &config.mode {
             Mode::Reverse(up) => up.tls.as_ref().map(|t| Rc::from(t.server_name.as_str())),
             Mode::Forward => None,
@@ -116,7 +122,8 @@ impl Worker {
             config,
             table: TableSlot::new(faults),
             pool: RefCell::new(pool),
-            bufs: RefCell::default(),
+            bufs: Rc::default(),
+            frames: FramePool::default(),
             resolver: RefCell::new(resolver),
             rng: RefCell::new(rng),
             id_rng: RefCell::new(fastrand::Rng::new()),

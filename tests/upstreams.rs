@@ -1,9 +1,10 @@
-//! Reverse-mode upstream names with several addresses (issue 15 §2): new requests spread over
-//! them, a refused connect moves on to the next, and only all of them refusing is a 502.
-//! The proxy runs in this process with a `Config` whose upstream name no resolver knows
-//! (`moving.test`), its addresses scripted: the worker's name cache holds exactly those for the
-//! TTL, so no lookup runs. It does not cover re-resolution after the TTL (unit tests in
-//! `src/upstream/resolve.rs` do).
+//! Upstream names with several addresses (issue 15 §2): new requests spread over them, a
+//! refused connect moves on to the next, and only all of them refusing is a 502; in reverse mode
+//! and for forward-mode `CONNECT` tunnels alike. The proxy runs in this process with a `Config`
+//! whose names no resolver knows (`moving.test`), their addresses scripted: the worker's name
+//! cache holds exactly those for the TTL, so no lookup runs. It does not cover re-resolution
+//! after the TTL, nor connect timeouts sharing --upstream-timeout (unit tests in
+//! `src/upstream/resolve.rs` cover the first).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::thread;
 use clap::Parser;
 use phantom_fast::{
     cli::Cli,
-    config::{Mode, Upstream},
+    config::{Config, Mode, Upstream},
     server::Server,
 };
 
@@ -33,27 +34,24 @@ impl InProcess {
     /// One worker in front of `NAME`, which "resolved" to `addrs` at startup.
     fn start(addrs: Vec<SocketAddr>) -> InProcess {
         let placeholder = addrs[0].to_string();
-        let args = [
-            "phantom-fast",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--no-traces",
-            "--upstream",
-            &placeholder,
-        ];
-        let mut config = Cli::try_parse_from(args)
-            .expect("valid flags")
-            .run
-            .into_config()
-            .expect("a valid config");
+        let mut config = config(&["--upstream", &placeholder]);
         config.mode = Mode::Reverse(Upstream {
             authority: NAME.to_owned(),
             addrs,
             host_override: None,
             tls: None,
         });
+        InProcess::run(config)
+    }
+
+    /// One forward-mode worker that knows `NAME` as `addrs`.
+    fn forward(addrs: Vec<SocketAddr>) -> InProcess {
+        let mut config = config(&[]);
+        config.hosts = vec![(NAME.to_owned(), addrs)];
+        InProcess::run(config)
+    }
+
+    fn run(config: Config) -> InProcess {
         let server = Server::bind(config).expect("binding 127.0.0.1:0");
         let addr = server.local_addr();
         let stop = Arc::new(AtomicBool::new(false));
@@ -69,6 +67,35 @@ impl InProcess {
             thread: Some(thread),
         }
     }
+}
+
+/// One worker on `127.0.0.1:0`, no traces, plus `extra` flags.
+fn config(extra: &[&str]) -> Config {
+    let mut args = vec![
+        "phantom-fast",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--no-traces",
+    ];
+    args.extend_from_slice(extra);
+    Cli::try_parse_from(args)
+        .expect("valid flags")
+        .run
+        .into_config()
+        .expect("a valid config")
+}
+
+/// `CONNECT NAME`, then a `GET` through the tunnel: the tunnel's status and the origin's.
+fn tunnel_get(proxy: SocketAddr, target: &str) -> (u16, Option<u16>) {
+    let mut c = Conn::connect(proxy);
+    let connect = format!("CONNECT {NAME} HTTP/1.1\r\nhost: {NAME}\r\n\r\n");
+    let resp = c.roundtrip_to("CONNECT", connect.as_bytes());
+    if resp.status != 200 {
+        return (resp.status, None);
+    }
+    (200, Some(c.roundtrip(&get(target)).status))
 }
 
 impl Drop for InProcess {
@@ -119,4 +146,31 @@ fn upstream_every_address_refused_is_502() {
     let resp = c.roundtrip(&get("/all-closed"));
 
     assert_proxy_error(&resp, 502);
+}
+
+#[test]
+fn connect_refused_address_moves_on_to_the_next() {
+    let origin = Origin::echo();
+    let proxy = InProcess::forward(vec![closed_port(), origin.addr()]);
+
+    // Round-robin: the first tunnel starts at the closed address, the second at the open one.
+    let got: Vec<(u16, Option<u16>)> = (0..2)
+        .map(|i| tunnel_get(proxy.addr, &format!("/t/{i}")))
+        .collect();
+
+    assert_eq!(
+        got,
+        [(200, Some(200)); 2],
+        "a refused address ended a tunnel"
+    );
+    assert_eq!(origin.requests().len(), 2);
+}
+
+#[test]
+fn connect_every_address_refused_is_502() {
+    let proxy = InProcess::forward(vec![closed_port(), closed_port()]);
+
+    let (status, _) = tunnel_get(proxy.addr, "/never");
+
+    assert_eq!(status, 502);
 }

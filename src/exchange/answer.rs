@@ -283,6 +283,7 @@ impl Session<'_> {
     /// Sends a proxy-generated error and closes.
     pub(super) async fn answer_error(&mut self, status: u16) -> Next {
         self.out.clear();
+        self.unpark_out();
         match self.ex.error_reason {
             // The reason in a header and as the body, so the client and the trace both say why.
             Some(reason) => http::encode::encode_simple_response(

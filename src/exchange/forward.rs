@@ -15,7 +15,7 @@ use crate::{
     fault::Pace,
     http::{BodyKind, body::BodyReader},
     net::{
-        Conn, READ_BUF_BYTES, RelayError, RelayTimeouts, Transport, is_timeout, relay,
+        Conn, RelayError, RelayTimeouts, Transport, is_timeout, relay,
         relay::{Shape, Shaped, relay_shaped},
         tls,
     },
@@ -89,6 +89,23 @@ pub(super) fn tls_failure(dest: &Dest, e: &std::io::Error) -> Option<&'static st
     })
 }
 
+/// The port of a target that names none: 443 for an absolute `https://` URL (RFC 9110
+/// §4.2.2), else 80 (§4.2.1; the reverse-mode upstream always names its port).
+pub(super) fn default_port(target: Target) -> u16 {
+    match target {
+        Target::Authority { tls: true, .. } => 443,
+        _ => 80,
+    }
+}
+
+/// The deadline of the next connect when `untried` addresses are left to try before
+/// `connects_by`: an equal share of the time left, so the total stays within `connects_by`.
+pub(super) fn connect_share(connects_by: Instant, untried: usize) -> Instant {
+    let now = Instant::now();
+    let left = connects_by.saturating_duration_since(now);
+    now + left / u32::try_from(untried.max(1)).unwrap_or(u32::MAX)
+}
+
 /// The host of `host[:port]` or `[v6][:port]`, for SNI and certificate names.
 pub(super) fn host_of(authority: &str) -> &str {
     let host = match authority.rfind(':') {
@@ -101,28 +118,44 @@ pub(super) fn host_of(authority: &str) -> &str {
 impl Session<'_> {
     /// Forwards the request upstream and relays the response. A connect that fails moves on
     /// to the name's next address; only when each was tried is it a 502 (or 504).
+    ///
+    /// Every connect together takes at most `--upstream-timeout`: each address gets an equal
+    /// share of what is left, so one that never answers leaves time for the next.
     pub(super) async fn forward(&mut self, facts: RequestFacts) -> Next {
         let (mut pick, tls_name) = match self.destination(facts).await {
             Ok(route) => route,
             Err(next) => return next,
         };
+        let port = default_port(facts.target);
+        let connects_by = Instant::now() + self.w.config.upstream_timeout;
         let mut tried = 1;
         loop {
             let dest = match &tls_name {
                 Some(name) => Dest::tls(pick.addr, Rc::clone(name)),
                 None => Dest::plain(pick.addr),
             };
-            let refused = match self.forward_to(facts, dest.clone()).await {
+            let untried = self
+                .w
+                .resolver
+                .borrow()
+                .addresses(self.authority(facts.target), port)
+                .saturating_sub(tried - 1);
+            let connect_by = connect_share(connects_by, untried);
+            let refused = match self.forward_to(facts, dest.clone(), connect_by).await {
                 Ok(next) => return next,
                 Err(e) => e,
             };
             let authority = self.authority(facts.target);
-            let next = self.w.resolver.borrow().next_after(authority, pick, tried);
+            let next = self
+                .w
+                .resolver
+                .borrow()
+                .next_after(authority, port, pick, tried);
             let Some(next) = next else {
                 self.ex.error_reason = tls_failure(&dest, &refused);
                 let (outcome, status) = connect_failure(&refused);
                 self.ex.outcome = outcome;
-                return self.drain_then_error(facts, status).await;
+                return self.error_pooled(Some(facts), status).await;
             };
             pick = next;
             tried += 1;
@@ -131,7 +164,13 @@ impl Session<'_> {
 
     /// Forwards to one destination. `Err` with the connect error when no connection could be
     /// opened (its pool slot is free again); every other ending is answered here.
-    async fn forward_to(&mut self, facts: RequestFacts, dest: Dest) -> io::Result<Next> {
+    /// `connect_by` bounds a connect this takes (the exchange itself has `--upstream-timeout`).
+    async fn forward_to(
+        &mut self,
+        facts: RequestFacts,
+        dest: Dest,
+        connect_by: Instant,
+    ) -> io::Result<Next> {
         self.ex.upstream_addr = Some(dest.addr);
         self.ex.upstream_sni = dest.tls.clone();
         let w = self.w;
@@ -139,8 +178,25 @@ impl Session<'_> {
         let Some(lease) = upstream::acquire(&w.pool, &w.bufs, dest.clone(), deadline).await else {
             // Every allowed connection stayed busy for --upstream-timeout.
             self.ex.outcome = Outcome::UpstreamTimeout;
-            return Ok(self.drain_then_error(facts, 504).await);
+            return Ok(self.error_pooled(Some(facts), 504).await);
         };
+        // The exchange proper runs in a pooled block, built only now that it has a connection
+        // (or a slot to open one): requests queued for the pool hold their heads, not its state.
+        w.frames
+            .boxed(self.forward_leased(facts, dest, lease, deadline, connect_by))
+            .await
+    }
+
+    /// [`Session::forward_to`] once `lease` is in hand.
+    async fn forward_leased(
+        &mut self,
+        facts: RequestFacts,
+        dest: Dest,
+        lease: Lease,
+        deadline: Instant,
+        connect_by: Instant,
+    ) -> io::Result<Next> {
+        let w = self.w;
         let (mut attempt, mut reused) = match lease {
             Lease::Idle(conn) => (Some(conn), true),
             Lease::Connect => (None, false),
@@ -148,8 +204,8 @@ impl Session<'_> {
         loop {
             let mut up = match attempt.take() {
                 Some(conn) => conn,
-                None => match self.connect_timed(&dest, deadline).await {
-                    Ok(transport) => Conn::new(transport, w.bufs.borrow_mut().get(READ_BUF_BYTES)),
+                None => match self.connect_timed(&dest, connect_by).await {
+                    Ok(transport) => Conn::new(transport, &w.bufs),
                     Err(e) => {
                         w.pool.borrow_mut().closed(dest);
                         return Err(e);
@@ -203,24 +259,19 @@ impl Session<'_> {
     async fn destination(&mut self, facts: RequestFacts) -> Result<(Pick, Option<Rc<str>>), Next> {
         let w = self.w;
         let (resolved, tls_name) = match (facts.target, &w.config.mode) {
-            (Target::Upstream, Mode::Forward) => return Err(self.answer_error(400).await),
+            (Target::Upstream, Mode::Forward) => return Err(self.error_pooled(None, 400).await),
             (Target::Mitm, _) => match &self.mitm {
                 Some(mitm) => return Ok((Pick::literal(mitm.addr), Some(Rc::clone(&mitm.name)))),
-                None => return Err(self.answer_error(400).await),
+                None => return Err(self.error_pooled(None, 400).await),
             },
             (Target::Upstream, Mode::Reverse(up)) => (
-                upstream::resolve(&w.resolver, &up.authority).await,
+                upstream::resolve(&w.resolver, &up.authority, default_port(facts.target)).await,
                 w.upstream_name.clone(),
             ),
             (Target::Authority { from, to, tls }, _) => {
                 let authority = std::str::from_utf8(&self.url[from..to]).unwrap_or("");
-                let resolved = if tls && host_of(authority).len() == authority.len() {
-                    // `https://host/…`: the default port is 443 (RFC 9110 §4.2.2).
-                    let with_port = format!("{authority}:443");
-                    upstream::resolve(&w.resolver, &with_port).await
-                } else {
-                    upstream::resolve(&w.resolver, authority).await
-                };
+                let port = default_port(facts.target);
+                let resolved = upstream::resolve(&w.resolver, authority, port).await;
                 (resolved, tls.then(|| Rc::from(host_of(authority))))
             }
         };
@@ -228,7 +279,7 @@ impl Session<'_> {
             Ok(pick) => Ok((pick, tls_name)),
             Err(_) => {
                 self.ex.outcome = Outcome::UpstreamError;
-                Err(self.drain_then_error(facts, 502).await)
+                Err(self.error_pooled(Some(facts), 502).await)
             }
         }
     }
@@ -340,6 +391,8 @@ impl Session<'_> {
         request: &mut BodyReader,
         reused: bool,
     ) -> Result<(), Failed> {
+        // Its room back only now: an exchange queued for an upstream connection holds its head.
+        self.unpark_out();
         let request_head_len = self.out.len();
         // A shaped request body goes through the shaping relay only, none of it with the head.
         if !facts.expect_continue && self.request_shape(facts).is_none() {

@@ -34,7 +34,7 @@ use monoio::net::TcpStream;
 use crate::{
     fault::{Answer, FaultPlan},
     http::Version,
-    net::{Conn, READ_BUF_BYTES, Transport, tls::TlsStream},
+    net::{Conn, Transport, tls::TlsStream},
     trace::Outcome,
     worker::{Pinned, Worker},
 };
@@ -60,12 +60,17 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
     let transport = match &worker.config.tls.listener {
         None => Ok(Transport::Plain(stream)),
         Some(config) => {
-            let mut tls = TlsStream::server(stream, Arc::clone(config), Vec::new(), Vec::new());
             let deadline = accepted + worker.config.header_timeout;
-            match tls.handshake(deadline).await {
-                Ok(()) => Ok(Transport::Tls(Box::new(tls))),
-                Err(e) => Err((tls, e)),
-            }
+            // In a pooled block: a handshake's state would otherwise size every connection's
+            // future, plain ones included, for its whole life.
+            let handshake = async move {
+                let mut tls = TlsStream::server(stream, Arc::clone(config), Vec::new(), Vec::new());
+                match tls.handshake(deadline).await {
+                    Ok(()) => Ok(Transport::Tls(Box::new(tls))),
+                    Err(e) => Err((Box::new(tls), e)),
+                }
+            };
+            worker.frames.boxed(handshake).await
         }
     };
     match transport {
@@ -74,15 +79,14 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
             let mut session = Session::new(&worker, transport, peer);
             session.client_tls = worker.config.tls.listener.is_some();
             while session.exchange().await == Next::KeepAlive {}
-            session
-                .client
-                .close(Instant::now() + CLOSE_NOTIFY_WAIT)
-                .await;
+            // Pooled: a lingering close reads, and inline its state would size the future.
+            let closing = session.client.close(Instant::now() + CLOSE_NOTIFY_WAIT);
+            worker.frames.boxed(closing).await;
             session.release();
         }
         // A failed handshake is an exchange of its own (unless nothing was ever said: a probe).
         Err((tls, e)) if tls.heard_from_peer() => {
-            let mut session = Session::new(&worker, Transport::Tls(Box::new(tls)), peer);
+            let mut session = Session::new(&worker, Transport::Tls(tls), peer);
             session.record_client_tls_failure(accepted, crate::net::tls::handshake_failure(&e));
             session.release();
         }
@@ -90,6 +94,11 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
     }
     worker.active.set(worker.active.get() - 1);
 }
+
+/// Room for the heads an exchange encodes (and the first body bytes sent with them), taken from
+/// the pool when a request head arrives; an idle connection holds none, a delayed one only the
+/// bytes of the head it will send ([`Session::park_for_wait`]).
+const OUT_BYTES: usize = 4096;
 
 /// Most pieces a `slow-head` fault cuts a response head into.
 const SLOW_HEAD_PIECES: usize = 16;
@@ -179,10 +188,10 @@ impl<'w> Session<'w> {
         let capture_limit = w.config.trace.as_ref().map_or(0, |t| t.body_bytes);
         let session = Session {
             w,
-            client: Conn::new(transport, bufs.get(READ_BUF_BYTES)),
+            client: Conn::new(transport, &w.bufs),
             peer,
             faults: w.table.pin(),
-            out: bufs.get(4096),
+            out: Vec::new(),
             url: bufs.get(256),
             scratch: bufs.get(64),
             // Trace captures grow on first use and keep their capacity for the connection.
@@ -211,6 +220,34 @@ impl<'w> Session<'w> {
         }
     }
 
+    /// Before a wait (between requests, during a delay): the client's read buffer and `out`
+    /// go back to the pool, keeping only their bytes (a delayed request's encoded head) in the
+    /// smallest buffer that holds them; the wait's read takes a small buffer. 10 000 delayed
+    /// connections so hold 10 000 heads, not 10 000 × 20 KiB of room.
+    fn park_for_wait(&mut self) {
+        self.client.park();
+        let out = std::mem::take(&mut self.out);
+        self.out = self.w.bufs.borrow_mut().shrink(out);
+    }
+
+    /// After a wait, before anything more is encoded into `out`: its full room again (its
+    /// bytes kept), from the pool. Forwarding does it only once it has an upstream connection.
+    fn unpark_out(&mut self) {
+        let out = std::mem::take(&mut self.out);
+        self.out = self.w.bufs.borrow_mut().regrow(out, OUT_BYTES);
+    }
+
+    /// An error answer (after draining the request body when `drain` says so) in a pooled
+    /// block: from the phases that run inline in the connection's future (forward before it
+    /// has a connection), whose error answers would otherwise size every connection's future.
+    async fn error_pooled(&mut self, drain: Option<request::RequestFacts>, status: u16) -> Next {
+        let w = self.w;
+        match drain {
+            Some(facts) => w.frames.boxed(self.drain_then_error(facts, status)).await,
+            None => w.frames.boxed(self.answer_error(status)).await,
+        }
+    }
+
     fn tracing(&self) -> bool {
         self.w.config.trace.is_some()
     }
@@ -233,23 +270,39 @@ impl<'w> Session<'w> {
             }
         };
         let decision = self.ex.decision;
-        if decision.forward_delay_ns > 0 && !self.delay(decision.forward_delay()).await {
-            self.ex.outcome = Outcome::ClientClosed;
-            self.ex.status = 0;
-            self.record();
-            return Next::Close;
+        if decision.forward_delay_ns > 0 {
+            self.park_for_wait();
+            let watched = self.delay(decision.forward_delay()).await;
+            if !matches!(decision.answer, Answer::Forward) || facts.is_connect {
+                self.unpark_out();
+            }
+            if !watched {
+                self.ex.outcome = Outcome::ClientClosed;
+                self.ex.status = 0;
+                self.record();
+                return Next::Close;
+            }
         }
         match decision.answer {
             Answer::Forward => {}
             Answer::Synthetic { rule, .. } => {
-                return self.answer_fault(rule.map(usize::from), facts).await;
+                let w = self.w;
+                return w
+                    .frames
+                    .boxed(self.answer_fault(rule.map(usize::from), facts))
+                    .await;
             }
             answer @ (Answer::Reset | Answer::Close | Answer::Hang | Answer::Garbage) => {
-                return self.answer_connection_fault(answer).await;
+                let w = self.w;
+                return w.frames.boxed(self.answer_connection_fault(answer)).await;
             }
         }
+        // The running phases' state lives in pooled blocks (a tunnel's here, a forward's once
+        // it has an upstream connection), not in the connection's future: a waiting
+        // connection's future holds only what waiting needs.
+        let w = self.w;
         if facts.is_connect {
-            return self.tunnel(facts).await;
+            return w.frames.boxed(self.tunnel(facts)).await;
         }
         self.forward(facts).await
     }

@@ -76,6 +76,7 @@ impl Session<'_> {
                     let now = Instant::now();
                     self.ex = Exchange::new(now);
                     head_deadline = Some(now + cfg.header_timeout);
+                    self.unpark_out();
                 }
                 match self.parse_head() {
                     Ok(Some(facts)) => return Ok(facts),
@@ -97,10 +98,16 @@ impl Session<'_> {
             let deadline = head_deadline.unwrap_or_else(|| Instant::now() + wait);
             let max = cfg.limits.max_head_bytes + 1;
             let read = if idle {
+                // Nothing of the last exchange is needed any more: wait holding no full buffer.
+                self.out.clear();
+                self.park_for_wait();
                 let stop = self.w.shutdown.wait(self.shutdown_slot);
                 self.client.fill_or(max, deadline, stop).await
             } else {
-                self.client.fill(max, deadline).await
+                // The rest of a head: it stays in the small buffer unless it outgrows it.
+                self.client
+                    .fill_or(max, deadline, std::future::pending())
+                    .await
             };
             match read {
                 Ok(0) => return Err(HeadEnd::Close),

@@ -34,10 +34,14 @@ use crate::{
 
 use super::{
     MitmDest, Next, Session,
-    forward::{connect_failure, host_of},
+    forward::{connect_failure, connect_share, host_of},
     request::{RequestFacts, Target},
     response::Relayed,
 };
+
+/// The port of a `CONNECT` target that names none (RFC 9112 §3.2.3 requires one; 80 as for
+/// any authority).
+const CONNECT_PORT: u16 = 80;
 
 /// How long a TLS side of a finished tunnel may take to send its `close_notify`.
 const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
@@ -63,30 +67,48 @@ impl Session<'_> {
         };
         let w = self.w;
         let authority = std::str::from_utf8(&self.url[from..to]).unwrap_or("");
-        let Ok(upstream::Pick { addr, .. }) = upstream::resolve(&w.resolver, authority).await
-        else {
+        let Ok(mut pick) = upstream::resolve(&w.resolver, authority, CONNECT_PORT).await else {
             self.ex.outcome = Outcome::UpstreamError;
             return self.answer_error(502).await;
         };
-        self.ex.upstream_addr = Some(addr);
         let mitm_host = w
             .config
             .tls
             .mitm
             .is_some()
             .then(|| host_of(authority).to_owned());
+        // As a forward: a refused or timed-out connect moves on to the name's next address,
+        // every connect together within --upstream-timeout.
         let connecting = Instant::now();
-        let deadline = connecting + w.config.upstream_timeout;
-        let connected = upstream::connect(addr, deadline).await;
-        self.ex.upstream_connect = connecting.elapsed();
-        let transport = match connected {
-            Ok(transport) => transport,
-            Err(e) => {
-                let (outcome, status) = connect_failure(&e);
-                self.ex.outcome = outcome;
-                return self.answer_error(status).await;
+        let connects_by = connecting + w.config.upstream_timeout;
+        let addresses = w.resolver.borrow().addresses(authority, CONNECT_PORT);
+        let mut tried = 1;
+        let transport = loop {
+            self.ex.upstream_addr = Some(pick.addr);
+            let connect_by = connect_share(connects_by, addresses.saturating_sub(tried - 1));
+            let e = match upstream::connect(pick.addr, connect_by).await {
+                Ok(transport) => break transport,
+                Err(e) => e,
+            };
+            let next = w
+                .resolver
+                .borrow()
+                .next_after(authority, CONNECT_PORT, pick, tried);
+            match next {
+                Some(next) => {
+                    pick = next;
+                    tried += 1;
+                }
+                None => {
+                    self.ex.upstream_connect = connecting.elapsed();
+                    let (outcome, status) = connect_failure(&e);
+                    self.ex.outcome = outcome;
+                    return self.answer_error(status).await;
+                }
             }
         };
+        self.ex.upstream_connect = connecting.elapsed();
+        let addr = pick.addr;
         self.out.clear();
         self.out
             .extend_from_slice(b"HTTP/1.1 200 Connection Established\r\n\r\n");
@@ -111,7 +133,7 @@ impl Session<'_> {
                 Intercept::Opaque => {}
             }
         }
-        let mut up = Conn::new(transport, w.bufs.borrow_mut().get(READ_BUF_BYTES));
+        let mut up = Conn::new(transport, &w.bufs);
         self.pump_tunnel(&mut up).await;
         self.release_conn(up);
         self.record();
@@ -164,10 +186,7 @@ impl Session<'_> {
             Err(e) => return self.client_tls_failed(tls::handshake_failure(&e)),
         };
         let failed = stream.handshake(deadline).await.err();
-        let fresh = Conn::new(
-            Transport::Tls(Box::new(stream)),
-            w.bufs.borrow_mut().get(READ_BUF_BYTES),
-        );
+        let fresh = Conn::new(Transport::Tls(Box::new(stream)), &w.bufs);
         let plain = std::mem::replace(&mut self.client, fresh);
         self.release_conn(plain);
         if let Some(e) = failed {

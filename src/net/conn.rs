@@ -3,16 +3,36 @@
 //!
 //! Used for clients and upstreams alike. It parses no heads: callers look at [`Conn::buffered`],
 //! run a pure parser over it and [`Conn::consume`] what it used.
+//!
+//! The buffer is sized by what the connection is doing, from the worker's pool: none while it
+//! sits idle ([`Conn::park`]), [`WAIT_BUF_BYTES`] for a read that waits (the next head of a
+//! keep-alive client, a client watched during a delay: [`Conn::fill_or`]), [`READ_BUF_BYTES`]
+//! for reads that move data ([`Conn::fill`]) or a head that did not fit. Ten thousand waiting
+//! connections so hold 10 000 small buffers, not 10 000 full ones.
 
-use std::{future::Future, io, time::Instant};
+use std::{cell::RefCell, future::Future, io, os::fd::AsRawFd, rc::Rc, time::Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
 
-use super::transport::{Cancel, Transport};
+use super::{
+    BufPool,
+    transport::{Cancel, Transport},
+};
 
-/// Initial capacity of a connection's read buffer: most heads and small bodies fit in one read.
+/// A connection's read buffer while data moves: most heads and small bodies fit in one read.
 /// hyper starts at 8 KiB, pingora at 4 KiB for heads and 64 KiB for bodies.
 pub(crate) const READ_BUF_BYTES: usize = 16 * 1024;
+
+/// What a waiting read reads into: a whole head of most clients (curl sends ~80 bytes, browsers
+/// 0.4–1.5 KiB); one that does not fit moves to a [`READ_BUF_BYTES`] buffer. HAProxy and nginx
+/// likewise hold no full buffer for an idle connection (nginx reads an idle one into 1 KiB,
+/// `client_header_buffer_size`).
+pub(crate) const WAIT_BUF_BYTES: usize = 1024;
+
+/// Most bytes a lingering close reads and drops before it gives up on a peer that keeps
+/// sending (nginx reads for up to `lingering_time`, 30 s; we bound the bytes and the caller the
+/// time).
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// A transport plus its read buffer; bytes `buf[pos..]` are read but not yet consumed.
 pub(crate) struct Conn {
@@ -22,20 +42,21 @@ pub(crate) struct Conn {
     buf: Vec<u8>,
     /// Start of the unconsumed bytes.
     pos: usize,
+    /// Where buffers come from and go back to as the connection's needs change.
+    pool: Rc<RefCell<BufPool>>,
     /// Cancels this connection's in-flight op when a deadline passes. One per connection and
     /// reused, so arming a deadline allocates nothing; only a cancellation (rare) allocates.
     canceller: Cancel,
 }
 
 impl Conn {
-    /// Wraps a transport with a (pooled, empty) read buffer.
-    pub(crate) fn new(transport: Transport, mut buf: Vec<u8>) -> Conn {
-        buf.clear();
-        buf.reserve(READ_BUF_BYTES);
+    /// Wraps a transport; its read buffer comes from `pool` with the first read.
+    pub(crate) fn new(transport: Transport, pool: &Rc<RefCell<BufPool>>) -> Conn {
         Conn {
             transport: Some(transport),
-            buf,
+            buf: Vec::new(),
             pos: 0,
+            pool: Rc::clone(pool),
             canceller: Cancel::default(),
         }
     }
@@ -43,6 +64,58 @@ impl Conn {
     /// Gives the buffer back (to the pool), closing the transport.
     pub(crate) fn into_buf(self) -> Vec<u8> {
         self.buf
+    }
+
+    /// Gives the read buffer back to the pool while the connection waits with nothing to read
+    /// (an idle pooled upstream connection, a client between requests), or moves the unconsumed
+    /// bytes into the smallest buffer that holds them. The next read takes a buffer again.
+    pub(crate) fn park(&mut self) {
+        let pool = Rc::clone(&self.pool);
+        self.park_into(&mut pool.borrow_mut());
+    }
+
+    /// [`Conn::park`] for a caller that holds the pool borrowed.
+    pub(crate) fn park_into(&mut self, pool: &mut BufPool) {
+        if self.pos > 0 {
+            self.compact();
+        }
+        self.buf = pool.shrink(std::mem::take(&mut self.buf));
+    }
+
+    /// Moves the unconsumed bytes to the front of the buffer.
+    fn compact(&mut self) {
+        let buffered = self.buf.len() - self.pos;
+        self.buf.copy_within(self.pos.., 0);
+        self.buf.truncate(buffered);
+        self.pos = 0;
+    }
+
+    /// Makes room to read into: a buffer of at least `want` bytes (from the pool, the unconsumed
+    /// bytes moved over), or, when the bytes fill it, a full-size one, and past that one grown
+    /// (a large head) as far as `max_buffered` unconsumed bytes.
+    fn make_room(&mut self, want: usize, max_buffered: usize) {
+        if self.pos > 0 && self.buf.len() == self.buf.capacity() {
+            self.compact();
+        }
+        let capacity = self.buf.capacity();
+        let want = if capacity == 0 || self.buf.len() < capacity {
+            want
+        } else if capacity < READ_BUF_BYTES {
+            // A full small buffer: a head or body larger than a waiting read expects.
+            READ_BUF_BYTES
+        } else {
+            // Full, compacted, and already full-size: grow (rare, allocates; `pos` is 0 here).
+            let room = READ_BUF_BYTES.min(max_buffered - self.buf.len());
+            self.buf.reserve(room);
+            return;
+        };
+        if capacity < want {
+            if self.pos > 0 {
+                self.compact();
+            }
+            let buf = std::mem::take(&mut self.buf);
+            self.buf = self.pool.borrow_mut().regrow(buf, want);
+        }
     }
 
     /// Hands the transport over (to a tunnel); the connection is unusable afterwards.
@@ -79,10 +152,55 @@ impl Conn {
 
     /// Ends the transport politely (a TLS `close_notify`) before `deadline`; the connection
     /// stays usable only for [`Conn::into_buf`].
+    ///
+    /// When the peer sent bytes that will not be read (requests pipelined behind a
+    /// `connection: close` answer), the close lingers: this side is shut for writing and what
+    /// the peer still sends is read and dropped until it closes, up to [`LINGER_BYTES`] or
+    /// `deadline`. Closing with unread bytes would make the kernel answer them with a reset,
+    /// and a reset destroys the last answer still in the peer's receive queue (nginx's
+    /// `lingering_close`, RFC 9112 §9.6).
     pub(crate) async fn close(&mut self, deadline: Instant) {
-        if let Some(transport) = self.transport.as_mut() {
-            transport.close(deadline).await;
+        let Some(transport) = self.transport.as_mut() else {
+            return;
+        };
+        transport.close(deadline).await;
+        if self.buffered().is_empty() && !self.peer_sent_more() {
+            return;
         }
+        // TLS already said its close_notify; plain TCP half-closes (a FIN, reading goes on).
+        if let Some(transport @ Transport::Plain(_)) = self.transport.as_mut() {
+            transport.shutdown_write(deadline).await;
+        }
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            let n = self.buffered().len();
+            self.consume(n);
+            dropped += n;
+            match self
+                .read_more(WAIT_BUF_BYTES, usize::MAX, deadline, std::future::pending())
+                .await
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Whether bytes wait unread in the socket (a zero-timeout `poll(2)` for `POLLIN`).
+    fn peer_sent_more(&self) -> bool {
+        let fd = match self.transport.as_ref() {
+            Some(Transport::Plain(stream)) => stream.as_raw_fd(),
+            Some(Transport::Tls(tls)) => tls.raw_fd(),
+            None => return false,
+        };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is a valid, writable pollfd for the call; a zero timeout never blocks.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+        ready > 0 && pfd.revents & libc::POLLIN != 0
     }
 
     /// Bytes read and not yet consumed.
@@ -106,8 +224,9 @@ impl Conn {
         }
     }
 
-    /// Reads more bytes after the buffered ones, letting the buffer grow to hold `max_buffered`
-    /// unconsumed bytes. Returns how many arrived: `Ok(0)` at end of stream or when the buffer
+    /// Reads more bytes after the buffered ones into a full-size buffer ([`READ_BUF_BYTES`]),
+    /// letting it grow to hold `max_buffered` unconsumed bytes: reads that move data (bodies,
+    /// response heads). Returns how many arrived: `Ok(0)` at end of stream or when the buffer
     /// already holds `max_buffered` bytes (the caller's limit check runs first).
     ///
     /// # Errors
@@ -121,12 +240,20 @@ impl Conn {
         max_buffered: usize,
         deadline: Instant,
     ) -> io::Result<usize> {
-        self.fill_or(max_buffered, deadline, std::future::pending())
-            .await
+        self.read_more(
+            READ_BUF_BYTES,
+            max_buffered,
+            deadline,
+            std::future::pending(),
+        )
+        .await
     }
 
-    /// [`Conn::fill`] that also ends (with `Interrupted`, the read cancelled and awaited) when
-    /// `stop` completes first: idle connections leave at shutdown without losing bytes.
+    /// A read that waits (for a keep-alive client's next head, for a client watched during a
+    /// delay): into a small buffer ([`WAIT_BUF_BYTES`]), moved to a full one only when the bytes
+    /// fill it; it also ends (with `Interrupted`, the read cancelled and awaited) when `stop`
+    /// completes first, so idle connections leave at shutdown without losing bytes. Otherwise
+    /// as [`Conn::fill`].
     ///
     /// # Errors
     /// As [`Conn::fill`], plus `Interrupted`.
@@ -139,23 +266,28 @@ impl Conn {
         deadline: Instant,
         stop: impl Future<Output = ()>,
     ) -> io::Result<usize> {
-        let Some(transport) = self.transport.as_mut() else {
+        self.read_more(WAIT_BUF_BYTES, max_buffered, deadline, stop)
+            .await
+    }
+
+    async fn read_more(
+        &mut self,
+        want: usize,
+        max_buffered: usize,
+        deadline: Instant,
+        stop: impl Future<Output = ()>,
+    ) -> io::Result<usize> {
+        if self.transport.is_none() {
             return Err(io::ErrorKind::NotConnected.into());
-        };
+        }
         let buffered = self.buf.len() - self.pos;
         if buffered >= max_buffered.max(1) {
             return Ok(0);
         }
-        if self.buf.len() == self.buf.capacity() {
-            if self.pos > 0 {
-                self.buf.copy_within(self.pos.., 0);
-                self.buf.truncate(buffered);
-                self.pos = 0;
-            } else {
-                let room = READ_BUF_BYTES.min(max_buffered - buffered);
-                self.buf.reserve(room);
-            }
-        }
+        self.make_room(want, max_buffered);
+        let Some(transport) = self.transport.as_mut() else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
         let buf = std::mem::take(&mut self.buf);
         let len = buf.len();
         let (res, slice) = transport

@@ -18,7 +18,7 @@ pub mod tls;
 pub(crate) mod transport;
 mod watch;
 
-pub(crate) use bufpool::BufPool;
+pub(crate) use bufpool::{BufPool, FramePool};
 pub(crate) use conn::{Conn, READ_BUF_BYTES};
 pub(crate) use relay::{RelayError, RelayTimeouts, relay};
 pub(crate) use transport::{Transport, is_timeout};

@@ -89,9 +89,11 @@ impl Pool {
     }
 
     /// Keeps a reusable connection for the next exchange (or closes it when enough are idle).
-    pub(crate) fn checkin(&mut self, dest: Dest, conn: Conn, bufs: &mut BufPool) {
+    /// An idle connection holds no read buffer ([`Conn::park`]).
+    pub(crate) fn checkin(&mut self, dest: Dest, mut conn: Conn, bufs: &mut BufPool) {
         let dest = self.dests.entry(dest).or_default();
         if dest.idle.len() < MAX_IDLE_PER_DEST {
+            conn.park_into(bufs);
             dest.idle.push(conn);
         } else {
             bufs.put(conn.into_buf());

@@ -17,6 +17,10 @@ const DNS_TTL: Duration = Duration::from_secs(60);
 /// Names cached per core before the cache is emptied (bounds memory under hostile input).
 const MAX_DNS_ENTRIES: usize = 4096;
 
+/// Room for a cache key on the stack: a DNS name (at most 253 bytes), IPv6 brackets, a colon
+/// and a port. A longer authority (no valid name is) is used as given.
+const MAX_KEY_BYTES: usize = 264;
+
 /// One name's addresses as last resolved.
 struct Entry {
     addrs: Vec<SocketAddr>,
@@ -60,9 +64,19 @@ impl Resolver {
         }
     }
 
-    /// The address after `pick` among `authority`'s, unless every one was `tried` already.
-    pub(crate) fn next_after(&self, authority: &str, pick: Pick, tried: usize) -> Option<Pick> {
-        let entry = self.cache.get(authority)?;
+    /// The address after `pick` among `authority`'s (its port `default_port` when it names
+    /// none, as for [`resolve`]), unless every one was `tried` already.
+    pub(crate) fn next_after(
+        &self,
+        authority: &str,
+        default_port: u16,
+        pick: Pick,
+        tried: usize,
+    ) -> Option<Pick> {
+        let mut key = [0; MAX_KEY_BYTES];
+        let entry = self
+            .cache
+            .get(with_port(authority, default_port, &mut key))?;
         if tried >= entry.addrs.len() {
             return None;
         }
@@ -71,6 +85,15 @@ impl Resolver {
             addr: entry.addrs[index],
             index,
         })
+    }
+
+    /// How many addresses `authority` has (1 for a literal or an unknown name): how many
+    /// connects a request may try.
+    pub(crate) fn addresses(&self, authority: &str, default_port: u16) -> usize {
+        let mut key = [0; MAX_KEY_BYTES];
+        self.cache
+            .get(with_port(authority, default_port, &mut key))
+            .map_or(1, |entry| entry.addrs.len().max(1))
     }
 
     /// A cached, still fresh name's next address (round-robin spreads new connections).
@@ -139,8 +162,9 @@ impl Entry {
     }
 }
 
-/// Resolves `authority` (`host`, `host:port`, `[v6]:port`; port 80 by default) and picks one
-/// of its addresses, in turn.
+/// Resolves `authority` (`host`, `host:port`, `[v6]:port`; `default_port` when it names none:
+/// 80 for `http`, 443 for `https`) and picks one of its addresses, in turn. `host` and
+/// `host:443` over https are one name, cached once ([`Resolver::next_after`] finds it).
 ///
 /// IP literals and cached names cost no allocation; a miss or an expired name runs
 /// `getaddrinfo` on the blocking pool so the worker keeps serving. A name that stops resolving
@@ -149,7 +173,13 @@ impl Entry {
 /// # Errors
 /// `InvalidInput` for a malformed authority, `NotFound` when the name has no address (and
 /// never had one).
-pub(crate) async fn resolve(resolver: &RefCell<Resolver>, authority: &str) -> io::Result<Pick> {
+pub(crate) async fn resolve(
+    resolver: &RefCell<Resolver>,
+    authority: &str,
+    default_port: u16,
+) -> io::Result<Pick> {
+    let mut key = [0; MAX_KEY_BYTES];
+    let authority = with_port(authority, default_port, &mut key);
     let literal = Pick::literal;
     if let Ok(addr) = authority.parse::<SocketAddr>() {
         return Ok(literal(addr));
@@ -191,6 +221,28 @@ pub(crate) async fn resolve(resolver: &RefCell<Resolver>, authority: &str) -> io
         }
         Err(e) => resolver.keep_stale(authority, &e, Instant::now()).ok_or(e),
     }
+}
+
+/// `authority` with its port: as given when it names one, else `host:default_port` written into
+/// `buf` (no allocation). The name cache's key.
+fn with_port<'a>(
+    authority: &'a str,
+    default_port: u16,
+    buf: &'a mut [u8; MAX_KEY_BYTES],
+) -> &'a str {
+    use std::io::Write;
+    let has_port = authority
+        .rfind(':')
+        .is_some_and(|i| !authority[i..].contains(']'));
+    if has_port || authority.is_empty() {
+        return authority;
+    }
+    let mut rest = &mut buf[..];
+    if write!(rest, "{authority}:{default_port}").is_err() {
+        return authority;
+    }
+    let len = MAX_KEY_BYTES - rest.len();
+    std::str::from_utf8(&buf[..len]).unwrap_or(authority)
 }
 
 /// `host:port` → (host, port); a missing port is 80 (RFC 9110 §4.2.1).
@@ -260,18 +312,49 @@ mod tests {
         let mut r = Resolver::default();
         r.seed("up.test:80", &addrs(&[1, 2, 3]));
         let first = r.pick_fresh("up.test:80", Instant::now()).unwrap();
-        let second = r.next_after("up.test:80", first, 1).unwrap();
-        let third = r.next_after("up.test:80", second, 2).unwrap();
+        let second = r.next_after("up.test:80", 80, first, 1).unwrap();
+        let third = r.next_after("up.test:80", 80, second, 2).unwrap();
         assert_eq!(
             [first.addr.port(), second.addr.port(), third.addr.port()],
             [1, 2, 3]
         );
-        assert_eq!(r.next_after("up.test:80", third, 3), None, "all tried");
+        assert_eq!(r.next_after("up.test:80", 80, third, 3), None, "all tried");
         assert_eq!(
-            r.next_after("other.test:80", first, 1),
+            r.next_after("other.test:80", 80, first, 1),
             None,
             "unknown name"
         );
+    }
+
+    #[test]
+    fn resolver_name_without_port_is_the_name_with_the_default_port() {
+        let mut r = Resolver::default();
+        // `https://up.test/…` resolves as `up.test:443`; its failover must find that entry.
+        r.seed("up.test:443", &addrs(&[1, 2]));
+        let first = r.pick_fresh("up.test:443", Instant::now()).unwrap();
+        let second = r.next_after("up.test", 443, first, 1).unwrap();
+        assert_eq!(second.addr.port(), 2);
+        assert_eq!(r.addresses("up.test", 443), 2);
+        assert_eq!(r.addresses("up.test", 80), 1, "another port, another name");
+        assert_eq!(r.next_after("up.test", 80, first, 1), None);
+    }
+
+    #[test]
+    fn with_port_rows() {
+        let rows: &[(&str, &str, u16, &str)] = &[
+            ("port_kept", "example.com:8080", 443, "example.com:8080"),
+            ("default_added", "example.com", 443, "example.com:443"),
+            ("v6_port_kept", "[::1]:81", 443, "[::1]:81"),
+            ("v6_default_added", "[::1]", 80, "[::1]:80"),
+            ("empty_as_is", "", 80, ""),
+        ];
+        for (name, input, port, want) in rows {
+            let mut buf = [0; MAX_KEY_BYTES];
+            assert_eq!(with_port(input, *port, &mut buf), *want, "{name}");
+        }
+        let long = "a".repeat(MAX_KEY_BYTES);
+        let mut buf = [0; MAX_KEY_BYTES];
+        assert_eq!(with_port(&long, 80, &mut buf), long, "too long: as given");
     }
 
     #[test]
