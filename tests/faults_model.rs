@@ -392,3 +392,93 @@ fn fault_model_request_truncate_never_completes_the_upload() {
         origin.requests().len()
     );
 }
+
+/// An origin answering every request with `len` pattern bytes, chunked in pieces of `piece`.
+fn chunked_origin(len: usize, piece: usize) -> Origin {
+    Origin::start(move |_| {
+        let body = pattern(len);
+        let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for chunk in body.chunks(piece) {
+            out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            out.extend_from_slice(chunk);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    })
+}
+
+/// The body after the head of a raw close-delimited answer.
+fn after_head(bytes: &[u8]) -> &[u8] {
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    &bytes[at..]
+}
+
+#[test]
+fn fault_model_dechunked_body_is_paced() {
+    // An HTTP/1.0 client of a chunked upstream gets the payload de-chunked, and paced: 8 KiB at
+    // 4 KiB/s is not complete before 2 s.
+    let origin = chunked_origin(8192, 1000);
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "bandwidth:4KiB/s"]);
+    let mut c = proxy.connect();
+    let started = Instant::now();
+    c.send(b"GET /big HTTP/1.0\r\nhost: t\r\n\r\n");
+    let bytes = c.read_until_close().expect("the body, then close");
+    let elapsed = started.elapsed();
+    assert_eq!(after_head(&bytes), &pattern(8192)[..]);
+    assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
+}
+
+#[test]
+fn fault_model_dechunked_body_is_truncated() {
+    let origin = chunked_origin(8192, 1000);
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "truncate:2500"]);
+    let mut c = proxy.connect();
+    c.send(b"GET /big HTTP/1.0\r\nhost: t\r\n\r\n");
+    let bytes = c.read_until_close().expect("a short body, then close");
+    assert_eq!(after_head(&bytes), &pattern(8192)[..2500]);
+    assert_eq!(recorded_faults(&proxy), [("truncate".to_owned(), 2500)]);
+}
+
+#[test]
+fn fault_model_synthetic_answer_is_truncated() {
+    // The synthetic answer's body is cut like a forwarded one: its content-length stays, so the
+    // client can tell, and the connection closes.
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(
+        origin.addr(),
+        &["--fault", "truncate:5", "--fault", "error:503"],
+    );
+    let mut c = proxy.connect();
+    c.send(&get("/x"));
+    let bytes = c.read_until_close().expect("a short answer, then close");
+    let head = String::from_utf8_lossy(&bytes[..bytes.len() - after_head(&bytes).len()]);
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.contains("content-length: 20"), "{head}");
+    assert_eq!(after_head(&bytes), b"{\"fau");
+    assert_eq!(
+        recorded_faults(&proxy),
+        [("truncate".to_owned(), 5), ("error".to_owned(), 503)]
+    );
+    assert_eq!(origin.connections(), 0);
+}
+
+#[test]
+fn fault_model_synthetic_answer_is_paced() {
+    // A 20-byte synthetic body dribbled in 4 pieces over 1.5 s.
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse(
+        origin.addr(),
+        &["--fault", "dribble:4,1500ms", "--fault", "error:503"],
+    );
+    let mut c = proxy.connect();
+    let started = Instant::now();
+    let resp = c.roundtrip(&get("/x"));
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.body, br#"{"fault":"injected"}"#);
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+}

@@ -8,7 +8,10 @@ use std::time::Instant;
 use crate::{
     fault::{Answer, DEFAULT_BODY, FaultKind, FaultTable, GARBAGE},
     http::{self, BodyKind, Version, body::BodyReader},
-    net::READ_BUF_BYTES,
+    net::{
+        READ_BUF_BYTES,
+        relay::{Pacer, Shape},
+    },
     trace::Outcome,
 };
 
@@ -131,12 +134,70 @@ impl Session<'_> {
         self.ex.response_head_len = head_len;
         self.ex.status = self.ex.decision.synthetic_status().unwrap_or(0);
         self.ex.outcome = Outcome::Fault;
-        let sent = self.write_out_to_client().await;
+        let body_len = self.ex.response_body_len;
+        let shape = self.body_shape(Some(body_len));
+        let (sent, cut) = if shape.is_none() && self.ex.decision.slow_head_ns == 0 {
+            (self.write_out_to_client().await, false)
+        } else {
+            self.write_synthetic_shaped(head_len, shape).await
+        };
         self.record();
-        if sent && keep_alive && !self.w.shutdown.fired() {
+        if sent && !cut && keep_alive && !self.w.shutdown.fired() {
             Next::KeepAlive
         } else {
             Next::Close
+        }
+    }
+
+    /// Writes the synthetic answer in `self.out` (head `head_len` bytes, then the body) through
+    /// the plan's response shaping: the head paced by `slow-head`, the body by its pace and cut,
+    /// as a forwarded body would be. Returns whether it was delivered and whether it was cut
+    /// (the connection then closes; a `reset:after=` resets it).
+    async fn write_synthetic_shaped(
+        &mut self,
+        head_len: usize,
+        shape: Option<(Shape, bool)>,
+    ) -> (bool, bool) {
+        let started = Instant::now();
+        // The body waits in the scratch buffer while the head goes; reused, so no allocation.
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&self.out[head_len..]);
+        self.out.truncate(head_len);
+        let slow_head = self.ex.decision.slow_head_ns;
+        if !self.write_out_paced(head_len, slow_head).await {
+            return (false, false);
+        }
+        let (shape, reset) = shape.unwrap_or((Shape::FULL, false));
+        let mut pacer = Pacer::new(shape);
+        let data = std::mem::take(&mut self.scratch);
+        let idle = self.w.config.idle_timeout;
+        let (res, data) = pacer
+            .write_from(&mut self.client, data, idle, &self.w.timer)
+            .await;
+        self.scratch = data;
+        // The paced time is injected, not the proxy's own.
+        self.ex.injected_ns = self
+            .ex
+            .injected_ns
+            .saturating_add(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        match res {
+            Ok(false) => (true, false),
+            Ok(true) => {
+                if reset {
+                    self.client.reset_on_close();
+                }
+                let kind = if reset {
+                    FaultKind::Reset
+                } else {
+                    FaultKind::Truncate
+                };
+                self.ex.decision.applied.set_measured(kind, pacer.sent());
+                (true, true)
+            }
+            Err(_) => {
+                self.ex.outcome = Outcome::ClientClosed;
+                (false, false)
+            }
         }
     }
 

@@ -523,6 +523,7 @@ impl Session<'_> {
             |d| capture(body, limit, d),
             &w.timer,
             shape,
+            None,
         )
         .await;
         let why = match relayed {

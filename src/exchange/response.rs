@@ -153,7 +153,9 @@ impl Session<'_> {
         if let Some((shape, reset)) = shape
             && !body.done
         {
-            let relayed = self.relay_shaped_body(up, &mut body, shape).await;
+            let relayed = self
+                .relay_shaped_body(up, &mut body, shape, resp.dechunk)
+                .await;
             let paced = shape.pace != Pace::Full || !shape.chunk_delay.is_zero();
             self.body_relayed(body_from, paced);
             match relayed {
@@ -261,14 +263,20 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// The plan's shaping of this response body, if any, and whether its cut is a reset.
-    /// Not for a de-chunked body (an HTTP/1.0 client): that one is relayed unshaped.
+    /// The plan's shaping of this response body, if any, and whether its cut is a reset. A
+    /// de-chunked body (an HTTP/1.0 client) is shaped as the payload bytes it is written as.
     fn response_shape(&self, resp: &ResponseFacts) -> Option<(Shape, bool)> {
-        let plan = &self.ex.decision;
         let len = match resp.body {
             BodyKind::Length(n) => Some(n),
             _ => None,
         };
+        self.body_shape(len)
+    }
+
+    /// The plan's shaping of a response body of length `len` (`None`: unknown), forwarded or
+    /// synthetic, if any, and whether its cut is a reset.
+    pub(super) fn body_shape(&self, len: Option<u64>) -> Option<(Shape, bool)> {
+        let plan = &self.ex.decision;
         let (cut_at, reset) = match plan.response_cut {
             Cut::None => (None, false),
             Cut::Truncate(limit) => (limit.resolve(len), false),
@@ -276,7 +284,7 @@ impl Session<'_> {
         };
         let shaped =
             plan.response_pace != Pace::Full || plan.chunk_delay_ns > 0 || cut_at.is_some();
-        (shaped && !resp.dechunk).then_some((
+        shaped.then_some((
             Shape {
                 pace: plan.response_pace,
                 chunk_delay: std::time::Duration::from_nanos(plan.chunk_delay_ns),
@@ -294,10 +302,12 @@ impl Session<'_> {
         up: &mut Conn,
         body: &mut BodyReader,
         shape: Shape,
+        dechunk: bool,
     ) -> Result<Shaped, Outcome> {
         let w = self.w;
         let limit = self.capture_limit;
         let captured = &mut self.response_body;
+        let staged = dechunk.then_some(&mut self.scratch);
         let timeouts = RelayTimeouts {
             read: w.config.upstream_timeout,
             write: w.config.idle_timeout,
@@ -310,6 +320,7 @@ impl Session<'_> {
             |d| capture(captured, limit, d),
             &w.timer,
             shape,
+            staged,
         )
         .await;
         relayed.map_err(|e| match e {

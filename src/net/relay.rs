@@ -119,6 +119,16 @@ pub(crate) struct Shape {
     pub(crate) len: Option<u64>,
 }
 
+impl Shape {
+    /// No shaping: every byte at once, no cut.
+    pub(crate) const FULL: Shape = Shape {
+        pace: Pace::Full,
+        chunk_delay: Duration::ZERO,
+        cut_at: None,
+        len: None,
+    };
+}
+
 /// How a shaped relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Shaped {
@@ -149,15 +159,154 @@ const MAX_PACE_INTERVAL_SECS: u64 = 2;
 /// connections due about then share one timer wake-up.
 const MAX_PACE_SLACK: Duration = Duration::from_millis(1);
 
-/// [`relay`] (framing passed through) with a fault's shaping: bandwidth pacing or dribbling by
-/// the worker's timer (no busy waiting: between writes the task sleeps), a delay between the
-/// sender's pieces, and a cut after some bytes.
+/// One paced write: how many bytes, whether the cut comes with them, and when they may go.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    len: u64,
+    cut: bool,
+    due: Option<Instant>,
+    slack: Duration,
+}
+
+/// The schedule of one shaped body (bandwidth pacing or dribbling by the worker's timer, and a
+/// cut after some bytes), whether its bytes come from a connection or from memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pacer {
+    shape: Shape,
+    start: Instant,
+    /// Body bytes written so far.
+    sent: u64,
+    /// Writes so far.
+    pieces: u64,
+}
+
+impl Pacer {
+    /// The schedule of a body starting now.
+    pub(crate) fn new(shape: Shape) -> Pacer {
+        Pacer {
+            shape,
+            start: Instant::now(),
+            sent: 0,
+            pieces: 0,
+        }
+    }
+
+    /// The next write of at most `pending` bytes.
+    fn next(&self, pending: u64) -> Piece {
+        let shape = &self.shape;
+        let mut len = match shape.pace {
+            Pace::Full => pending,
+            Pace::Bandwidth { bytes_per_sec } => pace_step(bytes_per_sec),
+            Pace::Dribble { pieces: p, .. } => shape.len.map_or(UNKNOWN_LEN_PIECE_BYTES, |len| {
+                len.div_ceil(u64::from(p)).max(1)
+            }),
+        }
+        .min(pending);
+        let cut = shape.cut_at.is_some_and(|at| self.sent + len >= at);
+        if let Some(at) = shape.cut_at {
+            len = len.min(at - self.sent);
+        }
+        // When this piece may go: bandwidth sends it once its bytes are "due"; a dribble spreads
+        // its pieces evenly over the total time.
+        let (due, slack) = match shape.pace {
+            Pace::Full => (None, Duration::ZERO),
+            Pace::Bandwidth { bytes_per_sec } => (
+                Some(
+                    self.start
+                        + Duration::from_nanos(mul_div(
+                            self.sent + len,
+                            1_000_000_000,
+                            bytes_per_sec,
+                        )),
+                ),
+                (Duration::from_nanos(mul_div(len, 1_000_000_000, bytes_per_sec)) / 32)
+                    .min(MAX_PACE_SLACK),
+            ),
+            Pace::Dribble {
+                pieces: p,
+                total_ns,
+            } => {
+                let gaps = u64::from(p).saturating_sub(1).max(1);
+                let at = mul_div(self.pieces.min(gaps), total_ns, gaps);
+                (Some(self.start + Duration::from_nanos(at)), Duration::ZERO)
+            }
+        };
+        Piece {
+            len,
+            cut,
+            due,
+            slack,
+        }
+    }
+
+    /// Sleeps until `piece` may go.
+    async fn wait(piece: &Piece, timer: &Rc<DelayTimer>) {
+        let now = Instant::now();
+        if let Some(due) = piece.due
+            && due > now
+        {
+            timer.sleep_within(now, due, piece.slack).await;
+        }
+    }
+
+    /// Counts a written piece.
+    fn wrote(&mut self, len: u64) {
+        self.sent += len;
+        self.pieces += 1;
+    }
+
+    /// Body bytes written so far.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Writes all of `data` to `dst` on the schedule, or as much as the cut allows; gives the
+    /// buffer back, and `Ok(true)` when the body was cut.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe; bounded by `write` per write and by the schedule.
+    pub(crate) async fn write_from(
+        &mut self,
+        dst: &mut Conn,
+        mut data: Vec<u8>,
+        write: Duration,
+        timer: &Rc<DelayTimer>,
+    ) -> (Result<bool, RelayError>, Vec<u8>) {
+        use monoio::buf::IoBuf;
+        let mut from = 0usize;
+        while from < data.len() {
+            let piece = self.next((data.len() - from) as u64);
+            Pacer::wait(&piece, timer).await;
+            let to = from + piece.len as usize;
+            if to > from {
+                let (res, slice) = dst
+                    .write_all(data.slice(from..to), Instant::now() + write)
+                    .await;
+                data = slice.into_inner();
+                if res.is_err() {
+                    return (Err(RelayError::Destination), data);
+                }
+            }
+            self.wrote(piece.len);
+            from = to;
+            if piece.cut {
+                return (Ok(true), data);
+            }
+        }
+        (Ok(false), data)
+    }
+}
+
+/// [`relay`] with a fault's shaping ([`Pacer`]: no busy waiting, between writes the task sleeps)
+/// and a delay between the sender's pieces. Framing passes through, or with `dechunk` only the
+/// payload is written (staged through the given buffer); cuts and pacing count the bytes written.
 ///
 /// # Errors
 /// As [`relay`].
 ///
 /// # Cancel safety
 /// Not cancel safe; bounded by `timeouts` and the shaping's own schedule.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn relay_shaped(
     src: &mut Conn,
     dst: &mut Conn,
@@ -166,75 +315,56 @@ pub(crate) async fn relay_shaped(
     mut capture: impl FnMut(&[u8]),
     timer: &Rc<DelayTimer>,
     shape: Shape,
+    mut dechunk: Option<&mut Vec<u8>>,
 ) -> Result<Shaped, RelayError> {
-    let start = Instant::now();
-    let mut sent: u64 = 0;
-    let mut pieces: u64 = 0;
+    let mut pacer = Pacer::new(shape);
     let mut first_read = true;
     loop {
-        let n = body
-            .scan(src.buffered(), &mut capture)
-            .map_err(|_| RelayError::Framing)?;
+        let n = match dechunk.as_deref_mut() {
+            Some(staged) => {
+                staged.clear();
+                body.scan(src.buffered(), |d| {
+                    capture(d);
+                    staged.extend_from_slice(d);
+                })
+            }
+            None => body.scan(src.buffered(), &mut capture),
+        }
+        .map_err(|_| RelayError::Framing)?;
         if n > 0 && !first_read && !shape.chunk_delay.is_zero() {
             timer.sleep_until(Instant::now() + shape.chunk_delay).await;
         }
         first_read = false;
-        let mut pending = n as u64;
-        while pending > 0 {
-            let mut step = match shape.pace {
-                Pace::Full => pending,
-                Pace::Bandwidth { bytes_per_sec } => pace_step(bytes_per_sec),
-                Pace::Dribble { pieces: p, .. } => {
-                    shape.len.map_or(UNKNOWN_LEN_PIECE_BYTES, |len| {
-                        len.div_ceil(u64::from(p)).max(1)
-                    })
+        match dechunk.as_deref_mut() {
+            Some(staged) => {
+                let data = std::mem::take(staged);
+                let (res, data) = pacer.write_from(dst, data, timeouts.write, timer).await;
+                *staged = data;
+                if res? {
+                    return Ok(Shaped::Cut {
+                        delivered: pacer.sent(),
+                    });
                 }
+                src.consume(n);
             }
-            .min(pending);
-            let cut = shape.cut_at.is_some_and(|at| sent + step >= at);
-            if let Some(at) = shape.cut_at {
-                step = step.min(at - sent);
-            }
-            // When this piece may go: bandwidth sends it once its bytes are "due"; a dribble
-            // spreads its pieces evenly over the total time.
-            let due = match shape.pace {
-                Pace::Full => None,
-                Pace::Bandwidth { bytes_per_sec } => Some(
-                    start
-                        + Duration::from_nanos(mul_div(sent + step, 1_000_000_000, bytes_per_sec)),
-                ),
-                Pace::Dribble {
-                    pieces: p,
-                    total_ns,
-                } => {
-                    let gaps = u64::from(p).saturating_sub(1).max(1);
-                    let at = mul_div(pieces.min(gaps), total_ns, gaps);
-                    Some(start + Duration::from_nanos(at))
-                }
-            };
-            let now = Instant::now();
-            if let Some(due) = due
-                && due > now
-            {
-                let slack = match shape.pace {
-                    Pace::Bandwidth { bytes_per_sec } => {
-                        (Duration::from_nanos(mul_div(step, 1_000_000_000, bytes_per_sec)) / 32)
-                            .min(MAX_PACE_SLACK)
+            None => {
+                let mut pending = n as u64;
+                while pending > 0 {
+                    let piece = pacer.next(pending);
+                    Pacer::wait(&piece, timer).await;
+                    if piece.len > 0 {
+                        src.relay_to(dst, piece.len as usize, Instant::now() + timeouts.write)
+                            .await
+                            .map_err(|_| RelayError::Destination)?;
                     }
-                    _ => Duration::ZERO,
-                };
-                timer.sleep_within(now, due, slack).await;
-            }
-            if step > 0 {
-                src.relay_to(dst, step as usize, Instant::now() + timeouts.write)
-                    .await
-                    .map_err(|_| RelayError::Destination)?;
-            }
-            sent += step;
-            pieces += 1;
-            pending -= step;
-            if cut {
-                return Ok(Shaped::Cut { delivered: sent });
+                    pacer.wrote(piece.len);
+                    pending -= piece.len;
+                    if piece.cut {
+                        return Ok(Shaped::Cut {
+                            delivered: pacer.sent(),
+                        });
+                    }
+                }
             }
         }
         if body.done {
