@@ -1,7 +1,16 @@
-//! Criterion bench: nanoseconds per `FaultTable::decide` for 1, 8 and 64 seed rules, with URLs
-//! that match the first rule (early), only the last rule (late) and no rule (never); and for 64
-//! rules mixing header, method and path matchers (issue 12: under 150 ns when none matches). It
-//! measures the decision only, not parsing or applying it.
+//! Criterion bench: nanoseconds per `FaultTable::decide` for 1, 8, 16 and 64 seed rules, with URLs
+//! that match the first rule (early), only the last rule (late) and no rule (never); and for 1, 16
+//! and 64 rules mixing header, method and path matchers (issue 12: under 150 ns for 64 when none
+//! matches). It measures the decision only, not parsing or applying it.
+//!
+//! Instructions per decision, robust to other load on the machine (valgrind's callgrind counts
+//! the calls into `decide` and everything under them; divide by the calls):
+//!
+//! ```text
+//! valgrind --tool=callgrind --toggle-collect='*FaultTable*decide*' \
+//!     target/release/deps/fault_match-HASH --bench --profile-time 1 '^fault_match_mixed/64_rules/never$'
+//! callgrind_annotate --tree=caller callgrind.out.PID | grep 'Bencher<M>::iter ('
+//! ```
 
 use std::hint::black_box;
 
@@ -9,7 +18,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use phantom_fast::fault::{FaultRule, FaultTable, RequestView, RuleStats};
 
 /// Table sizes measured.
-const RULE_COUNTS: [usize; 3] = [1, 8, 64];
+const RULE_COUNTS: [usize; 4] = [1, 8, 16, 64];
 
 /// Rule `i` filters on `/svc{i}/`. Rule 0 and the last rule always answer with an error, so an
 /// early match stops at once and a late match scans the whole table; the rules in between mix
@@ -63,10 +72,13 @@ fn bench_decide(c: &mut Criterion) {
     group.finish();
 }
 
-/// 64 rules of the new kinds: a third on a header, a third on the method, a third on the path
-/// (prefix, exact, contains), a few combining two; none matches [`mixed_view`]'s request.
-fn mixed_rules() -> Vec<FaultRule> {
-    (0..64)
+/// Mixed table sizes measured.
+const MIXED_RULE_COUNTS: [usize; 3] = [1, 16, 64];
+
+/// `count` rules of the new kinds: a third on a header, a third on the method, a third on the
+/// path (prefix, contains), a few combining two; none matches the bench's request.
+fn mixed_rules(count: usize) -> Vec<FaultRule> {
+    (0..count)
         .map(|i| {
             let spec = match i % 6 {
                 0 => format!("delay:lognormal(20ms,400ms):0.5:header.x-tenant=t{i}"),
@@ -84,9 +96,6 @@ fn mixed_rules() -> Vec<FaultRule> {
 fn bench_decide_mixed(c: &mut Criterion) {
     let mut group = c.benchmark_group("fault_match_mixed");
     group.throughput(Throughput::Elements(1));
-    let table = FaultTable::compile(&mixed_rules()).expect("bench rules have unique ids");
-    let mut stats = vec![RuleStats::default(); table.len()];
-    let mut rng = fastrand::Rng::with_seed(42);
     // A browser-like request with eight headers.
     let headers = [
         httparse::Header {
@@ -123,15 +132,20 @@ fn bench_decide_mixed(c: &mut Criterion) {
         },
     ];
     let url = b"http://api.example.com/static/app.js?v=3";
-    group.bench_function("64_rules/never", |b| {
-        b.iter(|| {
-            let view = RequestView::from_url(black_box(url))
-                .with_method(b"GET")
-                .with_headers(black_box(&headers));
-            table.decide(&view, &mut rng, &mut stats)
-        })
-    });
-    assert!(stats.iter().all(|s| s.matched == 0), "a bench rule matched");
+    for count in MIXED_RULE_COUNTS {
+        let table = FaultTable::compile(&mixed_rules(count)).expect("bench rules have unique ids");
+        let mut stats = vec![RuleStats::default(); table.len()];
+        let mut rng = fastrand::Rng::with_seed(42);
+        group.bench_function(format!("{count}_rules/never"), |b| {
+            b.iter(|| {
+                let view = RequestView::from_url(black_box(url))
+                    .with_method(b"GET")
+                    .with_headers(black_box(&headers));
+                table.decide(&view, &mut rng, &mut stats)
+            })
+        });
+        assert!(stats.iter().all(|s| s.matched == 0), "a bench rule matched");
+    }
     group.finish();
 }
 

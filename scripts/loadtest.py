@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import http.client
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -39,6 +41,26 @@ OHA_CONNECTIONS = 16
 # Sixteen rules that never match the benchmark's URL "/".
 NON_MATCHING_RULES = [f"delay:{i + 1}ms:/never-{i:02}" for i in range(8)] + [
     f"error:{500 + i}:1.0:/nope-{i:02}" for i in range(8)
+]
+# Sixteen rules of issue 12's new kinds and matchers that never match wrk's `GET /` with only a
+# Host header: they need a method, header or query parameter that request does not have.
+NEW_KIND_RULES = [
+    "delay:lognormal(20ms,400ms):0.5:header.x-tenant=acme",
+    "error:503:method=POST:path^=/api/",
+    "bandwidth:64KiB/s:method=PUT",
+    "truncate:50%:query.id=7",
+    "reset:0.1:after=1KiB:header.x-canary",
+    "close:0.01:method=DELETE",
+    "hang:0.05:header.x-tenant^=glob",
+    "garbage:0.01:method=PATCH",
+    "dribble:10,1s:query.debug",
+    "slow-head:100ms:header.x-slow",
+    "delay:exp(3ms):1in3:header.x-request-id*=retry",
+    "error:429:0.2:set.retry-after=2:header.authorization",
+    "delay:100ms:at=head:query.mode=slow",
+    "bandwidth:8KiB/s:side=request:method=POST",
+    "delay:pareto(1ms,1.5):at=body:header.accept=text/event-stream",
+    "truncate:1KiB:method=GET:header.range",
 ]
 SCALE_FAULT = "delay:100ms-500ms"
 SCALE_DELAY_MS = (100.0, 500.0)
@@ -346,6 +368,8 @@ class Target:
     injects_errors: bool = False
     rounds: list[dict] = field(default_factory=list)
     fixed: list[dict] = field(default_factory=list)
+    # A side load run only while this target is measured (the admin scraper, the table swapper).
+    sidecar: Periodic | None = None
 
 
 def start_nginx(procs: Processes, tmp: str, name: str, port: int, http_body: str,
@@ -467,15 +491,115 @@ def _s_to_us(v) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------
+# Control-plane side loads (issue 11), each run only while its own target is measured
+
+
+# Prometheus' scrape interval the issue names, and the table swap rate it asks to survive.
+ADMIN_SCRAPE_INTERVAL_S = 1.0
+SWAP_INTERVAL_S = 0.01
+# What the swapper PUTs, alternately: one rule that never matches the benchmark's "/", so the
+# load is untouched and only the swapping costs (every PUT is a new generation either way).
+SWAP_RULE_SETS = ("error:503:/never-swapped-a\n", "error:503:/never-swapped-b\n")
+ADMIN_TIMEOUT_S = 2.0
+
+
+class Periodic:
+    """Calls `call(n)` on its own thread every `interval` seconds between start() and stop(), on
+    a fixed schedule (a slow call does not push the later ones back, it only makes them late);
+    stop() says how many calls there were and how many succeeded."""
+
+    def __init__(self, name: str, interval: float, call) -> None:
+        self.name, self.interval, self.call = name, interval, call
+        self.thread: threading.Thread | None = None
+        self.halt = threading.Event()
+        self.calls = self.ok = 0
+        self.last_error = ""
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.halt.clear()
+        self.calls = self.ok = 0
+        self.last_error = ""
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        due = time.monotonic()
+        while not self.halt.is_set():
+            try:
+                self.call(self.calls)
+                self.ok += 1
+            except Exception as e:  # counted and shown, never fatal to the measurement
+                self.last_error = f"{type(e).__name__}: {e}"
+            self.calls += 1
+            due += self.interval
+            self.halt.wait(max(0.0, due - time.monotonic()))
+
+    def stop(self) -> dict:
+        self.halt.set()
+        if self.thread:
+            self.thread.join(timeout=10)
+        seconds = time.monotonic() - self.started
+        return {"calls": self.calls, "ok": self.ok, "failed": self.calls - self.ok,
+                "seconds": round(seconds, 3), "per_s": self.ok / seconds if seconds else 0.0,
+                "last_error": self.last_error}
+
+
+def admin_request(port: int, method: str, path: str, body: str = "") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=ADMIN_TIMEOUT_S)
+    try:
+        headers = {"content-type": "text/plain"} if body or method == "PUT" else {}
+        conn.request(method, path, body=body.encode(), headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def scraper(port: int) -> Periodic:
+    """GET /metrics every second, as Prometheus would."""
+    def scrape(_n: int) -> None:
+        status, body = admin_request(port, "GET", "/metrics")
+        if status != 200 or b"phantom_requests_total" not in body:
+            raise RuntimeError(f"/metrics answered {status}")
+    return Periodic("scraper", ADMIN_SCRAPE_INTERVAL_S, scrape)
+
+
+def swapper(port: int) -> Periodic:
+    """PUT /faults 100 times a second (each answers once every worker applied it)."""
+    def swap(n: int) -> None:
+        status, body = admin_request(port, "PUT", "/faults", SWAP_RULE_SETS[n % 2])
+        if status != 200:
+            raise RuntimeError(f"PUT /faults answered {status}: {body[:200]!r}")
+    return Periodic("swapper", SWAP_INTERVAL_S, swap)
+
+
+def sidecar_totals(t: Target) -> dict:
+    """A target's side-load calls over every wrk run."""
+    runs = [r["sidecar"] for r in t.rounds if "sidecar" in r]
+    seconds = sum(r["seconds"] for r in runs)
+    ok = sum(r["ok"] for r in runs)
+    return {"calls": sum(r["calls"] for r in runs), "ok": ok,
+            "failed": sum(r["failed"] for r in runs), "seconds": seconds,
+            "per_s": ok / seconds if seconds else 0.0,
+            "last_error": next((r["last_error"] for r in reversed(runs) if r["last_error"]), "")}
+
+
+# --------------------------------------------------------------------------------------------
 # The comparison run
 
 
 def measure_wrk(t: Target, origin: Owned, tmp: str, duration: float) -> dict:
     proxy_pids = t.proc.pids() if t.proc else []
     origin_pids = origin.pids()
+    if t.sidecar:
+        t.sidecar.start()
     p0, o0 = cpu_seconds(proxy_pids), cpu_seconds(origin_pids)
     r = run_wrk(tmp, t.port, duration, WRK_CONNECTIONS, timeout_s=2)
     p1, o1 = cpu_seconds(proxy_pids), cpu_seconds(origin_pids)
+    if t.sidecar:
+        r["sidecar"] = t.sidecar.stop()
     n = max(r["good"], 1)
     r["proxy_cpu_us_per_req"] = (p1 - p0) * 1e6 / n if t.proc else None
     r["origin_cpu_us_per_req"] = (o1 - o0) * 1e6 / n
@@ -484,9 +608,13 @@ def measure_wrk(t: Target, origin: Owned, tmp: str, duration: float) -> dict:
 
 def measure_fixed(t: Target, origin: Owned, rate: int, duration: float) -> dict:
     proxy_pids = t.proc.pids() if t.proc else []
+    if t.sidecar:
+        t.sidecar.start()
     p0 = cpu_seconds(proxy_pids)
     r = run_oha(t.port, rate, duration, OHA_CONNECTIONS)
     p1 = cpu_seconds(proxy_pids)
+    if t.sidecar:
+        r["sidecar"] = t.sidecar.stop()
     r["proxy_cpu_us_per_req"] = (p1 - p0) * 1e6 / max(r["good"], 1) if t.proc else None
     return r
 
@@ -632,7 +760,10 @@ def checks(summary: dict, targets: dict[str, Target]) -> list[dict]:
             "MET" if on["added_p50_us"] <= ng["added_p50_us"] else "NOT MET")
     base = targets["pf-notrace"]
     for name, what, limit in (("pf-16rules", "16 non-matching rules vs none", 0.03),
+                              ("pf-16new", "16 non-matching new-kind rules vs none", 0.03),
                               ("pf-trace", "tracing on vs off", 0.05)):
+        if name not in targets:
+            continue
         r = paired(targets[name], base, "rps")
         if r:
             add(f"req/s, {what}, paired ratio by round (median, spread)",
@@ -643,6 +774,40 @@ def checks(summary: dict, targets: dict[str, Target]) -> list[dict]:
             add(f"(also) CPU/request, {what}, paired ratio by round (median, spread)",
                 c.text(100, -1, "+.1f", "%"), f"≤ +{limit * 100:g}%",
                 verdict(c, lambda v, lim=limit: v - 1 <= lim))
+    if "pf-admin" in targets:
+        admin = targets["pf-admin"]
+        c = paired(admin, base, "proxy_cpu_us_per_req")
+        if c:
+            add("CPU/request, admin on and scraped 1/s vs admin off, paired ratio by round "
+                "(median, spread)", c.text(100, -1, "+.1f", "%"), "≤ +1%",
+                verdict(c, lambda v: v - 1 <= 0.01))
+        r = paired(admin, base, "rps")
+        if r:
+            add("(also) req/s, admin on and scraped 1/s vs admin off, paired ratio by round "
+                "(median, spread)", r.text(100, -1, "+.1f", "%"), "≥ -1%",
+                verdict(r, lambda v: v - 1 >= -0.01))
+        side = sidecar_totals(admin)
+        add("scrapes of /metrics during the admin target's runs (one a second), answered 200",
+            f"{side['ok']} of {side['calls']} over {side['seconds']:.1f} s"
+            + (f"; last error {side['last_error']}" if side["last_error"] else ""),
+            "all", "MET" if side["calls"] and side["ok"] == side["calls"] else "NOT MET")
+    if "pf-swap" in targets:
+        swap = targets["pf-swap"]
+        side = sidecar_totals(swap)
+        answered = sum(r["good"] for r in swap.rounds)
+        bad = sum(r["non_2xx"] + r["socket_errors"] for r in swap.rounds)
+        ok = side["failed"] == 0 and bad == 0 and answered > 0
+        add("table swapped under wrk load: PUT /faults answered 200 (after every worker applied "
+            "it), and no request lost",
+            f"{side['ok']} swaps in {side['seconds']:.1f} s = {side['per_s']:.0f}/s, "
+            f"{side['failed']} failed; wrk {answered} answered, {bad} non-2xx or socket errors"
+            + (f"; last error {side['last_error']}" if side["last_error"] else ""),
+            "≥ 95 swaps/s, none failed, no error",
+            "MET" if ok and side["per_s"] >= 95 else "NOT MET")
+        c = paired(swap, base, "proxy_cpu_us_per_req")
+        if c:
+            add("(info) CPU/request while the table is swapped 100/s vs admin off, paired ratio "
+                "by round", c.text(100, -1, "+.1f", "%"), "-", "INFO")
     return out
 
 
@@ -657,6 +822,14 @@ def unexpected_errors(targets: list[Target]) -> list[str]:
         if sock or bad:
             out.append(f"{t.name}: {bad} non-2xx answers, {sock} socket errors")
     return out
+
+
+def sidecar_note(r: dict) -> str:
+    side = r.get("sidecar")
+    if not side:
+        return ""
+    return (f"  side load {side['ok']}/{side['calls']} ok ({side['per_s']:.0f}/s)"
+            + (f", last error {side['last_error']}" if side["last_error"] else ""))
 
 
 def compare(args, tmp: str, procs: Processes) -> dict:
@@ -678,12 +851,24 @@ def compare(args, tmp: str, procs: Processes) -> dict:
         ("pf-trace", "phantom-fast, tracing on", ["--trace-dir", f"{tmp}/traces", "--trace-reset"]),
         ("pf-16rules", "phantom-fast, 16 rules, none match",
          ["--no-traces"] + [a for rule in NON_MATCHING_RULES for a in ("--fault", rule)]),
+        ("pf-16new", "phantom-fast, 16 new-kind rules, none match",
+         ["--no-traces"] + [a for rule in NEW_KIND_RULES for a in ("--fault", rule)]),
         ("pf-delay1ms", "phantom-fast, delay:1ms", ["--no-traces", "--fault", "delay:1ms"]),
     ]
     for name, label, extra in variants:
         o, port = start_phantom(procs, tmp, args.bin, name, origin_port,
                                 ["--workers", "1"] + extra)
         targets.append(Target(name, label, port, o))
+    # Issue 11: the admin endpoint scraped every second, and the table swapped 100 times a
+    # second, each against "pf-notrace" (the same flags without --admin).
+    for name, label, side in (("pf-admin", "phantom-fast, admin on, scraped 1/s", scraper),
+                              ("pf-swap", "phantom-fast, table swapped 100/s", swapper)):
+        admin_port = free_port()
+        o, port = start_phantom(procs, tmp, args.bin, name, origin_port,
+                                ["--workers", "1", "--no-traces", "--admin",
+                                 f"127.0.0.1:{admin_port}"])
+        wait_port(admin_port, STARTUP_TIMEOUT_S)
+        targets.append(Target(name, label, port, o, sidecar=side(admin_port)))
 
     # Warm-up: connection pools, page cache, CPU frequency; results discarded.
     for t in targets:
@@ -704,7 +889,7 @@ def compare(args, tmp: str, procs: Processes) -> dict:
             log(f"  {t.name:12} {r['rps']:9.0f} req/s  p50 {r['p50_us']:6.0f} µs  "
                 f"p99 {r['p99_us']:6.0f} µs  cpu {fmt(r['proxy_cpu_us_per_req'], '.1f'):>5} µs/req"
                 f"  origin {r['origin_cpu_us_per_req']:.1f}  non-2xx {r['non_2xx']}  socket "
-                f"errors {r['socket_errors']}")
+                f"errors {r['socket_errors']}" + sidecar_note(r))
         if args.rate > 0:
             for t in order:
                 r = measure_fixed(t, origin, args.rate, args.fixed_duration)
@@ -1044,7 +1229,7 @@ def scale(args, tmp: str, procs: Processes) -> dict:
 
 
 def scale_compare(args, tmp: str, procs: Processes) -> dict:
-    """`--scale --before BIN`: the burst (phase 1) and the open loop (phase 2) for BIN and for this
+    """`--scale --bin-before BIN`: the burst (phase 1) and the open loop (phase 2) for BIN and for this
     binary, one proxy at a time against the same origin, rounds interleaved in alternating order
     so load on the machine falls on both alike."""
     origin_port = free_port()
@@ -1052,7 +1237,7 @@ def scale_compare(args, tmp: str, procs: Processes) -> dict:
                          ORIGIN_HTTP.format(port=origin_port, body=ORIGIN_BODY.replace("\n", "\\n")),
                          nofile=16384, conns=8192)
     conns = args.connections
-    bins = {"before": args.before, "after": args.bin}
+    bins = {"before": args.bin_before, "after": args.bin}
     runs: dict[str, list[dict]] = {k: [] for k in bins}
     for r in range(args.rounds):
         for label in (("before", "after") if r % 2 == 0 else ("after", "before")):
@@ -1259,6 +1444,11 @@ DELAY_COST_EVENTS = {
 DELAY_COST_MAX_RATIO = 1.25
 # …and ends at most this late at p99 (observed minus injected, proxy's own time included).
 DELAY_COST_MAX_LATE_US = 2000.0
+# A run whose proxy served less than this share of the offered rate, or whose median exchange took
+# longer than this of its own (late p50), fell behind: it was batching a backlog, which flatters
+# its CPU per request, so its figures are flagged.
+DELAY_COST_BEHIND_SHARE = 0.95
+DELAY_COST_BEHIND_US = 5000.0
 
 
 def task_counters(pid: int) -> tuple[int, int]:
@@ -1295,20 +1485,39 @@ def perf_events_available() -> list[str]:
     return ok
 
 
-def perf_window(pid: int, keys: list[str], seconds: float) -> dict:
-    """Counts `keys` on pid's threads for `seconds` (a plain sleep without perf)."""
+def marked_sleep(seconds: float) -> list[str]:
+    """A workload for perf that prints the wall clock when it starts and when it ends: perf's
+    window, without perf's own start-up and tear-down (which take a while on a loaded machine)."""
+    return ["sh", "-c", f"date +%s.%N; sleep {seconds:g}; date +%s.%N"]
+
+
+def marks(stdout: str, fallback: tuple[float, float]) -> tuple[float, float]:
+    try:
+        t0, t1 = (float(x) for x in stdout.split()[:2])
+        return t0, t1
+    except ValueError:
+        return fallback
+
+
+def perf_window(pid: int, keys: list[str], seconds: float) -> tuple[dict, float, float]:
+    """Counts `keys` on pid's threads for `seconds` (a plain sleep without perf); returns the
+    counts and the window's start and end (wall clock)."""
     if not keys:
+        t0 = time.time()
         time.sleep(seconds)
-        return {}
+        return {}, t0, time.time()
     events = ",".join(DELAY_COST_EVENTS[k] for k in keys)
-    p = subprocess.run(["perf", "stat", "-x,", "-e", events, "-p", str(pid), "--", "sleep",
-                        f"{seconds:g}"], capture_output=True, text=True, timeout=seconds + 30)
+    t = time.time()
+    p = subprocess.run(["perf", "stat", "-x,", "-e", events, "-p", str(pid), "--"]
+                       + marked_sleep(seconds), capture_output=True, text=True,
+                       timeout=seconds + 30)
+    w0, w1 = marks(p.stdout, (t, time.time()))
     by_event = {}
     for line in p.stderr.splitlines():
         parts = line.split(",")
         if len(parts) > 2 and parts[0].strip().isdigit():
             by_event[parts[2]] = int(parts[0])
-    return {k: by_event.get(DELAY_COST_EVENTS[k]) for k in keys}
+    return {k: by_event.get(DELAY_COST_EVENTS[k]) for k in keys}, w0, w1
 
 
 def window_records(binary: str, trace_dir: str, t0: float, t1: float) -> list[dict]:
@@ -1347,7 +1556,7 @@ def delay_cost_run(args, tmp: str, label: str, binary: str, fault: str, proxy: O
         time.sleep(args.cost_warmup)
         t0 = time.time()
         c0, s0 = task_counters(proxy.pid)
-        counts = perf_window(proxy.pid, keys, window)
+        counts, w0, w1 = perf_window(proxy.pid, keys, window)
         c1, s1 = task_counters(proxy.pid)
         t1 = time.time()
         out, err = oha.communicate(timeout=total + 60)
@@ -1358,13 +1567,17 @@ def delay_cost_run(args, tmp: str, label: str, binary: str, fault: str, proxy: O
     if oha.returncode != 0:
         raise RuntimeError(f"oha failed ({oha.returncode}): {err.strip()}")
     o = parse_oha(out)
-    records = window_records(binary, f"{tmp}/{proxy.name}-traces", t0, t1)
+    records = window_records(binary, f"{args.cost_traces}/{proxy.name}", t0, t1)
     n = len(records)
+    # perf counted over its own window, inside [t0, t1]: per request of that window.
+    n_perf = sum(1 for r in records
+                 if w0 <= r["timestamp_ms"] / 1e3 + r["duration_us"] / 1e6 < w1)
     late = sorted(r["duration_us"] - r["injected_delay_us"] for r in records)
     injected = sum(1 for r in records if r["injected_delay_us"] > 0)
     res = {
         "binary": label, "fault": fault, "rate": rate, "connections": conns,
         "window_s": t1 - t0, "requests": n, "delayed": injected,
+        "served_per_s": n / (t1 - t0) if t1 > t0 else None,
         "load": os.getloadavg()[0],
         "cpu_us_per_req": (c1 - c0) / 1e3 / n if n else None,
         "switches_per_req": (s1 - s0) / n if n else None,
@@ -1375,11 +1588,24 @@ def delay_cost_run(args, tmp: str, label: str, binary: str, fault: str, proxy: O
         "not_ok": sum(1 for r in records if r["status_code"] != 200),
     }
     for k, v in counts.items():
-        res[f"{k}_per_req"] = v / n if (v is not None and n) else None
+        res[f"{k}_per_req"] = v / n_perf if (v is not None and n_perf) else None
     return res
 
 
 def delay_cost(args, tmp: str, procs: Processes) -> dict:
+    # The rings go to tmpfs when there is one: the first write to each page of a ring on disk
+    # faults it in through the file system, several µs per request on a fresh ring, which would
+    # be counted as the proxy's CPU and drown the difference measured here.
+    shm = "/dev/shm"
+    args.cost_traces = (tempfile.mkdtemp(prefix="phantom-delay-cost.", dir=shm)
+                        if os.path.isdir(shm) and os.access(shm, os.W_OK) else f"{tmp}/traces")
+    try:
+        return _delay_cost(args, tmp, procs)
+    finally:
+        shutil.rmtree(args.cost_traces, ignore_errors=True)
+
+
+def _delay_cost(args, tmp: str, procs: Processes) -> dict:
     origin_port = free_port()
     origin = start_nginx(procs, tmp, "origin", origin_port,
                          ORIGIN_HTTP.format(port=origin_port, body=ORIGIN_BODY.replace("\n", "\\n")),
@@ -1398,7 +1624,8 @@ def delay_cost(args, tmp: str, procs: Processes) -> dict:
             proxy, port = start_phantom(
                 procs, tmp, binary, name, origin_port,
                 ["--workers", "1", "--max-connections", str(max_conns + 1024),
-                 "--trace-dir", f"{tmp}/{name}-traces", "--trace-capacity", "256MiB"] + extra)
+                 "--trace-dir", f"{args.cost_traces}/{name}", "--trace-capacity", "128MiB"]
+                + extra)
             targets[(label, fault)] = (binary, proxy, port)
     runs = []
     for rnd in range(args.rounds):
@@ -1416,8 +1643,113 @@ def delay_cost(args, tmp: str, procs: Processes) -> dict:
                     f"{fmt(r.get('enter_per_req'), '.2f')}, SQE {fmt(r.get('sqe_per_req'), '.2f')}"
                     f", late µs p50 {fmt(r['late_p50_us'])} p99 {fmt(r['late_p99_us'])}, errors "
                     f"{r['oha_errors']}, load {r['load']:.2f}")
-    return {"delay_cost": {"runs": runs, "perf_events": keys,
+    profiles = []
+    if args.profile:
+        for rate, conns in DELAY_COST_LOADS:
+            for (label, fault), (binary, proxy, port) in targets.items():
+                pr = delay_cost_profile(args, tmp, label, binary, fault, proxy, port, rate, conns)
+                profiles.append(pr)
+                log(f"profile {rate}/s {label:6} {fault:18}: {pr['requests']} requests sampled")
+    return {"delay_cost": {"runs": runs, "perf_events": keys, "profiles": profiles,
                            "binaries": {label: b for label, b in binaries}}}
+
+
+# Where a request's CPU goes: perf record -g of the proxy over one window per case, each sample
+# put in the first of these categories its call chain meets, from the leaf up (substring match).
+PROFILE_CATEGORIES = (
+    ("timerfd (arm, read)", ("timerfd_",)),
+    ("poll(2) hang-up watch", ("do_sys_poll", "__x64_sys_poll")),
+    ("io_uring cancel", ("io_async_cancel", "io_try_cancel")),
+    ("TCP send (with the peer's receive softirq)", ("io_send", "io_sendmsg", "tcp_sendmsg")),
+    ("TCP receive", ("io_recv", "tcp_recvmsg")),
+    ("sleep and wake-up (io_cqring_wait, schedule)", ("io_cqring_wait", "schedule",
+                                                     "finish_task_switch")),
+    ("io_uring completion task work", ("task_work_run", "tctx_task_work", "io_handle_tw_list")),
+    ("page faults", ("asm_exc_page_fault",)),
+    ("io_uring_enter, the rest", ("io_submit_sqes", "__do_sys_io_uring_enter")),
+    ("other syscalls", ("do_syscall_64", "entry_SYSCALL")),
+    ("phantom-fast (user)", ("phantom_fast::",)),
+    ("monoio (user)", ("monoio::",)),
+    # Fallbacks, by the leaf frame: kernel (interrupts, softirqs) or user (libc, std, alloc).
+    ("other kernel", ()),
+    ("libc, std, alloc (user)", ()),
+)
+PROFILE_HZ = 4999
+
+
+def profile_categories(data: str) -> dict:
+    """Samples per PROFILE_CATEGORIES name in a perf.data file."""
+    p = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym"], capture_output=True,
+                       text=True, timeout=300)
+    counts = {name: 0 for name, _ in PROFILE_CATEGORIES}
+
+    def settle(chain: list[str]) -> None:
+        if not chain:
+            return
+        for frame in chain:
+            for name, needles in PROFILE_CATEGORIES[:-2]:
+                if any(n in frame for n in needles):
+                    counts[name] += 1
+                    return
+        counts[PROFILE_CATEGORIES[-2 if chain[0].endswith("[kernel]") else -1][0]] += 1
+
+    chain: list[str] = []
+    for line in p.stdout.splitlines():
+        if not line.strip():
+            settle(chain)
+            chain = []
+            continue
+        parts = line.split(None, 1)
+        ip, sym = parts[0], (parts[1] if len(parts) > 1 else "")
+        chain.append(sym + (" [kernel]" if ip.startswith("ffff") else ""))
+    settle(chain)
+    return counts
+
+
+def delay_cost_profile(args, tmp: str, label: str, binary: str, fault: str, proxy: Owned,
+                       port: int, rate: int, conns: int) -> dict:
+    """One run like delay_cost_run, sampled with perf record -g instead of counted."""
+    window = args.cost_window
+    total = args.cost_warmup + window + 1.0
+    data = f"{tmp}/{proxy.name}-{rate}.perf.data"
+    oha = subprocess.Popen(oha_argv(port, rate, total, conns), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                           preexec_fn=_die_with_parent)
+    try:
+        time.sleep(args.cost_warmup)
+        t = time.time()
+        p = subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(PROFILE_HZ),
+                            "-g", "-p", str(proxy.pid), "-o", data, "--"]
+                           + marked_sleep(window), capture_output=True, text=True,
+                           timeout=window + 60)
+        t0, t1 = marks(p.stdout, (t, time.time()))
+        oha.communicate(timeout=total + 60)
+    finally:
+        if oha.poll() is None:
+            oha.kill()
+            oha.wait()
+    n = len(window_records(binary, f"{args.cost_traces}/{proxy.name}", t0, t1))
+    counts = profile_categories(data)
+    us = {k: v / PROFILE_HZ * 1e6 / n if n else None for k, v in counts.items()}
+    return {"binary": label, "fault": fault, "rate": rate, "connections": conns,
+            "requests": n, "us_per_req": us}
+
+
+def print_delay_profile(profiles: list[dict]) -> None:
+    """Per load point: µs of proxy CPU per request by category, one column per case."""
+    for rate, conns in DELAY_COST_LOADS:
+        cols = [p for p in profiles if p["rate"] == rate]
+        if not cols:
+            continue
+        print(f"\n### Where a request's CPU goes at {rate}/s over {conns} connections "
+              f"(perf record -g -e cpu-clock -F {PROFILE_HZ}, µs per request)")
+        print("| category | " + " | ".join(f"{p['binary']} {p['fault']}" for p in cols) + " |")
+        print("|---|" + "---|" * len(cols))
+        for name, _ in PROFILE_CATEGORIES:
+            print(f"| {name} | " + " | ".join(fmt(p["us_per_req"][name], ".1f") for p in cols)
+                  + " |")
+        totals = [sum(v for v in p["us_per_req"].values() if v is not None) for p in cols]
+        print("| **total (sampled)** | " + " | ".join(f"**{t:.1f}**" for t in totals) + " |")
 
 
 DELAY_COST_COLUMNS = ("cpu_us_per_req", "switches_per_req", "enter_per_req", "sqe_per_req",
@@ -1491,10 +1823,266 @@ def print_delay_cost(res: dict) -> list[str]:
                       f"{'MET' if ok else 'NOT MET'}")
     print(f"target: never early: {early} record(s) shorter than their injected delay → "
           f"{'MET' if early == 0 else 'NOT MET'}")
+    behind = [r for r in runs
+              if (r.get("served_per_s") or 0) < DELAY_COST_BEHIND_SHARE * r["rate"]
+              or (r["late_p50_us"] or 0) > DELAY_COST_BEHIND_US]
+    for r in behind:
+        print(f"warning: round {r['round'] + 1} {r['binary']} {r['rate']}/s {r['fault']}: served "
+              f"{fmt(r.get('served_per_s'))}/s, late p50 {fmt(r['late_p50_us'])} µs: the machine "
+              f"fell behind, so this run's CPU per request (and its ratio) is not comparable")
+    if behind:
+        print(f"warning: {len(behind)} of {len(runs)} runs fell behind: rerun on a quieter machine "
+              f"or with more --rounds (the medians lean on the runs that kept up)")
     return errors
 
 
 # --------------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------
+# Throttled and hung connections (issue 12: they cost no CPU while they wait)
+
+# Each fault as the real grammar writes it: the response body at 1 KiB/s, and no answer at all.
+THROTTLE_FAULTS = [("bandwidth", "bandwidth:1KiB/s"), ("hang", "hang")]
+THROTTLE_RATE_BPS = 1024
+# Issue 12: 10 000 connections throttled at 1 KiB/s cost the proxy under 5% of a core.
+THROTTLE_CPU_LIMIT_PCT = 5.0
+# The origin's body: at 1 KiB/s it lasts over four minutes, longer than any window.
+THROTTLE_BODY_BYTES = 256 * 1024
+# Descriptors kept free besides the sockets (listeners, rings, pipes, the runtime's own).
+THROTTLE_FD_SLACK = 256
+# The proxy's limit on a held connection must not end a window early.
+THROTTLE_IDLE_TIMEOUT = "600s"
+
+ORIGIN_FILE_HTTP = """\
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port} backlog=16384;
+        location / {{ root {root}; }}
+    }}"""
+
+
+def user_seconds(pid: int) -> float:
+    """User CPU seconds of pid (all threads; clock ticks), the rest of its CPU being the
+    kernel's (system calls, and loopback TCP processed in the sender's context)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return int(rest[11]) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def raise_nofile(want: int) -> int:
+    """Raises this process's descriptor limit (inherited by what it starts) towards `want`: the
+    soft limit up to the hard one, and the hard one too where permitted (root, up to
+    fs.nr_open). A per-process limit, no system setting. Returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for limits in ((want, max(hard, want)), (min(want, hard), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            break
+        except (ValueError, OSError):
+            continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def throttle_run(args, tmp: str, procs: Processes, origin: Owned, origin_port: int, kind: str,
+                 fault: str, conns: int) -> dict:
+    """Opens `conns` connections through a one-worker proxy injecting `fault`, sends one request
+    on each, lets them settle, then measures the proxy's CPU over the window while every one of
+    them is held (throttled or hung); then drains what each received."""
+    proxy, port = start_phantom(procs, tmp, args.bin, f"pf-{kind}", origin_port,
+                                ["--workers", "1", "--no-traces", "--idle-timeout",
+                                 THROTTLE_IDLE_TIMEOUT, "--max-connections", str(conns + 64),
+                                 "--max-upstream-connections", str(conns + 64),
+                                 "--fault", fault])
+    addr = ("127.0.0.1", port)
+    ep = select.epoll()
+    socks: dict[int, socket.socket] = {}
+    connect_errors = 0
+    t_open = time.monotonic()
+    for _ in range(conns):
+        sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sk.setblocking(False)
+        if sk.connect_ex(addr) not in (0, 115):  # EINPROGRESS
+            connect_errors += 1
+            sk.close()
+            continue
+        socks[sk.fileno()] = sk
+        ep.register(sk.fileno(), select.EPOLLOUT)
+    pending = set(socks)
+    deadline = time.monotonic() + 30
+    while pending and time.monotonic() < deadline:
+        for fd, _ev in ep.poll(1.0):
+            if fd in pending:
+                pending.discard(fd)
+                if socks[fd].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    connect_errors += 1
+    connect_errors += len(pending)
+    deadline = time.monotonic() + 15
+    while established_on_port(port) < len(socks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    request = f"GET /big HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    send_failures = 0
+    t_sent = time.monotonic()
+    for sk in socks.values():
+        try:
+            sk.send(request)
+        except OSError:
+            send_failures += 1
+    open_s = time.monotonic() - t_open
+    for fd in socks:
+        ep.modify(fd, select.EPOLLIN)
+
+    def drain(sk: socket.socket) -> tuple[int, bool]:
+        """Bytes waiting on sk, read and dropped; whether it was closed on us."""
+        n = 0
+        while True:
+            try:
+                chunk = sk.recv(1 << 16)
+            except BlockingIOError:
+                return n, False
+            except OSError:
+                return n, True
+            if not chunk:
+                return n, True
+            n += len(chunk)
+
+    # Settle: a throttled connection has its head and first paced piece (a hung one cannot), and
+    # then a little longer, so the window sees only connections waiting in their fault.
+    first = set() if kind == "bandwidth" else set(socks)
+    deadline = time.monotonic() + args.throttle_first_byte_timeout
+    while len(first) < len(socks) and time.monotonic() < deadline:
+        for fd, _ev in ep.poll(0.5):
+            if fd not in first and drain(socks[fd])[0] > 0:
+                first.add(fd)
+    first_byte_s = time.monotonic() - t_sent
+    time.sleep(args.throttle_settle)
+    for sk in socks.values():
+        drain(sk)
+    held0 = established_on_port(port)
+    # schedstat: CPU time at nanosecond resolution, every thread of the proxy.
+    (c0, sw0), w0, u0 = task_counters(proxy.pid), time.monotonic(), user_seconds(proxy.pid)
+    time.sleep(args.throttle_window)
+    (c1, sw1), w1, u1 = task_counters(proxy.pid), time.monotonic(), user_seconds(proxy.pid)
+    held1 = established_on_port(port)
+    # What each connection received during the window (and which were closed on us).
+    got: list[int] = []
+    closed = 0
+    for sk in socks.values():
+        n, eof = drain(sk)
+        got.append(n)
+        closed += eof
+    t_drain = time.monotonic()
+    for sk in socks.values():
+        sk.close()
+    ep.close()
+    procs.stop(proxy)
+    window = w1 - w0
+    n = max(len(socks), 1)
+    got.sort()
+    cpu = (c1 - c0) / 1e9
+    return {
+        "kind": kind, "fault": fault, "connections": len(socks), "connect_errors": connect_errors,
+        "send_failures": send_failures, "open_s": open_s, "held_at_start": held0,
+        "held_at_end": held1, "window_s": window, "proxy_cpu_s": cpu,
+        "proxy_cpu_pct": cpu / window * 100, "proxy_cpu_us_per_conn_s": cpu * 1e6 / (n * window),
+        "proxy_user_pct": (u1 - u0) / window * 100,
+        "switches_per_s": (sw1 - sw0) / window,
+        "received_bytes_median": got[len(got) // 2] if got else 0,
+        "received_bytes_min": got[0] if got else 0, "received_bytes_max": got[-1] if got else 0,
+        "received_bps_median": (got[len(got) // 2] / (t_drain - w0)) if got else 0.0,
+        "first_bytes": len(first), "first_byte_s": first_byte_s,
+        "closed_early": closed, "load": os.getloadavg()[0],
+    }
+
+
+def throttle(args, tmp: str, procs: Processes) -> dict:
+    # Bandwidth holds an upstream socket beside each client one; hang holds only the client's.
+    soft = raise_nofile(2 * args.connections + THROTTLE_FD_SLACK)
+    conns = {kind: min(args.connections,
+                       (soft - THROTTLE_FD_SLACK) // (2 if kind == "bandwidth" else 1))
+             for kind, _ in THROTTLE_FAULTS}
+    for kind, n in conns.items():
+        if n < args.connections:
+            log(f"throttle: descriptor limit {soft}: {kind} runs with {n} connections, not "
+                f"{args.connections}")
+    root = f"{tmp}/www"
+    os.makedirs(root, exist_ok=True)
+    with open(f"{root}/big", "wb") as f:
+        f.write(b"x" * THROTTLE_BODY_BYTES)
+    origin_port = free_port()
+    origin = start_nginx(procs, tmp, "origin", origin_port,
+                         ORIGIN_FILE_HTTP.format(port=origin_port, root=root),
+                         nofile=max(soft, 1024), conns=max(soft - 64, 1024))
+    runs: dict[str, list[dict]] = {kind: [] for kind, _ in THROTTLE_FAULTS}
+    for rnd in range(args.rounds):
+        order = THROTTLE_FAULTS if rnd % 2 == 0 else list(reversed(THROTTLE_FAULTS))
+        for kind, fault in order:
+            log(f"round {rnd + 1}/{args.rounds} {kind}: {conns[kind]} connections through "
+                f"--fault {fault}, {args.throttle_settle:g} s settle, {args.throttle_window:g} s "
+                f"window, load {os.getloadavg()[0]:.2f}")
+            r = throttle_run(args, tmp, procs, origin, origin_port, kind, fault, conns[kind])
+            r["round"] = rnd
+            runs[kind].append(r)
+            log(f"  first bytes on {r['first_bytes']} after {r['first_byte_s']:.1f} s; held "
+                f"{r['held_at_start']}→{r['held_at_end']}, proxy CPU "
+                f"{r['proxy_cpu_pct']:.2f}% of a core (user {r['proxy_user_pct']:.1f}%; "
+                f"{r['proxy_cpu_us_per_conn_s']:.2f} µs per connection-second), "
+                f"{r['switches_per_s']:.0f} switches/s, window median "
+                f"{r['received_bytes_median']} B ({r['received_bps_median']:.0f} B/s), closed "
+                f"early {r['closed_early']}")
+    return {"throttle": runs, "connections": conns}
+
+
+def print_throttle(res: dict, limit_pct: float) -> list[str]:
+    head = ("fault", "connections", "held (start→end)", "proxy CPU % of a core",
+            "µs per conn-second", "switches/s", "window bytes (median)", "B/s per conn",
+            "closed early", "load")
+    rows, problems = [], []
+    for kind, fault in THROTTLE_FAULTS:
+        rs = res["throttle"][kind]
+        if not rs:
+            continue
+        pct = sorted(r["proxy_cpu_pct"] for r in rs)
+        rows.append((
+            f"--fault {fault}", str(rs[0]["connections"]),
+            " ".join(f"{r['held_at_start']}→{r['held_at_end']}" for r in rs),
+            f"{statistics.median(pct):.2f} ({pct[0]:.2f} … {pct[-1]:.2f})",
+            f"{med(r['proxy_cpu_us_per_conn_s'] for r in rs):.2f}",
+            f"{med(r['switches_per_s'] for r in rs):.0f}",
+            f"{med(r['received_bytes_median'] for r in rs):.0f} B",
+            f"{med(r['received_bps_median'] for r in rs):.0f}",
+            str(sum(r["closed_early"] for r in rs)),
+            " ".join(f"{r['load']:.1f}" for r in rs)))
+        for r in rs:
+            if r["closed_early"] or r["connect_errors"] or r["send_failures"]:
+                problems.append(f"{kind} round {r['round'] + 1}: {r['closed_early']} closed "
+                                f"early, {r['connect_errors']} connect errors, "
+                                f"{r['send_failures']} send failures")
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
+                                for i, (x, w) in enumerate(zip(r, widths))) + " |")
+    for kind, fault in THROTTLE_FAULTS:
+        rs = res["throttle"][kind]
+        if not rs:
+            continue
+        pct = [r["proxy_cpu_pct"] for r in rs]
+        status = ("NOT MET" if statistics.median(pct) >= limit_pct else
+                  "MET" if max(pct) < limit_pct else "UNDECIDED")
+        print(f"target: proxy CPU while {rs[0]['connections']} connections wait in --fault "
+              f"{fault}: {statistics.median(pct):.2f}% of a core (want < {limit_pct:g}%) → "
+              f"{status}")
+    bw = res["throttle"].get("bandwidth") or []
+    if bw:
+        bps = med(r["received_bps_median"] for r in bw)
+        print(f"(bandwidth fidelity: the median connection received {bps:.0f} B/s during the "
+              f"window, {THROTTLE_RATE_BPS} B/s asked; pieces of one 1448-byte segment)")
+    return problems
 
 
 def machine() -> dict:
@@ -1556,17 +2144,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rate-new", type=int, default=2000,
                    help="scale: new connections/s without keep-alive (0: skip)")
     p.add_argument("--new-duration", type=float, help="scale: oha seconds (default 10, quick 4)")
-    p.add_argument("--before", metavar="BIN",
-                   help="scale: also run phases 1-2 with this (older) proxy binary, rounds "
-                        "interleaved, and print both side by side (rounds: default 2, quick 1)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     p.add_argument("--delay-cost", action="store_true",
                    help="CPU, switches and io_uring calls per delayed vs undelayed request "
                         "(issue 14) instead of the comparison (~5 min; --quick ~90 s)")
+    p.add_argument("--throttle", action="store_true",
+                   help="proxy CPU while --connections (10 000) connections are throttled at "
+                        "1 KiB/s, and while as many hang (issue 12; ~2 min; --quick ~40 s)")
+    p.add_argument("--throttle-window", type=float,
+                   help="throttle: measured seconds per run (default 10, quick 4)")
+    p.add_argument("--throttle-settle", type=float,
+                   help="throttle: seconds between the last first byte and the window "
+                        "(default 2, quick 1)")
+    p.add_argument("--throttle-first-byte-timeout", type=float, default=60.0,
+                   help="throttle: longest wait for every throttled connection's first bytes")
     p.add_argument("--bin-before", metavar="PATH",
-                   help="delay-cost: also measure this binary, interleaved, as `before`")
+                   help="delay-cost and scale: also measure this (older) binary, rounds "
+                        "interleaved, as `before`, and print both side by side (scale runs "
+                        "phases 1-2 for both; rounds: default 2, quick 1)")
     p.add_argument("--cost-window", type=float,
                    help="delay-cost: measured seconds per run (default 4, quick 2)")
+    p.add_argument("--profile", action="store_true",
+                   help="delay-cost: then one more run per case under perf record -g, and the "
+                        "table of where each µs goes")
     p.add_argument("--cost-warmup", type=float,
                    help="delay-cost: seconds before the window (default 1.5, quick 1)")
     a = p.parse_args(argv)
@@ -1575,11 +2175,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         a.rounds = a.rounds or (1 if q else 3)
         a.cost_window = a.cost_window or (2.0 if q else 4.0)
         a.cost_warmup = a.cost_warmup or (1.0 if q else 1.5)
-        if a.bin_before and not os.path.isabs(a.bin_before):
-            a.bin_before = os.path.abspath(a.bin_before)
-        if a.bin_before and not os.access(a.bin_before, os.X_OK):
+    if a.bin_before:
+        a.bin_before = os.path.abspath(a.bin_before)
+        if not os.access(a.bin_before, os.X_OK):
             p.error(f"--bin-before {a.bin_before}: not an executable")
-    a.rounds = a.rounds or (1 if q else (2 if a.before else 4))
+    if a.throttle:
+        a.rounds = a.rounds or (1 if q else 2)
+        a.throttle_window = a.throttle_window or (4.0 if q else 10.0)
+        a.throttle_settle = a.throttle_settle or (1.0 if q else 2.0)
+    a.rounds = a.rounds or (1 if q else (2 if a.scale and a.bin_before else 4))
     a.duration = a.duration or (2.0 if q else 5.0)
     a.fixed_duration = a.fixed_duration or (2.0 if q else 4.0)
     a.held_duration = a.held_duration or (6.0 if q else 15.0)
@@ -1599,11 +2203,6 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args.bin = args.bin if os.path.isabs(args.bin) else os.path.join(repo, args.bin)
-    if args.before:
-        args.before = os.path.abspath(args.before)
-        if not os.access(args.before, os.X_OK):
-            log(f"no proxy binary at {args.before} (--before)")
-            return 2
     if not os.access(args.bin, os.X_OK):
         log(f"no proxy binary at {args.bin} (cargo build --release)")
         return 2
@@ -1620,7 +2219,8 @@ def main(argv: list[str]) -> int:
                   "nginx": tool_version(["nginx", "-v"]),
                   "phantom-fast": tool_version([args.bin, "--version"])},
         "load_before": os.getloadavg(),
-        "mode": ("delay-cost" if args.delay_cost else "scale" if args.scale
+        "mode": ("delay-cost" if args.delay_cost else "throttle" if args.throttle
+                 else "scale" if args.scale
                  else "quick" if args.quick else "full"),
     }
     print(f"phantom-fast load test — revision {report['revision']}")
@@ -1634,12 +2234,20 @@ def main(argv: list[str]) -> int:
                                 "warmup_s": args.cost_warmup, "loads": DELAY_COST_LOADS,
                                 "faults": [f for f, _ in DELAY_COST_FAULTS]}
             report.update(delay_cost(args, tmp, procs))
+        elif args.throttle:
+            report["params"] = {"rounds": args.rounds, "connections": args.connections,
+                                "window_s": args.throttle_window,
+                                "settle_s": args.throttle_settle,
+                                "faults": [f for _, f in THROTTLE_FAULTS],
+                                "body_bytes": THROTTLE_BODY_BYTES,
+                                "idle_timeout": THROTTLE_IDLE_TIMEOUT}
+            report.update(throttle(args, tmp, procs))
         elif args.scale:
             report["params"] = {k: getattr(args, k) for k in (
                 "connections", "waves", "hold", "rate_held", "held_duration", "scale_duration", "rate_new",
-                "rounds", "before",
+                "rounds", "bin_before",
                 "new_duration")}
-            if args.before:
+            if args.bin_before:
                 report["scale_compare"] = scale_compare(args, tmp, procs)
             else:
                 report["scale"] = scale(args, tmp, procs)
@@ -1648,7 +2256,8 @@ def main(argv: list[str]) -> int:
                                 "wrk": f"-t{WRK_THREADS} -c{WRK_CONNECTIONS}",
                                 "fixed_rate": args.rate, "fixed_seconds": args.fixed_duration,
                                 "oha_connections": OHA_CONNECTIONS,
-                                "non_matching_rules": NON_MATCHING_RULES}
+                                "non_matching_rules": NON_MATCHING_RULES,
+                                "non_matching_new_kind_rules": NEW_KIND_RULES}
             report.update(compare(args, tmp, procs))
     finally:
         procs.stop_all()
@@ -1664,7 +2273,13 @@ def main(argv: list[str]) -> int:
               f"open loop (keep-alive, --latency-correction), {args.cost_window:g} s measured "
               f"after {args.cost_warmup:g} s; medians over rounds")
         report["unexpected_errors"] = print_delay_cost(report["delay_cost"])
-    elif args.scale and args.before:
+        print_delay_profile(report["delay_cost"]["profiles"])
+    elif args.throttle:
+        print(f"## Throttled and hung connections: {args.rounds} round(s), one worker, tracing "
+              f"off, {args.throttle_window:g} s measured after {args.throttle_settle:g} s; "
+              f"origin body {THROTTLE_BODY_BYTES // 1024} KiB; medians (spread) over rounds")
+        report["unexpected_errors"] = print_throttle(report, THROTTLE_CPU_LIMIT_PCT)
+    elif args.scale and args.bin_before:
         report["unexpected_errors"] = print_scale_compare(report["scale_compare"])
     elif args.scale:
         report["unexpected_errors"] = print_scale(report["scale"])

@@ -4,12 +4,15 @@
 #   scripts/loadtest.sh [--quick] [--json FILE]     the comparison table (~5 min; --quick ~40 s)
 #   scripts/loadtest.sh --scale [--quick]           10 000 delayed keep-alive connections, and
 #                                                   2 000 new connections/s without keep-alive
-#   scripts/loadtest.sh --scale [--quick] --before PATH
+#   scripts/loadtest.sh --scale [--quick] --bin-before PATH
 #                                                   phases 1-2 for an older binary and this one,
 #                                                   interleaved: memory per connection side by side
 #   scripts/loadtest.sh --delay-cost [--quick] [--bin-before PATH]
 #                                                   CPU, switches, io_uring calls and lateness per
 #                                                   request: no fault vs delay:1ms vs 100ms-500ms
+#   scripts/loadtest.sh --throttle [--quick] [--connections N]
+#                                                   proxy CPU while 10 000 connections are throttled
+#                                                   at 1 KiB/s (--fault bandwidth:1KiB/s) or hang
 #   scripts/loadtest.sh --tls [--quick]             https listener vs nginx (keep-alive, handshakes/s)
 #                                                   and MITM CPU per request (scripts/loadtest_tls.py)
 #   scripts/loadtest.sh --help                      every option (scripts/loadtest.py does the work)

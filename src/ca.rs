@@ -254,6 +254,8 @@ impl Ca {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // The provider's suite order (AES-128-GCM first, see `net::tls::provider`).
+        config.ignore_client_order = true;
         Ok(Arc::new(config))
     }
 }

@@ -566,7 +566,17 @@ async fn serve_worker(
     let deadline = Instant::now() + worker.config.grace;
     while worker.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
+        if let Some(link) = &mut link {
+            // While draining, edits still apply (a PUT answers) and `/metrics` stays fresh.
+            worker.tick(link, true);
+        }
     }
+    if let Some(link) = &mut link {
+        worker.tick(link, true);
+    }
+    // From here on this worker applies nothing: dropping its link tells the admin thread not
+    // to wait for its ack of a later edit.
+    drop(link);
     let idle: Vec<_> = worker.pool.borrow_mut().drain().collect();
     drop(idle);
     Ok(())

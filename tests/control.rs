@@ -514,6 +514,10 @@ fn control_ready_turns_503_while_draining_and_live_stays_200() {
         200,
         "alive while draining"
     );
+    // Workers keep applying edits while they drain (they used to stop ticking, so a PUT here
+    // waited out the apply timeout and held the exit).
+    let put = admin(addr, "PUT", "/faults", &[], "error:418:/teapot\n");
+    assert_eq!(put.status, 200, "an edit while draining: {}", put.body);
     assert_eq!(
         in_flight.join().unwrap(),
         200,

@@ -1,14 +1,47 @@
 //! Issue 12's faults end to end, a real client over loopback seeing what each fault promises:
 //! reset → ECONNRESET, close, garbage, hang until `--idle-timeout`, slow time to first byte with
 //! the upstream's real body, method matchers, header-driven faults (applied, never forwarded),
-//! and `--max-active-faults` overflow counted. It does not test the grammar (the `fault` unit
-//! tests do). Delays are bounded from below only: the machine may be loaded.
+//! `--max-active-faults` overflow counted, and the trace record's measured values (how long a
+//! hang held, what a truncate or a reset let through). It does not test the grammar (the `fault`
+//! unit tests do). Delays are bounded from below only: the machine may be loaded.
 
 use std::io::{ErrorKind, Read};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::{Conn, Origin, Proxy, get, pattern, request, response};
+
+/// The applied faults of the proxy's only trace record, as `(kind, value)`, once it is written
+/// (a record follows its response, so it may lag the client's view by a little).
+fn recorded_faults(proxy: &Proxy) -> Vec<(String, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_phantom-fast"))
+            .arg("traces")
+            .arg("--trace-dir")
+            .arg(proxy.trace_dir())
+            .output()
+            .expect("running phantom-fast traces");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(line) = text.lines().find(|l| !l.trim().is_empty()) {
+            let record: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            return record["faults"]
+                .as_array()
+                .expect("a faults list")
+                .iter()
+                .map(|f| {
+                    (
+                        f["kind"].as_str().expect("a kind").to_owned(),
+                        f["value"].as_u64().expect("a value"),
+                    )
+                })
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "no trace record");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
 
 /// A raw read of the first bytes the proxy sends, or the error it ended with.
 fn first_read(c: &mut Conn) -> std::io::Result<Vec<u8>> {
@@ -80,6 +113,11 @@ fn fault_model_hang_answers_nothing_until_idle_timeout() {
     );
     assert!(started.elapsed() >= Duration::from_millis(1500));
     assert_eq!(origin.connections(), 0);
+    // The record says how long it actually held: the idle timeout, not 0.
+    let faults = recorded_faults(&proxy);
+    assert_eq!(faults.len(), 1, "{faults:?}");
+    assert_eq!(faults[0].0, "hang");
+    assert!(faults[0].1 >= 1_500_000_000, "{faults:?}");
 }
 
 #[test]
@@ -235,6 +273,8 @@ fn fault_model_truncate_short_body_then_close() {
     let head = String::from_utf8_lossy(&bytes[..head_end]);
     assert!(head.contains("content-length: 10000"), "{head}");
     assert_eq!(&bytes[head_end..], &pattern(10_000)[..2_500]);
+    // The record has the bytes that went out (25% of 10 000), not the rule's 25%.
+    assert_eq!(recorded_faults(&proxy), [("truncate".to_owned(), 2_500)]);
 }
 
 #[test]
@@ -264,6 +304,20 @@ fn fault_model_reset_after_bytes() {
         "{} body bytes",
         got.len() - head_end
     );
+    // The record has the body bytes written before the RST.
+    assert_eq!(recorded_faults(&proxy), [("reset".to_owned(), 1024)]);
+}
+
+#[test]
+fn fault_model_truncate_bytes_beyond_a_short_body_records_the_body() {
+    // truncate:64KiB of a 10 000-byte body lets all of it through: the record says 10 000.
+    let origin = big_origin(10_000);
+    let proxy = Proxy::reverse(origin.addr(), &["--fault", "truncate:64KiB"]);
+    let mut c = proxy.connect();
+    c.send(&get("/big"));
+    let bytes = c.read_until_close().expect("the body, then close");
+    assert!(bytes.ends_with(&pattern(10_000)), "{} bytes", bytes.len());
+    assert_eq!(recorded_faults(&proxy), [("truncate".to_owned(), 10_000)]);
 }
 
 #[test]

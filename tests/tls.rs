@@ -749,6 +749,16 @@ fn https_listener_serves_curl_and_s_client_tls12_and_13() {
             .all(|r| r["url"].as_str().unwrap().starts_with("https://")),
         "{recs:?}"
     );
+    // Our suite order, not the clients' (OpenSSL's puts AES-256-GCM first): AES-128-GCM with
+    // SHA-256, the hash CPUs accelerate.
+    let suites: Vec<&str> = recs
+        .iter()
+        .map(|r| r["client_tls"]["cipher_suite"].as_str().unwrap_or("?"))
+        .collect();
+    assert!(
+        suites.iter().all(|s| s.ends_with("AES_128_GCM_SHA256")),
+        "{suites:?}"
+    );
 }
 
 #[test]
@@ -1253,4 +1263,42 @@ fn ledger_counts_tls_connect_and_a_slow_body_as_upstream_time() {
         "body came with the head: {fast:#}"
     );
     assert_eq!(n(fast, "injected_delay_us"), 0, "{fast:#}");
+}
+
+/// A CONNECT to an https listener (curl's HTTPS proxy): the opaque tunnel runs inside the TLS
+/// session with the client.
+#[test]
+fn https_listener_connect_tunnel_runs_inside_tls() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.leaf("listener", &["localhost"], Leaf::Good);
+    let origin = Origin::start(|_| response("200 OK", &[], b"tunnelled"));
+    let proxy = Proxy::start(&["--tls-cert", s(&cert), "--tls-key", s(&key)]);
+    let proxy_url = format!("https://localhost:{}", proxy.addr().port());
+    let out = curl(&[
+        "-p",
+        "--proxy",
+        &proxy_url,
+        "--proxy-cacert",
+        s(&pki.path("ca.pem")),
+        &format!("http://{}/t", origin.addr()),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "tunnelled", "{out:?}");
+    let recs = records(&proxy, 1);
+    let connect = recs
+        .iter()
+        .find(|r| r["method"] == "CONNECT")
+        .expect("the CONNECT's record");
+    assert_eq!(connect["outcome"], "ok", "{connect}");
+    assert_eq!(
+        connect["client_tls"]["server_name"], "localhost",
+        "{connect}"
+    );
+    assert!(
+        connect["request_body_bytes"].as_u64().unwrap_or(0) > 0,
+        "{connect}"
+    );
+    assert!(
+        connect["response_body_bytes"].as_u64().unwrap_or(0) > 0,
+        "{connect}"
+    );
 }

@@ -526,6 +526,16 @@ impl<T: Send + Sync> Admin<T> {
     fn answer(&self, req: &Request<'_, '_>, status: u16, applied: bool) -> Response {
         if applied {
             self.show(req, status)
+        } else if self.publisher.workers_stopped() {
+            Response::error(
+                503,
+                format!(
+                    "generation {} is published, but the proxy is shutting down: its workers \
+                     apply no more edits",
+                    self.generation
+                ),
+            )
+            .with("etag", etag(self.generation))
         } else {
             Response::error(
                 503,

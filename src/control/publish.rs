@@ -38,6 +38,8 @@ struct Shared<T> {
     acked: (Mutex<()>, Condvar),
     /// Per worker: the counters of its last tick.
     board: Vec<Mutex<WorkerReport>>,
+    /// Per worker: its link was dropped (it stopped ticking to drain): it applies nothing more.
+    gone: Vec<AtomicBool>,
     draining: AtomicBool,
 }
 
@@ -80,6 +82,7 @@ impl<T: Send + Sync> Publisher<T> {
                 board: (0..workers)
                     .map(|_| Mutex::new(WorkerReport::default()))
                     .collect(),
+                gone: (0..workers).map(|_| AtomicBool::new(false)).collect(),
                 draining: AtomicBool::new(false),
             }),
         }
@@ -109,7 +112,8 @@ impl<T: Send + Sync> Publisher<T> {
         (latest.generation, Arc::clone(&latest.snapshot))
     }
 
-    /// Waits until every worker applied sequence `seq` (or a later one); false after `timeout`.
+    /// Waits until every worker applied sequence `seq` (or a later one); false after `timeout`,
+    /// or at once when a worker that has not applied it stopped (shutdown: it never will).
     pub fn wait_applied(&self, seq: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let (mutex, condvar) = &self.shared.acked;
@@ -117,6 +121,9 @@ impl<T: Send + Sync> Publisher<T> {
         loop {
             if self.all_applied(seq) {
                 return true;
+            }
+            if self.stopped_before(seq) {
+                return false;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -143,6 +150,22 @@ impl<T: Send + Sync> Publisher<T> {
             .iter()
             .map(|a| a.load(Ordering::Acquire))
             .collect()
+    }
+
+    /// Whether a worker that has not applied `seq` stopped applying snapshots.
+    fn stopped_before(&self, seq: u64) -> bool {
+        self.shared
+            .gone
+            .iter()
+            .zip(&self.shared.applied_seq)
+            .any(|(gone, applied)| {
+                gone.load(Ordering::Acquire) && applied.load(Ordering::Acquire) < seq
+            })
+    }
+
+    /// Whether a worker stopped applying snapshots (at shutdown, once it drained).
+    pub fn workers_stopped(&self) -> bool {
+        self.shared.gone.iter().any(|g| g.load(Ordering::Acquire))
     }
 
     /// Whether every worker has applied a snapshot, i.e. serves.
@@ -230,6 +253,18 @@ impl<T: Send + Sync> WorkerLink<T> {
     }
 }
 
+/// A worker that drops its link (it stopped ticking to drain at shutdown) is marked gone, so
+/// an edit published from now on does not wait [`super::api::APPLY_TIMEOUT`] for its ack.
+impl<T> Drop for WorkerLink<T> {
+    fn drop(&mut self) {
+        self.shared.gone[self.index].store(true, Ordering::Release);
+        let (mutex, condvar) = &self.shared.acked;
+        // As in `ack`: the lock orders the store before a waiter's next check.
+        drop(lock(mutex));
+        condvar.notify_all();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +305,34 @@ mod tests {
             worker.join().unwrap();
         }
         assert_eq!(publisher.total_report().trace_records, 21);
+    }
+
+    #[test]
+    fn wait_applied_returns_at_once_when_a_worker_stopped() {
+        let publisher = Publisher::new(2, 1, Arc::new(0u32));
+        let mut first = publisher.worker(0);
+        let second = publisher.worker(1);
+        assert!(first.poll().is_some());
+        first.ack();
+        let seq = publisher.publish(2, Arc::new(1));
+        let waiter = {
+            let publisher = publisher.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                (
+                    publisher.wait_applied(seq, Duration::from_secs(60)),
+                    started.elapsed(),
+                )
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!publisher.workers_stopped());
+        drop(second);
+        let (applied, waited) = waiter.join().unwrap();
+        assert!(!applied, "a stopped worker never applies it");
+        assert!(waited < Duration::from_secs(60), "woken, not timed out");
+        assert!(publisher.workers_stopped());
+        assert!(!publisher.wait_applied(seq, Duration::from_secs(60)));
     }
 
     #[test]

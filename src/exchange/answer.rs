@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use crate::{
-    fault::{Answer, DEFAULT_BODY, FaultTable, GARBAGE},
+    fault::{Answer, DEFAULT_BODY, FaultKind, FaultTable, GARBAGE},
     http::{self, BodyKind, Version, body::BodyReader},
     net::READ_BUF_BYTES,
     trace::Outcome,
@@ -154,7 +154,13 @@ impl Session<'_> {
                 self.ex.response_head_len = 0;
                 self.write_out_to_client().await;
             }
-            Answer::Hang => self.hang().await,
+            Answer::Hang => {
+                let start = Instant::now();
+                self.hang().await;
+                // How long it actually held, for the record.
+                let held = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.ex.decision.applied.set_measured(FaultKind::Hang, held);
+            }
             _ => {}
         }
         self.record();

@@ -528,7 +528,7 @@ impl Session<'_> {
         let why = match relayed {
             Ok(Shaped::Done) => return Ok(false),
             // Nothing to drain: the 502 closes the client connection with the rest unread.
-            Ok(Shaped::Cut) => return Err(Failed::new(UpstreamFailure::Error, true)),
+            Ok(Shaped::Cut { .. }) => return Err(Failed::new(UpstreamFailure::Error, true)),
             Err(RelayError::Destination) => return Ok(true),
             Err(RelayError::Framing) => UpstreamFailure::BadRequestBody,
             Err(RelayError::Source { timed_out: true }) => UpstreamFailure::ClientTimeout,

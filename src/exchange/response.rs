@@ -7,7 +7,7 @@
 use std::{io, time::Instant};
 
 use crate::{
-    fault::{Cut, Pace},
+    fault::{Cut, FaultKind, Pace},
     http::{self, BodyError, BodyKind, MAX_HEADERS_CAP, ResponseHead, Version, body::BodyReader},
     net::{
         Conn, RelayError, RelayTimeouts, is_timeout, relay,
@@ -158,11 +158,18 @@ impl Session<'_> {
             self.body_relayed(body_from, paced);
             match relayed {
                 Ok(Shaped::Done) => {}
-                Ok(Shaped::Cut) => {
+                Ok(Shaped::Cut { delivered }) => {
                     // Short of its framing: the client can tell it is not the whole body.
                     if reset {
                         self.client.reset_on_close();
                     }
+                    // The record gets what went out, not what the rule asked for.
+                    let kind = if reset {
+                        FaultKind::Reset
+                    } else {
+                        FaultKind::Truncate
+                    };
+                    self.ex.decision.applied.set_measured(kind, delivered);
                     self.ex.outcome = Outcome::Fault;
                     self.ex.response_body_len = body.data_len;
                     return Ok(Relayed::CLOSED);

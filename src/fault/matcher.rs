@@ -105,7 +105,7 @@ impl<'a> RequestView<'a> {
 /// A header name's bit in a request's 64-bit name filter: built from the length and the first
 /// and last bytes, lowercased, so one pass over the headers tells most absent names apart
 /// without comparing them.
-fn name_bit(name: &[u8]) -> u64 {
+pub(super) fn name_bit(name: &[u8]) -> u64 {
     let (Some(first), Some(last)) = (name.first(), name.last()) else {
         return 1;
     };
@@ -117,7 +117,7 @@ fn name_bit(name: &[u8]) -> u64 {
 
 /// Up to the first eight bytes of `bytes`, little-endian, zero-padded.
 #[inline]
-fn pack8(bytes: &[u8]) -> u64 {
+pub(super) fn pack8(bytes: &[u8]) -> u64 {
     match bytes.first_chunk::<8>() {
         // One load; a variable-length copy would be a `memcpy` call.
         Some(word) => u64::from_le_bytes(*word),
@@ -128,12 +128,6 @@ fn pack8(bytes: &[u8]) -> u64 {
     }
 }
 
-/// No header has this name bit (or no further line has it).
-const NO_HEADER: u8 = u8::MAX;
-
-/// Header lines the probe chains by name bit; lines beyond are scanned.
-const CHAINED_HEADERS: usize = 64;
-
 /// The set of byte classes (`byte & 63`) in `bytes`: a text containing a needle contains every
 /// class of the needle, so a missing class rules the needle out without searching.
 #[inline]
@@ -142,35 +136,37 @@ pub(super) fn byte_classes(bytes: &[u8]) -> u64 {
 }
 
 /// Facts of one request computed once per decision and shared by every rule: the packed method
-/// and path prefix, the path and the byte classes of path and URL, the header-name filter and,
-/// per name bit, the chain of header lines with it. Building it costs one pass over the headers,
-/// the path and the URL (each skipped when no rule needs it).
+/// and path prefix, the path, the byte classes of the URL and the header-name filter. Building it
+/// costs one pass over the header names and the URL (each skipped when no rule needs it); a
+/// header lookup then scans only when the filter says the name may be there.
 #[derive(Debug)]
 pub(super) struct Probe<'a> {
     method: u64,
     path: &'a [u8],
     path8: u64,
-    path_classes: u64,
     url_classes: u64,
     names: u64,
-    first: [u8; 64],
-    next: [u8; CHAINED_HEADERS],
 }
 
 /// Which facts a table's rules need; [`Quick::needs`] of every rule, OR-ed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Needs {
     headers: bool,
-    path_classes: bool,
     url_classes: bool,
 }
 
 impl Needs {
+    /// Header lines chained, nothing else.
+    #[cfg(test)]
+    pub(super) const HEADERS: Needs = Needs {
+        headers: true,
+        url_classes: false,
+    };
+
     /// Both needs together.
     pub(super) fn or(self, other: Needs) -> Needs {
         Needs {
             headers: self.headers || other.headers,
-            path_classes: self.path_classes || other.path_classes,
             url_classes: self.url_classes || other.url_classes,
         }
     }
@@ -178,7 +174,7 @@ impl Needs {
 
 /// The method packed with its length in the top byte (methods of 1–7 bytes), else 0.
 #[inline]
-fn pack_method(method: &[u8]) -> u64 {
+pub(super) fn pack_method(method: &[u8]) -> u64 {
     if (1..=7).contains(&method.len()) {
         pack8(method) | (method.len() as u64) << 56
     } else {
@@ -195,35 +191,18 @@ impl<'a> Probe<'a> {
             method: pack_method(view.method),
             path,
             path8: pack8(path),
-            path_classes: if needs.path_classes {
-                byte_classes(path)
-            } else {
-                0
-            },
             url_classes: if needs.url_classes {
                 byte_classes(view.url)
             } else {
                 0
             },
             names: 0,
-            first: [NO_HEADER; 64],
-            next: [NO_HEADER; CHAINED_HEADERS],
         };
         if needs.headers {
-            let mut last = [NO_HEADER; 64];
-            for (index, h) in view.headers.iter().enumerate().take(CHAINED_HEADERS) {
-                let bit = name_bit(h.name.as_bytes());
-                probe.names |= bit;
-                let slot = bit.trailing_zeros() as usize;
-                match last[slot] {
-                    NO_HEADER => probe.first[slot] = index as u8,
-                    prev => probe.next[usize::from(prev)] = index as u8,
-                }
-                last[slot] = index as u8;
-            }
-            for h in view.headers.iter().skip(CHAINED_HEADERS) {
-                probe.names |= name_bit(h.name.as_bytes());
-            }
+            probe.names = view
+                .headers
+                .iter()
+                .fold(0, |names, h| names | name_bit(h.name.as_bytes()));
         }
         probe
     }
@@ -238,18 +217,39 @@ impl<'a> Probe<'a> {
         fold_exact: bool,
         check: &Check,
     ) -> bool {
-        let passes = |h: &Header<'_>| {
-            name_eq(h.name.as_bytes(), name, fold_exact) && check.holds(h.value, false)
-        };
-        let mut at = self.first[bit.trailing_zeros() as usize];
-        while at != NO_HEADER {
-            let index = usize::from(at);
-            if headers.get(index).is_some_and(passes) {
-                return true;
-            }
-            at = self.next[index];
+        self.find_header(headers, name, bit, fold_exact, |value| {
+            check.holds(value, false)
+        })
+    }
+
+    /// Whether `test` holds for the value of some header line named `name` (lowercase, with name
+    /// bit `bit`; `fold_exact` as for [`name_eq`]), trying the lines in order and stopping at the
+    /// first that passes.
+    #[inline]
+    pub(super) fn find_header(
+        &self,
+        headers: &[Header<'_>],
+        name: &[u8],
+        bit: u64,
+        fold_exact: bool,
+        mut test: impl FnMut(&[u8]) -> bool,
+    ) -> bool {
+        if self.names & bit == 0 {
+            return false;
         }
-        headers.len() > CHAINED_HEADERS && headers[CHAINED_HEADERS..].iter().any(passes)
+        headers
+            .iter()
+            .any(|h| name_eq(h.name.as_bytes(), name, fold_exact) && test(h.value))
+    }
+
+    /// The path without the query.
+    pub(super) fn path(&self) -> &'a [u8] {
+        self.path
+    }
+
+    /// The path's first eight bytes, packed (see `pack8`).
+    pub(super) fn path8(&self) -> u64 {
+        self.path8
     }
 
     /// The packed method (see `pack_method`).
@@ -265,8 +265,8 @@ impl<'a> Probe<'a> {
 
 /// A rule's prefilter, checked with a few integer operations against the [`Probe`] before any
 /// matcher runs: the header names it needs, its method, the first bytes of its path prefix or
-/// exact path, the byte classes its path-contains needles and URL filter need. It never rejects
-/// a request the matchers would accept.
+/// exact path, the byte classes its URL filter needs. It never rejects a request the matchers
+/// would accept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Quick {
     names: u64,
@@ -274,7 +274,6 @@ pub(super) struct Quick {
     method_mask: u64,
     path_value: u64,
     path_mask: u64,
-    path_classes: u64,
     url_classes: u64,
 }
 
@@ -302,9 +301,6 @@ impl Quick {
                     quick.path_mask = if n == 8 { u64::MAX } else { (1 << (8 * n)) - 1 };
                     quick.path_value = pack8(path);
                 }
-                (Field::Path, Test::Contains(needle) | Test::Suffix(needle)) => {
-                    quick.path_classes |= byte_classes(needle);
-                }
                 _ => {}
             }
         }
@@ -317,26 +313,14 @@ impl Quick {
         (self.names & !probe.names)
             | ((probe.method & self.method_mask) ^ self.method)
             | ((probe.path8 & self.path_mask) ^ self.path_value)
-            | (self.path_classes & !probe.path_classes)
             | (self.url_classes & !probe.url_classes)
             == 0
-    }
-
-    /// The packed method the rule requires, if its prefilter has one.
-    pub(super) fn method(&self) -> Option<u64> {
-        (self.method_mask != 0).then_some(self.method)
-    }
-
-    /// The header-name bits the rule requires.
-    pub(super) fn name_bits(&self) -> u64 {
-        self.names
     }
 
     /// Which probe facts the rule needs.
     pub(super) fn needs(&self) -> Needs {
         Needs {
             headers: self.names != 0,
-            path_classes: self.path_classes != 0,
             url_classes: self.url_classes != 0,
         }
     }
@@ -346,7 +330,7 @@ impl Quick {
 /// ASCII case, eight bytes at a time: OR-ing 0x20 into every byte folds letters and changes no
 /// other token byte but `^` (into `~`), so a `lower` with `^` or `~` takes the byte-wise path.
 #[inline]
-fn name_eq(name: &[u8], lower: &[u8], fold_exact: bool) -> bool {
+pub(super) fn name_eq(name: &[u8], lower: &[u8], fold_exact: bool) -> bool {
     const FOLD: u64 = 0x2020_2020_2020_2020;
     if name.len() != lower.len() {
         return false;
@@ -498,10 +482,7 @@ impl CompiledMatcher {
                 name,
                 bit,
                 fold_exact,
-            } => {
-                probe.names & bit != 0
-                    && probe.any_header(view.headers, name, *bit, *fold_exact, &self.check)
-            }
+            } => probe.any_header(view.headers, name, *bit, *fold_exact, &self.check),
         }
     }
 }

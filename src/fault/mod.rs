@@ -4,13 +4,14 @@
 //! when a table is compiled): the exchange carries the plan out.
 //!
 //! Rules are parsed and validated once (`spec`, into the model of `rule`), compiled into
-//! precomputed matchers (`matcher`), integer probability thresholds, samplers (`dist`) and
-//! synthetic answers (`table`), then shared read-only across workers behind an `Arc`, stamped
-//! with a generation. Per-rule counters ([`RuleStats`]) are owned by each worker and keyed by
+//! precomputed matchers (`matcher`), a candidate index over the rules (`index`), integer
+//! probability thresholds, samplers (`dist`) and synthetic answers (`table`), then shared
+//! read-only across workers behind an `Arc`, stamped with a generation. Per-rule counters ([`RuleStats`]) are owned by each worker and keyed by
 //! stable rule ids across table replacements, so the request path takes no lock, touches no
 //! atomic and allocates nothing.
 
 mod dist;
+mod index;
 mod matcher;
 mod plan;
 mod rule;

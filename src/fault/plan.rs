@@ -34,6 +34,9 @@ pub struct AppliedFault {
     /// The sampled or configured value, in the kind's unit: nanoseconds for delays, dribble and
     /// slow heads; the status for errors; bytes per second for bandwidth; bytes (or parts per
     /// million of the body, see [`Limit`]) for truncate; bytes for `reset:after=`; 0 otherwise.
+    /// Once the exchange has carried the fault out, what it measured replaces it
+    /// ([`AppliedFaults::set_measured`]): a hang's nanoseconds held, and the body bytes a
+    /// response truncate or `reset:after=` delivered before the cut.
     pub value: u64,
 }
 
@@ -68,6 +71,22 @@ impl AppliedFaults {
                 self.len += 1;
             }
             None => self.dropped = self.dropped.saturating_add(1),
+        }
+    }
+
+    /// Replaces the value of the first recorded fault of `kind` on the response side with what
+    /// the exchange measured carrying it out; says whether there was one.
+    pub fn set_measured(&mut self, kind: FaultKind, value: u64) -> bool {
+        let len = usize::from(self.len);
+        match self.items[..len]
+            .iter_mut()
+            .find(|f| f.kind == kind && f.side == Side::Response)
+        {
+            Some(fault) => {
+                fault.value = value;
+                true
+            }
+            None => false,
         }
     }
 

@@ -13,6 +13,7 @@
 use memchr::memmem::Finder;
 
 use super::dist::Sampler;
+use super::index::Index;
 use super::matcher::{CompiledMatcher, Needs, Probe, Quick, RequestView};
 use super::plan::{Answer, AppliedFault, Cut, FaultPlan, FaultSource, Limit, Pace};
 use super::rule::{Body, DelayAt, FaultAction, FaultKind, FaultRule, Rate, Side};
@@ -291,82 +292,6 @@ fn pace_slot(plan: &mut FaultPlan, side: Side) -> &mut Pace {
     }
 }
 
-/// Bitsets over the rules, built at compile time, that narrow a decision to the candidates
-/// before any rule is looked at: by required method and by required header-name bit.
-#[derive(Debug, Clone)]
-struct Index {
-    /// Words in use: `ceil(rules / 64)`.
-    words: usize,
-    /// Rules whose prefilter names no method.
-    any_method: Box<[u64]>,
-    /// Per packed method some rule requires: the rules requiring it.
-    by_method: Box<[(u64, Box<[u64]>)]>,
-    /// Header-name bits some rule requires.
-    name_bits: u64,
-    /// Per header-name bit (64 entries): the rules requiring it.
-    by_name_bit: Box<[Box<[u64]>]>,
-}
-
-impl Index {
-    fn new(rules: &[CompiledRule]) -> Index {
-        let words = rules.len().div_ceil(64);
-        let empty = || vec![0u64; words].into_boxed_slice();
-        let mut any_method = empty();
-        let mut by_method: Vec<(u64, Box<[u64]>)> = Vec::new();
-        let mut by_name_bit: Vec<Box<[u64]>> = (0..64).map(|_| empty()).collect();
-        let mut name_bits = 0;
-        for (index, rule) in rules.iter().enumerate() {
-            let (word, bit) = (index / 64, 1u64 << (index % 64));
-            match rule.quick.method() {
-                None => any_method[word] |= bit,
-                Some(method) => match by_method.iter_mut().find(|(m, _)| *m == method) {
-                    Some((_, set)) => set[word] |= bit,
-                    None => {
-                        let mut set = empty();
-                        set[word] |= bit;
-                        by_method.push((method, set));
-                    }
-                },
-            }
-            let mut names = rule.quick.name_bits();
-            name_bits |= names;
-            while names != 0 {
-                by_name_bit[names.trailing_zeros() as usize][word] |= bit;
-                names &= names - 1;
-            }
-        }
-        Index {
-            words,
-            any_method,
-            by_method: by_method.into(),
-            name_bits,
-            by_name_bit: by_name_bit.into(),
-        }
-    }
-
-    /// The rules of the request's method (`None`: no rule requires it).
-    #[inline]
-    fn method_rules(&self, probe: &Probe<'_>) -> Option<&[u64]> {
-        self.by_method
-            .iter()
-            .find(|(m, _)| *m == probe.method())
-            .map(|(_, rules)| &rules[..])
-    }
-
-    /// Word `word` of the candidate set: rules admitted by method, minus every rule needing a
-    /// header name the request lacks.
-    #[inline]
-    fn candidates(&self, word: usize, method: Option<&[u64]>, absent: u64) -> u64 {
-        let mut set = self.any_method[word] | method.map_or(0, |rules| rules[word]);
-        let mut absent = absent;
-        while absent != 0 && set != 0 {
-            set &= !self.by_name_bit[absent.trailing_zeros() as usize][word];
-            absent &= absent - 1;
-        }
-        set
-    }
-}
-
 /// One rule in hot-path form.
 #[derive(Debug, Clone)]
 struct CompiledRule {
@@ -461,7 +386,7 @@ impl FaultTable {
             needs: compiled
                 .iter()
                 .fold(Needs::default(), |needs, rule| needs.or(rule.quick.needs())),
-            index: Index::new(&compiled),
+            index: Index::new(rules),
             compiled,
             synthetic,
             generation: 1,
@@ -549,11 +474,10 @@ impl FaultTable {
         debug_assert_eq!(stats.len(), self.compiled.len(), "one RuleStats per rule");
         let mut plan = FaultPlan::NONE;
         let probe = Probe::new(request, self.needs);
-        let method = self.index.method_rules(&probe);
-        let absent = self.index.name_bits & !probe.names();
+        let lookup = self.index.look_up(request, &probe);
         // Set bits in index order, so the rules still run in the order given.
-        for word_index in 0..self.index.words {
-            let mut bits = self.index.candidates(word_index, method, absent);
+        for word_index in 0..self.index.words() {
+            let mut bits = self.index.candidates(word_index, &lookup);
             while bits != 0 {
                 let index = word_index * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
@@ -1344,7 +1268,15 @@ mod tests {
             "path^=/api/users/7/details",
             "path*=users",
             "path$=.js",
+            "path*=/never/",
+            "path=/",
+            "path^=/api/users/8",
+            "path^=/api/users/7/details/x",
             "host=h",
+            "host=A.EXAMPLE.com",
+            "header.x-tenant=globex",
+            "header.x-b=1",
+            "header.accept=text/json",
             "host$=.example.com",
             "query.id=7",
             "query.debug",
@@ -1402,6 +1334,10 @@ mod tests {
                         name: "x~y",
                         value: b"",
                     },
+                    httparse::Header {
+                        name: "x-tenant",
+                        value: b"globex",
+                    },
                 ],
                 &[
                     httparse::Header {
@@ -1415,11 +1351,12 @@ mod tests {
                 ],
                 &[],
             ];
-            let urls: [&[u8]; 4] = [
+            let urls: [&[u8]; 5] = [
                 b"http://h/api/users?id=7",
                 b"http://a.example.com/api/users/7/details?debug",
                 b"http://h/static/app.js",
                 b"h:443",
+                b"http://H/",
             ];
             let methods: [&[u8]; 4] = [b"GET", b"POST", b"PROPFIND", b"CONNECT"];
             let mut fast_stats = vec![RuleStats::default(); table.len()];
@@ -1429,7 +1366,7 @@ mod tests {
                 fastrand::Rng::with_seed(round),
             );
             for i in 0..200 {
-                let view = RequestView::from_url(urls[i % 4])
+                let view = RequestView::from_url(urls[i % 5])
                     .with_method(methods[(i / 4) % 4])
                     .with_headers(header_sets[(i / 16) % 3]);
                 let fast = table.decide(&view, &mut fast_rng, &mut fast_stats);

@@ -125,14 +125,29 @@ pub(crate) enum Shaped {
     /// The whole body went through.
     Done,
     /// It was cut at [`Shape::cut_at`]: the caller closes (or resets) the receiver.
-    Cut,
+    Cut {
+        /// Body bytes (wire bytes, framing included) written to the receiver before the cut.
+        delivered: u64,
+    },
 }
 
 /// Dribble pieces when the length is unknown.
 const UNKNOWN_LEN_PIECE_BYTES: u64 = 16 * 1024;
 
-/// Bandwidth pacing step: bytes per second divided by this (a write every 50 ms).
+/// Bandwidth pacing step: bytes per second divided by this (a write every 50 ms)...
 const PACE_STEPS_PER_SEC: u64 = 20;
+
+/// ...but never less than one TCP segment's payload (1500-byte MTU, IPv4, timestamps), as a slow
+/// link delivers whole segments: below 28 KiB/s the writes come less often instead (1 KiB/s: one
+/// segment every 1.4 s), so a throttled connection costs a wake-up per segment, not per tick...
+const MIN_PACE_STEP_BYTES: u64 = 1448;
+
+/// ...unless a segment takes longer than this at the rate: then this long's worth.
+const MAX_PACE_INTERVAL_SECS: u64 = 2;
+
+/// Longest a paced write may come after its due time, so that the writes of many throttled
+/// connections due about then share one timer wake-up.
+const MAX_PACE_SLACK: Duration = Duration::from_millis(1);
 
 /// [`relay`] (framing passed through) with a fault's shaping: bandwidth pacing or dribbling by
 /// the worker's timer (no busy waiting: between writes the task sleeps), a delay between the
@@ -168,7 +183,7 @@ pub(crate) async fn relay_shaped(
         while pending > 0 {
             let mut step = match shape.pace {
                 Pace::Full => pending,
-                Pace::Bandwidth { bytes_per_sec } => (bytes_per_sec / PACE_STEPS_PER_SEC).max(1),
+                Pace::Bandwidth { bytes_per_sec } => pace_step(bytes_per_sec),
                 Pace::Dribble { pieces: p, .. } => {
                     shape.len.map_or(UNKNOWN_LEN_PIECE_BYTES, |len| {
                         len.div_ceil(u64::from(p)).max(1)
@@ -197,10 +212,18 @@ pub(crate) async fn relay_shaped(
                     Some(start + Duration::from_nanos(at))
                 }
             };
+            let now = Instant::now();
             if let Some(due) = due
-                && due > Instant::now()
+                && due > now
             {
-                timer.sleep_until(due).await;
+                let slack = match shape.pace {
+                    Pace::Bandwidth { bytes_per_sec } => {
+                        (Duration::from_nanos(mul_div(step, 1_000_000_000, bytes_per_sec)) / 32)
+                            .min(MAX_PACE_SLACK)
+                    }
+                    _ => Duration::ZERO,
+                };
+                timer.sleep_within(now, due, slack).await;
             }
             if step > 0 {
                 src.relay_to(dst, step as usize, Instant::now() + timeouts.write)
@@ -211,7 +234,7 @@ pub(crate) async fn relay_shaped(
             pieces += 1;
             pending -= step;
             if cut {
-                return Ok(Shaped::Cut);
+                return Ok(Shaped::Cut { delivered: sent });
             }
         }
         if body.done {
@@ -233,7 +256,35 @@ pub(crate) async fn relay_shaped(
     }
 }
 
+/// Bytes per paced write at `bytes_per_sec`: a twentieth of a second's worth, at least one
+/// segment (or [`MAX_PACE_INTERVAL_SECS`]' worth, when that is less).
+fn pace_step(bytes_per_sec: u64) -> u64 {
+    (bytes_per_sec / PACE_STEPS_PER_SEC)
+        .max(MIN_PACE_STEP_BYTES.min(bytes_per_sec.saturating_mul(MAX_PACE_INTERVAL_SECS)))
+        .max(1)
+}
+
 /// `a * b / c` without overflow (saturating), `c > 0`.
 fn mul_div(a: u64, b: u64, c: u64) -> u64 {
     u64::try_from(u128::from(a) * u128::from(b) / u128::from(c.max(1))).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_step_is_a_tick_or_a_segment() {
+        let rows: &[(&str, u64, u64)] = &[
+            ("one_byte_per_sec", 1, 2),
+            ("below_a_segment_in_two_seconds", 500, 1000),
+            ("one_kib_per_sec_one_segment", 1024, 1448),
+            ("segment_floor_up_to_28k", 28_000, 1448),
+            ("a_twentieth_above", 64 * 1024, 3276),
+            ("fast", 10 << 20, (10 << 20) / 20),
+        ];
+        for (name, rate, want) in rows {
+            assert_eq!(pace_step(*rate), *want, "{name}");
+        }
+    }
 }

@@ -35,9 +35,32 @@ pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 /// header and tag) fits, so a record never needs two reads to be decrypted.
 pub const TLS_READ_BYTES: usize = 16 * 1024 + 512;
 
-/// The crypto provider every configuration uses: rustls' `ring` backend.
+/// The crypto provider every configuration uses: rustls' `ring` backend, with the AES-128-GCM
+/// suites (SHA-256) ahead of the others, in TLS 1.3 and 1.2 alike; with
+/// [`ServerConfig::ignore_client_order`] our servers choose them too.
+///
+/// Why: a TLS 1.3 handshake hashes its transcript and derives every key with the suite's hash.
+/// SHA-256 runs on the CPU's SHA extensions (x86 SHA-NI, ARMv8), SHA-384 on SHA-512, which ring
+/// 0.17 computes in portable code on every x86 CPU but Intel's: on an AMD EPYC it was 11% of a
+/// new https connection's CPU (`perf record`, a new connection per request). AES-128-GCM is the
+/// suite every TLS 1.3 peer must implement (RFC 8446 §9.1) and costs fewer AES rounds per byte.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    // A stable sort: each group keeps rustls' order.
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| !is_aes128_sha256(suite.suite()));
+    Arc::new(provider)
+}
+
+fn is_aes128_sha256(suite: rustls::CipherSuite) -> bool {
+    use rustls::CipherSuite as S;
+    matches!(
+        suite,
+        S::TLS13_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -117,6 +140,8 @@ pub fn load_server_config(
         other => file_error(key_path, format!("cannot be used: {other}")),
     })?;
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    // Our suite order ([`provider`]), not the client's.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
