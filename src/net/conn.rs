@@ -195,8 +195,10 @@ impl Conn {
         }
     }
 
-    /// Whether bytes wait unread in the socket (a zero-timeout `poll(2)` for `POLLIN`).
-    fn peer_sent_more(&self) -> bool {
+    /// Whether bytes wait unread in the socket (a zero-timeout `poll(2)` for `POLLIN`): a
+    /// request the peer sent that no read has taken yet (a waiting read holds only
+    /// [`WAIT_BUF_BYTES`], and a delay watches without reading).
+    pub(crate) fn peer_sent_more(&self) -> bool {
         let fd = match self.transport.as_ref() {
             Some(Transport::Plain(stream)) => stream.as_raw_fd(),
             Some(Transport::Tls(tls)) => tls.raw_fd(),
