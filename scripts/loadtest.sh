@@ -4,6 +4,9 @@
 #   scripts/loadtest.sh [--quick] [--json FILE]     the comparison table (~5 min; --quick ~40 s)
 #   scripts/loadtest.sh --scale [--quick]           10 000 delayed keep-alive connections, and
 #                                                   2 000 new connections/s without keep-alive
+#   scripts/loadtest.sh --scale [--quick] --bin-before PATH
+#                                                   phases 1-2 for an older binary and this one,
+#                                                   interleaved: memory per connection side by side
 #   scripts/loadtest.sh --delay-cost [--quick] [--bin-before PATH]
 #                                                   CPU, switches, io_uring calls and lateness per
 #                                                   request: no fault vs delay:1ms vs 100ms-500ms

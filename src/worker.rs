@@ -63,7 +63,7 @@ pub(crate) struct Worker {
     /// Shared with every connection, which takes and gives back buffers as its needs change.
     pub(crate) bufs: Rc<RefCell<BufPool>>,
     /// Blocks for the state of an exchange's running phase (forwarding, a tunnel).
-    pub(crate) frames: FramePool,
+    pub(crate) frames: Rc<FramePool>,
     pub(crate) resolver: RefCell<Resolver>,
     /// Fault decisions (seeded by `--seed`), and nothing else.
     pub(crate) rng: RefCell<fastrand::Rng>,
@@ -123,7 +123,7 @@ impl Worker {
             table: TableSlot::new(faults),
             pool: RefCell::new(pool),
             bufs: Rc::default(),
-            frames: FramePool::default(),
+            frames: Rc::default(),
             resolver: RefCell::new(resolver),
             rng: RefCell::new(rng),
             id_rng: RefCell::new(fastrand::Rng::new()),

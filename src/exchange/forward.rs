@@ -205,7 +205,7 @@ impl Session<'_> {
             let mut up = match attempt.take() {
                 Some(conn) => conn,
                 None => match self.connect_timed(&dest, connect_by).await {
-                    Ok(transport) => Conn::new(transport, &w.bufs),
+                    Ok(transport) => Conn::new(transport, &w.bufs, &w.frames),
                     Err(e) => {
                         w.pool.borrow_mut().closed(dest);
                         return Err(e);

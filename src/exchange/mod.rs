@@ -188,7 +188,7 @@ impl<'w> Session<'w> {
         let capture_limit = w.config.trace.as_ref().map_or(0, |t| t.body_bytes);
         let session = Session {
             w,
-            client: Conn::new(transport, &w.bufs),
+            client: Conn::new(transport, &w.bufs, &w.frames),
             peer,
             faults: w.table.pin(),
             out: Vec::new(),
@@ -266,7 +266,7 @@ impl<'w> Session<'w> {
             Err(request::HeadEnd::Close) => return Next::Close,
             Err(request::HeadEnd::Reject { status }) => {
                 self.ex.outcome = Outcome::BadRequest;
-                return self.answer_error(status).await;
+                return self.error_pooled(None, status).await;
             }
         };
         let decision = self.ex.decision;

@@ -85,7 +85,11 @@ impl Session<'_> {
                 }
             }
             let idle = head_deadline.is_none();
-            if idle && self.w.shutdown.fired() {
+            // Draining: an idle connection closes, but a request the client already sent (one
+            // pipelined behind the last, still in the socket) is in flight: it is served (its
+            // answer says `connection: close`).
+            let draining = self.w.shutdown.fired();
+            if idle && draining && !self.client.peer_sent_more() {
                 return Err(HeadEnd::Close);
             }
             // A fresh connection gets `--header-timeout` for its first byte (a client that opens
@@ -97,7 +101,7 @@ impl Session<'_> {
             };
             let deadline = head_deadline.unwrap_or_else(|| Instant::now() + wait);
             let max = cfg.limits.max_head_bytes + 1;
-            let read = if idle {
+            let read = if idle && !draining {
                 // Nothing of the last exchange is needed any more: wait holding no full buffer.
                 self.out.clear();
                 self.park_for_wait();

@@ -133,7 +133,7 @@ impl Session<'_> {
                 Intercept::Opaque => {}
             }
         }
-        let mut up = Conn::new(transport, &w.bufs);
+        let mut up = Conn::new(transport, &w.bufs, &w.frames);
         self.pump_tunnel(&mut up).await;
         self.release_conn(up);
         self.record();
@@ -186,7 +186,7 @@ impl Session<'_> {
             Err(e) => return self.client_tls_failed(tls::handshake_failure(&e)),
         };
         let failed = stream.handshake(deadline).await.err();
-        let fresh = Conn::new(Transport::Tls(Box::new(stream)), &w.bufs);
+        let fresh = Conn::new(Transport::Tls(Box::new(stream)), &w.bufs, &w.frames);
         let plain = std::mem::replace(&mut self.client, fresh);
         self.release_conn(plain);
         if let Some(e) = failed {

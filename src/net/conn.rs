@@ -14,9 +14,11 @@ use std::{cell::RefCell, future::Future, io, os::fd::AsRawFd, rc::Rc, time::Inst
 
 use monoio::buf::{IoBuf, IoBufMut};
 
+use monoio::io::CancelableAsyncReadRent;
+
 use super::{
-    BufPool,
-    transport::{Cancel, Transport},
+    BufPool, FramePool,
+    transport::{Cancel, Transport, until},
 };
 
 /// A connection's read buffer while data moves: most heads and small bodies fit in one read.
@@ -44,6 +46,8 @@ pub(crate) struct Conn {
     pos: usize,
     /// Where buffers come from and go back to as the connection's needs change.
     pool: Rc<RefCell<BufPool>>,
+    /// Where a TLS read's state lives while it runs (see [`Conn::read_more`]).
+    frames: Rc<FramePool>,
     /// Cancels this connection's in-flight op when a deadline passes. One per connection and
     /// reused, so arming a deadline allocates nothing; only a cancellation (rare) allocates.
     canceller: Cancel,
@@ -51,12 +55,17 @@ pub(crate) struct Conn {
 
 impl Conn {
     /// Wraps a transport; its read buffer comes from `pool` with the first read.
-    pub(crate) fn new(transport: Transport, pool: &Rc<RefCell<BufPool>>) -> Conn {
+    pub(crate) fn new(
+        transport: Transport,
+        pool: &Rc<RefCell<BufPool>>,
+        frames: &Rc<FramePool>,
+    ) -> Conn {
         Conn {
             transport: Some(transport),
             buf: Vec::new(),
             pos: 0,
             pool: Rc::clone(pool),
+            frames: Rc::clone(frames),
             canceller: Cancel::default(),
         }
     }
@@ -186,8 +195,10 @@ impl Conn {
         }
     }
 
-    /// Whether bytes wait unread in the socket (a zero-timeout `poll(2)` for `POLLIN`).
-    fn peer_sent_more(&self) -> bool {
+    /// Whether bytes wait unread in the socket (a zero-timeout `poll(2)` for `POLLIN`): a
+    /// request the peer sent that no read has taken yet (a waiting read holds only
+    /// [`WAIT_BUF_BYTES`], and a delay watches without reading).
+    pub(crate) fn peer_sent_more(&self) -> bool {
         let fd = match self.transport.as_ref() {
             Some(Transport::Plain(stream)) => stream.as_raw_fd(),
             Some(Transport::Tls(tls)) => tls.raw_fd(),
@@ -270,6 +281,10 @@ impl Conn {
             .await
     }
 
+    /// The read behind [`Conn::fill`] and [`Conn::fill_or`]. A plain socket's read runs inline
+    /// ([`Transport::read`]'s plain arm, spelled out); a TLS read's larger state runs in a
+    /// pooled block. Inline, the TLS arm would size the future of every waiting connection,
+    /// plain ones included, for its whole life.
     async fn read_more(
         &mut self,
         want: usize,
@@ -290,9 +305,18 @@ impl Conn {
         };
         let buf = std::mem::take(&mut self.buf);
         let len = buf.len();
-        let (res, slice) = transport
-            .read(buf.slice_mut(len..), &mut self.canceller, deadline, stop)
-            .await;
+        let into = buf.slice_mut(len..);
+        let (res, slice) = match transport {
+            Transport::Plain(stream) => {
+                let read = stream.cancelable_read(into, self.canceller.handle());
+                until(read, &mut self.canceller, deadline, stop).await
+            }
+            tls @ Transport::Tls(_) => {
+                let frames = Rc::clone(&self.frames);
+                let read = tls.read(into, &mut self.canceller, deadline, stop);
+                frames.boxed(read).await
+            }
+        };
         self.buf = slice.into_inner();
         res
     }
