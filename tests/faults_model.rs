@@ -14,6 +14,21 @@ use crate::support::{Conn, Origin, Proxy, get, pattern, request, response};
 /// The applied faults of the proxy's only trace record, as `(kind, value)`, once it is written
 /// (a record follows its response, so it may lag the client's view by a little).
 fn recorded_faults(proxy: &Proxy) -> Vec<(String, u64)> {
+    recorded(proxy)["faults"]
+        .as_array()
+        .expect("a faults list")
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().expect("a kind").to_owned(),
+                f["value"].as_u64().expect("a value"),
+            )
+        })
+        .collect()
+}
+
+/// The proxy's first trace record, as `traces` prints it.
+fn recorded(proxy: &Proxy) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_phantom-fast"))
@@ -24,19 +39,7 @@ fn recorded_faults(proxy: &Proxy) -> Vec<(String, u64)> {
             .expect("running phantom-fast traces");
         let text = String::from_utf8_lossy(&out.stdout);
         if let Some(line) = text.lines().find(|l| !l.trim().is_empty()) {
-            let record: serde_json::Value =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-            return record["faults"]
-                .as_array()
-                .expect("a faults list")
-                .iter()
-                .map(|f| {
-                    (
-                        f["kind"].as_str().expect("a kind").to_owned(),
-                        f["value"].as_u64().expect("a value"),
-                    )
-                })
-                .collect();
+            return serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         }
         assert!(Instant::now() < deadline, "no trace record");
         thread::sleep(Duration::from_millis(50));
@@ -118,6 +121,16 @@ fn fault_model_hang_answers_nothing_until_idle_timeout() {
     assert_eq!(faults.len(), 1, "{faults:?}");
     assert_eq!(faults[0].0, "hang");
     assert!(faults[0].1 >= 1_500_000_000, "{faults:?}");
+    // The ledger counts the hang as injected time, not as the proxy's own overhead.
+    let rec = recorded(&proxy);
+    let us = |k: &str| rec[k].as_u64().unwrap_or_else(|| panic!("{k}: {rec:#}"));
+    assert!(us("injected_delay_us") >= 1_500_000, "{rec:#}");
+    assert!(us("overhead_us") < us("injected_delay_us"), "{rec:#}");
+    assert_eq!(
+        us("duration_us"),
+        us("injected_delay_us") + us("upstream_us") + us("overhead_us"),
+        "duration = injected + upstream + overhead: {rec:#}"
+    );
 }
 
 #[test]
