@@ -919,26 +919,19 @@ def fd_count(pid: int) -> int:
         return 0
 
 
-def burst(port: int, conns: int, waves: int, proxy: Owned, origin: Owned,
-          hold_s: float) -> dict:
-    """Opens `conns` keep-alive connections, then `waves` times sends one request on every one of
-    them at once (so all of them wait in the delay together) and reads every answer; then holds
-    them all open and idle for `hold_s`."""
+def open_connections(port: int, conns: int) -> tuple:
+    """Opens `conns` non-blocking connections to 127.0.0.1:port at once and waits (30 s) for
+    their connects, then (15 s) until the proxy has accepted them all (they may still sit in its
+    listen backlog). Returns the epoll they are registered with (for EPOLLOUT), the sockets by
+    descriptor, and how many failed to connect."""
     addr = ("127.0.0.1", port)
     ep = select.epoll()
     socks: dict[int, socket.socket] = {}
     connect_errors = 0
-    rss0 = status_kib(proxy.pid, "VmRSS")
-    anon0 = status_kib(proxy.pid, "RssAnon")
-    hwm0 = status_kib(proxy.pid, "VmHWM")
-    kern0 = kernel_socket_kib()
-    ns0 = netstat()
-    t0 = time.monotonic()
     for _ in range(conns):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setblocking(False)
-        err = s.connect_ex(addr)
-        if err not in (0, 115):  # EINPROGRESS
+        if s.connect_ex(addr) not in (0, 115):  # EINPROGRESS
             connect_errors += 1
             s.close()
             continue
@@ -953,10 +946,24 @@ def burst(port: int, conns: int, waves: int, proxy: Owned, origin: Owned,
                 if socks[fd].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                     connect_errors += 1
     connect_errors += len(pending)
-    # Wait until the proxy has accepted them all (they may still sit in its listen backlog).
     deadline = time.monotonic() + 15
     while established_on_port(port) < len(socks) and time.monotonic() < deadline:
         time.sleep(0.1)
+    return ep, socks, connect_errors
+
+
+def burst(port: int, conns: int, waves: int, proxy: Owned, origin: Owned,
+          hold_s: float) -> dict:
+    """Opens `conns` keep-alive connections, then `waves` times sends one request on every one of
+    them at once (so all of them wait in the delay together) and reads every answer; then holds
+    them all open and idle for `hold_s`."""
+    rss0 = status_kib(proxy.pid, "VmRSS")
+    anon0 = status_kib(proxy.pid, "RssAnon")
+    hwm0 = status_kib(proxy.pid, "VmHWM")
+    kern0 = kernel_socket_kib()
+    ns0 = netstat()
+    t0 = time.monotonic()
+    ep, socks, connect_errors = open_connections(port, conns)
     accepted = established_on_port(port)
     connect_s = time.monotonic() - t0
     # Every connection open, none has sent a byte: what an idle connection costs.
@@ -1899,32 +1906,8 @@ def throttle_run(args, tmp: str, procs: Processes, origin: Owned, origin_port: i
                                  THROTTLE_IDLE_TIMEOUT, "--max-connections", str(conns + 64),
                                  "--max-upstream-connections", str(conns + 64),
                                  "--fault", fault])
-    addr = ("127.0.0.1", port)
-    ep = select.epoll()
-    socks: dict[int, socket.socket] = {}
-    connect_errors = 0
     t_open = time.monotonic()
-    for _ in range(conns):
-        sk = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sk.setblocking(False)
-        if sk.connect_ex(addr) not in (0, 115):  # EINPROGRESS
-            connect_errors += 1
-            sk.close()
-            continue
-        socks[sk.fileno()] = sk
-        ep.register(sk.fileno(), select.EPOLLOUT)
-    pending = set(socks)
-    deadline = time.monotonic() + 30
-    while pending and time.monotonic() < deadline:
-        for fd, _ev in ep.poll(1.0):
-            if fd in pending:
-                pending.discard(fd)
-                if socks[fd].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-                    connect_errors += 1
-    connect_errors += len(pending)
-    deadline = time.monotonic() + 15
-    while established_on_port(port) < len(socks) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    ep, socks, connect_errors = open_connections(port, conns)
     request = f"GET /big HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
     send_failures = 0
     t_sent = time.monotonic()
