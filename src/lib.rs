@@ -33,11 +33,11 @@
 //! when io_uring is refused), its own `SO_REUSEPORT` listener, upstream pool, buffers and ring.
 //! Only the `Config` and the fault snapshots cross threads (in `Arc`); inside a worker everything
 //! is `!Send` in `Rc`/`RefCell`: no locks or atomics on the request path. The worker keeps its
-//! current snapshot in an `Rc` slot that it may swap on its tick (50 ms; 10 ms with a control
-//! plane); every exchange pins the snapshot it started with, so one exchange never sees two
-//! tables. With `--admin` or `--faults-file`, one `pf-admin` thread (blocking `std::net`, never a
-//! worker) validates and compiles rule sets and publishes them; each worker acks the snapshot it
-//! swapped in and copies its counters into its own board slot, which a scrape sums.
+//! current snapshot in an `Rc` slot that it swaps when the control plane wakes it with a new one;
+//! every exchange pins the snapshot it started with, so one exchange never sees two tables. With
+//! `--admin` or `--faults-file`, one `pf-admin` thread (blocking `std::net`, never a worker)
+//! validates and compiles rule sets and publishes them; each worker acks the snapshot it swapped
+//! in, and copies its counters into its own board slot when a scrape asks, which the scrape sums.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod ca;

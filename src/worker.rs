@@ -142,10 +142,11 @@ impl Worker {
         }
     }
 
-    /// The worker's periodic step (the server runs it on its stop-poll tick) when a control
-    /// plane publishes: swaps in a newer snapshot and acks it, then, when `report`, copies the
+    /// The worker's step on news from the control plane (and on its stop-poll tick): swaps in a
+    /// newer snapshot and acks it, then, when a report was asked for or `report`, copies the
     /// counters into the worker's board slot. Not on the request path.
     pub(crate) fn tick(&self, link: &mut WorkerLink<Faults>, report: bool) {
+        let report = report || link.report_wanted();
         if let Some((generation, latest)) = link.poll() {
             debug_assert_eq!(
                 latest.generation, generation,

@@ -96,7 +96,7 @@ fn metric(scrape: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Scrapes until `series` reaches `want` (workers report on their tick) or 5 s pass.
+/// Scrapes until `series` reaches `want` (a record lands after its answer is sent) or 5 s pass.
 fn scrape_until(addr: SocketAddr, series: &str, want: f64) -> String {
     let started = Instant::now();
     loop {
@@ -858,4 +858,60 @@ fn control_sigterm_at_the_connection_limit_still_stops() {
     let (exit, stderr) = proxy.stop();
     assert!(exit.success(), "{exit}: {stderr}");
     drop(served);
+}
+
+/// One thread of `pid` by name: (voluntary context switches, CPU time) from `/proc`.
+fn thread_counters(pid: u32, name: &str) -> (u64, Duration) {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        let schedstat = std::fs::read_to_string(dir.join("schedstat")).unwrap();
+        let ns: u64 = schedstat.split(' ').next().unwrap().parse().unwrap();
+        return (switches, Duration::from_nanos(ns));
+    }
+    panic!("no thread {name} in {pid}");
+}
+
+#[test]
+fn control_an_idle_admin_costs_no_ticks_and_a_scrape_counts_what_just_happened() {
+    let origin = Origin::echo();
+    let (proxy, addr) = start(&origin, &[]);
+    // Idle: the worker wakes for its stop-flag poll (20 a second) and little else; a control
+    // tick of its own (every 5 ms) made that 200+. The admin thread sleeps between its 100 ms
+    // ticks; a wait rounded down to 0 ms made it spin through the last millisecond of each.
+    thread::sleep(Duration::from_millis(300));
+    let (worker0, _) = thread_counters(proxy.pid(), "pf-worker-0");
+    let (_, admin0) = thread_counters(proxy.pid(), "pf-admin");
+    let window = Duration::from_secs(2);
+    thread::sleep(window);
+    let (worker1, _) = thread_counters(proxy.pid(), "pf-worker-0");
+    let (_, admin1) = thread_counters(proxy.pid(), "pf-admin");
+    let wakes = (worker1 - worker0) as f64 / window.as_secs_f64();
+    assert!(wakes < 100.0, "idle worker woke {wakes:.0} times a second");
+    let admin_cpu = admin1 - admin0;
+    assert!(
+        admin_cpu < Duration::from_millis(8),
+        "idle admin thread used {admin_cpu:?} of CPU in {window:?}"
+    );
+    // A scrape asks the workers for their counters: the request just answered is in it at once
+    // (they used to report every 50 ms).
+    let mut conn = proxy.connect();
+    for n in 1..=3 {
+        assert_eq!(status_of(&mut conn, "/x"), 200);
+        let scrape = admin(addr, "GET", "/metrics", &[], "").body;
+        assert_eq!(
+            metric(&scrape, "phantom_requests_total{outcome=\"ok\"}"),
+            f64::from(n),
+            "scrape right after request {n}"
+        );
+    }
 }

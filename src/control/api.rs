@@ -25,6 +25,10 @@ use crate::{fault::FaultRule, http};
 /// published; workers pick it up on their next tick).
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a scrape waits for the workers' fresh counters (an idle worker answers in
+/// microseconds, a busy one when its current task yields); past it, their last reports count.
+const REPORT_WAIT: Duration = Duration::from_millis(100);
+
 /// What the admin thread needs to turn a rule set into the workers' snapshot.
 #[derive(Debug, Clone, Copy)]
 pub struct Compiled<'a> {
@@ -327,6 +331,7 @@ impl<T: Send + Sync> Admin<T> {
 
     fn metrics(&self) -> Response {
         let now = Instant::now();
+        self.publisher.refresh_reports(REPORT_WAIT);
         let scrape = Scrape {
             total: self.publisher.total_report(),
             rules: self

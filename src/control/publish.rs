@@ -2,17 +2,20 @@
 //! generation, each worker's applied-generation ack, and each worker's stats board slot.
 //! It compiles nothing and serves nothing; it is only the `Send + Sync` meeting point.
 //!
-//! A worker holds a [`WorkerLink`] and, on the tick it already runs, calls [`WorkerLink::poll`]
-//! (one atomic load when nothing changed), swaps its `Rc` slot when a snapshot comes back, then
-//! [`WorkerLink::ack`]s it and fills its [`WorkerReport`] with [`WorkerLink::report`]. Nothing of
-//! this is on the request path. The admin thread [`Publisher::publish`]es and, for a PUT, waits
-//! with [`Publisher::wait_applied`] until every worker has swapped.
+//! A worker holds a [`WorkerLink`] and waits for news on it ([`WorkerLink::poll_news`]: the
+//! publisher wakes the waiting task, so an idle worker is not woken by a timer to look). On news
+//! it calls [`WorkerLink::poll`], swaps its `Rc` slot when a snapshot comes back, then
+//! [`WorkerLink::ack`]s it, and fills its [`WorkerReport`] with [`WorkerLink::report`] when one
+//! was asked for. Nothing of this is on the request path. The admin thread
+//! [`Publisher::publish`]es and, for a PUT, waits with [`Publisher::wait_applied`] until every
+//! worker has swapped; a scrape asks for fresh reports with [`Publisher::refresh_reports`].
 
 use std::{
     sync::{
         Arc, Condvar, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
@@ -34,10 +37,17 @@ struct Shared<T> {
     applied_seq: Vec<AtomicU64>,
     /// Per worker: the generation of the snapshot it applied.
     applied_generation: Vec<AtomicU64>,
-    /// Notified on every ack; its mutex guards nothing but the wait.
+    /// Notified on every ack and report; its mutex guards nothing but the wait.
     acked: (Mutex<()>, Condvar),
-    /// Per worker: the counters of its last tick.
+    /// Per worker: the counters of its last report.
     board: Vec<Mutex<WorkerReport>>,
+    /// Bumped for each report asked for ([`Publisher::refresh_reports`]).
+    report_want: AtomicU64,
+    /// Per worker: the `report_want` its last report answered.
+    reported: Vec<AtomicU64>,
+    /// Per worker: its task waiting for news ([`WorkerLink::poll_news`]), woken on a publish
+    /// and on a report asked for.
+    wakers: Vec<Mutex<Option<Waker>>>,
     /// Per worker: its link was dropped (it stopped ticking to drain): it applies nothing more.
     gone: Vec<AtomicBool>,
     draining: AtomicBool,
@@ -82,6 +92,9 @@ impl<T: Send + Sync> Publisher<T> {
                 board: (0..workers)
                     .map(|_| Mutex::new(WorkerReport::default()))
                     .collect(),
+                report_want: AtomicU64::new(0),
+                reported: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+                wakers: (0..workers).map(|_| Mutex::new(None)).collect(),
                 gone: (0..workers).map(|_| AtomicBool::new(false)).collect(),
                 draining: AtomicBool::new(false),
             }),
@@ -103,7 +116,46 @@ impl<T: Send + Sync> Publisher<T> {
             snapshot,
         };
         self.shared.seq.store(seq, Ordering::Release);
+        drop(latest);
+        self.wake_workers();
         seq
+    }
+
+    /// Wakes every worker waiting for news (after the news was stored: see
+    /// [`WorkerLink::poll_news`]).
+    fn wake_workers(&self) {
+        for slot in &self.shared.wakers {
+            if let Some(waker) = lock(slot).take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Asks every worker for a fresh report and waits up to `timeout` for them; a worker that
+    /// stopped, or does not answer in time, keeps its last one. A worker answers as soon as its
+    /// current task yields (microseconds when idle), so a scrape sees counters of now.
+    pub fn refresh_reports(&self, timeout: Duration) {
+        let want = self.shared.report_want.fetch_add(1, Ordering::AcqRel) + 1;
+        self.wake_workers();
+        let deadline = Instant::now() + timeout;
+        let (mutex, condvar) = &self.shared.acked;
+        let mut guard = lock(mutex);
+        loop {
+            let answered = self
+                .shared
+                .reported
+                .iter()
+                .zip(&self.shared.gone)
+                .all(|(r, gone)| r.load(Ordering::Acquire) >= want || gone.load(Ordering::Acquire));
+            let left = deadline.saturating_duration_since(Instant::now());
+            if answered || left.is_zero() {
+                return;
+            }
+            guard = condvar
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
     }
 
     /// The latest snapshot and its generation.
@@ -210,7 +262,7 @@ impl<T: Send + Sync> Publisher<T> {
     }
 }
 
-/// One worker's side: `Send`, moved into the worker thread; used on its tick only.
+/// One worker's side: `Send`, moved into the worker thread; used off the request path only.
 pub struct WorkerLink<T> {
     shared: Arc<Shared<T>>,
     index: usize,
@@ -221,6 +273,37 @@ pub struct WorkerLink<T> {
 }
 
 impl<T: Send + Sync> WorkerLink<T> {
+    /// Ready when there is news: a snapshot not yet polled, or a report asked for. Pending
+    /// otherwise, with the task's waker left for the publisher, which wakes it on news.
+    pub fn poll_news(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.has_news() {
+            return Poll::Ready(());
+        }
+        {
+            let mut slot = lock(&self.shared.wakers[self.index]);
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+        }
+        // The publisher stores the news before it takes the waker (under this lock), so news
+        // stored before the waker was left is seen here, and news after it wakes the task.
+        if self.has_news() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn has_news(&self) -> bool {
+        self.shared.seq.load(Ordering::Acquire) != self.seen || self.report_wanted()
+    }
+
+    /// Whether the admin thread asked for a report this worker has not filled yet.
+    pub fn report_wanted(&self) -> bool {
+        self.shared.report_want.load(Ordering::Acquire)
+            > self.shared.reported[self.index].load(Ordering::Acquire)
+    }
+
     /// The newer snapshot and its generation, when one was published since the last poll (the
     /// first poll always returns one). One atomic load when nothing changed.
     pub fn poll(&mut self) -> Option<(u64, Arc<T>)> {
@@ -247,9 +330,16 @@ impl<T: Send + Sync> WorkerLink<T> {
         condvar.notify_all();
     }
 
-    /// Fills this worker's board slot (the admin thread sums the slots at scrape time).
+    /// Fills this worker's board slot (the admin thread sums the slots at scrape time) and
+    /// answers the reports asked for until now.
     pub fn report(&self, fill: impl FnOnce(&mut WorkerReport)) {
+        let want = self.shared.report_want.load(Ordering::Acquire);
         fill(&mut lock(&self.shared.board[self.index]));
+        self.shared.reported[self.index].fetch_max(want, Ordering::AcqRel);
+        let (mutex, condvar) = &self.shared.acked;
+        // As in `ack`: the lock orders the store before a waiter's next check.
+        drop(lock(mutex));
+        condvar.notify_all();
     }
 }
 
@@ -333,6 +423,71 @@ mod tests {
         assert!(waited < Duration::from_secs(60), "woken, not timed out");
         assert!(publisher.workers_stopped());
         assert!(!publisher.wait_applied(seq, Duration::from_secs(60)));
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Count(AtomicU64);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn news_wakes_the_waiting_worker_and_nothing_else_does() {
+        let publisher = Publisher::new(1, 1, Arc::new(0u32));
+        let mut link = publisher.worker(0);
+        let count = Arc::new(Count(AtomicU64::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        assert!(
+            link.poll_news(&mut cx).is_ready(),
+            "the first snapshot is news"
+        );
+        assert!(link.poll().is_some());
+        link.ack();
+        assert!(link.poll_news(&mut cx).is_pending());
+        assert!(
+            link.poll_news(&mut cx).is_pending(),
+            "polled again: still waiting"
+        );
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        publisher.publish(2, Arc::new(1));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "a publish wakes it once");
+        assert!(link.poll_news(&mut cx).is_ready());
+        assert!(link.poll().is_some());
+        link.ack();
+        assert!(link.poll_news(&mut cx).is_pending());
+        // A report asked for is news too; answering it ends the wait.
+        let asker = {
+            let publisher = publisher.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                publisher.refresh_reports(Duration::from_secs(60));
+                (started.elapsed(), publisher.total_report().trace_records)
+            })
+        };
+        while count.0.load(Ordering::SeqCst) < 2 {
+            std::thread::yield_now();
+        }
+        assert!(link.report_wanted());
+        assert!(link.poll_news(&mut cx).is_ready());
+        link.report(|r| r.trace_records = 7);
+        assert!(!link.report_wanted());
+        let (waited, records) = asker.join().unwrap();
+        assert!(waited < Duration::from_secs(60), "answered, not timed out");
+        assert_eq!(records, 7, "the scrape sees the report it asked for");
+        assert!(link.poll_news(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn refresh_reports_does_not_wait_for_a_stopped_worker() {
+        let publisher = Publisher::new(1, 1, Arc::new(()));
+        drop(publisher.worker(0));
+        let started = Instant::now();
+        publisher.refresh_reports(Duration::from_secs(60));
+        assert!(started.elapsed() < Duration::from_secs(60));
     }
 
     #[test]
