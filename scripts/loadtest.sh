@@ -13,6 +13,10 @@
 #   scripts/loadtest.sh --throttle [--quick] [--connections N]
 #                                                   proxy CPU while 10 000 connections are throttled
 #                                                   at 1 KiB/s (--fault bandwidth:1KiB/s) or hang
+#   scripts/loadtest.sh --overhead [--quick] [--rounds N] [--rate R]
+#                                                   CPU per request at a fixed rate: admin on and
+#                                                   scraped 1/s, 16 non-matching rules, paired
+#                                                   with a baseline by round
 #   scripts/loadtest.sh --tls [--quick]             https listener vs nginx (keep-alive, handshakes/s)
 #                                                   and MITM CPU per request (scripts/loadtest_tls.py)
 #   scripts/loadtest.sh --help                      every option (scripts/loadtest.py does the work)
