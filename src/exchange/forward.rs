@@ -448,6 +448,15 @@ impl Session<'_> {
         Ok(early_response)
     }
 
+    /// A request body's relay bounds: the client has --idle-timeout per read, the upstream
+    /// --upstream-timeout per write.
+    fn upload_timeouts(&self) -> RelayTimeouts {
+        RelayTimeouts {
+            read: self.w.config.idle_timeout,
+            write: self.w.config.upstream_timeout,
+        }
+    }
+
     /// Streams the rest of the request body upstream. `true` when the upstream stopped taking
     /// it (it may have answered early: 413, 401…; that answer is relayed if it comes, and the
     /// connections close after it).
@@ -456,14 +465,9 @@ impl Session<'_> {
         up: &mut Conn,
         request: &mut BodyReader,
     ) -> Result<bool, Failed> {
-        let w = self.w;
         let limit = self.capture_limit;
+        let timeouts = self.upload_timeouts();
         let body = &mut self.request_body;
-        // The client has --idle-timeout per read; the upstream --upstream-timeout per write.
-        let timeouts = RelayTimeouts {
-            read: w.config.idle_timeout,
-            write: w.config.upstream_timeout,
-        };
         let relayed = relay(
             &mut self.client,
             up,
@@ -509,12 +513,9 @@ impl Session<'_> {
     ) -> Result<bool, Failed> {
         let w = self.w;
         let limit = self.capture_limit;
+        let timeouts = self.upload_timeouts();
         let body = &mut self.request_body;
         body.clear();
-        let timeouts = RelayTimeouts {
-            read: w.config.idle_timeout,
-            write: w.config.upstream_timeout,
-        };
         let relayed = relay_shaped(
             &mut self.client,
             up,
