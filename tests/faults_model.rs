@@ -404,6 +404,11 @@ fn fault_model_request_truncate_never_completes_the_upload() {
         "{:?}",
         origin.requests().len()
     );
+    // The record has where the upload was cut.
+    assert_eq!(
+        recorded_faults(&proxy),
+        [("request-truncate".to_owned(), 1024)]
+    );
 }
 
 /// An origin answering every request with `len` pattern bytes, chunked in pieces of `piece`.

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use crate::{
-    fault::{Answer, DEFAULT_BODY, FaultKind, FaultTable, GARBAGE},
+    fault::{Answer, DEFAULT_BODY, FaultKind, FaultTable, GARBAGE, Side},
     http::{self, BodyKind, Version, body::BodyReader},
     net::{
         READ_BUF_BYTES,
@@ -191,7 +191,10 @@ impl Session<'_> {
                 } else {
                     FaultKind::Truncate
                 };
-                self.ex.decision.applied.set_measured(kind, pacer.sent());
+                self.ex
+                    .decision
+                    .applied
+                    .set_measured(kind, Side::Response, pacer.sent());
                 (true, true)
             }
             Err(_) => {
@@ -220,7 +223,10 @@ impl Session<'_> {
                 self.hang().await;
                 // How long it actually held, for the record; the ledger counts it as injected.
                 let held = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                self.ex.decision.applied.set_measured(FaultKind::Hang, held);
+                self.ex
+                    .decision
+                    .applied
+                    .set_measured(FaultKind::Hang, Side::Response, held);
                 self.ex.injected_ns = self.ex.injected_ns.saturating_add(held);
             }
             _ => {}

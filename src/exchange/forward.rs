@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     config::Mode,
-    fault::Pace,
+    fault::{FaultKind, Pace, Side},
     http::{BodyKind, body::BodyReader},
     net::{
         Conn, RelayError, RelayTimeouts, Transport, is_timeout, relay,
@@ -529,8 +529,16 @@ impl Session<'_> {
         .await;
         let why = match relayed {
             Ok(Shaped::Done) => return Ok(false),
-            // Nothing to drain: the 502 closes the client connection with the rest unread.
-            Ok(Shaped::Cut { .. }) => return Err(Failed::new(UpstreamFailure::Error, true)),
+            // Nothing to drain: the 502 closes the client connection with the rest unread. The
+            // record gets what went upstream, not what the rule asked for.
+            Ok(Shaped::Cut { delivered }) => {
+                self.ex.decision.applied.set_measured(
+                    FaultKind::Truncate,
+                    Side::Request,
+                    delivered,
+                );
+                return Err(Failed::new(UpstreamFailure::Error, true));
+            }
             Err(RelayError::Destination) => return Ok(true),
             Err(RelayError::Framing) => UpstreamFailure::BadRequestBody,
             Err(RelayError::Source { timed_out: true }) => UpstreamFailure::ClientTimeout,

@@ -7,7 +7,7 @@
 use std::{io, time::Instant};
 
 use crate::{
-    fault::{Cut, FaultKind, Pace},
+    fault::{Cut, FaultKind, Pace, Side},
     http::{self, BodyError, BodyKind, MAX_HEADERS_CAP, ResponseHead, Version, body::BodyReader},
     net::{
         Conn, RelayError, RelayTimeouts, is_timeout, relay,
@@ -171,7 +171,10 @@ impl Session<'_> {
                     } else {
                         FaultKind::Truncate
                     };
-                    self.ex.decision.applied.set_measured(kind, delivered);
+                    self.ex
+                        .decision
+                        .applied
+                        .set_measured(kind, Side::Response, delivered);
                     self.ex.outcome = Outcome::Fault;
                     self.ex.response_body_len = body.data_len;
                     return Ok(Relayed::CLOSED);

@@ -74,13 +74,13 @@ impl AppliedFaults {
         }
     }
 
-    /// Replaces the value of the first recorded fault of `kind` on the response side with what
-    /// the exchange measured carrying it out; says whether there was one.
-    pub fn set_measured(&mut self, kind: FaultKind, value: u64) -> bool {
+    /// Replaces the value of the first recorded fault of `kind` on `side` with what the
+    /// exchange measured carrying it out; says whether there was one.
+    pub fn set_measured(&mut self, kind: FaultKind, side: Side, value: u64) -> bool {
         let len = usize::from(self.len);
         match self.items[..len]
             .iter_mut()
-            .find(|f| f.kind == kind && f.side == Side::Response)
+            .find(|f| f.kind == kind && f.side == side)
         {
             Some(fault) => {
                 fault.value = value;
