@@ -117,7 +117,7 @@ fn decide_new_matchers_kinds_and_header_faults_allocate_nothing() {
         "delay:lognormal(20ms,400ms):0.5:max=1s:at=head:host$=.example.com",
         "delay:pareto(1ms,1.5):at=body:path^=/api/",
         "delay:exp(3ms):1in3:path=/api/orders/9",
-        "bandwidth:64KiB/s:header.x-tenant=acme",
+        "bandwidth:64KiB/s:burst=16KiB:header.x-tenant=acme",
         "dribble:10,1s:side=request:header.accept*=json",
         "truncate:50%:query.id=42",
         "reset:0.1:after=1KiB:header.x-tenant=globex",
@@ -170,10 +170,13 @@ fn decide_new_matchers_kinds_and_header_faults_allocate_nothing() {
         RequestView::from_url(b"http://h:1/v1/items:batchGet").with_method(b"DELETE"),
         RequestView::from_url(b"example.com:443").with_method(b"CONNECT"),
     ];
-    let header_values: [&[u8]; 5] = [
+    let header_values: [&[u8]; 8] = [
         b"delay:lognormal(20ms,400ms):0.5:max=1s",
         b"error:503",
         b"reset:after=10",
+        b"bandwidth:1KiB/s:burst=4KiB",
+        b"bandwidth:64KiB/s:0.5:burst=16KiB:side=request",
+        b"bandwidth:1KiB/s:burst=0",
         b"error:503:method=GET",
         b"delay:\xff",
     ];
@@ -200,7 +203,7 @@ fn decide_new_matchers_kinds_and_header_faults_allocate_nothing() {
         allocated, 0,
         "decide + header faults allocated {allocated} times in {CALLS} calls"
     );
-    assert!(faulted > 0 && header_errors == 2 * CALLS / header_values.len());
+    assert!(faulted > 0 && header_errors == 3 * CALLS / header_values.len());
     let fired = stats.iter().filter(|s| s.faulted > 0).count();
     assert_eq!(
         fired,

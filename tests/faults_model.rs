@@ -1,11 +1,12 @@
 //! Issue 12's faults end to end, a real client over loopback seeing what each fault promises:
 //! reset → ECONNRESET, close, garbage, hang until `--idle-timeout`, slow time to first byte with
 //! the upstream's real body, method matchers, header-driven faults (applied, never forwarded),
-//! `--max-active-faults` overflow counted, and the trace record's measured values (how long a
-//! hang held, what a truncate or a reset let through). It does not test the grammar (the `fault`
+//! `--max-active-faults` overflow counted, bandwidth's `burst=` pieces against its default ones,
+//! and the trace record's measured values (how long a hang held, what a truncate or a reset let
+//! through). It does not test the grammar (the `fault`
 //! unit tests do). Delays are bounded from below only: the machine may be loaded.
 
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -360,6 +361,84 @@ fn fault_model_bandwidth_64kib_per_sec_over_1mib_takes_16s() {
     // Bounded from below only: a loaded machine may be slower, never faster.
     assert!(elapsed >= Duration::from_secs(16), "{elapsed:?}");
     eprintln!("bandwidth 64KiB/s over 1 MiB: {elapsed:?}");
+}
+
+/// Sends `GET /big` on a fresh connection and reads the answer raw until `len` body bytes came:
+/// the body, and each read of it as (time since the request was sent, body bytes it held).
+fn timed_body_reads(proxy: &Proxy, len: usize) -> (Vec<u8>, Vec<(Duration, usize)>) {
+    let mut stream = proxy.connect().writer();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("a read timeout");
+    stream.write_all(&get("/big")).expect("sending the request");
+    let sent = Instant::now();
+    let (mut raw, mut reads) = (Vec::new(), Vec::new());
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = stream.read(&mut buf).expect("the paced body");
+        assert!(n > 0, "closed after {} bytes", raw.len());
+        let at = sent.elapsed();
+        let before = raw.len();
+        raw.extend_from_slice(&buf[..n]);
+        let Some(start) = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else {
+            continue;
+        };
+        let body_before = before.saturating_sub(start);
+        let body = raw.len() - start;
+        if body > body_before {
+            reads.push((at, body - body_before));
+        }
+        if body >= len {
+            return (raw.split_off(start), reads);
+        }
+    }
+}
+
+#[test]
+fn fault_model_bandwidth_burst_sends_the_body_in_bursts() {
+    // 64 KiB at 16 KiB/s: the last byte is due 4 s after the body starts, whatever the pieces.
+    // With burst=16KiB that is 4 pieces of about 16 KiB, one a second; with the default pieces
+    // (one 1 448-byte segment every 88 ms) about 45. A loaded machine only merges reads (a late
+    // reader, or a late write finding the next piece due as well), so the burst's read count is
+    // bounded from above, the default's from below, and time from below only.
+    const LEN: usize = 64 * 1024;
+    const RATE: f64 = 16.0 * 1024.0;
+    let origin = big_origin(LEN);
+    let bursty = Proxy::reverse(origin.addr(), &["--fault", "bandwidth:16KiB/s:burst=16KiB"]);
+    let faithful = Proxy::reverse(origin.addr(), &["--fault", "bandwidth:16KiB/s"]);
+    let (burst, default) = thread::scope(|s| {
+        let default = s.spawn(|| timed_body_reads(&faithful, LEN));
+        let burst = timed_body_reads(&bursty, LEN);
+        (burst, default.join().expect("the default run"))
+    });
+    for (name, (body, reads)) in [("burst", &burst), ("default", &default)] {
+        assert!(*body == pattern(LEN), "{name}: body altered");
+        let (last, _) = reads.last().expect("body reads");
+        assert!(*last >= Duration::from_millis(3900), "{name}: {last:?}");
+        // The bucket starts empty: no byte arrives before it is due (bar the timer's slack).
+        let mut got = 0;
+        for (at, n) in reads {
+            got += n;
+            let due = RATE * (at.as_secs_f64() + 0.05);
+            assert!(got as f64 <= due, "{name}: {got} B by {at:?}: {reads:?}");
+        }
+    }
+    eprintln!(
+        "bandwidth 16KiB/s over 64 KiB: {} reads with burst=16KiB, {} without",
+        burst.1.len(),
+        default.1.len()
+    );
+    assert!(burst.1.len() <= 12, "a trickle, not bursts: {:?}", burst.1);
+    assert!(
+        default.1.len() > 12,
+        "the default in bursts: {:?}",
+        default.1
+    );
+    // The record carries the fault as without burst=: kind and rate.
+    assert_eq!(
+        recorded_faults(&bursty),
+        [("throttle".to_owned(), 16 * 1024)]
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! four points (before forwarding, before the response head, while a body is relayed, at the end).
 //! It decides nothing and performs nothing: `table.rs` fills it, the exchange carries it out.
 
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use super::rule::{DelayAt, FaultKind, Side};
@@ -164,6 +165,8 @@ pub enum Pace {
     Bandwidth {
         /// Bytes per second, at least 1.
         bytes_per_sec: u64,
+        /// Largest piece per write; `None`: the pacer's default step.
+        burst: Option<NonZeroU64>,
     },
     /// The body in `pieces` equal pieces spread evenly over `total_ns`.
     Dribble {
@@ -394,7 +397,10 @@ mod tests {
             (
                 "bandwidth",
                 FaultPlan {
-                    response_pace: Pace::Bandwidth { bytes_per_sec: 1 },
+                    response_pace: Pace::Bandwidth {
+                        bytes_per_sec: 1,
+                        burst: None,
+                    },
                     ..FaultPlan::NONE
                 },
                 true,

@@ -2,6 +2,7 @@
 //! compiles nothing for the hot path (`table.rs`).
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use super::plan::Limit;
@@ -171,6 +172,10 @@ pub enum FaultAction {
     Bandwidth {
         /// Bytes per second, at least 1.
         bytes_per_sec: u64,
+        /// Largest piece one paced write sends (`burst=SIZE`); `None` is the faithful default,
+        /// a twentieth of a second's worth and at least one TCP segment. Each piece still goes
+        /// when its last byte is due at the rate, so only the link's burstiness changes.
+        burst: Option<NonZeroU64>,
         /// Which body.
         side: Side,
     },

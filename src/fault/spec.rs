@@ -21,7 +21,8 @@
 //! ```
 //!
 //! Options by kind: `delay` takes `max=DURATION` and `at=forward|head|body`; `error` takes
-//! `body=TEXT`, `body=@PATH` and `set.NAME=VALUE` (response headers); `bandwidth`, `dribble` and
+//! `body=TEXT`, `body=@PATH` and `set.NAME=VALUE` (response headers); `bandwidth` takes
+//! `burst=SIZE` (the largest piece per paced write, at least 1 byte); `bandwidth`, `dribble` and
 //! `truncate` take `side=response|request`; `reset` takes `after=SIZE`. Values are
 //! percent-decoded (`%3A` is `:`, `%25` is `%`, `%20` a space), so a value never contains a raw
 //! `:`. The seed's grammar (`delay:DURATION[-DURATION][:FILTER]`,
@@ -34,6 +35,7 @@
 //! error naming the spec and what was expected, never a silently ignored part.
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -272,9 +274,11 @@ impl fmt::Display for Reason<'_> {
                 text,
                 expected,
             } => write!(f, "{what} {text:?} is not valid; {expected}"),
-            Reason::UnknownOption { key, kind } => {
-                write!(f, "option {key:?} is not one \"{kind}\" takes")
-            }
+            Reason::UnknownOption { key, kind } => write!(
+                f,
+                "option {key:?} is not one \"{kind}\" takes; expected {}a matcher or id=",
+                options_of(kind)
+            ),
             Reason::DuplicateOption(key) => write!(f, "option {key:?} is given twice"),
             Reason::BadEscape(text) => write!(
                 f,
@@ -411,6 +415,7 @@ fn parse_kind<'a>(
             (
                 FaultAction::Bandwidth {
                     bytes_per_sec,
+                    burst: None,
                     side,
                 },
                 "the rate",
@@ -539,6 +544,15 @@ fn parse_option<'a>(
             *after = Some(parse_size(value)?);
             Ok(())
         }
+        ("burst", FaultAction::Bandwidth { burst, .. }) => {
+            once(64)?;
+            *burst = Some(NonZeroU64::new(parse_size(value)?).ok_or(Reason::BadValue {
+                what: "burst",
+                text: value,
+                expected: "expected the largest piece of a paced write, at least 1 byte, e.g. burst=4KiB",
+            })?);
+            Ok(())
+        }
         ("body", FaultAction::Error { .. }) => {
             once(32)?;
             extra(Extra::Body(value))
@@ -586,6 +600,19 @@ fn parse_option<'a>(
                 value,
             })
         }
+    }
+}
+
+/// The kind's own options, for the unknown-option message (every kind also takes matchers and
+/// `id=`).
+fn options_of(kind: &str) -> &'static str {
+    match kind {
+        "delay" => "max=, at=, ",
+        "error" => "body=, set.NAME=, ",
+        "bandwidth" => "burst=, side=, ",
+        "dribble" | "truncate" => "side=, ",
+        "reset" => "after=, ",
+        _ => "",
     }
 }
 
@@ -1078,7 +1105,8 @@ impl fmt::Display for Ms {
 
 /// Prints the canonical spec: durations in whole milliseconds, a fixed delay as one value,
 /// sizes in the largest exact binary unit, the rate omitted when it is 1, options in a fixed
-/// order (the action's, then `body`, `set.*`, matchers in their order, `id`), the filter last,
+/// order (the action's, `burst=` only when given, then `body`, `set.*`, matchers in their order,
+/// `id`), the filter last,
 /// e.g. `delay:2000ms`, `delay:100ms-500ms:/api`, `error:503`, `error:500:0.1:/api`.
 /// Sub-millisecond parts of a hand-built `Duration` are truncated; the grammar cannot produce
 /// them.
@@ -1142,9 +1170,15 @@ impl fmt::Display for FaultRule {
                     DelayAt::Body => f.write_str(":at=body")?,
                 }
             }
-            FaultAction::Bandwidth { side: s, .. }
-            | FaultAction::Dribble { side: s, .. }
-            | FaultAction::Truncate { side: s, .. } => side(f, s)?,
+            FaultAction::Bandwidth { burst, side: s, .. } => {
+                if let Some(burst) = burst {
+                    write!(f, ":burst={}", Size(burst.get()))?;
+                }
+                side(f, s)?;
+            }
+            FaultAction::Dribble { side: s, .. } | FaultAction::Truncate { side: s, .. } => {
+                side(f, s)?
+            }
             FaultAction::Reset { after: Some(n) } => write!(f, ":after={}", Size(n))?,
             _ => {}
         }
@@ -1760,6 +1794,26 @@ mod tests {
                 "bandwidth:1MiB/s:side=request",
                 "bandwidth:1MiB/s:side=request",
             ),
+            (
+                "bandwidth_burst",
+                "bandwidth:1KiB/s:burst=4KiB",
+                "bandwidth:1KiB/s:burst=4KiB",
+            ),
+            (
+                "bandwidth_burst_before_side",
+                "bandwidth:32KiB/s:side=request:burst=16384",
+                "bandwidth:32KiB/s:burst=16KiB:side=request",
+            ),
+            (
+                "bandwidth_burst_odd_bytes",
+                "bandwidth:1000/s:burst=1500B",
+                "bandwidth:1000/s:burst=1500",
+            ),
+            (
+                "bandwidth_burst_rate_filter",
+                "bandwidth:1KiB/s:0.5:burst=1KiB:method=GET:/dl",
+                "bandwidth:1KiB/s:0.5:burst=1KiB:method=GET:/dl",
+            ),
             ("dribble", "dribble:10,2s", "dribble:10,2000ms"),
             ("truncate_bytes", "truncate:1024", "truncate:1KiB"),
             ("truncate_percent", "truncate:50%", "truncate:50%"),
@@ -1857,6 +1911,15 @@ mod tests {
         );
         assert_eq!(rule.id.as_deref(), Some("x"));
         assert_eq!(rule.url_filter.as_deref(), Some("/api"));
+        let paced: FaultRule = "bandwidth:1KiB/s:burst=4KiB".parse().unwrap();
+        assert_eq!(
+            paced.action,
+            FaultAction::Bandwidth {
+                bytes_per_sec: 1024,
+                burst: NonZeroU64::new(4096),
+                side: Side::Response,
+            }
+        );
         let shaped: FaultRule = "truncate:25%:side=request".parse().unwrap();
         assert_eq!(
             shaped.action,
@@ -1936,7 +1999,47 @@ mod tests {
             (
                 "at_wrong_kind",
                 "bandwidth:1KiB/s:at=head",
-                "option \"at\" is not one",
+                "option \"at\" is not one \"bandwidth\" takes; expected burst=, side=, a matcher or id=",
+            ),
+            (
+                "burst_zero",
+                "bandwidth:1KiB/s:burst=0",
+                "burst \"0\" is not valid; expected the largest piece of a paced write, at least 1 byte, e.g. burst=4KiB",
+            ),
+            (
+                "burst_zero_with_unit",
+                "bandwidth:1KiB/s:burst=0KiB",
+                "burst \"0KiB\" is not valid",
+            ),
+            (
+                "burst_bad_unit",
+                "bandwidth:1KiB/s:burst=4kb",
+                "size \"4kb\" is not valid",
+            ),
+            (
+                "burst_empty",
+                "bandwidth:1KiB/s:burst=",
+                "size \"\" is not valid",
+            ),
+            (
+                "burst_twice",
+                "bandwidth:1KiB/s:burst=1KiB:burst=2KiB",
+                "option \"burst\" is given twice",
+            ),
+            (
+                "burst_on_dribble",
+                "dribble:10,2s:burst=4KiB",
+                "option \"burst\" is not one \"dribble\" takes; expected side=, a matcher or id=",
+            ),
+            (
+                "burst_on_delay",
+                "delay:1ms:burst=1KiB",
+                "option \"burst\" is not one \"delay\" takes; expected max=, at=, a matcher or id=",
+            ),
+            (
+                "burst_on_hang",
+                "hang:burst=1KiB",
+                "option \"burst\" is not one \"hang\" takes; expected a matcher or id=",
             ),
             (
                 "at_bad_value",
@@ -2082,6 +2185,10 @@ mod tests {
             ),
             ("error", "error:503"),
             ("bandwidth", "bandwidth:1KiB/s"),
+            (
+                "bandwidth_burst",
+                "bandwidth:1KiB/s:burst=4KiB:side=request",
+            ),
             ("truncate", "truncate:50%"),
             ("reset_after", "reset:after=10"),
             ("hang", "hang"),
@@ -2162,6 +2269,7 @@ mod tests {
             "at=head",
             "at=body",
             "side=request",
+            "burst=",
             "after=",
             "body=",
             "@",

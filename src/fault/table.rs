@@ -10,6 +10,8 @@
 //! An answer (error, reset, close, hang, garbage) ends the evaluation: no later rule runs or is
 //! counted, and the delays gathered so far still apply before it.
 
+use std::num::NonZeroU64;
+
 use memchr::memmem::Finder;
 
 use super::dist::Sampler;
@@ -123,6 +125,7 @@ enum Action {
     },
     Bandwidth {
         bytes_per_sec: u64,
+        burst: Option<NonZeroU64>,
         side: Side,
     },
     Dribble {
@@ -153,9 +156,11 @@ impl Action {
             FaultAction::Error { status } => Action::Error { status },
             FaultAction::Bandwidth {
                 bytes_per_sec,
+                burst,
                 side,
             } => Action::Bandwidth {
                 bytes_per_sec: bytes_per_sec.max(1),
+                burst,
                 side,
             },
             FaultAction::Dribble { pieces, over, side } => Action::Dribble {
@@ -213,13 +218,17 @@ impl Action {
             }
             Action::Bandwidth {
                 bytes_per_sec,
+                burst,
                 side,
             } => {
                 let slot = pace_slot(plan, side);
                 if *slot != Pace::Full {
                     return false;
                 }
-                *slot = Pace::Bandwidth { bytes_per_sec };
+                *slot = Pace::Bandwidth {
+                    bytes_per_sec,
+                    burst,
+                };
                 (FaultKind::Bandwidth, bytes_per_sec)
             }
             Action::Dribble {
@@ -987,7 +996,7 @@ mod tests {
                 "truncate:50%",
                 "reset:after=10",
                 "slow-head:2s",
-                "bandwidth:9/s:side=request",
+                "bandwidth:9/s:burst=3:side=request",
                 "truncate:3:side=request",
                 "delay:20ms",
             ],
@@ -999,7 +1008,8 @@ mod tests {
         assert_eq!(
             plan.response_pace,
             Pace::Bandwidth {
-                bytes_per_sec: 1024
+                bytes_per_sec: 1024,
+                burst: None,
             }
         );
         assert_eq!(
@@ -1007,7 +1017,13 @@ mod tests {
             Cut::Truncate(Limit::PartsPerMillion(500_000))
         );
         assert_eq!(plan.slow_head_ns, 2_000_000_000);
-        assert_eq!(plan.request_pace, Pace::Bandwidth { bytes_per_sec: 9 });
+        assert_eq!(
+            plan.request_pace,
+            Pace::Bandwidth {
+                bytes_per_sec: 9,
+                burst: NonZeroU64::new(3),
+            }
+        );
         assert_eq!(plan.request_cut, Some(Limit::Bytes(3)));
         assert_eq!(plan.answer, Answer::Forward);
         assert!(!plan.keeps_alive() && plan.holds());
