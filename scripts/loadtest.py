@@ -1850,10 +1850,30 @@ def print_delay_cost(res: dict) -> list[str]:
 # Throttled and hung connections (issue 12: they cost no CPU while they wait)
 
 # Each fault as the real grammar writes it: the response body at 1 KiB/s (one 1448-byte segment
-# at a time, as a slow link delivers it; and in 4 KiB pieces, which trades that fidelity for a
-# third of the writes), and no answer at all.
+# at a time, as a slow link delivers it; and in 4 KiB and 8 KiB pieces, which trade that fidelity
+# for a third and a sixth of the writes), and no answer at all.
 THROTTLE_FAULTS = [("bandwidth", "bandwidth:1KiB/s"),
-                   ("bandwidth-burst", "bandwidth:1KiB/s:burst=4KiB"), ("hang", "hang")]
+                   ("bandwidth-burst4", "bandwidth:1KiB/s:burst=4KiB"),
+                   ("bandwidth-burst8", "bandwidth:1KiB/s:burst=8KiB"),
+                   ("bandwidth-nginx", "(peer) nginx proxy_pass, limit_rate 1k"), ("hang", "hang")]
+# The peer row: nginx as the throttling reverse proxy, one worker, reading the origin only as fast
+# as it sends (4 KiB proxy buffers, no temp file), its worker's CPU measured.
+THROTTLE_PEER = "bandwidth-nginx"
+THROTTLE_PEER_FD_SLACK = 1024
+NGINX_THROTTLE_HTTP = """\
+    upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=16384;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            limit_rate 1k;
+            proxy_buffer_size 4k;
+            proxy_buffers 4 4k;
+            proxy_max_temp_file_size 0;
+        }}
+    }}"""
 THROTTLE_RATE_BPS = 1024
 # Issue 12: 10 000 connections throttled at 1 KiB/s cost the proxy under 5% of a core.
 THROTTLE_CPU_LIMIT_PCT = 5.0
@@ -1904,11 +1924,15 @@ def throttle_run(args, tmp: str, procs: Processes, origin: Owned, origin_port: i
     """Opens `conns` connections through a one-worker proxy injecting `fault`, sends one request
     on each, lets them settle, then measures the proxy's CPU over the window while every one of
     them is held (throttled or hung); then drains what each received."""
-    proxy, port = start_phantom(procs, tmp, args.bin, f"pf-{kind}", origin_port,
-                                ["--workers", "1", "--no-traces", "--idle-timeout",
-                                 THROTTLE_IDLE_TIMEOUT, "--max-connections", str(conns + 64),
-                                 "--max-upstream-connections", str(conns + 64),
-                                 "--fault", fault])
+    if kind == THROTTLE_PEER:
+        proxy, port, measured = start_throttling_nginx(procs, tmp, origin_port, conns)
+    else:
+        proxy, port = start_phantom(procs, tmp, args.bin, f"pf-{kind}", origin_port,
+                                    ["--workers", "1", "--no-traces", "--idle-timeout",
+                                     THROTTLE_IDLE_TIMEOUT, "--max-connections",
+                                     str(conns + 64), "--max-upstream-connections",
+                                     str(conns + 64), "--fault", fault])
+        measured = proxy.pid
     t_open = time.monotonic()
     ep, socks, connect_errors = open_connections(port, conns)
     request = f"GET /big HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
@@ -1951,9 +1975,9 @@ def throttle_run(args, tmp: str, procs: Processes, origin: Owned, origin_port: i
         drain(sk)
     held0 = established_on_port(port)
     # schedstat: CPU time at nanosecond resolution, every thread of the proxy.
-    (c0, sw0), w0, u0 = task_counters(proxy.pid), time.monotonic(), user_seconds(proxy.pid)
+    (c0, sw0), w0, u0 = task_counters(measured), time.monotonic(), user_seconds(measured)
     time.sleep(args.throttle_window)
-    (c1, sw1), w1, u1 = task_counters(proxy.pid), time.monotonic(), user_seconds(proxy.pid)
+    (c1, sw1), w1, u1 = task_counters(measured), time.monotonic(), user_seconds(measured)
     held1 = established_on_port(port)
     # What each connection received during the window (and which were closed on us).
     got: list[int] = []
@@ -1988,12 +2012,39 @@ def throttle_run(args, tmp: str, procs: Processes, origin: Owned, origin_port: i
     }
 
 
+def throttle_label(kind: str, fault: str) -> str:
+    """A throttle row's name: the flag for phantom-fast's rows, the peer's own description."""
+    return fault if kind == THROTTLE_PEER else f"--fault {fault}"
+
+
+def start_throttling_nginx(procs: Processes, tmp: str, origin_port: int,
+                           conns: int) -> tuple[Owned, int, int]:
+    """The peer: nginx throttling at 1 KiB/s in front of the origin. Returns it, its port and
+    its worker's pid (the process that does the work; the master only waits)."""
+    port = free_port()
+    ng = start_nginx(procs, tmp, "throttler", port,
+                     NGINX_THROTTLE_HTTP.format(port=port, origin_port=origin_port),
+                     nofile=2 * conns + THROTTLE_PEER_FD_SLACK, conns=4 * conns)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        kids = subprocess.run(["pgrep", "-P", str(ng.pid)], capture_output=True,
+                              text=True).stdout.split()
+        if kids:
+            return ng, port, int(kids[0])
+        time.sleep(0.05)
+    raise RuntimeError("the throttling nginx started no worker")
+
+
 def throttle(args, tmp: str, procs: Processes) -> dict:
     # Bandwidth holds an upstream socket beside each client one; hang holds only the client's.
     soft = raise_nofile(2 * args.connections + THROTTLE_FD_SLACK)
     conns = {kind: min(args.connections,
                        (soft - THROTTLE_FD_SLACK) // (2 if kind.startswith("bandwidth") else 1))
              for kind, _ in THROTTLE_FAULTS}
+    # nginx needs descriptors of its own beyond the two per client, and more worker_connections
+    # than two per client (at 2 per client + 512 it warned "worker_connections are not enough,
+    # reusing connections" and closed 354 of 9 488).
+    conns[THROTTLE_PEER] = min(args.connections, (soft - THROTTLE_PEER_FD_SLACK) // 2)
     for kind, n in conns.items():
         if n < args.connections:
             log(f"throttle: descriptor limit {soft}: {kind} runs with {n} connections, not "
@@ -2011,7 +2062,7 @@ def throttle(args, tmp: str, procs: Processes) -> dict:
         order = THROTTLE_FAULTS if rnd % 2 == 0 else list(reversed(THROTTLE_FAULTS))
         for kind, fault in order:
             log(f"round {rnd + 1}/{args.rounds} {kind}: {conns[kind]} connections through "
-                f"--fault {fault}, {args.throttle_settle:g} s settle, {args.throttle_window:g} s "
+                f"{throttle_label(kind, fault)}, {args.throttle_settle:g} s settle, {args.throttle_window:g} s "
                 f"window, load {os.getloadavg()[0]:.2f}")
             r = throttle_run(args, tmp, procs, origin, origin_port, kind, fault, conns[kind])
             r["round"] = rnd
@@ -2037,7 +2088,7 @@ def print_throttle(res: dict, limit_pct: float) -> list[str]:
             continue
         pct = sorted(r["proxy_cpu_pct"] for r in rs)
         rows.append((
-            f"--fault {fault}", str(rs[0]["connections"]),
+            throttle_label(kind, fault), str(rs[0]["connections"]),
             " ".join(f"{r['held_at_start']}→{r['held_at_end']}" for r in rs),
             f"{statistics.median(pct):.2f} ({pct[0]:.2f} … {pct[-1]:.2f})",
             f"{med(r['proxy_cpu_us_per_conn_s'] for r in rs):.2f}",
@@ -2047,7 +2098,9 @@ def print_throttle(res: dict, limit_pct: float) -> list[str]:
             str(sum(r["closed_early"] for r in rs)),
             " ".join(f"{r['load']:.1f}" for r in rs)))
         for r in rs:
-            if r["closed_early"] or r["connect_errors"] or r["send_failures"]:
+            # The peer's own closes are its behaviour, shown in the table, not our failure.
+            if kind != THROTTLE_PEER and (r["closed_early"] or r["connect_errors"]
+                                          or r["send_failures"]):
                 problems.append(f"{kind} round {r['round'] + 1}: {r['closed_early']} closed "
                                 f"early, {r['connect_errors']} connect errors, "
                                 f"{r['send_failures']} send failures")
@@ -2062,6 +2115,10 @@ def print_throttle(res: dict, limit_pct: float) -> list[str]:
         if not rs:
             continue
         pct = [r["proxy_cpu_pct"] for r in rs]
+        if kind == THROTTLE_PEER:
+            print(f"peer: {fault}: its worker's CPU while {rs[0]['connections']} connections are "
+                  f"throttled: {statistics.median(pct):.2f}% of a core")
+            continue
         status = ("NOT MET" if statistics.median(pct) >= limit_pct else
                   "MET" if max(pct) < limit_pct else "UNDECIDED")
         print(f"target: proxy CPU while {rs[0]['connections']} connections wait in --fault "
@@ -2071,7 +2128,8 @@ def print_throttle(res: dict, limit_pct: float) -> list[str]:
         bw = res["throttle"].get(kind) or [] if kind.startswith("bandwidth") else []
         if bw:
             bps = med(r["received_bps_median"] for r in bw)
-            print(f"(--fault {fault} fidelity: the median connection received {bps:.0f} B/s "
+            print(f"({throttle_label(kind, fault)} fidelity: the median connection received "
+                  f"{bps:.0f} B/s "
                   f"during the window, {THROTTLE_RATE_BPS} B/s asked)")
     return problems
 
