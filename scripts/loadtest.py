@@ -2155,6 +2155,8 @@ OVERHEAD_TARGETS = (
      [a for rule in NON_MATCHING_RULES for a in ("--fault", rule)], None, 0.03),
     ("16new", "16 non-matching new-kind rules",
      [a for rule in NEW_KIND_RULES for a in ("--fault", rule)], None, 0.03),
+    # The trace ring in the run's temp dir (on disk, as a user's default data dir is).
+    ("trace", "tracing on (ring on disk)", ["--trace-dir", "{tmp}/traces-overhead"], None, 0.03),
 )
 
 
@@ -2189,7 +2191,8 @@ def overhead(args, tmp: str, procs: Processes) -> dict:
                 nofile=16384, conns=8192)
     targets = []
     for name, label, flags, side, limit in OVERHEAD_TARGETS:
-        extra = ["--workers", "1", "--no-traces"]
+        flags = [f.format(tmp=tmp) for f in flags]
+        extra = ["--workers", "1"] + ([] if "--trace-dir" in flags else ["--no-traces"])
         sidecar = None
         if flags[:1] == ["--admin"]:
             admin_port = free_port()
