@@ -22,7 +22,7 @@ use super::{
 use crate::{fault::FaultRule, http};
 
 /// How long a mutation waits for every worker to apply it before answering 503 (it stays
-/// published; workers pick it up on their next tick).
+/// published; a worker picks it up as soon as it gets to it).
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a scrape waits for the workers' fresh counters (an idle worker answers in
@@ -714,7 +714,7 @@ mod tests {
         .unwrap()
     }
 
-    /// A worker thread acking every publish, as the tick would.
+    /// A worker thread acking every publish, as a worker woken with news would.
     fn acker(publisher: &Publisher<Snapshot>) -> std::thread::JoinHandle<()> {
         let mut link = publisher.worker(0);
         let publisher = publisher.clone();
