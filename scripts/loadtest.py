@@ -1458,6 +1458,16 @@ DELAY_COST_BEHIND_SHARE = 0.95
 DELAY_COST_BEHIND_US = 5000.0
 
 
+def steal_ms() -> float:
+    """Steal time so far, all CPUs (ms): the hypervisor running others on this VM's vCPUs."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) * 1000 / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def task_counters(pid: int) -> tuple[int, int]:
     """(CPU ns, context switches) summed over every thread of pid: schedstat's run time
     (utime + stime at nanosecond resolution) and voluntary + nonvoluntary switches."""
@@ -1563,7 +1573,9 @@ def delay_cost_run(args, tmp: str, label: str, binary: str, fault: str, proxy: O
         time.sleep(args.cost_warmup)
         t0 = time.time()
         c0, s0 = task_counters(proxy.pid)
+        st0 = steal_ms()
         counts, w0, w1 = perf_window(proxy.pid, keys, window)
+        st1 = steal_ms()
         c1, s1 = task_counters(proxy.pid)
         t1 = time.time()
         out, err = oha.communicate(timeout=total + 60)
@@ -1593,6 +1605,8 @@ def delay_cost_run(args, tmp: str, label: str, binary: str, fault: str, proxy: O
         "late_min_us": pct(late, 0.0), "late_p50_us": pct(late, 0.5),
         "late_p99_us": pct(late, 0.99), "early": sum(1 for d in late if d < 0),
         "not_ok": sum(1 for r in records if r["status_code"] != 200),
+        # Time the hypervisor ran something else on our vCPUs during the window (all CPUs).
+        "steal_ms": st1 - st0,
     }
     for k, v in counts.items():
         res[f"{k}_per_req"] = v / n_perf if (v is not None and n_perf) else None
@@ -1620,8 +1634,9 @@ def _delay_cost(args, tmp: str, procs: Processes) -> dict:
     binaries = [("after", args.bin)]
     if args.bin_before:
         binaries.insert(0, ("before", args.bin_before))
-    keys = perf_events_available()
-    if len(keys) < len(DELAY_COST_EVENTS):
+    # --no-perf-counts: no perf attached at all (CPU, switches and lateness only).
+    keys = [] if args.no_perf_counts else perf_events_available()
+    if len(keys) < len(DELAY_COST_EVENTS) and not args.no_perf_counts:
         log(f"delay-cost: perf counts only {keys or 'nothing'} here")
     targets = {}
     max_conns = max(c for _, c in DELAY_COST_LOADS)
@@ -1649,7 +1664,7 @@ def _delay_cost(args, tmp: str, procs: Processes) -> dict:
                     f"{fmt(r['switches_per_req'], '.2f')} cs/req, enter "
                     f"{fmt(r.get('enter_per_req'), '.2f')}, SQE {fmt(r.get('sqe_per_req'), '.2f')}"
                     f", late µs p50 {fmt(r['late_p50_us'])} p99 {fmt(r['late_p99_us'])}, errors "
-                    f"{r['oha_errors']}, load {r['load']:.2f}")
+                    f"{r['oha_errors']}, steal {r['steal_ms']:.0f} ms, load {r['load']:.2f}")
     profiles = []
     if args.profile:
         for rate, conns in DELAY_COST_LOADS:
@@ -2386,6 +2401,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "phases 1-2 for both; rounds: default 2, quick 1)")
     p.add_argument("--cost-window", type=float,
                    help="delay-cost: measured seconds per run (default 4, quick 2)")
+    p.add_argument("--no-perf-counts", action="store_true",
+                   help="delay-cost: no perf stat tracepoint counts (io_uring_enter, SQEs, …)")
     p.add_argument("--profile", action="store_true",
                    help="delay-cost: then one more run per case under perf record -g, and the "
                         "table of where each µs goes")
