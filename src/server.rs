@@ -532,8 +532,8 @@ async fn news_or_sleep(link: &mut WorkerLink<Faults>, wait: Duration) {
 }
 
 /// Accepts until stopped, then lets in-flight connections finish within the grace period.
-/// With a control plane, each tick also picks up the latest fault snapshot and reports the
-/// counters (the first tick runs before accepting: `/ready` waits for it).
+/// With a control plane, the worker wakes for its news (a new fault snapshot, a report asked
+/// for); the first snapshot is applied before accepting (`/ready` waits for it).
 async fn serve_worker(
     worker: Rc<Worker>,
     listener: std::net::TcpListener,

@@ -15,7 +15,11 @@ use crate::{
     trace::Outcome,
 };
 
-use super::{Next, Session, record::capture, request::RequestFacts};
+use super::{
+    Next, Session,
+    record::{capture, nanos},
+    request::RequestFacts,
+};
 
 /// Names why the proxy answered an error itself, when it knows (a TLS handshake's reason).
 pub(super) const ERROR_REASON_HEADER: &str = "x-phantom-fast-error";
@@ -176,25 +180,11 @@ impl Session<'_> {
             .await;
         self.scratch = data;
         // The paced time is injected, not the proxy's own.
-        self.ex.injected_ns = self
-            .ex
-            .injected_ns
-            .saturating_add(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        self.ex.injected_ns = self.ex.injected_ns.saturating_add(nanos(started.elapsed()));
         match res {
             Ok(false) => (true, false),
             Ok(true) => {
-                if reset {
-                    self.client.reset_on_close();
-                }
-                let kind = if reset {
-                    FaultKind::Reset
-                } else {
-                    FaultKind::Truncate
-                };
-                self.ex
-                    .decision
-                    .applied
-                    .set_measured(kind, Side::Response, pacer.sent());
+                self.response_cut(reset, pacer.sent());
                 (true, true)
             }
             Err(_) => {
@@ -222,7 +212,7 @@ impl Session<'_> {
                 let start = Instant::now();
                 self.hang().await;
                 // How long it actually held, for the record; the ledger counts it as injected.
-                let held = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let held = nanos(start.elapsed());
                 self.ex
                     .decision
                     .applied

@@ -95,7 +95,7 @@ pub(super) fn capture(into: &mut Vec<u8>, limit: usize, data: &[u8]) {
 }
 
 /// Nanoseconds of a duration, saturating.
-fn nanos(d: std::time::Duration) -> u64 {
+pub(super) fn nanos(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -161,6 +161,24 @@ impl Session<'_> {
             .decision
             .forward_delay_ns
             .saturating_add(self.ex.injected_ns)
+    }
+
+    /// A response body was cut short of its framing (`truncate`, or `reset:after=` when
+    /// `reset`): the connection resets on close for a reset, and the record gets the `delivered`
+    /// bytes that went out, not what the rule asked for.
+    pub(super) fn response_cut(&mut self, reset: bool, delivered: u64) {
+        if reset {
+            self.client.reset_on_close();
+        }
+        let kind = if reset {
+            FaultKind::Reset
+        } else {
+            FaultKind::Truncate
+        };
+        self.ex
+            .decision
+            .applied
+            .set_measured(kind, Side::Response, delivered);
     }
 
     /// A response body relayed since `from`: the upstream's time, or, when the plan paced it

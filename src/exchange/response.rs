@@ -7,7 +7,7 @@
 use std::{io, time::Instant};
 
 use crate::{
-    fault::{Cut, FaultKind, Pace, Side},
+    fault::{Cut, Pace},
     http::{self, BodyError, BodyKind, MAX_HEADERS_CAP, ResponseHead, Version, body::BodyReader},
     net::{
         Conn, RelayError, RelayTimeouts, is_timeout, relay,
@@ -162,19 +162,7 @@ impl Session<'_> {
                 Ok(Shaped::Done) => {}
                 Ok(Shaped::Cut { delivered }) => {
                     // Short of its framing: the client can tell it is not the whole body.
-                    if reset {
-                        self.client.reset_on_close();
-                    }
-                    // The record gets what went out, not what the rule asked for.
-                    let kind = if reset {
-                        FaultKind::Reset
-                    } else {
-                        FaultKind::Truncate
-                    };
-                    self.ex
-                        .decision
-                        .applied
-                        .set_measured(kind, Side::Response, delivered);
+                    self.response_cut(reset, delivered);
                     self.ex.outcome = Outcome::Fault;
                     self.ex.response_body_len = body.data_len;
                     return Ok(Relayed::CLOSED);
