@@ -2391,8 +2391,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="throttle: longest wait for every throttled connection's first bytes")
     p.add_argument("--overhead", action="store_true",
                    help="CPU per request at a fixed rate (--rate, default 4000 each) of admin on and "
-                        "scraped 1/s, and of 16 non-matching rules, each paired with a baseline "
-                        "by round (issues 11, 12; ~3 min; --quick ~1 min)")
+                        "scraped 1/s, 16 non-matching rules and tracing on, each side by side "
+                        "with a baseline and an A/A pair (~4 min; --quick ~1 min)")
     p.add_argument("--overhead-window", type=float,
                    help="overhead: seconds per oha run (default 3, quick 2)")
     p.add_argument("--bin-before", metavar="PATH",
