@@ -26,7 +26,7 @@ use crate::{
 use super::{
     Next, Session,
     answer::head_len,
-    record::capture,
+    record::{capture, nanos},
     request::{RequestFacts, Target},
     response::{Relayed, Sent},
 };
@@ -362,7 +362,7 @@ impl Session<'_> {
                         // Paced going up: injected time, and the upstream's wait for its
                         // answer starts once the body is through.
                         let now = Instant::now();
-                        let paced = u64::try_from((now - at).as_nanos()).unwrap_or(u64::MAX);
+                        let paced = nanos(now - at);
                         self.ex.injected_ns = self.ex.injected_ns.saturating_add(paced);
                         at = now;
                     }

@@ -363,7 +363,7 @@ impl Exchange {
     fn new(started: Instant) -> Exchange {
         let start_unix_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            .map_or(0, record::nanos);
         Exchange {
             started,
             start_unix_ns,
