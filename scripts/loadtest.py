@@ -2206,6 +2206,8 @@ def overhead(args, tmp: str, procs: Processes) -> dict:
                 nofile=16384, conns=8192)
     targets = []
     for name, label, flags, side, limit in OVERHEAD_TARGETS:
+        if args.only and name != "base" and name not in args.only:
+            continue
         flags = [f.format(tmp=tmp) for f in flags]
         extra = ["--workers", "1"] + ([] if "--trace-dir" in flags else ["--no-traces"])
         sidecar = None
@@ -2393,6 +2395,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="CPU per request at a fixed rate (--rate, default 4000 each) of admin on and "
                         "scraped 1/s, 16 non-matching rules and tracing on, each side by side "
                         "with a baseline and an A/A pair (~4 min; --quick ~1 min)")
+    p.add_argument("--only", metavar="NAMES", type=lambda v: set(v.split(",")),
+                   help="overhead: only these targets besides the baseline (comma-separated: "
+                        + ", ".join(t[0] for t in OVERHEAD_TARGETS[1:]) + ")")
     p.add_argument("--overhead-window", type=float,
                    help="overhead: seconds per oha run (default 3, quick 2)")
     p.add_argument("--bin-before", metavar="PATH",

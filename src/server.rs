@@ -451,9 +451,13 @@ fn run_worker(
 ) -> Result<Stats, Error> {
     let WorkerIo {
         listener,
-        trace,
+        mut trace,
         link,
     } = io;
+    // Here, not where the ring was opened: each worker faults its own ring in, in parallel.
+    if let Some(trace) = trace.as_mut() {
+        trace.prefault();
+    }
     let runtime_error = |source| Error::Runtime {
         worker: index,
         source,

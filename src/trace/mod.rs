@@ -298,6 +298,12 @@ impl TraceWriter {
         }
     }
 
+    /// Faults the whole ring in, writable, so appending takes no page faults on its first lap
+    /// ([`RingWriter::prefault`]). Call on the worker's thread before serving.
+    pub fn prefault(&mut self) {
+        self.ring.prefault();
+    }
+
     /// Writes the ring's dirty pages to disk (msync). Call at shutdown only: appended records are
     /// visible to readers, and survive a crash of the process, without it.
     ///

@@ -419,19 +419,20 @@ fn parse_hex(digits: &[u8]) -> Option<u128> {
 /// Appends a version-00 `traceparent` value, `00-{trace:032x}-{span:016x}-{flags:02x}`, to `out`
 /// (allocates only if `out` lacks 55 bytes of spare capacity).
 pub fn encode_traceparent(trace_id: u128, span_id: u64, flags: u8, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"00-");
-    encode_hex(trace_id, 32, out);
-    out.push(b'-');
-    encode_hex(u128::from(span_id), 16, out);
-    out.push(b'-');
-    encode_hex(u128::from(flags), 2, out);
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    encode_hex(trace_id, &mut value[3..35]);
+    encode_hex(u128::from(span_id), &mut value[36..52]);
+    encode_hex(u128::from(flags), &mut value[53..55]);
+    out.extend_from_slice(&value);
 }
 
-/// Appends the low `digits` nibbles of `value` as lower-case hex, most significant first.
-fn encode_hex(value: u128, digits: u32, out: &mut Vec<u8>) {
+/// Writes the low `out.len()` nibbles of `value` into `out` as lower-case hex, most significant
+/// first.
+fn encode_hex(mut value: u128, out: &mut [u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(HEX[((value >> (i * 4)) & 0xf) as usize]);
+    for digit in out.iter_mut().rev() {
+        *digit = HEX[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 

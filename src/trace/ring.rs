@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
-use memmap2::{Mmap, MmapMut};
+use memmap2::{Advice, Mmap, MmapMut};
 
 use super::TraceError;
 
@@ -81,6 +81,10 @@ const OFF_DROPPED: usize = 64;
 
 /// Chunk size of the fallback that reserves space by rewriting every block.
 const RESERVE_CHUNK_BYTES: usize = 1 << 20;
+/// The writer makes the pages of the next chunk of this many file bytes writable (one
+/// `MADV_POPULATE_WRITE`) as its frames enter a chunk, so a page written back since the last lap
+/// costs a batched fault instead of a page fault on the request path. A multiple of any page size.
+const PREFAULT_CHUNK_BYTES: u64 = 256 * 1024;
 
 /// How often a reader re-reads a header whose generation is odd before taking it as is (a
 /// writer killed mid-update leaves it odd forever; the fields are hints, so that is safe).
@@ -163,11 +167,26 @@ fn frame_bytes(len: u64) -> u64 {
     FRAME_HEADER_BYTES + len.div_ceil(FRAME_ALIGN_BYTES) * FRAME_ALIGN_BYTES
 }
 
+/// CRC-32 of `seq`, `len` (little-endian) and `payload`, one after the other. The 12 header bytes
+/// are joined with the payload's first bytes, and the rest is either empty or at least 16 bytes,
+/// so crc32fast folds every piece with its carry-less multiply kernel: its table-driven path for
+/// pieces under 16 bytes looks up 16 KiB of tables that are cold when a record is written (it
+/// cost ~0.25 µs per record).
 fn frame_crc(seq: u64, len: u32, payload: &[u8]) -> u32 {
+    const HEAD: usize = 12;
+    const JOINED: usize = 52;
+    let mut first = [0u8; HEAD + JOINED + 15];
+    first[..8].copy_from_slice(&seq.to_le_bytes());
+    first[8..HEAD].copy_from_slice(&len.to_le_bytes());
+    let joined = if payload.len() < JOINED + 16 {
+        payload.len()
+    } else {
+        JOINED
+    };
+    first[HEAD..HEAD + joined].copy_from_slice(&payload[..joined]);
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&seq.to_le_bytes());
-    hasher.update(&len.to_le_bytes());
-    hasher.update(payload);
+    hasher.update(&first[..HEAD + joined]);
+    hasher.update(&payload[joined..]);
     hasher.finalize()
 }
 
@@ -496,6 +515,10 @@ pub struct RingWriter {
     evicted: bool,
     /// Records not stored (counted by the caller), mirrored in the header.
     dropped: u64,
+    /// The file chunk ([`PREFAULT_CHUNK_BYTES`]) the last frame ended in; the one after it has
+    /// been made writable. `None` once the kernel refused (before Linux 5.14): faults then come
+    /// one page at a time, as without it.
+    prefaulted: Option<u64>,
     /// Kept open (and locked) for the life of the mapping.
     _file: File,
 }
@@ -590,6 +613,7 @@ impl RingWriter {
             tail_seq: 1,
             evicted: false,
             dropped: 0,
+            prefaulted: Some(0),
             _file: file,
         };
         match &fresh {
@@ -605,6 +629,45 @@ impl RingWriter {
             }
         }
         Ok(writer)
+    }
+
+    /// Makes every page of the mapping present and writable now (`MADV_POPULATE_WRITE`), so the
+    /// first lap of appends takes no page faults: faulting a page of a freshly reserved file on a
+    /// write costs several µs (page-cache allocation, the file system's `page_mkwrite`), about
+    /// 1.8 µs per typical record, against ~25 ms once per 64 MiB here. Call on the worker's thread
+    /// before it serves. Best effort: on failure the pages fault in as they are written.
+    pub fn prefault(&mut self) {
+        if self.map.advise(Advice::PopulateWrite).is_err() {
+            self.prefaulted = None;
+        }
+    }
+
+    /// Once a frame ending at data offset `end` enters a new chunk, makes the chunk after it
+    /// writable (the first, past the last). After writeback has write-protected a lap's pages, that
+    /// is one call for 64 pages, ~40% cheaper than their faults; when they are still writable it
+    /// only walks their page tables.
+    fn prefault_ahead(&mut self, end: u64) {
+        let Some(done) = self.prefaulted else {
+            return;
+        };
+        let file_len = HEADER_BYTES + self.cap;
+        let chunk = (HEADER_BYTES + end) / PREFAULT_CHUNK_BYTES;
+        if chunk == done {
+            return;
+        }
+        self.prefaulted = Some(chunk);
+        let next = (chunk + 1) * PREFAULT_CHUNK_BYTES;
+        let start = if next >= file_len { 0 } else { next };
+        let len = PREFAULT_CHUNK_BYTES.min(file_len - start);
+        // Both are below the mapping's length, which is a usize.
+        if let (Ok(start), Ok(len)) = (usize::try_from(start), usize::try_from(len))
+            && self
+                .map
+                .advise_range(Advice::PopulateWrite, start, len)
+                .is_err()
+        {
+            self.prefaulted = None;
+        }
     }
 
     /// Counts one record the caller could not store, in the header where readers see it.
@@ -712,6 +775,7 @@ impl RingWriter {
         self.head = if end == self.cap { 0 } else { end };
         self.next_seq = seq + 1;
         self.publish();
+        self.prefault_ahead(end);
         Ok(seq)
     }
 
@@ -1130,6 +1194,20 @@ mod tests {
     }
 
     #[test]
+    fn frame_crc_is_the_crc_of_seq_len_and_payload_in_a_row() {
+        for n in (0..200).chain([703, 704, 4096]) {
+            let body = payload(n as u64, n);
+            let seq = 0x0123_4567_89ab_cdef ^ n as u64;
+            let whole = [&seq.to_le_bytes()[..], &(n as u32).to_le_bytes(), &body].concat();
+            assert_eq!(
+                frame_crc(seq, n as u32, &body),
+                crc32fast::hash(&whole),
+                "{n} bytes"
+            );
+        }
+    }
+
+    #[test]
     fn append_then_read_returns_every_payload_in_order() {
         let dir = TempDir::new("ring-basic");
         let path = dir.path().join("core-0.ring");
@@ -1262,6 +1340,59 @@ mod tests {
         remove_stale_temp_rings(dir.path());
         assert!(!dead.exists());
         assert!(mine.exists() && other.exists());
+    }
+
+    /// Which pages of `w`'s mapping this process has mapped (`/proc/self/pagemap`, bit 63): the
+    /// writer only writes, so a mapped page was written or populated (the page cache itself may
+    /// hold more, read ahead).
+    fn mapped_pages(w: &RingWriter) -> Vec<bool> {
+        use std::os::unix::fs::FileExt;
+        let page = 4096;
+        let pages = w.map.len().div_ceil(page);
+        let mut entries = vec![0u8; pages * 8];
+        let pagemap = File::open("/proc/self/pagemap").expect("pagemap");
+        let first = w.map.as_ptr() as u64 / page as u64;
+        pagemap
+            .read_exact_at(&mut entries, first * 8)
+            .expect("read pagemap");
+        entries
+            .chunks_exact(8)
+            .map(|e| u64::from_le_bytes(e.try_into().unwrap()) >> 63 == 1)
+            .collect()
+    }
+
+    #[test]
+    fn appends_make_the_next_chunk_writable_ahead_and_prefault_the_whole_ring() {
+        const RING: u64 = 4 << 20;
+        let chunk_pages = (PREFAULT_CHUNK_BYTES / 4096) as usize;
+        let dir = TempDir::new("ring-prefault");
+        let mut w = RingWriter::open(&dir.path().join("core-0.ring"), RING, false).unwrap();
+        // Frames up to just past the start of chunk 2.
+        let mut seq = 0;
+        while w.head < 2 * PREFAULT_CHUNK_BYTES + 1000 {
+            seq += 1;
+            w.append(&payload(seq, 1000)).expect("fits");
+        }
+        let mapped = mapped_pages(&w);
+        assert!(
+            mapped[..4 * chunk_pages].iter().all(|&r| r),
+            "chunks 0-2 written, chunk 3 populated ahead"
+        );
+        assert!(
+            !mapped[4 * chunk_pages..].iter().any(|&r| r),
+            "nothing past chunk 3 is touched yet"
+        );
+        let mut whole = RingWriter::open(&dir.path().join("core-1.ring"), RING, false).unwrap();
+        whole.prefault();
+        assert!(mapped_pages(&whole).iter().all(|&r| r));
+        // Past the last chunk, the first is populated for the next lap.
+        let mut lapped = RingWriter::open(&dir.path().join("core-2.ring"), 1 << 20, false).unwrap();
+        seq = 0;
+        while lapped.head < lapped.cap - 2000 {
+            seq += 1;
+            lapped.append(&payload(seq, 1000)).expect("fits");
+        }
+        assert!(mapped_pages(&lapped).iter().all(|&r| r));
     }
 
     #[test]
