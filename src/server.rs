@@ -286,8 +286,8 @@ impl Server {
         let resolver_pool = DefaultThreadPool::new(RESOLVER_THREADS);
         // Thread-per-core proper pins worker i to core i. With fewer workers than cores (e.g. one
         // worker beside a load generator) the scheduler places them better than a fixed pin.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let pin = config.workers >= cores;
+        let cores = allowed_cpus();
+        let pin = config.workers >= cores.len();
         let started = Instant::now();
         let handles: Vec<_> = listeners
             .into_iter()
@@ -298,11 +298,14 @@ impl Server {
                 let (config, faults, stop) =
                     (Arc::clone(&config), Arc::clone(&faults), Arc::clone(&stop));
                 let pool = resolver_pool.clone();
+                let core = cores[index % cores.len()];
                 std::thread::Builder::new()
                     .name(format!("pf-worker-{index}"))
                     .spawn(move || {
-                        if pin && let Err(e) = monoio::utils::bind_to_cpu_set([index % cores]) {
-                            eprintln!("phantom-fast: worker {index} not pinned to a core: {e}");
+                        if pin && let Err(e) = monoio::utils::bind_to_cpu_set([core]) {
+                            eprintln!(
+                                "phantom-fast: worker {index} not pinned to core {core}: {e}"
+                            );
                         }
                         let io = WorkerIo {
                             listener,
@@ -430,6 +433,24 @@ fn bind_control(config: &Config) -> Result<Option<ControlPlane>, Error> {
         listener,
         file,
     }))
+}
+
+/// The CPUs this process may run on (its affinity mask: `taskset`, a container's cpuset), in
+/// order; worker i is pinned to the i-th, never to a CPU outside the mask. `[0]` if unknown.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `set` is valid for writes of `size` bytes for the call.
+    let cpus: Vec<usize> = if unsafe { libc::sched_getaffinity(0, size, &mut set) } == 0 {
+        // SAFETY: CPU_ISSET reads the set filled above, for indices below its capacity.
+        (0..size * 8)
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() { vec![0] } else { cpus }
 }
 
 /// What one worker owns besides its share of the config: its listener, its ring, its link to

@@ -109,3 +109,43 @@ fn driver_uring_serves_keepalive_bodies_delays_faults() {
     exchanges_work_on("uring");
     announce("io_uring available; `auto` and `--driver uring` ran io_uring");
 }
+
+/// The CPUs this test process may run on (`Cpus_allowed_list` of /proc/self/status).
+fn allowed_cpus(status: &str) -> Vec<usize> {
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list in status")
+        .trim();
+    list.split(',')
+        .flat_map(|range| {
+            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+            lo.parse::<usize>().unwrap()..=hi.parse::<usize>().unwrap()
+        })
+        .collect()
+}
+
+// Thread-per-core pins worker i to the i-th CPU the process may use. It used to pin worker 0 to
+// CPU 0 whatever the mask: under `taskset -c 1` the worker left CPU 1 for CPU 0, where the load
+// generator ran.
+#[test]
+fn workers_are_pinned_inside_the_affinity_mask_they_were_given() {
+    let mine = allowed_cpus(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let cpu = *mine.last().expect("at least one CPU");
+    let origin = Origin::echo();
+    let proxy = Proxy::reverse_on_cpu(origin.addr(), cpu, &[]);
+    let mut conn = proxy.connect();
+    assert_eq!(conn.roundtrip(&get("/")).status, 200);
+    let tasks = format!("/proc/{}/task", proxy.pid());
+    let worker = std::fs::read_dir(&tasks)
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .find(|t| std::fs::read_to_string(t.join("comm")).unwrap().trim() == "pf-worker-0")
+        .expect("a pf-worker-0 thread");
+    let status = std::fs::read_to_string(worker.join("status")).unwrap();
+    assert_eq!(
+        allowed_cpus(&status),
+        [cpu],
+        "pf-worker-0 runs where it was allowed to"
+    );
+}

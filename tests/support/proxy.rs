@@ -347,6 +347,30 @@ impl Proxy {
         Proxy::launch(cmd, trace_dir, &format!("without THP {all:?}"))
     }
 
+    /// `reverse`, started with its CPU affinity narrowed to `cpu` alone (as `taskset -c CPU` or a
+    /// container's cpuset would).
+    pub fn reverse_on_cpu(upstream: SocketAddr, cpu: usize, args: &[&str]) -> Proxy {
+        let upstream = upstream.to_string();
+        let mut all = vec!["--upstream", upstream.as_str()];
+        all.extend_from_slice(args);
+        let trace_dir = tempfile::tempdir().expect("creating a temp trace dir");
+        let mut cmd = command(trace_dir.path(), &all);
+        cmd.stderr(Stdio::piped());
+        // SAFETY: the closure runs in the forked child before exec and only fills a stack value
+        // and calls sched_setaffinity(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Proxy::launch(cmd, trace_dir, &format!("on CPU {cpu} {all:?}"))
+    }
+
     /// `reverse`, with the open-file limit lowered to `max_fds` before the binary starts
     /// (`sh -c 'ulimit -n MAX_FDS; exec BIN ARGS…'`, so the pid is the proxy's own).
     pub fn reverse_with_fd_limit(upstream: SocketAddr, max_fds: u32, args: &[&str]) -> Proxy {
