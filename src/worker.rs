@@ -191,6 +191,7 @@ impl Worker {
         report.outcomes = stats.outcomes;
         report.request_duration = stats.durations;
         report.upstream_duration = stats.upstream_ttfb;
+        report.delay_lateness = stats.delay_lateness;
         self.tally.borrow().fill(
             rule_counters(&current, &stats.rules, &stats.delay_ns),
             &mut report.rules,

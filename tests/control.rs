@@ -915,3 +915,36 @@ fn control_an_idle_admin_costs_no_ticks_and_a_scrape_counts_what_just_happened()
         );
     }
 }
+
+// Each injected delay that ends counts once in phantom_delay_lateness_seconds, with how long after
+// its deadline it ended; an undelayed request and a delay whose client hung up count nothing.
+#[test]
+fn control_delay_lateness_counts_each_delay_that_ended_by_its_lateness() {
+    let origin = Origin::echo();
+    let (proxy, addr) = start(&origin, &["--fault", "delay:30ms:/slow"]);
+    let mut conn = proxy.connect();
+    assert_eq!(status_of(&mut conn, "/fast"), 200);
+    let mut gone = proxy.connect();
+    gone.send(&get("/slow/gone"));
+    drop(gone);
+    for _ in 0..3 {
+        assert_eq!(status_of(&mut conn, "/slow"), 200);
+    }
+    let scrape = scrape_until(
+        addr,
+        "phantom_requests_total{outcome=\"client-closed\"}",
+        1.0,
+    );
+    let count = metric(&scrape, "phantom_delay_lateness_seconds_count");
+    assert_eq!(count, 3.0, "{scrape}");
+    let late = metric(&scrape, "phantom_delay_lateness_seconds_sum");
+    assert!(late >= 0.0, "{scrape}");
+    // Every count is in a bucket: the +Inf bucket holds them all, and the buckets never fall.
+    let buckets: Vec<f64> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("phantom_delay_lateness_seconds_bucket{le=\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(buckets.last(), Some(&3.0), "{scrape}");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{scrape}");
+}

@@ -259,6 +259,8 @@ pub struct WorkerReport {
     pub request_duration: DurationHistogram,
     /// Upstream time to first byte of the response head.
     pub upstream_duration: DurationHistogram,
+    /// How long after its deadline each injected delay ended.
+    pub delay_lateness: DurationHistogram,
     /// Per rule, cumulative.
     pub rules: Vec<RuleCounters>,
     /// Requests inside a fault now (delayed, hung, throttled).
@@ -285,6 +287,7 @@ impl WorkerReport {
         }
         self.request_duration.merge(&other.request_duration);
         self.upstream_duration.merge(&other.upstream_duration);
+        self.delay_lateness.merge(&other.delay_lateness);
         add_counters(&mut self.rules, other.rules.iter().cloned());
         self.active_faults += other.active_faults;
         self.client_connections += other.client_connections;
@@ -350,6 +353,13 @@ pub fn encode_metrics(scrape: &Scrape, out: &mut String) {
         "phantom_upstream_duration_seconds",
         "Upstream time to the first byte of the response head.",
         &total.upstream_duration,
+    );
+    histogram(
+        out,
+        "phantom_delay_lateness_seconds",
+        "How long after its deadline each injected delay ended (never before it): the timer's \
+         coalescing slack, at most 1/32 of the delay and 1 ms, plus the worker's own wake-up.",
+        &total.delay_lateness,
     );
 
     // Live rules first (zero until they count), then ids no longer live that did count.
@@ -615,6 +625,7 @@ mod tests {
             report.request_duration.record(Duration::from_micros(us));
         }
         report.upstream_duration.record(Duration::from_millis(3));
+        report.delay_lateness.record(Duration::from_micros(700));
         report.rules.push(RuleCounters {
             id: "slow".into(),
             kind: FaultKind::Delay,

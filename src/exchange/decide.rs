@@ -189,7 +189,16 @@ impl Session<'_> {
                 WATCH_EVERY / 8
             };
             self.w.timer.sleep_within(now, wake, within).await;
-            match self.client.peer() {
+            now = Instant::now();
+            let peer = self.client.peer();
+            if wake == deadline && peer != Peer::HungUp {
+                self.w
+                    .stats
+                    .borrow_mut()
+                    .delay_lateness
+                    .record(now.saturating_duration_since(deadline));
+            }
+            match peer {
                 Peer::HungUp => return false,
                 Peer::Quiet if wake == deadline => return true,
                 Peer::Quiet => {}
@@ -198,7 +207,6 @@ impl Session<'_> {
                 Peer::Sent if wake == deadline => return self.take_sent().await,
                 Peer::Sent => {}
             }
-            now = Instant::now();
         }
     }
 

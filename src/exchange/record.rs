@@ -55,6 +55,8 @@ pub(crate) struct Stats {
     pub(crate) durations: DurationHistogram,
     /// Upstream time to first byte, in `/metrics`' fixed buckets.
     pub(crate) upstream_ttfb: DurationHistogram,
+    /// How long after its deadline each injected delay ended, in `/metrics`' fixed buckets.
+    pub(crate) delay_lateness: DurationHistogram,
     /// Injected delay per rule of the current table, nanoseconds (same order as `rules`),
     /// counted when decided, as `rules` is.
     pub(crate) delay_ns: Vec<u64>,
@@ -79,6 +81,7 @@ impl Stats {
             latency_us: latency_histogram(),
             durations: DurationHistogram::default(),
             upstream_ttfb: DurationHistogram::default(),
+            delay_lateness: DurationHistogram::default(),
             delay_ns: vec![0; rules],
             trace_records: 0,
             ledger: trace::LedgerSummary::new(),
