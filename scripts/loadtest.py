@@ -1669,6 +1669,11 @@ def delay_cost(args, tmp: str, procs: Processes) -> dict:
 
 
 def _delay_cost(args, tmp: str, procs: Processes) -> dict:
+    # --pin: the proxies get core 1 to themselves, the script, oha and nginx share core 0 (as in
+    # --overhead), so a delay's lateness is the proxy's and not the load generator's time slice.
+    pin = args.pin and (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+    if pin:
+        os.sched_setaffinity(0, {0})
     origin_port = free_port()
     origin = start_nginx(procs, tmp, "origin", origin_port,
                          ORIGIN_HTTP.format(port=origin_port, body=ORIGIN_BODY.replace("\n", "\\n")),
@@ -1692,7 +1697,7 @@ def _delay_cost(args, tmp: str, procs: Processes) -> dict:
                 ["--workers", "1", "--max-connections", str(max_conns + 1024),
                  "--trace-dir", f"{args.cost_traces}/{name}", "--trace-capacity", "128MiB",
                  "--admin", f"127.0.0.1:{admin}"]
-                + extra)
+                + extra, prefix=["taskset", "-c", "1"] if pin else [])
             wait_port(admin, STARTUP_TIMEOUT_S)
             targets[(label, fault)] = (binary, proxy, port, admin)
     runs = []
@@ -2468,6 +2473,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "phases 1-2 for both; rounds: default 2, quick 1)")
     p.add_argument("--cost-window", type=float,
                    help="delay-cost: measured seconds per run (default 4, quick 2)")
+    p.add_argument("--pin", action="store_true",
+                   help="delay-cost: the proxies on core 1, oha, nginx and this script on core 0")
     p.add_argument("--no-perf-counts", action="store_true",
                    help="delay-cost: no perf stat tracepoint counts (io_uring_enter, SQEs, …)")
     p.add_argument("--profile", action="store_true",
@@ -2543,7 +2550,7 @@ def main(argv: list[str]) -> int:
         if args.delay_cost:
             report["params"] = {"rounds": args.rounds, "window_s": args.cost_window,
                                 "warmup_s": args.cost_warmup, "loads": DELAY_COST_LOADS,
-                                "faults": [f for f, _ in DELAY_COST_FAULTS]}
+                                "faults": [f for f, _ in DELAY_COST_FAULTS], "pin": args.pin}
             report.update(delay_cost(args, tmp, procs))
         elif args.overhead:
             report["params"] = {"rounds": args.rounds, "window_s": args.overhead_window,
@@ -2587,7 +2594,8 @@ def main(argv: list[str]) -> int:
     if args.delay_cost:
         print(f"## Delay cost: {args.rounds} interleaved round(s), one worker, tracing on, oha "
               f"open loop (keep-alive, --latency-correction), {args.cost_window:g} s measured "
-              f"after {args.cost_warmup:g} s; medians over rounds")
+              f"after {args.cost_warmup:g} s; medians over rounds"
+              + ("; proxies pinned to core 1, oha and nginx on core 0" if args.pin else ""))
         report["unexpected_errors"] = print_delay_cost(report["delay_cost"])
         print_delay_profile(report["delay_cost"]["profiles"])
     elif args.overhead:
