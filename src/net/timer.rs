@@ -9,10 +9,13 @@
 //!
 //! # Coalescing
 //! A sleeper may give a slack ([`DelayTimer::sleep_within`]): it ends at its deadline or up to
-//! that much after it, never before. The timerfd is armed for the earliest deadline plus its
-//! slack, and each wake-up ends every sleep already due, so deadlines that fall within a slack of
-//! each other share one wake-up (5 000 delays a second need not be 5 000 wake-ups). A new sleep
-//! also ends the ones already due: the worker is awake for it anyway.
+//! that much after it, never before. The timerfd is armed for the earliest deadline-plus-slack of
+//! the pending sleeps, and each wake-up ends every sleep already due, so deadlines that fall
+//! within a slack of each other share one wake-up (5 000 delays a second need not be 5 000
+//! wake-ups). A new sleep also ends the ones already due: the worker is awake for it anyway.
+//! Sleeps of different slacks share the timer (a throttled body's steps may take 50 ms, a delay
+//! 1 ms), so the earliest deadline is not always the first that must end: a second heap keeps
+//! them by deadline plus slack.
 
 use std::{
     cell::{Cell, RefCell},
@@ -33,8 +36,6 @@ struct Slot {
     generation: u64,
     fired: bool,
     waker: Option<Waker>,
-    /// How long after its deadline the sleep may end (0: as close to it as the kernel wakes).
-    slack: Duration,
 }
 
 /// The per-worker set of precise deadlines.
@@ -43,6 +44,8 @@ pub(crate) struct DelayTimer {
     fd: Option<RawFd>,
     /// Earliest deadline first: (deadline, slot, generation).
     heap: RefCell<BinaryHeap<Reverse<(Instant, usize, u64)>>>,
+    /// The same sleeps, earliest deadline plus slack first: when the timerfd must fire next.
+    by_latest: RefCell<BinaryHeap<Reverse<(Instant, usize, u64)>>>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<usize>>,
     /// The instant the timerfd is armed for (a deadline plus its slack).
@@ -78,6 +81,7 @@ impl DelayTimer {
         let timer = Rc::new(DelayTimer {
             fd,
             heap: RefCell::default(),
+            by_latest: RefCell::default(),
             slots: RefCell::default(),
             free: RefCell::default(),
             armed: Cell::new(None),
@@ -119,7 +123,6 @@ impl DelayTimer {
                     generation: 0,
                     fired: false,
                     waker: None,
-                    slack: Duration::ZERO,
                 });
                 slots.len() - 1
             }
@@ -130,13 +133,15 @@ impl DelayTimer {
             s.generation += 1;
             s.fired = false;
             s.waker = None;
-            s.slack = slack;
             s.generation
         };
         self.heap
             .borrow_mut()
             .push(Reverse((deadline, slot, generation)));
         let latest = deadline + slack;
+        self.by_latest
+            .borrow_mut()
+            .push(Reverse((latest, slot, generation)));
         if self.armed.get().is_none_or(|armed| latest < armed) {
             self.arm(latest);
         }
@@ -188,8 +193,21 @@ impl DelayTimer {
         self.fire_due_at(Instant::now(), true);
     }
 
+    /// The earliest deadline plus slack of the sleeps still pending (dropping stale entries).
+    fn next_latest(&self, slots: &[Slot]) -> Option<Instant> {
+        let mut by_latest = self.by_latest.borrow_mut();
+        while let Some(&Reverse((latest, slot, generation))) = by_latest.peek() {
+            let s = &slots[slot];
+            if s.generation == generation && !s.fired {
+                return Some(latest);
+            }
+            by_latest.pop();
+        }
+        None
+    }
+
     /// Wakes every sleeper whose deadline is at or before `now`. `expired`: the timerfd fired, so
-    /// it is re-armed for the next deadline (plus its slack), or left idle when none is left.
+    /// it is re-armed for the next deadline plus slack, or left idle when none is left.
     /// Otherwise (a new sleep came) it is re-armed only when it would fire with nothing due, and
     /// left as it is when nothing was due.
     fn fire_due_at(&self, now: Instant, expired: bool) {
@@ -206,7 +224,7 @@ impl DelayTimer {
                 continue;
             }
             if deadline > now {
-                break Some((deadline, s.slack));
+                break Some(deadline);
             }
             heap.pop();
             fired_any = true;
@@ -215,19 +233,27 @@ impl DelayTimer {
                 waker.wake();
             }
         };
-        drop(slots);
         drop(heap);
+        if next.is_none() {
+            // No sleep pending: every entry left is stale (and would pile up unread).
+            self.by_latest.borrow_mut().clear();
+        }
         if expired {
             self.armed.set(None);
-            if let Some((deadline, slack)) = next {
-                self.arm(deadline + slack);
+            if next.is_some()
+                && let Some(latest) = self.next_latest(&slots)
+            {
+                drop(slots);
+                self.arm(latest);
             }
         } else if fired_any
-            && let (Some((deadline, slack)), Some(armed)) = (next, self.armed.get())
+            && let (Some(deadline), Some(armed)) = (next, self.armed.get())
             && armed < deadline
+            && let Some(latest) = self.next_latest(&slots)
         {
             // Armed for sleeps that just ended: it would wake with nothing due.
-            self.arm(deadline + slack);
+            drop(slots);
+            self.arm(latest);
         }
     }
 
@@ -324,5 +350,38 @@ impl Drop for DelaySleep {
         {
             timer.release(*slot, *generation);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A sleep with a long slack must not hold back a later one with none. After its first
+    // wake-up the timer used to re-arm for the earliest deadline plus that deadline's own slack:
+    // a throttled body's 50 ms pacing slack could make a 1 ms-slack delay 50 ms late.
+    #[test]
+    fn a_long_slack_does_not_hold_back_a_later_deadline_without_one() {
+        let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("an io_uring runtime");
+        runtime.block_on(async {
+            let timer = DelayTimer::start(true).expect("a timerfd");
+            let t0 = Instant::now();
+            let ms = Duration::from_millis;
+            let first = timer.sleep_within(t0, t0 + ms(5), Duration::ZERO);
+            let lax = timer.sleep_within(t0, t0 + ms(10), Duration::from_secs(1));
+            let strict = timer.sleep_within(t0, t0 + ms(20), Duration::ZERO);
+            first.await;
+            strict.await;
+            let took = t0.elapsed();
+            assert!(took >= ms(20), "{took:?}: ended before its deadline");
+            assert!(
+                took < ms(500),
+                "{took:?}: held back to the lax sleep's slack"
+            );
+            drop(lax);
+        });
     }
 }
