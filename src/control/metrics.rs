@@ -17,8 +17,8 @@ use crate::{fault::FaultKind, trace::Outcome};
 /// Upper bounds of the duration histogram buckets, in seconds: 100 µs … 60 s. `+Inf` follows.
 /// 2 ms is there so that "p99 of a delay's lateness at most 2 ms" can be read off exactly.
 pub const DURATION_BUCKETS_S: [f64; 19] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0, 60.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// [`DURATION_BUCKETS_S`] in nanoseconds, for recording without floats.

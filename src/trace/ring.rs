@@ -85,6 +85,10 @@ const RESERVE_CHUNK_BYTES: usize = 1 << 20;
 /// `MADV_POPULATE_WRITE`) as its frames enter a chunk, so a page written back since the last lap
 /// costs a batched fault instead of a page fault on the request path. A multiple of any page size.
 const PREFAULT_CHUNK_BYTES: u64 = 256 * 1024;
+/// Most of a ring [`RingWriter::prefault`] populates at startup (~25 ms per 64 MiB): a larger ring
+/// would hold up the start, and dirty that much page cache at once, for pages the chunk-ahead
+/// population reaches anyway.
+const PREFAULT_AT_START_BYTES: usize = 256 * 1024 * 1024;
 
 /// How often a reader re-reads a header whose generation is odd before taking it as is (a
 /// writer killed mid-update leaves it odd forever; the fields are hints, so that is safe).
@@ -631,13 +635,19 @@ impl RingWriter {
         Ok(writer)
     }
 
-    /// Makes every page of the mapping present and writable now (`MADV_POPULATE_WRITE`), so the
-    /// first lap of appends takes no page faults: faulting a page of a freshly reserved file on a
-    /// write costs several µs (page-cache allocation, the file system's `page_mkwrite`), about
-    /// 1.8 µs per typical record, against ~25 ms once per 64 MiB here. Call on the worker's thread
-    /// before it serves. Best effort: on failure the pages fault in as they are written.
+    /// Makes the pages of the mapping present and writable now (`MADV_POPULATE_WRITE`; the first
+    /// 256 MiB of a larger ring), so the first lap of appends takes no page faults: faulting a
+    /// page of a freshly reserved file on a write costs several µs (page-cache allocation, the
+    /// file system's `page_mkwrite`), about 1.8 µs per typical record, against ~25 ms once per
+    /// 64 MiB here. Call on the worker's thread before it serves. Best effort: on failure the
+    /// pages fault in as they are written.
     pub fn prefault(&mut self) {
-        if self.map.advise(Advice::PopulateWrite).is_err() {
+        let len = self.map.len().min(PREFAULT_AT_START_BYTES);
+        if self
+            .map
+            .advise_range(Advice::PopulateWrite, 0, len)
+            .is_err()
+        {
             self.prefaulted = None;
         }
     }
