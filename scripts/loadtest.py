@@ -453,6 +453,13 @@ def oha_argv(port: int, rate: int, duration_s: float, connections: int,
     return argv + [f"http://127.0.0.1:{port}/"]
 
 
+def start_oha(port: int, rate: int, duration_s: float, connections: int) -> subprocess.Popen:
+    """oha_argv as a child that dies with this script; its JSON report on stdout."""
+    return subprocess.Popen(oha_argv(port, rate, duration_s, connections), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            preexec_fn=_die_with_parent)
+
+
 def run_oha(port: int, rate: int, duration_s: float, connections: int) -> dict:
     out = subprocess.run(oha_argv(port, rate, duration_s, connections), capture_output=True,
                          text=True, timeout=duration_s + 60)
@@ -1604,9 +1611,7 @@ def delay_cost_run(args, tmp: str, label: str, binary: str, fault: str, proxy: O
     port, admin = ports
     window = args.cost_window
     total = args.cost_warmup + window + 1.0
-    oha = subprocess.Popen(oha_argv(port, rate, total, conns), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                           preexec_fn=_die_with_parent)
+    oha = start_oha(port, rate, total, conns)
     try:
         time.sleep(args.cost_warmup)
         h0 = lateness_buckets(admin)
@@ -1770,10 +1775,7 @@ def delay_cost_pair(args, sides: tuple, rate: int, conns: int) -> dict:
     context switches per record that ended in the window."""
     window = args.cost_window
     total = args.cost_warmup + window + 1.0
-    ohas = [subprocess.Popen(oha_argv(port, rate, total, conns), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                             preexec_fn=_die_with_parent)
-            for _, _, port, _ in sides]
+    ohas = [start_oha(port, rate, total, conns) for _, _, port, _ in sides]
     try:
         time.sleep(args.cost_warmup)
         t0 = time.time()
@@ -1910,9 +1912,7 @@ def delay_cost_profile(args, tmp: str, label: str, binary: str, fault: str, prox
     window = args.cost_window
     total = args.cost_warmup + window + 1.0
     data = f"{tmp}/{proxy.name}-{rate}.perf.data"
-    oha = subprocess.Popen(oha_argv(port, rate, total, conns), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                           preexec_fn=_die_with_parent)
+    oha = start_oha(port, rate, total, conns)
     try:
         time.sleep(args.cost_warmup)
         t = time.time()
@@ -2437,10 +2437,7 @@ def overhead_pair(args, base: dict, t: dict) -> dict:
     """One run of `t` and the baseline side by side; each one's CPU per 200 answer."""
     if t["sidecar"]:
         t["sidecar"].start()
-    ohas = [subprocess.Popen(oha_argv(x["port"], args.rate, args.overhead_window,
-                                      OVERHEAD_CONNECTIONS),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             stdin=subprocess.DEVNULL, text=True, preexec_fn=_die_with_parent)
+    ohas = [start_oha(x["port"], args.rate, args.overhead_window, OVERHEAD_CONNECTIONS)
             for x in (t, base)]
     c0 = [thread_cpu_ns(x["proxy"].pid) for x in (t, base)]
     w0 = time.monotonic()
