@@ -155,6 +155,11 @@ impl DelayTimer {
         }
     }
 
+    /// How many sleeps are pending (started, not yet ended or dropped).
+    pub(crate) fn pending(&self) -> usize {
+        self.slots.borrow().len() - self.free.borrow().len()
+    }
+
     /// Points the timerfd at `deadline` (absolute, so time spent before the syscall counts).
     fn arm(&self, deadline: Instant) {
         let Some(fd) = self.fd else { return };
@@ -382,6 +387,37 @@ mod tests {
                 "{took:?}: held back to the lax sleep's slack"
             );
             drop(lax);
+        });
+    }
+
+    // The delay's slack grows with this count, so a sleep that ended or was dropped (its
+    // client hung up) must stop counting at once.
+    #[test]
+    fn pending_counts_the_sleeps_not_yet_ended_or_dropped() {
+        let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("an io_uring runtime");
+        runtime.block_on(async {
+            let timer = DelayTimer::start(true).expect("a timerfd");
+            let t0 = Instant::now();
+            let ms = Duration::from_millis;
+            assert_eq!(timer.pending(), 0);
+            let a = timer.sleep_within(t0, t0 + ms(2), Duration::ZERO);
+            let b = timer.sleep_within(t0, t0 + ms(3), Duration::ZERO);
+            let c = timer.sleep_within(t0, t0 + ms(60_000), Duration::ZERO);
+            assert_eq!(timer.pending(), 3);
+            drop(c);
+            assert_eq!(timer.pending(), 2);
+            a.await;
+            assert_eq!(timer.pending(), 1);
+            b.await;
+            assert_eq!(timer.pending(), 0);
+            // A reused slot counts once.
+            let d = timer.sleep_within(Instant::now(), Instant::now() + ms(1), Duration::ZERO);
+            assert_eq!(timer.pending(), 1);
+            d.await;
+            assert_eq!(timer.pending(), 0);
         });
     }
 }
