@@ -362,17 +362,21 @@ impl Drop for DelaySleep {
 mod tests {
     use super::*;
 
+    /// Runs `test` on an io_uring runtime with a precise (timerfd) timer.
+    fn on_precise_timer<F: Future<Output = ()>>(test: impl FnOnce(Rc<DelayTimer>) -> F) {
+        let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("an io_uring runtime");
+        runtime.block_on(async { test(DelayTimer::start(true).expect("a timerfd")).await });
+    }
+
     // A sleep with a long slack must not hold back a later one with none. After its first
     // wake-up the timer used to re-arm for the earliest deadline plus that deadline's own slack:
     // a throttled body's 50 ms pacing slack could make a 1 ms-slack delay 50 ms late.
     #[test]
     fn a_long_slack_does_not_hold_back_a_later_deadline_without_one() {
-        let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("an io_uring runtime");
-        runtime.block_on(async {
-            let timer = DelayTimer::start(true).expect("a timerfd");
+        on_precise_timer(|timer| async move {
             let t0 = Instant::now();
             let ms = Duration::from_millis;
             let first = timer.sleep_within(t0, t0 + ms(5), Duration::ZERO);
@@ -394,12 +398,7 @@ mod tests {
     // client hung up) must stop counting at once.
     #[test]
     fn pending_counts_the_sleeps_not_yet_ended_or_dropped() {
-        let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("an io_uring runtime");
-        runtime.block_on(async {
-            let timer = DelayTimer::start(true).expect("a timerfd");
+        on_precise_timer(|timer| async move {
             let t0 = Instant::now();
             let ms = Duration::from_millis;
             assert_eq!(timer.pending(), 0);
