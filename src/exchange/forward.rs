@@ -183,7 +183,7 @@ impl Session<'_> {
         // The exchange proper runs in a pooled block, built only now that it has a connection
         // (or a slot to open one): requests queued for the pool hold their heads, not its state.
         w.frames
-            .boxed(self.forward_leased(facts, dest, lease, deadline, connect_by))
+            .boxed_with(|| self.forward_leased(facts, dest, lease, deadline, connect_by))
             .await
     }
 

@@ -118,6 +118,12 @@ const MAX_POOLED_FRAME_BYTES: usize = 8 << 20;
 impl FramePool {
     /// `future` moved into a block of this pool (allocated only when none of its layout is free).
     pub(crate) fn boxed<F: Future>(&self, future: F) -> Pooled<'_, F> {
+        self.boxed_with(|| future)
+    }
+
+    /// The future `make` builds, built straight into a block of this pool.
+    #[inline(always)]
+    pub(crate) fn boxed_with<F: Future>(&self, make: impl FnOnce() -> F) -> Pooled<'_, F> {
         let layout = Layout::new::<F>();
         let ptr = match self.take(layout) {
             Some(ptr) => ptr.cast::<F>(),
@@ -133,7 +139,7 @@ impl FramePool {
         };
         // SAFETY: `ptr` is valid for writes of an `F` and aligned for it: a fresh or returned
         // block of exactly `Layout::new::<F>()` (or dangling for a zero-sized `F`).
-        unsafe { ptr.as_ptr().write(future) };
+        unsafe { ptr.as_ptr().write(make()) };
         Pooled { pool: self, ptr }
     }
 
