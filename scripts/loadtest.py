@@ -2504,6 +2504,111 @@ def print_overhead(res: list[dict], rate: int) -> list[str]:
     return problems
 
 
+# --------------------------------------------------------------------------------------------
+# Saturation side by side: phantom-fast against nginx in the same seconds (issue 14)
+
+# Each of the pair's two wrk runs: one thread, half the comparison's 64 connections, so the two
+# proxies together see the comparison's load.
+SIDE_CONNECTIONS = 32
+SIDE_MAX_RATIO = 0.9
+
+
+def wrk_side_by_side(tmp: str, pair: list[Target], duration: float) -> dict:
+    """One wrk per target, started together; each proxy's CPU (utime + stime of every process
+    and thread) per good answer over the same seconds."""
+    argv = lambda port: ["wrk", f"-t{WRK_THREADS}", f"-c{SIDE_CONNECTIONS}",  # noqa: E731
+                         f"-d{max(1, round(duration))}s", "--timeout=2s", "-s",
+                         f"{tmp}/done.lua", f"http://127.0.0.1:{port}/"]
+    pids = [t.proc.pids() for t in pair]
+    c0 = [cpu_seconds(p) for p in pids]
+    runs = [subprocess.Popen(argv(t.port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, text=True, preexec_fn=_die_with_parent)
+            for t in pair]
+    outs = [r.communicate(timeout=duration + 60)[0] for r in runs]
+    c1 = [cpu_seconds(p) for p in pids]
+    res = [parse_wrk(out) for out in outs]
+    per_req = [(b - a) * 1e6 / r["good"] if r["good"] else None
+               for a, b, r in zip(c0, c1, res)]
+    return {"targets": [t.name for t in pair], "rps": [r["rps"] for r in res],
+            "cpu_us_per_req": per_req, "errors": [r["errors"] for r in res],
+            "ratio": per_req[0] / per_req[1] if per_req[0] and per_req[1] else None,
+            "load": os.getloadavg()[0]}
+
+
+def side_by_side(args, tmp: str, procs: Processes) -> dict:
+    """Rounds of two pairs, each pair's proxies loaded by their own wrk at the same time:
+    phantom-fast (tracing off) with nginx, and phantom-fast with a second phantom-fast (A/A:
+    the method's own noise). Sequential runs drift ±20% on a shared host; a pair sees the same
+    host."""
+    with open(f"{tmp}/done.lua", "w") as f:
+        f.write(WRK_DONE_LUA)
+    origin_port, nginx_port = free_port(), free_port()
+    start_nginx(procs, tmp, "origin", origin_port,
+                ORIGIN_HTTP.format(port=origin_port, body=ORIGIN_BODY.replace("\n", "\\n")),
+                nofile=16384, conns=8192)
+    nginx = start_nginx(procs, tmp, "nginx", nginx_port,
+                        NGINX_PROXY_HTTP.format(port=nginx_port, origin_port=origin_port,
+                                                keepalive_requests=KEEPALIVE_REQUESTS),
+                        nofile=16384, conns=8192)
+    ng = Target("nginx", "nginx reverse proxy, 1 worker", nginx_port, nginx)
+    pfs = []
+    for name in ("pf", "pf-aa"):
+        o, port = start_phantom(procs, tmp, args.bin, name, origin_port,
+                                ["--workers", "1", "--no-traces"])
+        pfs.append(Target(name, "phantom-fast, tracing off", port, o))
+    pairs = {"vs-nginx": [pfs[0], ng], "a/a": [pfs[1], pfs[0]]}
+    for pair in pairs.values():  # warm-up: pools, page cache, CPU frequency; discarded
+        wrk_side_by_side(tmp, pair, args.warmup)
+    runs: dict[str, list[dict]] = {k: [] for k in pairs}
+    for rnd in range(args.rounds):
+        for key in (list(pairs) if rnd % 2 == 0 else list(pairs)[::-1]):
+            r = wrk_side_by_side(tmp, pairs[key], args.duration)
+            r["round"] = rnd
+            runs[key].append(r)
+            (a, b), (ra, rb) = r["targets"], r["rps"]
+            log(f"round {rnd + 1}/{args.rounds} {key:8}: {a} {fmt(r['cpu_us_per_req'][0], '.2f')}"
+                f" µs/req ({ra:.0f} req/s), {b} {fmt(r['cpu_us_per_req'][1], '.2f')} µs/req "
+                f"({rb:.0f} req/s), ratio {fmt(r['ratio'], '.3f')}, errors {sum(r['errors'])}, "
+                f"load {r['load']:.2f}")
+    return {"side_by_side": runs}
+
+
+def print_side_by_side(runs: dict[str, list[dict]]) -> list[str]:
+    problems = []
+    print("| pair | CPU µs/req, first (median) | second (median) | first ÷ second, paired: median "
+          "(lowest … highest; middle half) | req/s each (median) | errors |")
+    print("|---|---|---|---|---|---|")
+    verdict = None
+    for key, label in (("vs-nginx", "phantom-fast ÷ nginx"), ("a/a", "phantom-fast ÷ "
+                                                                     "phantom-fast (A/A)")):
+        rs = runs[key]
+        ratios = sorted(r["ratio"] for r in rs if r["ratio"])
+        errors = sum(sum(r["errors"]) for r in rs)
+        if errors:
+            problems.append(f"{key}: {errors} errors")
+        rel = "-"
+        if ratios:
+            m = statistics.median(ratios)
+            q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
+            rel = (f"{m:.3f}× ({ratios[0]:.3f} … {ratios[-1]:.3f}; {q1:.3f} … {q3:.3f}), "
+                   f"n={len(ratios)}")
+            if key == "vs-nginx":
+                verdict = (m, q3, len(ratios))
+        print(f"| {label} | {fmt(med(r['cpu_us_per_req'][0] for r in rs), '.2f')} | "
+              f"{fmt(med(r['cpu_us_per_req'][1] for r in rs), '.2f')} | {rel} | "
+              f"{fmt(med(r['rps'][0] for r in rs), '.0f')} / "
+              f"{fmt(med(r['rps'][1] for r in rs), '.0f')} | {errors} |")
+    if verdict:
+        m, q3, n = verdict
+        # The paired median is the estimate (the A/A row is the method's own noise); MET also
+        # wants the upper quartile under the line, and enough rounds for quartiles to mean it.
+        status = ("NOT MET" if m > SIDE_MAX_RATIO else
+                  "MET" if q3 <= SIDE_MAX_RATIO and n >= OVERHEAD_MIN_ROUNDS else "UNDECIDED")
+        print(f"target: CPU/request at saturation, phantom-fast (tracing off) vs nginx, side by "
+              f"side: {m:.3f}× (want ≤ {SIDE_MAX_RATIO}×, upper quartile {q3:.3f}×) → {status}")
+    return problems
+
+
 def machine() -> dict:
     model = ""
     try:
@@ -2581,6 +2686,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="CPU per request at a fixed rate (--rate, default 4000 each) of admin on and "
                         "scraped 1/s, 16 non-matching rules and tracing on, each side by side "
                         "with a baseline and an A/A pair (~4 min; --quick ~1 min)")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="CPU per request at saturation, phantom-fast and nginx each under its "
+                        "own wrk -c32 in the same seconds, and an A/A pair (default 8 rounds)")
     p.add_argument("--only", metavar="NAMES", type=lambda v: set(v.split(",")),
                    help="overhead: only these targets besides the baseline (comma-separated: "
                         + ", ".join(t[0] for t in OVERHEAD_TARGETS[1:]) + ")")
@@ -2611,6 +2719,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         a.rounds = a.rounds or (1 if q else 6 if a.paired else 3)
         a.cost_window = a.cost_window or (2.0 if q else 4.0)
         a.cost_warmup = a.cost_warmup or (1.0 if q else 1.5)
+    if a.side_by_side:
+        a.rounds = a.rounds or (2 if q else 8)
     if a.overhead:
         a.rounds = a.rounds or (4 if q else 12)
         a.overhead_window = a.overhead_window or (2.0 if q else 3.0)
@@ -2660,7 +2770,8 @@ def main(argv: list[str]) -> int:
                   "nginx": tool_version(["nginx", "-v"]),
                   "phantom-fast": tool_version([args.bin, "--version"])},
         "load_before": os.getloadavg(),
-        "mode": ("delay-cost" if args.delay_cost else "overhead" if args.overhead else "throttle" if args.throttle
+        "mode": ("delay-cost" if args.delay_cost else "overhead" if args.overhead
+                 else "side-by-side" if args.side_by_side else "throttle" if args.throttle
                  else "scale" if args.scale
                  else "quick" if args.quick else "full"),
     }
@@ -2680,6 +2791,11 @@ def main(argv: list[str]) -> int:
                                 "rate": args.rate, "connections": OVERHEAD_CONNECTIONS,
                                 "targets": [(n, lbl, f) for n, lbl, f, _, _ in OVERHEAD_TARGETS]}
             report.update(overhead(args, tmp, procs))
+        elif args.side_by_side:
+            report["params"] = {"rounds": args.rounds, "wrk_seconds": args.duration,
+                                "warmup_s": args.warmup,
+                                "wrk": f"-t{WRK_THREADS} -c{SIDE_CONNECTIONS} each"}
+            report.update(side_by_side(args, tmp, procs))
         elif args.throttle:
             report["params"] = {"rounds": args.rounds, "connections": args.connections,
                                 "window_s": args.throttle_window,
@@ -2730,6 +2846,12 @@ def main(argv: list[str]) -> int:
               f"{args.overhead_window:g} s per run; CPU = schedstat run time of every proxy "
               f"thread over the run, per 200 answer")
         report["unexpected_errors"] = print_overhead(report["overhead"], args.rate)
+    elif args.side_by_side:
+        print(f"## Saturation side by side: {args.rounds} round(s) of two pairs, each proxy one "
+              f"worker under its own wrk -t{WRK_THREADS} -c{SIDE_CONNECTIONS} -d{args.duration:g}s"
+              f" at the same time (after {args.warmup:g} s of warm-up); CPU = utime + stime per "
+              f"good answer")
+        report["unexpected_errors"] = print_side_by_side(report["side_by_side"])
     elif args.throttle:
         print(f"## Throttled and hung connections: {args.rounds} round(s), one worker, tracing "
               f"off, {args.throttle_window:g} s measured after {args.throttle_settle:g} s; "

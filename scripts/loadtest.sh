@@ -17,6 +17,10 @@
 #                                                   CPU per request at a fixed rate: admin on and
 #                                                   scraped 1/s, 16 non-matching rules, paired
 #                                                   with a baseline by round
+#   scripts/loadtest.sh --side-by-side [--quick] [--rounds N]
+#                                                   CPU per request at saturation: phantom-fast and
+#                                                   nginx, each under its own wrk, in the same
+#                                                   seconds, and an A/A pair (the method's noise)
 #   scripts/loadtest.sh --tls [--quick]             https listener vs nginx (keep-alive, handshakes/s)
 #                                                   and MITM CPU per request (scripts/loadtest_tls.py)
 #   scripts/loadtest.sh --help                      every option (scripts/loadtest.py does the work)
