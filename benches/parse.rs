@@ -2,7 +2,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use phantom_fast::http::{Limits, MAX_HEADERS_CAP, parse_request, request_body_kind};
+use phantom_fast::http::{Limits, MAX_HEADERS_CAP, header_slots, parse_request, request_body_kind};
 
 fn head_with(extra_headers: usize) -> Vec<u8> {
     let mut head = b"GET /api/v1/items?id=42&sort=desc HTTP/1.1\r\nHost: example.com\r\n".to_vec();
@@ -26,7 +26,7 @@ fn bench_parse(c: &mut Criterion) {
         let head = head_with(n);
         group.throughput(Throughput::Bytes(head.len() as u64));
         group.bench_function(name, |b| {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+            let mut headers = header_slots::<MAX_HEADERS_CAP>();
             b.iter(|| {
                 let parsed = parse_request(black_box(&head), &mut headers, &limits);
                 match parsed {

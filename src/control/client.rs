@@ -113,7 +113,7 @@ pub fn send(admin: &str, token: Option<&str>, call: &Call) -> io::Result<(u16, V
 /// Status and body of a `connection: close` answer (1xx interim heads skipped).
 fn parse_answer(mut answer: &[u8]) -> io::Result<(u16, Vec<u8>)> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut headers = http::header_slots::<64>();
         let head = http::parse_response(answer, &mut headers, &Limits::default())
             .map_err(|e| io::Error::other(format!("the admin endpoint answered garbage: {e}")))?
             .ok_or_else(|| io::Error::other("the admin endpoint closed mid-answer"))?;

@@ -131,7 +131,7 @@ fn serve_connection<T: Send + Sync>(mut stream: TcpStream, admin: &mut Admin<T>)
     let mut buf = Vec::with_capacity(4096);
     let mut out = Vec::new();
     let head_len = loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = http::header_slots::<MAX_HEADERS>();
         match http::parse_request(&buf, &mut headers, &limits) {
             Ok(Some(head)) => break head.head_len,
             Ok(None) => {}
@@ -144,7 +144,7 @@ fn serve_connection<T: Send + Sync>(mut stream: TcpStream, admin: &mut Admin<T>)
             return Ok(());
         }
     };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = http::header_slots::<MAX_HEADERS>();
     let head = http::parse_request(&buf[..head_len], &mut headers, &limits)
         .ok()
         .flatten()

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::{
     config::{Config, Mode},
-    http::{self, BodyKind, MAX_HEADERS_CAP, ParseError, RequestHead, Version},
+    http::{self, BodyKind, MAX_HEADERS_CAP, ParseError, RequestHead, Version, header_slots},
     net::is_timeout,
     trace,
 };
@@ -135,7 +135,7 @@ impl Session<'_> {
     }
 
     fn parse_head_with<const N: usize>(&mut self) -> Result<Option<RequestFacts>, ParseError> {
-        let mut headers = [httparse::EMPTY_HEADER; N];
+        let mut headers = header_slots::<N>();
         let cfg = &*self.w.config;
         let buf = self.client.buffered();
         let Some(head) = http::parse::parse_request(buf, &mut headers, &cfg.limits)? else {
@@ -184,13 +184,15 @@ impl Session<'_> {
         (self.ex.decision, self.ex.holding) = decide_request(self.w, &self.faults, &view);
         if !is_connect {
             // The fault header is never forwarded, honoured or not.
-            let mut kept = [httparse::EMPTY_HEADER; N];
+            // Filled (and its 32 bytes a slot cleared) only when there is a header to strip.
+            let mut kept;
             let stripped;
             let head = if head
                 .headers
                 .iter()
                 .any(|h| h.name.eq_ignore_ascii_case(FAULT_HEADER))
             {
+                kept = [httparse::EMPTY_HEADER; N];
                 let mut n = 0;
                 for h in head.headers {
                     if !h.name.eq_ignore_ascii_case(FAULT_HEADER) {

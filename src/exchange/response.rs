@@ -8,7 +8,10 @@ use std::{io, time::Instant};
 
 use crate::{
     fault::{Cut, Pace},
-    http::{self, BodyError, BodyKind, MAX_HEADERS_CAP, ResponseHead, Version, body::BodyReader},
+    http::{
+        self, BodyError, BodyKind, MAX_HEADERS_CAP, ResponseHead, Version, body::BodyReader,
+        header_slots,
+    },
     net::{
         Conn, RelayError, RelayTimeouts, is_timeout, relay,
         relay::{Shape, Shaped, relay_shaped},
@@ -401,7 +404,7 @@ impl Session<'_> {
 
     /// The status of a complete response head at the front of `up`'s buffer, if one is there.
     pub(super) fn interim_status(&self, up: &Conn) -> Option<u16> {
-        let mut headers = [httparse::EMPTY_HEADER; SMALL_HEADERS];
+        let mut headers = header_slots::<SMALL_HEADERS>();
         let head = http::parse::parse_response(up.buffered(), &mut headers, &self.w.config.limits);
         head.ok().flatten().map(|head| head.status)
     }
@@ -425,7 +428,7 @@ impl Session<'_> {
         up: &Conn,
         facts: RequestFacts,
     ) -> Result<Option<ResponseFacts>, ()> {
-        let mut headers = [httparse::EMPTY_HEADER; N];
+        let mut headers = header_slots::<N>();
         let Some(head) =
             http::parse::parse_response(up.buffered(), &mut headers, &self.w.config.limits)
                 .map_err(|_| ())?

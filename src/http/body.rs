@@ -562,10 +562,12 @@ impl BodyReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::parse::{Limits, MAX_HEADERS_CAP, parse_request, parse_response};
+    use crate::http::parse::{
+        Limits, MAX_HEADERS_CAP, header_slots, parse_request, parse_response,
+    };
 
     fn req_kind(raw: &str) -> Result<BodyKind, ParseError> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+        let mut headers = header_slots::<MAX_HEADERS_CAP>();
         match parse_request(raw.as_bytes(), &mut headers, &Limits::default()) {
             Ok(Some(head)) => request_body_kind(&head),
             Ok(None) => panic!("incomplete head in test row: {raw:?}"),
@@ -574,7 +576,7 @@ mod tests {
     }
 
     fn res_kind(raw: &str, request_was_head: bool) -> Result<BodyKind, ParseError> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+        let mut headers = header_slots::<MAX_HEADERS_CAP>();
         match parse_response(raw.as_bytes(), &mut headers, &Limits::default()) {
             Ok(Some(head)) => response_body_kind(&head, request_was_head),
             Ok(None) => panic!("incomplete head in test row: {raw:?}"),

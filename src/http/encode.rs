@@ -371,10 +371,12 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
 mod tests {
     use super::*;
     use crate::http::headers::is_hop_by_hop;
-    use crate::http::parse::{Limits, MAX_HEADERS_CAP, parse_request, parse_response};
+    use crate::http::parse::{
+        Limits, MAX_HEADERS_CAP, header_slots, parse_request, parse_response,
+    };
 
     fn with_request<R>(raw: &[u8], f: impl FnOnce(&RequestHead<'_, '_>) -> R) -> R {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+        let mut headers = header_slots::<MAX_HEADERS_CAP>();
         match parse_request(raw, &mut headers, &Limits::default()) {
             Ok(Some(head)) => f(&head),
             other => panic!("test request did not parse: {other:?}"),
@@ -382,7 +384,7 @@ mod tests {
     }
 
     fn with_response<R>(raw: &[u8], f: impl FnOnce(&ResponseHead<'_, '_>) -> R) -> R {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+        let mut headers = header_slots::<MAX_HEADERS_CAP>();
         match parse_response(raw, &mut headers, &Limits::default()) {
             Ok(Some(head)) => f(&head),
             other => panic!("test response did not parse: {other:?}"),
@@ -553,7 +555,7 @@ mod tests {
         with_request(raw, |head| {
             let mut out = Vec::new();
             encode_request_head(head, head.target, None, BodyKind::Length(4), &[], &mut out);
-            let mut again = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+            let mut again = header_slots::<MAX_HEADERS_CAP>();
             let parsed = match parse_request(&out, &mut again, &Limits::default()) {
                 Ok(Some(p)) => p,
                 other => panic!("re-encoded head did not parse: {other:?}"),

@@ -28,5 +28,5 @@ pub use headers::{
 };
 pub use parse::{
     AbsoluteTarget, Limits, MAX_HEADERS_CAP, MAX_URI_BYTES, ParseError, RequestHead, ResponseHead,
-    Version, parse_request, parse_response, split_absolute_form,
+    Version, header_slots, parse_request, parse_response, split_absolute_form,
 };

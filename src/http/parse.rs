@@ -3,12 +3,19 @@
 //! Body framing is decided in `body.rs`; this file only validates the head itself (syntax, sizes,
 //! version, `Host`).
 
-use std::fmt;
+use std::{fmt, mem::MaybeUninit};
 
 use httparse::{Header, ParserConfig, Status};
 
 /// Hard upper bound of `--max-headers`: the size of the header array every caller passes in.
 pub const MAX_HEADERS_CAP: usize = 1024;
+
+/// Storage for up to `N` parsed header lines, left uninitialised: httparse writes only the slots
+/// it fills, so a request costs no clearing of all `N` (4 KiB for 128) first.
+#[must_use]
+pub const fn header_slots<'b, const N: usize>() -> [MaybeUninit<Header<'b>>; N] {
+    [MaybeUninit::uninit(); N]
+}
 
 /// Default limit on the head (start line plus header lines), in bytes: the CLI default.
 /// hyper ~400 KiB, pingora 1 MiB, nginx 8 KiB per line.
@@ -164,7 +171,7 @@ pub struct ResponseHead<'h, 'b> {
 
 /// Parses a request head from the start of `buf`.
 ///
-/// `headers` is caller-owned storage (normally `[httparse::EMPTY_HEADER; MAX_HEADERS_CAP]`); only
+/// `headers` is caller-owned storage (normally [`header_slots::<MAX_HEADERS_CAP>()`]); only
 /// the first `limits.max_headers` slots are used. Leading empty lines are skipped (RFC 9112 §2.2).
 /// Returns `Ok(None)` while the head is incomplete and still within limits.
 ///
@@ -183,27 +190,28 @@ pub struct ResponseHead<'h, 'b> {
 ///   between a field name and its colon (RFC 9112 §5.1, §5.2).
 pub fn parse_request<'h, 'b>(
     buf: &'b [u8],
-    headers: &'h mut [Header<'b>],
+    headers: &'h mut [MaybeUninit<Header<'b>>],
     limits: &Limits,
 ) -> Result<Option<RequestHead<'h, 'b>>, ParseError> {
     let slots = limits.max_headers.min(headers.len());
-    let mut req = httparse::Request::new(&mut headers[..slots]);
+    let mut req = httparse::Request::new(&mut []);
     // Default config is the strict one for requests: no obs-fold, no whitespace before the colon,
     // single spaces in the request line.
     let config = ParserConfig::default();
-    let status = match config.parse_request(&mut req, buf) {
-        Ok(status) => status,
-        Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
-        Err(httparse::Error::Version) => {
-            check_request_target(buf, limits)?;
-            return classify_version_error(buf, request_version_token(buf), limits);
-        }
-        Err(_) => {
-            // A 70 KiB target with some later syntax error is still better answered with 414.
-            check_request_target(buf, limits)?;
-            return Err(ParseError::Malformed);
-        }
-    };
+    let status =
+        match config.parse_request_with_uninit_headers(&mut req, buf, &mut headers[..slots]) {
+            Ok(status) => status,
+            Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
+            Err(httparse::Error::Version) => {
+                check_request_target(buf, limits)?;
+                return classify_version_error(buf, request_version_token(buf), limits);
+            }
+            Err(_) => {
+                // A 70 KiB target with some later syntax error is still better answered with 414.
+                check_request_target(buf, limits)?;
+                return Err(ParseError::Malformed);
+            }
+        };
     let head_len = match status {
         Status::Complete(len) => len,
         Status::Partial => {
@@ -251,21 +259,22 @@ pub fn parse_request<'h, 'b>(
 /// proxy answers every one of them with 502.
 pub fn parse_response<'h, 'b>(
     buf: &'b [u8],
-    headers: &'h mut [Header<'b>],
+    headers: &'h mut [MaybeUninit<Header<'b>>],
     limits: &Limits,
 ) -> Result<Option<ResponseHead<'h, 'b>>, ParseError> {
     let slots = limits.max_headers.min(headers.len());
-    let mut res = httparse::Response::new(&mut headers[..slots]);
+    let mut res = httparse::Response::new(&mut []);
     let mut config = ParserConfig::default();
     config.allow_spaces_after_header_name_in_responses(true);
-    let status = match config.parse_response(&mut res, buf) {
-        Ok(status) => status,
-        Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
-        Err(httparse::Error::Version) => {
-            return classify_version_error(buf, response_version_token(buf), limits);
-        }
-        Err(_) => return Err(ParseError::Malformed),
-    };
+    let status =
+        match config.parse_response_with_uninit_headers(&mut res, buf, &mut headers[..slots]) {
+            Ok(status) => status,
+            Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
+            Err(httparse::Error::Version) => {
+                return classify_version_error(buf, response_version_token(buf), limits);
+            }
+            Err(_) => return Err(ParseError::Malformed),
+        };
     let head_len = match status {
         Status::Complete(len) => len,
         Status::Partial => return partial(buf, limits),
@@ -473,7 +482,7 @@ mod tests {
     type Outcome = Result<Option<(String, String, Version, usize)>, ParseError>;
 
     fn req(buf: &[u8], limits: &Limits) -> Outcome {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+        let mut headers = header_slots::<MAX_HEADERS_CAP>();
         parse_request(buf, &mut headers, limits).map(|o| {
             o.map(|h| {
                 (
@@ -664,7 +673,7 @@ mod tests {
     #[test]
     fn parse_request_head_len_points_at_body() {
         let buf = b"\r\nPOST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET";
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+        let mut headers = header_slots::<MAX_HEADERS_CAP>();
         let head = parse_request(buf, &mut headers, &Limits::default())
             .ok()
             .flatten()
@@ -712,7 +721,7 @@ mod tests {
     type ResOutcome = Result<Option<(Version, u16, String, usize)>, ParseError>;
 
     fn res(buf: &[u8]) -> ResOutcome {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+        let mut headers = header_slots::<MAX_HEADERS_CAP>();
         parse_response(buf, &mut headers, &limits())
             .map(|o| o.map(|h| (h.version, h.status, h.reason.to_string(), h.headers.len())))
     }
@@ -888,9 +897,9 @@ mod tests {
                 let i = (next_rand(&mut state) % alphabet.len() as u64) as usize;
                 buf.push(alphabet[i]);
             }
-            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let mut headers = header_slots::<8>();
             let _ = parse_request(&buf, &mut headers, &limits());
-            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let mut headers = header_slots::<8>();
             let _ = parse_response(&buf, &mut headers, &limits());
         }
     }

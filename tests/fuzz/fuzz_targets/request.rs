@@ -11,11 +11,10 @@
 //!   point, or one byte at a time, and every call makes progress (no unbounded loop).
 #![no_main]
 
-use httparse::EMPTY_HEADER;
 use libfuzzer_sys::fuzz_target;
 use phantom_fast::http::{
-    BodyKind, Limits, MAX_HEADERS_CAP, RequestHead, Version, encode_request_head, is_hop_by_hop,
-    parse_request, request_body_kind,
+    BodyKind, Limits, MAX_HEADERS_CAP, RequestHead, Version, encode_request_head, header_slots,
+    is_hop_by_hop, parse_request, request_body_kind,
 };
 
 /// Host sent upstream for an HTTP/1.0 request without one, as the proxy does in reverse mode.
@@ -39,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     // Each round consumes at least one byte (a head is never empty), so this ends.
     while !rest.is_empty() {
-        let mut headers = [EMPTY_HEADER; MAX_HEADERS_CAP];
+        let mut headers = header_slots::<MAX_HEADERS_CAP>();
         let head = match parse_request(rest, &mut headers, &limits) {
             Ok(Some(head)) => head,
             Ok(None) | Err(_) => return,
@@ -85,7 +84,7 @@ fn check_reencode(head: &RequestHead<'_, '_>, kind: BodyKind) {
     let mut out = Vec::new();
     encode_request_head(head, head.target, host, kind, &[], &mut out);
 
-    let mut headers = [EMPTY_HEADER; MAX_HEADERS_CAP];
+    let mut headers = header_slots::<MAX_HEADERS_CAP>();
     let again = match parse_request(&out, &mut headers, &REPARSE_LIMITS) {
         Ok(Some(again)) => again,
         other => panic!(

@@ -15,11 +15,10 @@
 //!   chosen point, or one byte at a time, and every call makes progress (no unbounded loop).
 #![no_main]
 
-use httparse::EMPTY_HEADER;
 use libfuzzer_sys::fuzz_target;
 use phantom_fast::http::{
-    BodyKind, Limits, MAX_HEADERS_CAP, ResponseHead, Version, encode_response_head, is_hop_by_hop,
-    keep_alive, parse_response, response_body_kind,
+    BodyKind, Limits, MAX_HEADERS_CAP, ResponseHead, Version, encode_response_head, header_slots,
+    is_hop_by_hop, keep_alive, parse_response, response_body_kind,
 };
 
 #[path = "chunked.rs"]
@@ -47,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
     // Each round consumes at least one byte (a head is never empty), so this ends.
     while !rest.is_empty() {
-        let mut headers = [EMPTY_HEADER; MAX_HEADERS_CAP];
+        let mut headers = header_slots::<MAX_HEADERS_CAP>();
         let head = match parse_response(rest, &mut headers, &limits) {
             Ok(Some(head)) => head,
             Ok(None) | Err(_) => return,
@@ -93,7 +92,7 @@ fn check_reencode(head: &ResponseHead<'_, '_>, kind: BodyKind, request_was_head:
     let mut out = Vec::new();
     encode_response_head(head, kind, true, Version::Http11, &[], &mut out);
 
-    let mut headers = [EMPTY_HEADER; MAX_HEADERS_CAP];
+    let mut headers = header_slots::<MAX_HEADERS_CAP>();
     let again = match parse_response(&out, &mut headers, &REPARSE_LIMITS) {
         Ok(Some(again)) => again,
         other => panic!(
