@@ -2557,11 +2557,16 @@ def side_by_side(args, tmp: str, procs: Processes) -> dict:
                                 ["--workers", "1", "--no-traces"])
         pfs.append(Target(name, "phantom-fast, tracing off", port, o))
     pairs = {"vs-nginx": [pfs[0], ng], "a/a": [pfs[1], pfs[0]]}
+    if args.bin_before:
+        o, port = start_phantom(procs, tmp, args.bin_before, "pf-before", origin_port,
+                                ["--workers", "1", "--no-traces"])
+        pairs["vs-before"] = [pfs[0], Target("pf-before", "phantom-fast before", port, o)]
     for pair in pairs.values():  # warm-up: pools, page cache, CPU frequency; discarded
         wrk_side_by_side(tmp, pair, args.warmup)
     runs: dict[str, list[dict]] = {k: [] for k in pairs}
     for rnd in range(args.rounds):
-        for key in (list(pairs) if rnd % 2 == 0 else list(pairs)[::-1]):
+        k = rnd % len(pairs)
+        for key in list(pairs)[k:] + list(pairs)[:k]:
             r = wrk_side_by_side(tmp, pairs[key], args.duration)
             r["round"] = rnd
             runs[key].append(r)
@@ -2579,9 +2584,12 @@ def print_side_by_side(runs: dict[str, list[dict]]) -> list[str]:
           "(lowest … highest; middle half) | req/s each (median) | errors |")
     print("|---|---|---|---|---|---|")
     verdict = None
-    for key, label in (("vs-nginx", "phantom-fast ÷ nginx"), ("a/a", "phantom-fast ÷ "
-                                                                     "phantom-fast (A/A)")):
-        rs = runs[key]
+    for key, label in (("vs-nginx", "phantom-fast ÷ nginx"),
+                       ("a/a", "phantom-fast ÷ phantom-fast (A/A)"),
+                       ("vs-before", "phantom-fast ÷ --bin-before")):
+        rs = runs.get(key)
+        if not rs:
+            continue
         ratios = sorted(r["ratio"] for r in rs if r["ratio"])
         errors = sum(sum(r["errors"]) for r in rs)
         if errors:
@@ -2695,7 +2703,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--overhead-window", type=float,
                    help="overhead: seconds per oha run (default 3, quick 2)")
     p.add_argument("--bin-before", metavar="PATH",
-                   help="delay-cost and scale: also measure this (older) binary, rounds "
+                   help="delay-cost, scale and side-by-side: also measure this (older) binary, rounds "
                         "interleaved, as `before`, and print both side by side (scale runs "
                         "phases 1-2 for both; rounds: default 2, quick 1)")
     p.add_argument("--cost-window", type=float,
