@@ -839,7 +839,9 @@ def sidecar_note(r: dict) -> str:
             + (f", last error {side['last_error']}" if side["last_error"] else ""))
 
 
-def compare(args, tmp: str, procs: Processes) -> dict:
+def start_wrk_peers(procs: Processes, tmp: str) -> tuple[int, Owned, int, Owned]:
+    """wrk's done() hook, the nginx origin and nginx as a reverse proxy in front of it:
+    (origin port, origin, proxy port, proxy)."""
     with open(f"{tmp}/done.lua", "w") as f:
         f.write(WRK_DONE_LUA)
     origin_port, nginx_port = free_port(), free_port()
@@ -850,6 +852,11 @@ def compare(args, tmp: str, procs: Processes) -> dict:
                         NGINX_PROXY_HTTP.format(port=nginx_port, origin_port=origin_port,
                                                 keepalive_requests=KEEPALIVE_REQUESTS),
                         nofile=16384, conns=8192)
+    return origin_port, origin, nginx_port, nginx
+
+
+def compare(args, tmp: str, procs: Processes) -> dict:
+    origin_port, origin, nginx_port, nginx = start_wrk_peers(procs, tmp)
     targets = [Target("direct", "direct (no proxy)", origin_port, None),
                Target("nginx", "nginx reverse proxy, 1 worker", nginx_port, nginx)]
     os.makedirs(f"{tmp}/traces", exist_ok=True)
@@ -2540,16 +2547,7 @@ def side_by_side(args, tmp: str, procs: Processes) -> dict:
     phantom-fast (tracing off) with nginx, and phantom-fast with a second phantom-fast (A/A:
     the method's own noise). Sequential runs drift ±20% on a shared host; a pair sees the same
     host."""
-    with open(f"{tmp}/done.lua", "w") as f:
-        f.write(WRK_DONE_LUA)
-    origin_port, nginx_port = free_port(), free_port()
-    start_nginx(procs, tmp, "origin", origin_port,
-                ORIGIN_HTTP.format(port=origin_port, body=ORIGIN_BODY.replace("\n", "\\n")),
-                nofile=16384, conns=8192)
-    nginx = start_nginx(procs, tmp, "nginx", nginx_port,
-                        NGINX_PROXY_HTTP.format(port=nginx_port, origin_port=origin_port,
-                                                keepalive_requests=KEEPALIVE_REQUESTS),
-                        nofile=16384, conns=8192)
+    origin_port, _origin, nginx_port, nginx = start_wrk_peers(procs, tmp)
     ng = Target("nginx", "nginx reverse proxy, 1 worker", nginx_port, nginx)
     pfs = []
     for name in ("pf", "pf-aa"):

@@ -184,7 +184,7 @@ impl Session<'_> {
         (self.ex.decision, self.ex.holding) = decide_request(self.w, &self.faults, &view);
         if !is_connect {
             // The fault header is never forwarded, honoured or not.
-            // Filled (and its 32 bytes a slot cleared) only when there is a header to strip.
+            // Built (32 bytes a slot to clear) only when there is a fault header to strip.
             let mut kept;
             let stripped;
             let head = if head
