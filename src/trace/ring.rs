@@ -475,8 +475,13 @@ fn read_next(view: View, cur: &mut Cursor, out: &mut Vec<u8>) -> Option<u64> {
     }
 }
 
-/// Searches the ring, starting after `from` and wrapping once, for the first valid frame whose
-/// seq is in `seqs`. Returns its offset and seq.
+/// Searches the ring, starting at `from` and wrapping once, for the first valid frame whose seq
+/// is in `seqs`. Returns its offset and seq.
+///
+/// `from` itself is searched first: the caller probed it before reading the header, and a writer
+/// may have completed the frame there in between. Starting one slot later skipped that record —
+/// a reader that had caught up lost the next record now and then, and a reader waiting for the
+/// writer's last record waited forever.
 fn scan(
     view: View,
     from: u64,
@@ -485,7 +490,7 @@ fn scan(
 ) -> Option<(u64, u64)> {
     let slots = view.cap / FRAME_ALIGN_BYTES;
     let start = from - from % FRAME_ALIGN_BYTES;
-    for i in 1..slots {
+    for i in 0..slots {
         let pos = (start + i * FRAME_ALIGN_BYTES) % view.cap;
         // Cheap pre-check before the crc: the seq must be in range.
         let seq = view.load(View::data(pos), Ordering::Acquire);
@@ -1751,32 +1756,72 @@ mod tests {
     }
 
     #[test]
+    fn scan_finds_the_frame_at_its_start() {
+        // The frame the reader probed may have been completed by the time it scans.
+        let dir = TempDir::new("ring-scan-start");
+        let path = dir.path().join("core-0.ring");
+        let mut w = RingWriter::open(&path, CAP, false).expect("open");
+        for seq in 1..=3 {
+            w.append(&payload(seq, 40)).expect("append");
+        }
+        let reader = RingReader::open(&path).expect("reader");
+        let (mut cur, mut out) = (reader.oldest(), Vec::new());
+        assert_eq!(reader.next(&mut cur, &mut out), Some(1));
+        assert_eq!(reader.next(&mut cur, &mut out), Some(2));
+        let at = cur.pos;
+        assert_eq!(scan(reader.view(), at, 3..4, &mut out), Some((at, 3)));
+        assert_eq!(scan(reader.view(), at, 2..4, &mut out), Some((at, 3)));
+        assert_eq!(scan(reader.view(), at, 4..9, &mut out), None);
+    }
+
+    /// Reads the ring at `path` from its oldest record until the cursor is past `last`, checking
+    /// every record returned; publishes the last seq seen in `progress`. Returns the first seq
+    /// wanted, how many records came back, and how many the cursor skipped. Panics (instead of
+    /// hanging the test run) when no record arrives for 60 s.
+    fn read_concurrently(path: &Path, last: u64, progress: &AtomicU64) -> (u64, u64, u64) {
+        let reader = RingReader::open(path).expect("reader");
+        let mut cur = reader.oldest();
+        let first_wanted = cur.want;
+        let mut out = Vec::new();
+        let (mut seen, mut prev) = (0u64, 0u64);
+        let mut idle_since = std::time::Instant::now();
+        while cur.want <= last {
+            match reader.next(&mut cur, &mut out) {
+                Some(seq) => {
+                    assert!(seq > prev, "sequence went backwards");
+                    assert_eq!(out.len(), len_of(seq), "record {seq} has a wrong length");
+                    assert!(out == payload(seq, out.len()), "record {seq} torn");
+                    seen += 1;
+                    prev = seq;
+                    progress.store(seq, Ordering::Release);
+                    idle_since = std::time::Instant::now();
+                }
+                None => {
+                    let idle = idle_since.elapsed();
+                    assert!(
+                        idle.as_secs() < 60,
+                        "no record for {idle:?}; cursor {cur:?}"
+                    );
+                    std::thread::yield_now();
+                }
+            }
+        }
+        (first_wanted, seen, cur.skipped)
+    }
+
+    fn len_of(seq: u64) -> usize {
+        (seq as usize * 7) % 3000
+    }
+
+    #[test]
     fn concurrent_reader_never_sees_partial_record() {
         let dir = TempDir::new("ring-concurrent");
         let path = dir.path().join("core-0.ring");
         let mut w = RingWriter::open(&path, CAP, false).expect("open");
         const RECORDS: u64 = 40_000;
-        let len_of = |seq: u64| (seq as usize * 7) % 3000;
         let reader_path = path.clone();
         let reader = std::thread::spawn(move || {
-            let reader = RingReader::open(&reader_path).expect("reader");
-            let mut cur = reader.oldest();
-            let first_wanted = cur.want;
-            let mut out = Vec::new();
-            let (mut seen, mut last) = (0u64, 0u64);
-            while last < RECORDS {
-                match reader.next(&mut cur, &mut out) {
-                    Some(seq) => {
-                        assert!(seq > last, "sequence went backwards");
-                        assert_eq!(out.len(), len_of(seq), "record {seq} has a wrong length");
-                        assert!(out == payload(seq, out.len()), "record {seq} torn");
-                        seen += 1;
-                        last = seq;
-                    }
-                    None => std::thread::yield_now(),
-                }
-            }
-            (first_wanted, seen, cur.skipped)
+            read_concurrently(&reader_path, RECORDS, &AtomicU64::new(0))
         });
         for seq in 1..=RECORDS {
             w.append(&payload(seq, len_of(seq))).expect("append");
@@ -1786,5 +1831,35 @@ mod tests {
         // overwritten before it could be read.
         assert!(seen > 0);
         assert_eq!(seen + skipped, RECORDS - first_wanted + 1);
+    }
+
+    #[test]
+    fn concurrent_reader_that_is_never_lapped_skips_nothing() {
+        // The writer stays at most 8 records (< 25 KiB of the 64 KiB ring) ahead of the reader,
+        // so nothing is overwritten before it is read and every record must come back. A reader
+        // that caught up used to lose the record the writer finished between its probe and its
+        // look at the header (its scan began one slot past it).
+        let dir = TempDir::new("ring-concurrent-unlapped");
+        let path = dir.path().join("core-0.ring");
+        let mut w = RingWriter::open(&path, CAP, false).expect("open");
+        const RECORDS: u64 = 20_000;
+        let progress = std::sync::Arc::new(AtomicU64::new(0));
+        let (reader_path, reader_progress) = (path.clone(), progress.clone());
+        let reader =
+            std::thread::spawn(move || read_concurrently(&reader_path, RECORDS, &reader_progress));
+        for seq in 1..=RECORDS {
+            let waiting = std::time::Instant::now();
+            while progress.load(Ordering::Acquire) + 8 < seq {
+                assert!(!reader.is_finished(), "reader stopped before record {seq}");
+                assert!(
+                    waiting.elapsed().as_secs() < 60,
+                    "reader stuck before {seq}"
+                );
+                std::thread::yield_now();
+            }
+            w.append(&payload(seq, len_of(seq))).expect("append");
+        }
+        let (first_wanted, seen, skipped) = reader.join().expect("reader thread");
+        assert_eq!((first_wanted, seen, skipped), (1, RECORDS, 0));
     }
 }
