@@ -15,10 +15,18 @@ cargo clippy --locked --manifest-path tests/fuzz/Cargo.toml --all-targets -- -D 
 cargo bench --locked --no-run
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# A test that hangs must fail this run, not use up CI's 90 minutes: cargo test (build included,
+# ~5 min on a clean clone) gets CHECK_TEST_TIMEOUT seconds, then the tests libtest reported as
+# long-running are named and the binary left open is counted below as crashed.
+limit=${CHECK_TEST_TIMEOUT:-1800}
 set +e
-cargo test --locked --no-fail-fast 2>&1 | tee "$log"
+timeout --kill-after=10 "$limit" cargo test --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+    echo "tests: cargo test killed after ${limit} s; still running then:"
+    grep 'has been running for over' "$log" | sed 's/^/    /' || echo "    (libtest named none)"
+fi
 # Each `Running`/`Doc-tests` line opens a binary; its `test result:` line closes it. One left open
 # crashed (signal, abort, exit without a summary); `error: could not compile` is a build failure.
 awk -v status="$status" '
