@@ -471,7 +471,10 @@ mod tests {
         let waiting = Instant::now();
         while count.0.load(Ordering::SeqCst) < 2 {
             let waited = waiting.elapsed();
-            assert!(waited < Duration::from_secs(60), "no wake-up for the report in {waited:?}");
+            assert!(
+                waited < Duration::from_secs(60),
+                "no wake-up for the report in {waited:?}"
+            );
             std::thread::yield_now();
         }
         assert!(link.report_wanted());
