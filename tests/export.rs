@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
 
-use crate::support::otlp::{Collector, ExportCmd, attr, find, hex, int, text};
-use crate::support::{Origin, Proxy, closed_port, echo, request, response};
+use crate::support::otlp::{Collector, ExportCmd, SILENCE_HOLD, attr, find, hex, int, text};
+use crate::support::{
+    Origin, Proxy, ReservedPort, closed_port, echo, request, response, wait_until,
+};
 
 /// How long spans may take to reach the collector (batch delay 100 ms; debug build, busy cores).
 const SPAN_WAIT: Duration = Duration::from_secs(20);
@@ -33,14 +35,10 @@ fn args(v: &[String]) -> Vec<&str> {
 
 /// Waits until `collector` received `n` export requests.
 fn collector_wait(collector: &Collector, n: usize) {
-    let started = Instant::now();
-    while collector.exports().len() < n {
-        assert!(
-            started.elapsed() < SPAN_WAIT,
-            "the exporter did not reach the collector"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(SPAN_WAIT, || collector.exports().len() >= n),
+        "the exporter did not reach the collector within {SPAN_WAIT:?}"
+    );
 }
 
 /// The span whose `url.path` is `path`.
@@ -297,8 +295,9 @@ fn proxy_exports_forwarded_faulted_and_failed_exchanges() {
 #[test]
 fn collector_down_then_up_loses_nothing_the_ring_held() {
     let origin = Origin::echo();
-    let collector_addr = closed_port();
-    let url = format!("http://{collector_addr}");
+    // Held (refusing connects) until the collector listens on it: nothing else can take it.
+    let collector_port = ReservedPort::new();
+    let url = format!("http://{}", collector_port.addr());
     let proxy = Proxy::reverse(origin.addr(), &args(&otlp_flags(&url)));
     let total = 30;
     for i in 0..total {
@@ -330,7 +329,7 @@ fn collector_down_then_up_loses_nothing_the_ring_held() {
         "{total} requests took {:?} with the collector down",
         started.elapsed()
     );
-    let collector = Collector::start_on(collector_addr);
+    let collector = Collector::start_on(collector_port);
     let spans = collector.wait_for_spans(2 * total, SPAN_WAIT);
     let exported: BTreeSet<String> = spans.iter().map(|s| hex(&s.span_id)).collect();
     assert_eq!(
@@ -398,11 +397,17 @@ fn retry_after_is_honoured_and_a_400_is_not_retried() {
 #[test]
 fn a_hanging_collector_does_not_slow_the_proxy() {
     let origin = Origin::echo();
-    // Reads each export request and never answers.
+    // Reads each export request and never answers (for SILENCE_HOLD, then closes).
     let hanging = Collector::scripted(|_| Vec::new());
-    let proxy = Proxy::reverse(
-        origin.addr(),
+    // One export request may take longer than the silence lasts: the exporter stays stuck in
+    // each for the whole SILENCE_HOLD (the default 10 s OTLP timeout would be too close to what
+    // a request may take on a loaded machine to tell a waiting request path from a slow one).
+    let otlp_timeout_ms = (2 * SILENCE_HOLD).as_millis().to_string();
+    let upstream = origin.addr().to_string();
+    let proxy = Proxy::start_with_env(
         &[
+            "--upstream",
+            &upstream,
             "--otlp-endpoint",
             &hanging.url(),
             "--otlp-batch-delay",
@@ -410,34 +415,35 @@ fn a_hanging_collector_does_not_slow_the_proxy() {
             "--otlp-batch-size",
             "1",
         ],
+        &[("OTEL_EXPORTER_OTLP_TIMEOUT", &otlp_timeout_ms)],
     );
     // A first exchange, whose export request then hangs: the exporter is stuck in it from here.
     proxy
         .connect()
         .roundtrip(&request("GET", "/hang/first", "test.local", &[], b""));
     collector_wait(&hanging, 1);
-    let started = Instant::now();
-    let mut slowest = Duration::ZERO;
+    // A request path that waited on the stuck export would take the rest of SILENCE_HOLD: half
+    // of it tells the two apart on any machine, and a client reading as long as the hold lasts
+    // sees such a request through and fails on its time instead of on a read timeout.
+    let bound = SILENCE_HOLD / 2;
     for i in 0..50 {
         let one = Instant::now();
         let target = format!("/hang/{i}");
-        let resp = proxy
-            .connect()
-            .roundtrip(&request("GET", &target, "test.local", &[], b""));
+        let mut conn = proxy.connect();
+        conn.set_timeout(SILENCE_HOLD + Duration::from_secs(10));
+        let resp = conn.roundtrip(&request("GET", &target, "test.local", &[], b""));
+        let took = one.elapsed();
         assert!(
             resp.status_line().contains(" 200 "),
             "{}",
             resp.status_line()
         );
-        slowest = slowest.max(one.elapsed());
+        assert!(
+            took < bound,
+            "request {i} took {took:?} while the collector hung: the request path waits on the \
+             exporter"
+        );
     }
-    // One export request hangs for the whole 10 s OTLP timeout; a request path that waited on
-    // it would take that long.
-    assert!(
-        slowest < Duration::from_secs(2),
-        "slowest request {slowest:?} (all: {:?})",
-        started.elapsed()
-    );
 }
 
 #[test]
@@ -511,8 +517,9 @@ fn exported_and_lost(stderr: &str) -> (u64, u64) {
 #[test]
 fn records_the_ring_overwrote_while_the_collector_was_down_are_counted() {
     let origin = Origin::echo();
-    let collector_addr = closed_port();
-    let url = format!("http://{collector_addr}");
+    // Held (refusing connects) until the collector listens on it: nothing else can take it.
+    let collector_port = ReservedPort::new();
+    let url = format!("http://{}", collector_port.addr());
     let mut flags = otlp_flags(&url);
     // The smallest ring: a few hundred requests wrap it many times.
     flags.extend(["--trace-capacity", "64KiB"].map(str::to_owned));
@@ -530,7 +537,7 @@ fn records_the_ring_overwrote_while_the_collector_was_down_are_counted() {
     }
     // Stopped as soon as the collector is back: what is left is sent in the exporter's last
     // flush (a flush that ends while stopping must not be taken for the end of the rings).
-    let collector = Collector::start_on(collector_addr);
+    let collector = Collector::start_on(collector_port);
     let (status, stderr) = proxy.stop();
     assert!(status.success(), "{stderr}");
     assert!(

@@ -9,6 +9,10 @@ use std::time::Duration;
 use super::IO_TIMEOUT;
 use super::message::find;
 
+/// How long a client's write may block (the proxy reading nothing) before the test fails. Only
+/// the client side has one: an origin's blocked write is what some tests wait for the proxy to
+/// end (its own timeout would end it first and let a stuck proxy pass).
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `wait_closed` waits for the peer's FIN before calling the connection still open.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes asked of the socket per read.
@@ -35,10 +39,14 @@ impl Conn {
         }
     }
 
-    /// Connects to `addr`.
+    /// Connects to `addr` (the client side: writes, too, time out, after
+    /// `CLIENT_WRITE_TIMEOUT`).
     pub fn connect(addr: SocketAddr) -> Conn {
         let stream =
             TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        stream
+            .set_write_timeout(Some(CLIENT_WRITE_TIMEOUT))
+            .expect("setting a write timeout");
         Conn::new(stream)
     }
 
@@ -51,9 +59,12 @@ impl Conn {
 
     /// Writes all of `bytes` or panics.
     pub fn send(&mut self, bytes: &[u8]) {
-        self.stream
-            .write_all(bytes)
-            .unwrap_or_else(|e| panic!("writing {} bytes: {e}", bytes.len()));
+        self.stream.write_all(bytes).unwrap_or_else(|e| {
+            panic!(
+                "writing {} bytes (the peer read nothing for a write timeout, or went): {e}",
+                bytes.len()
+            )
+        });
     }
 
     /// Writes `bytes`, ignoring errors: the peer may legitimately reject and close mid-write.

@@ -7,7 +7,8 @@
 //! - `client`: request builders, [`Response`], reading responses, [`assert_proxy_error`];
 //! - `origin`: [`Req`], reading requests, response builders, [`Origin`] and [`RawOrigin`];
 //! - `conn`: the buffered raw connection both roles read and write through;
-//! - `message`: byte-level helpers (head search, payload patterns, checksums).
+//! - `message`: byte-level helpers (head search, payload patterns, checksums);
+//! - `wait`: bounded waits (conditions, child processes, threads) and held loopback ports.
 //!
 //! TLS peers (a TLS client, a TLS origin) get their own file beside these. Every public name is
 //! re-exported here, so tests import `crate::support::{…}` whatever file a helper lives in.
@@ -20,12 +21,17 @@ mod conn;
 mod message;
 mod origin;
 mod proxy;
+mod wait;
 
 pub use client::{Response, assert_proxy_error, get, request};
 pub use conn::{Conn, reset};
 pub use message::{checksum, contains, pattern};
-pub use origin::{Origin, RawOrigin, Req, closed_port, echo, response};
+pub use origin::{Origin, RawOrigin, Req, echo, response};
 pub use proxy::Proxy;
+pub use wait::{
+    CMD_TIMEOUT, ReservedPort, WAIT_TIMEOUT, child_output_within, closed_port, find_line_within,
+    join_within, output_within, wait_child, wait_until,
+};
 
 pub mod otlp;
 pub mod seccomp;

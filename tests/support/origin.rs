@@ -276,9 +276,3 @@ impl RawOrigin {
         self.acceptor.connections.load(Ordering::SeqCst)
     }
 }
-
-/// A loopback address on which nothing listens (bound, then released).
-pub fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a probe listener");
-    listener.local_addr().expect("probe local_addr")
-}

@@ -16,11 +16,14 @@ use prost::Message;
 
 use std::process::{Child, Command, ExitStatus, Stdio};
 
-use super::proxy::{BIN, EXIT_TIMEOUT, collect_stderr, signal, snapshot, wait_deadline};
+use super::proxy::{BIN, EXIT_TIMEOUT, collect_stderr, signal, snapshot};
+use super::wait::{ReservedPort, join_within, wait_child};
 use super::{Conn, Req, response};
 
 /// How often `wait_for_spans` looks again.
 const POLL: Duration = Duration::from_millis(20);
+/// How long a scripted silence (an empty answer) holds its connection open, answering nothing.
+pub const SILENCE_HOLD: Duration = Duration::from_secs(60);
 
 /// One export request as the collector received it.
 #[derive(Clone, Debug)]
@@ -55,21 +58,10 @@ impl Collector {
         Collector::serve(listener, Arc::new(answer))
     }
 
-    /// A collector answering 200, on `addr` (a port the test reserved and the exporter was
-    /// already pointed at while nothing listened there).
-    pub fn start_on(addr: SocketAddr) -> Collector {
-        let started = Instant::now();
-        let listener = loop {
-            match TcpListener::bind(addr) {
-                Ok(listener) => break listener,
-                Err(e) if started.elapsed() < Duration::from_secs(5) => {
-                    let _ = e;
-                    thread::sleep(POLL);
-                }
-                Err(e) => panic!("binding the collector on {addr}: {e}"),
-            }
-        };
-        Collector::serve(listener, Arc::new(|_| ok()))
+    /// A collector answering 200, on `port` (reserved by the test, the exporter already pointed
+    /// at it while nothing listened there; held all along, so nothing else took it meanwhile).
+    pub fn start_on(port: ReservedPort) -> Collector {
+        Collector::serve(port.listen(), Arc::new(|_| ok()))
     }
 
     fn serve(listener: TcpListener, answer: Arc<Answer>) -> Collector {
@@ -160,7 +152,7 @@ fn serve_conn(mut conn: Conn, exports: &Mutex<Vec<Export>>, answer: &Answer, cou
         });
         if reply.is_empty() {
             // Scripted silence: hold the connection open, answer nothing.
-            thread::sleep(Duration::from_secs(60));
+            thread::sleep(SILENCE_HOLD);
             return;
         }
         if conn.try_send(&reply).is_err() {
@@ -256,7 +248,7 @@ impl ExportCmd {
     pub fn stop(mut self) -> (ExitStatus, String) {
         let mut child = self.child.take().expect("present until stop or drop");
         signal(&child, "-TERM");
-        let status = wait_deadline(&mut child, EXIT_TIMEOUT).unwrap_or_else(|| {
+        let status = wait_child(&mut child, EXIT_TIMEOUT).unwrap_or_else(|| {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -265,7 +257,7 @@ impl ExportCmd {
             )
         });
         if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
+            let _ = join_within(reader, EXIT_TIMEOUT, "export's stderr reader");
         }
         (status, snapshot(&self.stderr))
     }

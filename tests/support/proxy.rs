@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::conn::Conn;
+use super::wait::{join_within, wait_child};
 use super::{POLL_INTERVAL, lock};
 
 /// The binary under test, built by cargo for this test target.
@@ -67,7 +68,7 @@ impl Proxy {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(status) = child.try_wait().expect("polling the child") {
-                        let _ = stderr_reader.join();
+                        let _ = join_within(stderr_reader, EXIT_TIMEOUT, "the stderr reader");
                         panic!(
                             "phantom-fast {what} exited with {status} before listening; stderr:\n{}",
                             snapshot(&stderr)
@@ -84,7 +85,7 @@ impl Proxy {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // stderr closed without the line: the process is exiting or exited.
-                    let status = wait_deadline(&mut child, EXIT_TIMEOUT);
+                    let status = wait_child(&mut child, EXIT_TIMEOUT);
                     panic!(
                         "phantom-fast {what} closed stderr before listening (status {status:?}); stderr:\n{}",
                         snapshot(&stderr)
@@ -92,6 +93,14 @@ impl Proxy {
                 }
             }
         }
+    }
+
+    /// `start` with extra environment variables for the process (e.g. `OTEL_EXPORTER_OTLP_*`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Proxy {
+        let trace_dir = tempfile::tempdir().expect("creating a temp trace dir");
+        let mut cmd = command(trace_dir.path(), args);
+        cmd.envs(env.iter().copied()).stderr(Stdio::piped());
+        Proxy::launch(cmd, trace_dir, &format!("{args:?} with {env:?}"))
     }
 
     /// Reverse mode in front of `upstream`, plus `args`.
@@ -116,12 +125,12 @@ impl Proxy {
             let stderr = Arc::clone(&stderr);
             thread::spawn(move || collect_stderr(pipe, &stderr, None))
         };
-        let status = wait_deadline(&mut child, BAD_FLAGS_EXIT_TIMEOUT);
+        let status = wait_child(&mut child, BAD_FLAGS_EXIT_TIMEOUT);
         if status.is_none() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = reader.join();
+        let _ = join_within(reader, EXIT_TIMEOUT, "the stderr reader");
         (status, snapshot(&stderr))
     }
 
@@ -166,7 +175,7 @@ impl Proxy {
             .take()
             .expect("the child is present until stop or drop");
         signal(&child, "-TERM");
-        let status = wait_deadline(&mut child, EXIT_TIMEOUT);
+        let status = wait_child(&mut child, EXIT_TIMEOUT);
         let Some(status) = status else {
             let _ = child.kill();
             let _ = child.wait();
@@ -175,8 +184,9 @@ impl Proxy {
                 snapshot(&self.stderr)
             );
         };
+        // The pipe closes with the process, so the reader has the last lines once it ends.
         if let Some(reader) = self.stderr_reader.take() {
-            let _ = reader.join();
+            let _ = join_within(reader, EXIT_TIMEOUT, "the proxy's stderr reader");
         }
         (status, snapshot(&self.stderr))
     }
@@ -246,18 +256,6 @@ pub(super) fn signal(child: &Child, sig: &str) {
     );
 }
 
-pub(super) fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("polling the child") {
-            return Some(status);
-        }
-        if started.elapsed() > timeout {
-            return None;
-        }
-        thread::sleep(POLL_INTERVAL);
-    }
-}
 pub(super) fn snapshot(m: &Mutex<String>) -> String {
     lock(m).clone()
 }
