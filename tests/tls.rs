@@ -10,7 +10,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use crate::support::Proxy;
+use crate::support::{CMD_TIMEOUT, Proxy, WAIT_TIMEOUT, find_line_within, output_within};
 
 const BIN: &str = env!("CARGO_BIN_EXE_phantom-fast");
 
@@ -114,22 +114,19 @@ pub enum Leaf {
     SelfSigned,
 }
 
+/// `openssl ARGS` to its exit (bounded; scripts/tls-deps.sh installs openssl).
 fn openssl(args: &[&str]) -> Output {
-    Command::new("openssl")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl (scripts/tls-deps.sh installs it)")
+    output_within(Command::new("openssl").args(args), CMD_TIMEOUT)
 }
 
 fn ca_subcommand(xdg: &Path, extra: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("ca")
-        .args(extra)
-        .env("XDG_DATA_HOME", xdg)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running phantom-fast ca")
+    output_within(
+        Command::new(BIN)
+            .arg("ca")
+            .args(extra)
+            .env("XDG_DATA_HOME", xdg),
+        CMD_TIMEOUT,
+    )
 }
 
 fn s(p: &Path) -> &str {
@@ -352,7 +349,6 @@ struct SServer {
 
 impl SServer {
     fn start(cert: &Path, key: &Path, extra: &[&str]) -> SServer {
-        use std::io::BufRead;
         let mut child = Command::new("openssl")
             .args([
                 "s_server",
@@ -370,14 +366,18 @@ impl SServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("openssl (scripts/tls-deps.sh installs it)");
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let port = loop {
-            let line = lines.next().expect("s_server printed ACCEPT").unwrap();
-            if let Some(addr) = line.strip_prefix("ACCEPT ") {
-                break addr.rsplit(':').next().unwrap().parse().unwrap();
-            }
+        let stdout = child.stdout.take().unwrap();
+        let port = find_line_within(stdout, CMD_TIMEOUT, |line| {
+            let addr = line.trim().strip_prefix("ACCEPT ")?;
+            addr.rsplit(':').next()?.parse::<u16>().ok()
+        });
+        let Some(port) = port else {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!(
+                "openssl s_server {extra:?} printed no ACCEPT line within {CMD_TIMEOUT:?} ({status:?})"
+            );
         };
-        std::thread::spawn(move || lines.for_each(drop));
         SServer { child, port }
     }
 }
@@ -477,7 +477,6 @@ struct PyOrigin {
 
 impl PyOrigin {
     fn start(cert: &Path, key: &Path, extra: &[&str]) -> PyOrigin {
-        use std::io::BufRead;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls_peers/origin.py");
         let mut child = Command::new("python3")
             .arg(script)
@@ -487,15 +486,17 @@ impl PyOrigin {
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 (scripts/tls-deps.sh installs it)");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let line = find_line_within(stdout, CMD_TIMEOUT, |line| Some(line.to_owned()));
         let port = line
-            .trim()
-            .strip_prefix("listening ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("origin.py said {line:?}"));
+            .as_deref()
+            .and_then(|l| l.trim().strip_prefix("listening "))
+            .and_then(|p| p.parse().ok());
+        let Some(port) = port else {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("origin.py said {line:?} within {CMD_TIMEOUT:?}, then {status:?}");
+        };
         PyOrigin { child, port }
     }
 
@@ -513,31 +514,37 @@ impl Drop for PyOrigin {
 }
 
 /// The trace records of `proxy` (JSON Lines through `phantom-fast traces`), polled until there
-/// are at least `want`.
+/// are at least `want`; fails the test if they do not appear within `WAIT_TIMEOUT`.
 fn records(proxy: &Proxy, want: usize) -> Vec<serde_json::Value> {
-    assert!(proxy.wait_for_stderr("traces → ", Duration::from_secs(10)));
+    assert!(
+        proxy.wait_for_stderr("traces → ", WAIT_TIMEOUT),
+        "{}",
+        proxy.stderr()
+    );
     let stderr = proxy.stderr();
     let dir = stderr
         .lines()
         .find_map(|l| l.trim().strip_prefix("traces → "))
         .expect("a traces line")
         .to_owned();
-    let started = Instant::now();
-    loop {
-        let out = Command::new(BIN)
-            .args(["traces", "--trace-dir", &dir])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let got: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    let mut got = Vec::new();
+    let enough = crate::support::wait_until(WAIT_TIMEOUT, || {
+        let out = output_within(
+            Command::new(BIN).args(["traces", "--trace-dir", &dir]),
+            CMD_TIMEOUT,
+        );
+        got = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        if got.len() >= want || started.elapsed() > Duration::from_secs(10) {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        got.len() >= want
+    });
+    assert!(
+        enough,
+        "want {want} trace records within {WAIT_TIMEOUT:?}, have {}: {got:?}",
+        got.len()
+    );
+    got
 }
 
 fn https_upstream(authority: &str) -> String {
@@ -590,7 +597,7 @@ fn https_upstream_tls12_and_insecure() {
     let up = https_upstream(&origin.authority());
     let proxy = Proxy::start(&["--upstream", &up, "--insecure"]);
     assert!(
-        proxy.wait_for_stderr("NOT verified", Duration::from_secs(5)),
+        proxy.wait_for_stderr("NOT verified", WAIT_TIMEOUT),
         "{}",
         proxy.stderr()
     );
@@ -637,6 +644,7 @@ fn https_upstream_handshake_failures_are_502_with_their_reason() {
     let answering = std::thread::spawn(move || {
         use std::io::{Read, Write};
         let (mut conn, _) = plain.accept().unwrap();
+        conn.set_read_timeout(Some(WAIT_TIMEOUT)).unwrap();
         let mut hello = [0u8; 64];
         let _ = conn.read(&mut hello);
         let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
@@ -650,16 +658,22 @@ fn https_upstream_handshake_failures_are_502_with_their_reason() {
         .unwrap_or_default()
         .to_owned();
     assert!(why.contains("not TLS") || why.contains("closed"), "{why}");
-    answering.join().unwrap();
+    crate::support::join_within(answering, WAIT_TIMEOUT, "the plain-HTTP upstream").unwrap();
 }
+
+/// The proxy's `--upstream-timeout` when not given (its CLI default).
+const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[test]
 fn https_upstream_handshake_timeout_is_504() {
+    // An upstream that accepts and then says nothing, until the test is done with it: only a
+    // handshake timeout can end the exchange.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
+    let (release, released) = std::sync::mpsc::channel::<()>();
     let holder = std::thread::spawn(move || {
-        let held: Vec<_> = silent.incoming().take(1).collect();
-        std::thread::sleep(Duration::from_secs(3));
+        let held = silent.accept();
+        let _ = released.recv_timeout(2 * WAIT_TIMEOUT);
         drop(held);
     });
     let up = format!("https://localhost:{port}");
@@ -671,24 +685,34 @@ fn https_upstream_handshake_timeout_is_504() {
         "300ms",
     ]);
     let started = Instant::now();
-    let resp = proxy.connect().roundtrip(&get("/"));
+    let mut client = proxy.connect();
+    client.set_timeout(2 * DEFAULT_UPSTREAM_TIMEOUT);
+    let resp = client.roundtrip(&get("/"));
+    let took = started.elapsed();
     assert_eq!(resp.status, 504);
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
+        took >= Duration::from_millis(300),
+        "504 after only {took:?}"
     );
+    // Bounded from above only to tell the flag from the default: a 504 long before the default
+    // timeout is the 300 ms one (however loaded the machine).
+    assert!(
+        took < DEFAULT_UPSTREAM_TIMEOUT / 3,
+        "504 after {took:?}: --upstream-timeout 300ms did not bound the handshake"
+    );
+    drop(release);
     drop(proxy);
-    holder.join().unwrap();
+    crate::support::join_within(holder, WAIT_TIMEOUT, "the silent upstream").unwrap();
 }
 
+/// `curl -sS ARGS` (scripts/tls-deps.sh installs it), each transfer capped by `--max-time`.
 fn curl(args: &[&str]) -> Output {
-    Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("curl (scripts/tls-deps.sh installs it)")
+    output_within(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "30"])
+            .args(args),
+        CMD_TIMEOUT,
+    )
 }
 
 #[test]
@@ -736,7 +760,8 @@ fn https_listener_serves_curl_and_s_client_tls12_and_13() {
             .unwrap()
             .write_all(b"GET /y HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .unwrap();
-        let out = child.wait_with_output().unwrap();
+        // -quiet implies -ign_eof: s_client ends when the proxy closes (`connection: close`).
+        let out = crate::support::child_output_within(child, CMD_TIMEOUT, "openssl s_client");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             text.starts_with("HTTP/1.1 200") && text.ends_with("through"),
@@ -761,6 +786,9 @@ fn https_listener_serves_curl_and_s_client_tls12_and_13() {
     );
 }
 
+/// The proxy's `--header-timeout` when not given (its CLI default).
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[test]
 fn hostile_tls_clients_never_stop_the_listener() {
     use std::io::{Read, Write};
@@ -782,9 +810,8 @@ fn hostile_tls_clients_never_stop_the_listener() {
     let ca = pki.path("ca.pem");
     // A stalled handshake: connect, say nothing; it is dropped after --header-timeout.
     let mut stalled = std::net::TcpStream::connect(proxy.addr()).unwrap();
-    stalled
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let stalled_at = Instant::now();
+    stalled.set_read_timeout(Some(WAIT_TIMEOUT)).unwrap();
     // A handshake record holding a one-byte "ClientHello", then plain HTTP.
     let mut garbage = std::net::TcpStream::connect(proxy.addr()).unwrap();
     garbage
@@ -802,17 +829,23 @@ fn hostile_tls_clients_never_stop_the_listener() {
         Some(&0x15),
         "plain HTTP gets a TLS alert, then a close: {alert:?}"
     );
-    let started = Instant::now();
-    assert_eq!(
-        stalled.read(&mut first).unwrap_or(0),
-        0,
-        "the stalled handshake is closed"
+    // A close (EOF or reset), not a read timeout, and before the default --header-timeout
+    // would have closed it: the 500 ms flag applies to handshakes (bounded from above only
+    // to tell the flag from the default).
+    let closed = match stalled.read(&mut first) {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(format!("{n} bytes")),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    let held = stalled_at.elapsed();
+    assert_eq!(closed, Ok(()), "the stalled handshake is closed");
+    assert!(
+        held < DEFAULT_HEADER_TIMEOUT,
+        "the stalled handshake was closed only after {held:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(3));
     let mut rest = Vec::new();
-    garbage
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    garbage.set_read_timeout(Some(WAIT_TIMEOUT)).unwrap();
     let _ = garbage.read_to_end(&mut rest);
     assert_eq!(rest.first(), Some(&0x15), "garbage gets an alert: {rest:?}");
     let out = curl(&["--cacert", s(&ca), &url]);
@@ -841,7 +874,7 @@ fn mitm_faults_https_requests_and_keeps_its_ca() {
     ];
     let proxy = Proxy::start(&args);
     assert!(
-        proxy.wait_for_stderr("MITM on", Duration::from_secs(5)),
+        proxy.wait_for_stderr("MITM on", WAIT_TIMEOUT),
         "{}",
         proxy.stderr()
     );
@@ -880,7 +913,8 @@ fn mitm_faults_https_requests_and_keeps_its_ca() {
 
     // The leaf the client saw passes `openssl verify` against our CA.
     let leaf = ca_dir.path().join("leaf.pem");
-    let shown = Command::new("openssl")
+    let mut shown = Command::new("openssl");
+    shown
         .args([
             "s_client",
             "-proxy",
@@ -892,10 +926,8 @@ fn mitm_faults_https_requests_and_keeps_its_ca() {
             "-servername",
             "localhost",
             "-showcerts",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        ]);
+    let shown = output_within(&mut shown, CMD_TIMEOUT);
     let text = String::from_utf8_lossy(&shown.stdout);
     let begin = text
         .find("-----BEGIN CERTIFICATE-----")
@@ -1006,7 +1038,7 @@ fn forward_absolute_https_request_goes_out_over_tls() {
 /// The admin address the banner printed (`admin on http://ADDR`).
 fn admin_addr(proxy: &Proxy) -> String {
     assert!(
-        proxy.wait_for_stderr("admin on http://", Duration::from_secs(10)),
+        proxy.wait_for_stderr("admin on http://", WAIT_TIMEOUT),
         "{}",
         proxy.stderr()
     );
@@ -1015,31 +1047,30 @@ fn admin_addr(proxy: &Proxy) -> String {
     rest.split_whitespace().next().unwrap().to_owned()
 }
 
-/// `/metrics` (through curl) until `series` has `want`, or 5 s pass; returns the last scrape.
+/// `/metrics` (through curl) until `series` has `want`, or `WAIT_TIMEOUT` passes; returns the
+/// last scrape.
 fn scrape_until(admin: &str, series: &str, want: &str) -> String {
-    let started = Instant::now();
-    loop {
+    let line = format!("{series} {want}\n");
+    let mut scrape = String::new();
+    crate::support::wait_until(WAIT_TIMEOUT, || {
         let out = curl(&[&format!("http://{admin}/metrics")]);
-        let scrape = String::from_utf8_lossy(&out.stdout).into_owned();
-        let line = format!("{series} {want}\n");
-        if scrape.contains(&line) || started.elapsed() > Duration::from_secs(5) {
-            return scrape;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        scrape = String::from_utf8_lossy(&out.stdout).into_owned();
+        scrape.contains(&line)
+    });
+    scrape
 }
 
 /// `phantom-fast traces --format table` and `phantom-fast stats` of the proxy's rings.
 fn table_and_stats(proxy: &Proxy) -> (String, serde_json::Value) {
     let dir = proxy.trace_dir().to_str().unwrap().to_owned();
-    let table = Command::new(BIN)
-        .args(["traces", "--trace-dir", &dir, "--format", "table"])
-        .output()
-        .unwrap();
-    let stats = Command::new(BIN)
-        .args(["stats", "--trace-dir", &dir])
-        .output()
-        .unwrap();
+    let table = output_within(
+        Command::new(BIN).args(["traces", "--trace-dir", &dir, "--format", "table"]),
+        CMD_TIMEOUT,
+    );
+    let stats = output_within(
+        Command::new(BIN).args(["stats", "--trace-dir", &dir]),
+        CMD_TIMEOUT,
+    );
     (
         String::from_utf8_lossy(&table.stdout).into_owned(),
         serde_json::from_slice(&stats.stdout).expect("stats prints JSON"),
@@ -1137,19 +1168,17 @@ fn https_listener_failed_handshakes_are_recorded_with_their_reason() {
     drop(std::net::TcpStream::connect(proxy.addr()).unwrap());
     // openssl s_client trusting only an unrelated certificate: it aborts with an alert.
     let (unrelated, _) = pki.leaf("unrelated", &["elsewhere"], Leaf::SelfSigned);
-    let out = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-        .args(["-servername", "localhost", "-verify_return_error"])
-        .args(["-CAfile", s(&unrelated)])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .args(["-servername", "localhost", "-verify_return_error"])
+            .args(["-CAfile", s(&unrelated)]),
+        CMD_TIMEOUT,
+    );
     assert!(!out.status.success(), "{out:?}");
     // A garbage ClientHello: our alert, then a close.
     let mut garbage = std::net::TcpStream::connect(proxy.addr()).unwrap();
-    garbage
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    garbage.set_read_timeout(Some(WAIT_TIMEOUT)).unwrap();
     garbage
         .write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0xff])
         .unwrap();
@@ -1159,9 +1188,7 @@ fn https_listener_failed_handshakes_are_recorded_with_their_reason() {
     // A handshake that starts and stalls: dropped after --header-timeout.
     let mut stalled = std::net::TcpStream::connect(proxy.addr()).unwrap();
     stalled.write_all(&[0x16, 0x03, 0x01]).unwrap();
-    stalled
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    stalled.set_read_timeout(Some(WAIT_TIMEOUT)).unwrap();
     let _ = stalled.read_to_end(&mut Vec::new());
     // And a client that trusts us is served.
     let ca = pki.path("ca.pem");

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Proxy, request};
+use crate::support::{
+    CMD_TIMEOUT, Proxy, WAIT_TIMEOUT, child_output_within, output_within, request,
+};
 use crate::tls::{Leaf, TestPki};
 
 /// The binary under test, for reading its traces.
@@ -21,7 +23,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_phantom-fast");
 /// How long the Python server may take to print its port (a cold interpreter on a busy box).
 const SERVER_START: Duration = Duration::from_secs(30);
 /// How long a record may take to appear after the tunnel closed.
-const RECORD_WAIT: Duration = Duration::from_secs(10);
+const RECORD_WAIT: Duration = WAIT_TIMEOUT;
 /// A handshake any RFC 6455 server accepts (the RFC's own sample key).
 const HANDSHAKE_HEADERS: &[(&str, &str)] = &[
     ("upgrade", "websocket"),
@@ -93,13 +95,16 @@ impl Drop for WsServer {
 
 /// Runs `peer.py ARGS` and asserts it reports `ok`.
 fn run_peer(args: &[&str], proxy: &Proxy) {
-    let Output { status, stdout, .. } = Command::new("python3")
+    let child = Command::new("python3")
         .arg(peer_script())
         .args(args)
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
+        .spawn()
         .expect("running the WebSocket client");
+    let Output { status, stdout, .. } =
+        child_output_within(child, CMD_TIMEOUT, &format!("peer.py {args:?}"));
     let stdout = String::from_utf8_lossy(&stdout);
     assert!(
         status.success() && stdout.starts_with("ok "),
@@ -253,11 +258,10 @@ fn websocket_record_written_at_close_with_bytes_each_way() {
 fn wait_for_record(dir: &Path, status: u64) -> Value {
     let started = Instant::now();
     loop {
-        let out = Command::new(BIN)
-            .args(["traces", "--trace-dir"])
-            .arg(dir)
-            .output()
-            .expect("running phantom-fast traces");
+        let out = output_within(
+            Command::new(BIN).args(["traces", "--trace-dir"]).arg(dir),
+            CMD_TIMEOUT,
+        );
         let found = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -291,7 +295,7 @@ fn websocket_mitm_wss_1000_messages_and_close_recorded_at_close() {
         test_ca.to_str().unwrap(),
     ]);
     assert!(
-        proxy.wait_for_stderr("MITM on", Duration::from_secs(10)),
+        proxy.wait_for_stderr("MITM on", WAIT_TIMEOUT),
         "{}",
         proxy.stderr()
     );
