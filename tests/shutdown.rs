@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Origin, response};
+use crate::support::{CMD_TIMEOUT, Origin, join_within, output_within, response, wait_child};
 
 const BIN: &str = env!("CARGO_BIN_EXE_phantom-fast");
 /// Keep-alive client connections driving the load.
@@ -149,11 +149,13 @@ fn shutdown_under_load_finishes_in_flight_and_refuses_new() {
         "exit {status} after SIGTERM; stderr:\n{stderr}"
     );
 
+    // The proxy exited: every connection is closed, each client ends at its next read.
     let mut logs: Vec<ConnLog> = clients
         .into_iter()
-        .map(|c| c.join().expect("a client thread"))
+        .map(|c| join_within(c, CLIENT_READ_TIMEOUT, "a client thread").expect("a client thread"))
         .collect();
-    let slow = slow.join().expect("the slow client thread");
+    let slow = join_within(slow, CLIENT_READ_TIMEOUT, "the slow client thread")
+        .expect("the slow client thread");
     assert_eq!(
         slow.answered,
         ["/slow"],
@@ -364,13 +366,10 @@ fn spawn(trace_dir: &std::path::Path, args: &[&str]) -> (Child, SocketAddr, Arc<
 
 /// `traces --trace-dir DIR` as parsed JSON Lines; panics unless it exits 0.
 fn traces(dir: &std::path::Path) -> Vec<Value> {
-    let out = Command::new(BIN)
-        .arg("traces")
-        .arg("--trace-dir")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running phantom-fast traces");
+    let out = output_within(
+        Command::new(BIN).arg("traces").arg("--trace-dir").arg(dir),
+        CMD_TIMEOUT,
+    );
     assert!(
         out.status.success(),
         "traces failed with {}: {}",
@@ -394,16 +393,7 @@ fn signal(child: &Child, sig: &str) {
 }
 
 fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("polling the proxy") {
-            return Some(status);
-        }
-        if started.elapsed() > timeout {
-            return None;
-        }
-        thread::sleep(POLL);
-    }
+    wait_child(child, timeout)
 }
 
 /// Kills and reaps the proxy when the test panics before it exited.

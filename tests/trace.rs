@@ -4,10 +4,11 @@
 //! It does not unit-test the ring or the record layout (`src/trace` does) nor proxy framing.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,19 +16,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use crate::support::{
-    Conn, Origin, Proxy, RawOrigin, Response, closed_port, get, pattern, request, response,
+    CMD_TIMEOUT, Conn, Origin, Proxy, RawOrigin, Response, WAIT_TIMEOUT, closed_port, get,
+    join_within, output_within, pattern, request, response, wait_until,
 };
 
 /// The binary under test (the same one `support` spawns).
 const BIN: &str = env!("CARGO_BIN_EXE_phantom-fast");
 /// How long a record may take to appear after its response (written after the send; debug build).
-const RECORD_WAIT: Duration = Duration::from_secs(10);
+const RECORD_WAIT: Duration = WAIT_TIMEOUT;
 /// How long a `traces`/`stats` run may take before the test calls it hung.
-const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+const CLI_TIMEOUT: Duration = CMD_TIMEOUT;
 /// How long a proxy spawned here may take to print `listening on`.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often polling loops look again.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Responses the SIGKILL clients must have received, between them, before the kill.
+const KILL_AFTER_RESPONSES: usize = 20;
 /// Exit code of a Rust process that panicked.
 const PANIC_EXIT_CODE: i32 = 101;
 /// Smallest ring the proxy accepts; keeps copied and corrupted rings small.
@@ -40,7 +44,7 @@ const INCOMING_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const INCOMING_SPAN_ID: &str = "00f067aa0ba902b7";
 /// Keep-alive client threads hammering the proxy before the SIGKILL.
 const KILL_CLIENTS: usize = 4;
-/// How long the clients run before the SIGKILL.
+/// How long the clients run at least before the SIGKILL.
 const KILL_AFTER: Duration = Duration::from_secs(1);
 /// Requests sent after the restart on the same trace dir.
 const RESTART_REQUESTS: usize = 5;
@@ -58,46 +62,14 @@ struct CliRun {
 
 /// Runs the binary with `args` (a subcommand and its flags) and waits for it, bounded.
 fn run_cli(args: &[&str]) -> CliRun {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning phantom-fast for a subcommand");
-    let stdout = drain(child.stdout.take().expect("stdout piped"));
-    let stderr = drain(child.stderr.take().expect("stderr piped"));
-    let status = wait_deadline(&mut child, CLI_TIMEOUT).unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("phantom-fast {args:?} did not exit within {CLI_TIMEOUT:?}");
-    });
+    let out = output_within(
+        Command::new(BIN).args(args).env("RUST_BACKTRACE", "1"),
+        CLI_TIMEOUT,
+    );
     CliRun {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-    }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
-fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("polling a child") {
-            return Some(status);
-        }
-        if started.elapsed() > timeout {
-            return None;
-        }
-        thread::sleep(POLL_INTERVAL);
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
@@ -162,7 +134,7 @@ fn wait_one(dir: &Path) -> Value {
 /// The trace dir a harness proxy announced on stderr (`  traces → DIR`, CLI contract).
 fn trace_dir(proxy: &Proxy) -> PathBuf {
     // The line follows `listening on`, which is all `Proxy::start` waits for.
-    proxy.wait_for_stderr("traces → ", STARTUP_TIMEOUT);
+    proxy.wait_for_stderr("traces → ", WAIT_TIMEOUT);
     let stderr = proxy.stderr();
     stderr
         .lines()
@@ -726,8 +698,8 @@ fn trace_client_closes_during_long_delay_noticed_before_its_end() {
 // ---------------------------------------------------------------------------------------------
 
 /// One keep-alive connection sending `/k/<client>/<n>` until the proxy dies; returns the targets
-/// whose responses it fully received, in order.
-fn hammer(addr: SocketAddr, client: usize) -> Vec<String> {
+/// whose responses it fully received, in order, and counts each in `received`.
+fn hammer(addr: SocketAddr, client: usize, received: &AtomicUsize) -> Vec<String> {
     let mut done = Vec::new();
     let Ok(stream) = TcpStream::connect(addr) else {
         return done;
@@ -741,6 +713,7 @@ fn hammer(addr: SocketAddr, client: usize) -> Vec<String> {
         match conn.read_response() {
             Ok(resp) if resp.status == 200 && resp.text() == format!("GET {target}") => {
                 done.push(target);
+                received.fetch_add(1, Ordering::SeqCst);
             }
             _ => break,
         }
@@ -757,14 +730,26 @@ fn trace_sigkill_under_load_every_received_response_recorded_restart_appends() {
     let proxy = OwnProxy::start(dir.path(), &proxy_args);
     let addr = proxy.addr;
 
+    let counted = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..KILL_CLIENTS)
-        .map(|i| thread::spawn(move || hammer(addr, i)))
+        .map(|i| {
+            let counted = Arc::clone(&counted);
+            thread::spawn(move || hammer(addr, i, &counted))
+        })
         .collect();
+    // Under load for a while, and some responses in (a loaded machine may take longer to get
+    // them than the while lasts).
     thread::sleep(KILL_AFTER);
+    assert!(
+        wait_until(WAIT_TIMEOUT, || counted.load(Ordering::SeqCst)
+            >= KILL_AFTER_RESPONSES),
+        "the clients got {} responses within {WAIT_TIMEOUT:?}",
+        counted.load(Ordering::SeqCst)
+    );
     proxy.kill();
     let received: Vec<Vec<String>> = clients
         .into_iter()
-        .map(|h| h.join().expect("client thread"))
+        .map(|h| join_within(h, WAIT_TIMEOUT, "a client thread").expect("client thread"))
         .collect();
     let before = traces(dir.path(), &[]);
 

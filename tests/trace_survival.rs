@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Conn, Origin, get, request};
+use crate::support::{Conn, Origin, get, join_within, output_within, request, wait_child};
 
 /// The binary under test.
 const BIN: &str = env!("CARGO_BIN_EXE_phantom-fast");
@@ -29,6 +29,9 @@ const FOLLOW_TIMEOUT: Duration = Duration::from_secs(15);
 const FIT_REQUESTS: usize = 50_000;
 /// Keep-alive clients sending them.
 const FIT_CLIENTS: usize = 4;
+/// How long the clients may take for all of them (a debug build on two loaded cores); each
+/// read is bounded too, this only stops a client that keeps getting answers far too slowly.
+const CLIENTS_TIMEOUT: Duration = Duration::from_secs(600);
 
 // ---------------------------------------------------------------------------------------------
 // Processes (shared with `trace_query`)
@@ -40,6 +43,7 @@ pub(crate) struct DirProxy {
     child: Option<Child>,
     pub(crate) addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<thread::JoinHandle<()>>,
 }
 
 impl DirProxy {
@@ -60,7 +64,7 @@ impl DirProxy {
         let (tx, rx) = mpsc::channel();
         let pipe = child.stderr.take().expect("stderr piped");
         let seen = Arc::clone(&stderr);
-        thread::spawn(move || {
+        let stderr_reader = thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { return };
@@ -82,6 +86,7 @@ impl DirProxy {
                 child: Some(child),
                 addr,
                 stderr,
+                stderr_reader: Some(stderr_reader),
             },
             Err(e) => {
                 let _ = child.kill();
@@ -110,8 +115,11 @@ impl DirProxy {
             let _ = child.wait();
             panic!("phantom-fast did not exit within {EXIT_TIMEOUT:?} of SIGTERM");
         });
-        // The stderr thread ends with the pipe; give it a moment to take the last lines.
-        thread::sleep(Duration::from_millis(100));
+        // The stderr thread ends with the pipe (closed with the process): once it has, it holds
+        // the last lines (the summary).
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = join_within(reader, EXIT_TIMEOUT, "the proxy's stderr reader");
+        }
         (status, self.stderr())
     }
 }
@@ -126,17 +134,8 @@ impl Drop for DirProxy {
 }
 
 /// Waits for `child` to exit, for at most `timeout`.
-pub(crate) fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let started = Instant::now();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if started.elapsed() > timeout {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    wait_child(child, timeout)
 }
 
 /// One finished CLI run.
@@ -148,24 +147,11 @@ pub(crate) struct CliRun {
 
 /// Runs `phantom-fast ARGS` to its exit (bounded by [`EXIT_TIMEOUT`]).
 pub(crate) fn cli(args: &[&str]) -> CliRun {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning phantom-fast");
-    let out = drain(child.stdout.take().expect("stdout piped"));
-    let err = drain(child.stderr.take().expect("stderr piped"));
-    let status = wait_deadline(&mut child, EXIT_TIMEOUT).unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("phantom-fast {args:?} did not exit within {EXIT_TIMEOUT:?}");
-    });
+    let out = output_within(Command::new(BIN).args(args), EXIT_TIMEOUT);
     CliRun {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
@@ -259,7 +245,7 @@ fn issue_15_ring_that_cannot_fit_exits_2_naming_dir_need_and_free() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    let stderr = err.join().unwrap_or_default();
+    let stderr = join_within(err, EXIT_TIMEOUT, "the stderr reader").unwrap_or_default();
     assert_eq!(status.and_then(|s| s.code()), Some(2), "stderr:\n{stderr}");
     let dir = fs.dir.display().to_string();
     for want in [
@@ -313,7 +299,7 @@ fn issue_15_ring_that_fits_serves_50000_requests_while_wrapping() {
         .collect();
     let served: usize = clients
         .into_iter()
-        .map(|h| h.join().expect("client thread"))
+        .map(|h| join_within(h, CLIENTS_TIMEOUT, "a client thread").expect("client thread"))
         .sum();
     assert_eq!(served, FIT_REQUESTS);
     let (status, stderr) = proxy.stop();
