@@ -15,7 +15,7 @@ use crate::support::{Conn, Origin, Proxy, request};
 
 /// The manifests' probes answer within this (kubelet's default probe timeout is 1 s; the proxy
 /// is a debug build on busy cores here).
-const WAIT: Duration = Duration::from_secs(10);
+const WAIT: Duration = crate::support::WAIT_TIMEOUT;
 
 /// The admin address the banner prints.
 fn admin_addr(proxy: &Proxy) -> SocketAddr {

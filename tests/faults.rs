@@ -378,7 +378,7 @@ fn fault_banner_lists_compiled_rules() {
         &["--fault", "error:503:0.5", "--fault", "delay:100ms:/api"],
     );
 
-    let listed = proxy.wait_for_stderr("fault[1]", Duration::from_secs(5));
+    let listed = proxy.wait_for_stderr("fault[1]", crate::support::WAIT_TIMEOUT);
 
     let stderr = proxy.stderr();
     assert!(listed, "no fault[1] line; stderr:\n{stderr}");

@@ -10,7 +10,10 @@ use std::io::{ErrorKind, Read, Write};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::{Conn, Origin, Proxy, get, pattern, request, response};
+use crate::support::{
+    CMD_TIMEOUT, Conn, Origin, Proxy, WAIT_TIMEOUT, get, output_within, pattern, request, response,
+    wait_until,
+};
 
 /// The applied faults of the proxy's only trace record, as `(kind, value)`, once it is written
 /// (a record follows its response, so it may lag the client's view by a little).
@@ -30,14 +33,15 @@ fn recorded_faults(proxy: &Proxy) -> Vec<(String, u64)> {
 
 /// The proxy's first trace record, as `traces` prints it.
 fn recorded(proxy: &Proxy) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + WAIT_TIMEOUT;
     loop {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_phantom-fast"))
-            .arg("traces")
-            .arg("--trace-dir")
-            .arg(proxy.trace_dir())
-            .output()
-            .expect("running phantom-fast traces");
+        let out = output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_phantom-fast"))
+                .arg("traces")
+                .arg("--trace-dir")
+                .arg(proxy.trace_dir()),
+            CMD_TIMEOUT,
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         if let Some(line) = text.lines().find(|l| !l.trim().is_empty()) {
             return serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
@@ -45,6 +49,27 @@ fn recorded(proxy: &Proxy) -> serde_json::Value {
         assert!(Instant::now() < deadline, "no trace record");
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Every trace record of `proxy`, polled until there are at least `want`.
+fn all_records(proxy: &Proxy, want: usize) -> Vec<serde_json::Value> {
+    let mut records = Vec::new();
+    let enough = wait_until(WAIT_TIMEOUT, || {
+        let out = output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_phantom-fast"))
+                .arg("traces")
+                .arg("--trace-dir")
+                .arg(proxy.trace_dir()),
+            CMD_TIMEOUT,
+        );
+        records = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        records.len() >= want
+    });
+    assert!(enough, "want {want} records, have {records:#?}");
+    records
 }
 
 /// A raw read of the first bytes the proxy sends, or the error it ended with.
@@ -236,9 +261,12 @@ fn fault_model_header_fault_without_flag_stripped_and_ignored() {
 #[test]
 fn fault_model_max_active_faults_overflow_counted() {
     let origin = Origin::echo();
+    // Placed at the head, the delay holds its slot from the request's decision on, while the
+    // origin already has the request: its arrival there says the slot is taken. The delay
+    // outlasts however long the second request then takes on a loaded machine.
     let proxy = Proxy::reverse(
         origin.addr(),
-        &["--fault", "delay:1500ms", "--max-active-faults", "1"],
+        &["--fault", "delay:5s:at=head", "--max-active-faults", "1"],
     );
     let addr = proxy.addr();
     let held = thread::spawn(move || {
@@ -247,18 +275,33 @@ fn fault_model_max_active_faults_overflow_counted() {
         let status = c.roundtrip(&get("/held")).status;
         (status, started.elapsed())
     });
-    // Let the first request take the one slot.
-    thread::sleep(Duration::from_millis(300));
-    let mut c = proxy.connect();
-    let started = Instant::now();
-    assert_eq!(c.roundtrip(&get("/overflow")).status, 200);
-    let fast = started.elapsed();
-    let (status, slow) = held.join().expect("held client");
-    assert_eq!(status, 200);
-    assert!(slow >= Duration::from_millis(1500), "{slow:?}");
+    // The first request holds the one slot before the second is sent.
     assert!(
-        fast < Duration::from_millis(1500),
-        "overflow was delayed: {fast:?}"
+        wait_until(WAIT_TIMEOUT, || origin
+            .requests()
+            .iter()
+            .any(|r| r.target == "/held")),
+        "the first request never reached the origin"
+    );
+    let mut c = proxy.connect();
+    assert_eq!(c.roundtrip(&get("/overflow")).status, 200);
+    let (status, slow) =
+        crate::support::join_within(held, WAIT_TIMEOUT, "the held client").expect("held client");
+    assert_eq!(status, 200);
+    assert!(slow >= Duration::from_secs(5), "{slow:?}");
+    let records = all_records(&proxy, 2);
+    let delay_of = |path: &str| {
+        let record = records
+            .iter()
+            .find(|r| r["url"].as_str().is_some_and(|u| u.ends_with(path)))
+            .unwrap_or_else(|| panic!("no record of {path}: {records:#?}"));
+        record["injected_delay_ms"].as_u64()
+    };
+    assert_eq!(delay_of("/held"), Some(5_000), "{records:#?}");
+    assert_eq!(
+        delay_of("/overflow"),
+        Some(0),
+        "overflow was delayed: {records:#?}"
     );
     let (_, stderr) = proxy.stop();
     assert!(

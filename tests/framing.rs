@@ -166,7 +166,6 @@ fn assert_bodiless_then_keepalive(method: &str, origin_answer: &'static [u8], wa
     });
     let proxy = Proxy::reverse(origin.addr(), &[]);
     let mut c = proxy.connect();
-    c.set_timeout(Duration::from_secs(5));
 
     let first = c.roundtrip_to(method, &request(method, "/bodiless", "t", &[], b""));
     let second = c.roundtrip(&get("/next"));
@@ -267,7 +266,6 @@ fn expect_100_continue_client_gets_100_then_final() {
     let origin = Origin::echo();
     let proxy = Proxy::reverse(origin.addr(), &[]);
     let mut c = proxy.connect();
-    c.set_timeout(Duration::from_secs(3));
 
     c.send(
         b"POST /upload HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n",
@@ -694,9 +692,10 @@ fn http10_client_chunked_response_dechunked_close_delimited() {
 /// How long the proxy waits for an upstream's verdict on `Expect: 100-continue` before it
 /// sends `100 Continue` itself (README: "within 1 s").
 const EXPECT_CONTINUE_WAIT: Duration = Duration::from_secs(1);
-/// How late the proxy's own `100 Continue` may come on a loaded machine: the point is that it
-/// comes by itself instead of the client waiting for ever.
-const EXPECT_CONTINUE_LATEST: Duration = Duration::from_secs(5);
+/// How long the client waits for the proxy's own `100 Continue`: the point is that it comes by
+/// itself instead of the client waiting for ever (no tighter bound from above: a loaded machine
+/// may be slow, never early).
+const EXPECT_CONTINUE_LATEST: Duration = crate::support::WAIT_TIMEOUT;
 
 #[test]
 fn expect_100_continue_upstream_silent_proxy_sends_100_after_1s() {
@@ -710,7 +709,7 @@ fn expect_100_continue_upstream_silent_proxy_sends_100_after_1s() {
     });
     let proxy = Proxy::reverse(origin.addr(), &[]);
     let mut c = proxy.connect();
-    c.set_timeout(EXPECT_CONTINUE_LATEST * 2);
+    c.set_timeout(EXPECT_CONTINUE_LATEST);
     let started = std::time::Instant::now();
 
     c.send(
@@ -732,10 +731,6 @@ fn expect_100_continue_upstream_silent_proxy_sends_100_after_1s() {
     assert!(
         waited >= EXPECT_CONTINUE_WAIT,
         "100 Continue after only {waited:?}: the proxy did not wait for the upstream"
-    );
-    assert!(
-        waited < EXPECT_CONTINUE_LATEST,
-        "100 Continue only after {waited:?}"
     );
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "hello");

@@ -18,7 +18,9 @@ use phantom_fast::{
     server::Server,
 };
 
-use crate::support::{Conn, Origin, assert_proxy_error, closed_port, get};
+use crate::support::{
+    Conn, Origin, WAIT_TIMEOUT, assert_proxy_error, closed_port, get, wait_until,
+};
 
 /// The upstream name: nothing resolves it, so only the scripted addresses can be used.
 const NAME: &str = "moving.test:80";
@@ -102,7 +104,11 @@ impl Drop for InProcess {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            if wait_until(WAIT_TIMEOUT, || thread.is_finished()) {
+                let _ = thread.join();
+            } else if !thread::panicking() {
+                panic!("the in-process proxy did not stop within {WAIT_TIMEOUT:?}");
+            }
         }
     }
 }
