@@ -25,6 +25,13 @@ mod counting;
 #[path = "fixed/mod.rs"]
 mod fixed;
 
+#[path = "support/wait.rs"]
+#[allow(dead_code)]
+mod wait;
+
+/// How long the in-process proxy may take to stop once asked.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
 use fixed::{exchange, origin, round_trip};
 
 /// Requests that warm pools, buffers, the ring's first pages and the timer up to steady state.
@@ -102,7 +109,7 @@ fn allocations_per_request(
     let after = counting::allocations();
     drop(client);
     stop.store(true, Ordering::Relaxed);
-    let summary = running.join().unwrap();
+    let summary = wait::join_within(running, STOP_TIMEOUT, "the in-process proxy").unwrap();
     assert!(
         summary.requests >= WARM_UP + requests,
         "requests counted: {}",

@@ -38,6 +38,10 @@ mod counting;
 #[path = "fixed/mod.rs"]
 mod fixed;
 
+#[path = "support/wait.rs"]
+#[allow(dead_code)]
+mod wait;
+
 /// One record encrypted + one record decrypted, one `Vec` each (see the module doc).
 const MAX_ALLOCATIONS_PER_EXCHANGE: f64 = 2.0;
 const WARM_UP: usize = 200;
@@ -50,6 +54,11 @@ const PROXY_WARM_UP: usize = 2_000;
 const PROXY_MEASURED: usize = 5_000;
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
 const IO: Duration = Duration::from_secs(10);
+/// How long the Python peer may take to start (a cold interpreter on a busy box), or to exit
+/// once its work is done or its stdin closed.
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the in-process proxy may take to stop once asked.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// The count is process-wide: the two tests take turns.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -92,16 +101,33 @@ fn python(script: &Path, args: &[&str]) -> (Child, u16) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3 (scripts/tls-deps.sh installs it)");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = first_line_within(&mut child, PEER_TIMEOUT);
     let port = line
         .trim()
         .strip_prefix("listening ")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("the peer said {line:?}"));
     (child, port)
+}
+
+/// The first line `child` prints on stdout, or a panic after `timeout` (the child killed).
+fn first_line_within(child: &mut Child, timeout: Duration) -> String {
+    let stdout = child.stdout.take().expect("stdout piped");
+    wait::find_line_within(stdout, timeout, |line| Some(line.to_owned())).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the Python peer printed no line within {timeout:?}")
+    })
+}
+
+/// Waits for a Python peer that is done (or whose stdin was closed) to exit; kills it and fails
+/// after [`PEER_TIMEOUT`].
+fn reap(mut child: Child) -> std::process::ExitStatus {
+    wait::wait_child(&mut child, PEER_TIMEOUT).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the Python peer did not exit within {PEER_TIMEOUT:?}")
+    })
 }
 
 /// Runs `future` on a monoio runtime with timers (io_uring, or epoll where it is refused).
@@ -176,7 +202,7 @@ fn keep_alive_tls_exchange_allocation_bound_as_client() {
         (after - before) as f64 / MEASURED as f64
     });
     drop(origin.stdin.take());
-    let _ = origin.wait();
+    reap(origin);
     println!("TlsStream client: {per_exchange:.2} allocations per keep-alive exchange");
     assert!(
         per_exchange <= MAX_ALLOCATIONS_PER_EXCHANGE,
@@ -189,7 +215,8 @@ const CLIENT: &str = r#"
 import socket, ssl, sys
 port, ca, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 ctx = ssl.create_default_context(cafile=ca)
-with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost") as s:
+# A bounded wait on every socket call: a stuck peer ends this client (and fails the test).
+with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30), server_hostname="localhost") as s:
     want = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     for _ in range(n):
         s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -213,12 +240,15 @@ fn keep_alive_tls_exchange_allocation_bound_as_server() {
     let per_exchange = block_on(async move {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let mut client = Command::new("python3")
+        let client = Command::new("python3")
             .args(["-c", CLIENT, &port.to_string(), ca.to_str().unwrap()])
             .arg((WARM_UP + MEASURED).to_string())
             .spawn()
             .expect("python3 (scripts/tls-deps.sh installs it)");
-        let (tcp, _) = listener.accept().await.unwrap();
+        let (tcp, _) = monoio::time::timeout(PEER_TIMEOUT, listener.accept())
+            .await
+            .expect("the Python client connected in time")
+            .unwrap();
         let mut tls = TlsStream::server(tcp, Arc::clone(&config), Vec::new(), Vec::new());
         tls.handshake(Instant::now() + IO).await.unwrap();
         let mut buf = Vec::with_capacity(64 * 1024);
@@ -237,7 +267,7 @@ fn keep_alive_tls_exchange_allocation_bound_as_server() {
         }
         let after = counting::allocations();
         assert_eq!(buf, REQUEST);
-        assert!(client.wait().unwrap().success());
+        assert!(reap(client).success());
         (after - before) as f64 / MEASURED as f64
     });
     println!("TlsStream server: {per_exchange:.2} allocations per keep-alive exchange");
@@ -273,7 +303,7 @@ fn start_proxy(args: &[&str]) -> (std::net::SocketAddr, impl FnOnce() + use<>) {
     };
     let stopper = move || {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        running.join().unwrap();
+        wait::join_within(running, STOP_TIMEOUT, "the in-process proxy").unwrap();
         drop(trace_dir);
     };
     (addr, stopper)
@@ -286,7 +316,8 @@ import socket, ssl, sys
 port, ca, warm, measured = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 ctx = ssl.create_default_context(cafile=ca)
 req = b"GET /api/items?id=7 HTTP/1.1\r\nhost: example.test\r\n\r\n"
-with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost") as s:
+# A bounded wait on every socket call: a stuck proxy ends this client (and fails the test).
+with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30), server_hostname="localhost") as s:
     def one():
         s.sendall(req)
         got = b""
@@ -336,7 +367,7 @@ fn proxy_https_listener_keep_alive_allocation_bound() {
     lines.read_line(&mut line).unwrap();
     let after = counting::allocations();
     assert_eq!(line, "done\n");
-    assert!(client.wait().unwrap().success());
+    assert!(reap(client).success());
     stop();
     let per_request = (after - before) as f64 / PROXY_MEASURED as f64;
     println!("proxy, https listener: {per_request:.4} allocations per keep-alive request");
@@ -384,7 +415,7 @@ fn proxy_https_upstream_keep_alive_allocation_bound() {
     drop(client);
     stop();
     drop(origin.stdin.take());
-    let _ = origin.wait();
+    reap(origin);
     let per_request = (after - before) as f64 / PROXY_MEASURED as f64;
     println!("proxy, https upstream: {per_request:.4} allocations per keep-alive request");
     assert!(
