@@ -117,14 +117,14 @@ impl fmt::Display for Summary {
                     rule.id, rule.kind, rule.matched, rule.injected
                 )?;
             }
-            return Ok(());
-        }
-        for (i, (spec, stats)) in self.rules.iter().enumerate() {
-            writeln!(
-                f,
-                "  fault[{i}] {spec}: matched {}, faulted {}",
-                stats.matched, stats.faulted
-            )?;
+        } else {
+            for (i, (spec, stats)) in self.rules.iter().enumerate() {
+                writeln!(
+                    f,
+                    "  fault[{i}] {spec}: matched {}, faulted {}",
+                    stats.matched, stats.faulted
+                )?;
+            }
         }
         if self.fault_overflow > 0 {
             writeln!(
@@ -134,5 +134,26 @@ impl fmt::Display for Summary {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_overflow_is_printed_with_rule_ids_too() {
+        let mut summary = Summary::new(&[]);
+        summary.fault_overflow = 3;
+        summary.by_id.push(RuleCounters {
+            id: "slow".into(),
+            kind: crate::fault::FaultKind::Delay,
+            matched: 4,
+            injected: 1,
+            delay_ns: 0,
+        });
+        let text = summary.to_string();
+        assert!(text.contains("rule slow (delay): matched 4, faulted 1"), "{text}");
+        assert!(text.contains("fault overflow (--max-active-faults): 3"), "{text}");
     }
 }
