@@ -153,7 +153,13 @@ mod tests {
             delay_ns: 0,
         });
         let text = summary.to_string();
-        assert!(text.contains("rule slow (delay): matched 4, faulted 1"), "{text}");
-        assert!(text.contains("fault overflow (--max-active-faults): 3"), "{text}");
+        assert!(
+            text.contains("rule slow (delay): matched 4, faulted 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fault overflow (--max-active-faults): 3"),
+            "{text}"
+        );
     }
 }
