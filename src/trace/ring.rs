@@ -1813,20 +1813,36 @@ mod tests {
         (seq as usize * 7) % 3000
     }
 
-    #[test]
-    fn concurrent_reader_never_sees_partial_record() {
-        let dir = TempDir::new("ring-concurrent");
+    /// Appends `records` records to a new ring while another thread reads them with
+    /// [`read_concurrently`]; with `max_lead`, the writer stays at most that many records ahead
+    /// of the reader. Returns what the reader returns.
+    fn write_while_reading(name: &str, records: u64, max_lead: Option<u64>) -> (u64, u64, u64) {
+        let dir = TempDir::new(name);
         let path = dir.path().join("core-0.ring");
         let mut w = RingWriter::open(&path, CAP, false).expect("open");
-        const RECORDS: u64 = 40_000;
-        let reader_path = path.clone();
-        let reader = std::thread::spawn(move || {
-            read_concurrently(&reader_path, RECORDS, &AtomicU64::new(0))
-        });
-        for seq in 1..=RECORDS {
+        let progress = std::sync::Arc::new(AtomicU64::new(0));
+        let (reader_path, reader_progress) = (path.clone(), progress.clone());
+        let reader =
+            std::thread::spawn(move || read_concurrently(&reader_path, records, &reader_progress));
+        for seq in 1..=records {
+            let waiting = std::time::Instant::now();
+            while max_lead.is_some_and(|lead| progress.load(Ordering::Acquire) + lead < seq) {
+                assert!(!reader.is_finished(), "reader stopped before record {seq}");
+                assert!(
+                    waiting.elapsed().as_secs() < 60,
+                    "reader stuck before {seq}"
+                );
+                std::thread::yield_now();
+            }
             w.append(&payload(seq, len_of(seq))).expect("append");
         }
-        let (first_wanted, seen, skipped) = reader.join().expect("reader thread");
+        reader.join().expect("reader thread")
+    }
+
+    #[test]
+    fn concurrent_reader_never_sees_partial_record() {
+        const RECORDS: u64 = 40_000;
+        let (first_wanted, seen, skipped) = write_while_reading("ring-concurrent", RECORDS, None);
         // Every record from where the reader started was either returned whole or counted as
         // overwritten before it could be read.
         assert!(seen > 0);
@@ -1839,27 +1855,8 @@ mod tests {
         // so nothing is overwritten before it is read and every record must come back. A reader
         // that caught up used to lose the record the writer finished between its probe and its
         // look at the header (its scan began one slot past it).
-        let dir = TempDir::new("ring-concurrent-unlapped");
-        let path = dir.path().join("core-0.ring");
-        let mut w = RingWriter::open(&path, CAP, false).expect("open");
         const RECORDS: u64 = 20_000;
-        let progress = std::sync::Arc::new(AtomicU64::new(0));
-        let (reader_path, reader_progress) = (path.clone(), progress.clone());
-        let reader =
-            std::thread::spawn(move || read_concurrently(&reader_path, RECORDS, &reader_progress));
-        for seq in 1..=RECORDS {
-            let waiting = std::time::Instant::now();
-            while progress.load(Ordering::Acquire) + 8 < seq {
-                assert!(!reader.is_finished(), "reader stopped before record {seq}");
-                assert!(
-                    waiting.elapsed().as_secs() < 60,
-                    "reader stuck before {seq}"
-                );
-                std::thread::yield_now();
-            }
-            w.append(&payload(seq, len_of(seq))).expect("append");
-        }
-        let (first_wanted, seen, skipped) = reader.join().expect("reader thread");
-        assert_eq!((first_wanted, seen, skipped), (1, RECORDS, 0));
+        let read = write_while_reading("ring-concurrent-unlapped", RECORDS, Some(8));
+        assert_eq!(read, (1, RECORDS, 0));
     }
 }
