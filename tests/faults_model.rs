@@ -11,8 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    CMD_TIMEOUT, Conn, Origin, Proxy, WAIT_TIMEOUT, get, output_within, pattern, request, response,
-    wait_until,
+    Conn, Origin, Proxy, WAIT_TIMEOUT, get, pattern, request, response, trace_records, wait_until,
 };
 
 /// The applied faults of the proxy's only trace record, as `(kind, value)`, once it is written
@@ -33,43 +32,12 @@ fn recorded_faults(proxy: &Proxy) -> Vec<(String, u64)> {
 
 /// The proxy's first trace record, as `traces` prints it.
 fn recorded(proxy: &Proxy) -> serde_json::Value {
-    let deadline = Instant::now() + WAIT_TIMEOUT;
-    loop {
-        let out = output_within(
-            std::process::Command::new(env!("CARGO_BIN_EXE_phantom-fast"))
-                .arg("traces")
-                .arg("--trace-dir")
-                .arg(proxy.trace_dir()),
-            CMD_TIMEOUT,
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        if let Some(line) = text.lines().find(|l| !l.trim().is_empty()) {
-            return serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        }
-        assert!(Instant::now() < deadline, "no trace record");
-        thread::sleep(Duration::from_millis(50));
-    }
+    all_records(proxy, 1).swap_remove(0)
 }
 
 /// Every trace record of `proxy`, polled until there are at least `want`.
 fn all_records(proxy: &Proxy, want: usize) -> Vec<serde_json::Value> {
-    let mut records = Vec::new();
-    let enough = wait_until(WAIT_TIMEOUT, || {
-        let out = output_within(
-            std::process::Command::new(env!("CARGO_BIN_EXE_phantom-fast"))
-                .arg("traces")
-                .arg("--trace-dir")
-                .arg(proxy.trace_dir()),
-            CMD_TIMEOUT,
-        );
-        records = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        records.len() >= want
-    });
-    assert!(enough, "want {want} records, have {records:#?}");
-    records
+    trace_records(proxy.trace_dir(), want)
 }
 
 /// A raw read of the first bytes the proxy sends, or the error it ended with.

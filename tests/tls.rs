@@ -527,24 +527,7 @@ fn records(proxy: &Proxy, want: usize) -> Vec<serde_json::Value> {
         .find_map(|l| l.trim().strip_prefix("traces → "))
         .expect("a traces line")
         .to_owned();
-    let mut got = Vec::new();
-    let enough = crate::support::wait_until(WAIT_TIMEOUT, || {
-        let out = output_within(
-            Command::new(BIN).args(["traces", "--trace-dir", &dir]),
-            CMD_TIMEOUT,
-        );
-        got = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        got.len() >= want
-    });
-    assert!(
-        enough,
-        "want {want} trace records within {WAIT_TIMEOUT:?}, have {}: {got:?}",
-        got.len()
-    );
-    got
+    crate::support::trace_records(Path::new(&dir), want)
 }
 
 fn https_upstream(authority: &str) -> String {

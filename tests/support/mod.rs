@@ -27,7 +27,7 @@ pub use client::{Response, assert_proxy_error, get, request};
 pub use conn::{Conn, reset};
 pub use message::{checksum, contains, pattern};
 pub use origin::{Origin, RawOrigin, Req, echo, response};
-pub use proxy::Proxy;
+pub use proxy::{Proxy, trace_records};
 pub use wait::{
     CMD_TIMEOUT, ReservedPort, WAIT_TIMEOUT, child_output_within, closed_port, find_line_within,
     join_within, output_within, wait_child, wait_until,

@@ -404,3 +404,27 @@ fn clock_ticks_per_sec() -> u64 {
         .filter(|&t| t > 0)
         .unwrap_or(DEFAULT_CLOCK_TICKS_PER_SEC)
 }
+
+/// The trace records in `dir` (JSON Lines through `phantom-fast traces`), polled until there
+/// are at least `want`; fails the test if they do not appear within `WAIT_TIMEOUT`.
+pub fn trace_records(dir: &Path, want: usize) -> Vec<serde_json::Value> {
+    use super::wait::{CMD_TIMEOUT, WAIT_TIMEOUT, output_within, wait_until};
+    let mut got = Vec::new();
+    let enough = wait_until(WAIT_TIMEOUT, || {
+        let out = output_within(
+            Command::new(BIN).arg("traces").arg("--trace-dir").arg(dir),
+            CMD_TIMEOUT,
+        );
+        got = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        got.len() >= want
+    });
+    assert!(
+        enough,
+        "want {want} trace records within {WAIT_TIMEOUT:?}, have {}: {got:?}",
+        got.len()
+    );
+    got
+}
